@@ -1,0 +1,34 @@
+//! Errors of the auth crate.
+
+/// What can go wrong in accounts, sessions and keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// Input that breaks a rule; the message is safe to show to the user.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// A unique value (email, key prefix) is taken.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The tier's key limit is reached.
+    #[error("key limit of {0} reached for this tier")]
+    KeyLimit(u32),
+    /// The persistence adapter failed.
+    #[error("auth store failed")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Hashing failed or its blocking task died.
+    #[error("password hashing failed")]
+    Hashing(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AuthError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { field, message: message.into() }
+    }
+
+    pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Store(Box::new(e))
+    }
+}

@@ -1,0 +1,243 @@
+//! SQL adapter of the auth ports (users and API keys).
+
+use async_trait::async_trait;
+use gateway_auth::{AuthError, KeyRecord, KeyStore, NewUser, UserRecord, UserStore};
+use gateway_core::{
+    ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, User, UserId, UserStatus,
+};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    Set, SqlErr,
+};
+use time::OffsetDateTime;
+
+use crate::entity::{api_keys, users};
+use crate::{Store, StoreError};
+
+/// Users and keys in Postgres or SQLite.
+#[derive(Clone, Debug)]
+pub struct SqlAuthStore {
+    store: Store,
+}
+
+impl SqlAuthStore {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn db_err(e: DbErr) -> AuthError {
+    AuthError::store(StoreError::Db(e))
+}
+
+fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> AuthError {
+    AuthError::store(StoreError::Corrupt { table, detail: detail.to_string() })
+}
+
+/// Maps a unique violation to `Conflict(what)`, anything else to a store error.
+fn insert_err(e: DbErr, what: &'static str) -> AuthError {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => AuthError::Conflict(what),
+        _ => db_err(e),
+    }
+}
+
+fn user_from_row(row: users::Model) -> Result<UserRecord, AuthError> {
+    let user = User {
+        id: UserId(row.id),
+        email: row.email,
+        full_name: row.full_name,
+        company_name: row.company_name,
+        role: row.role.parse::<Role>().map_err(|e| corrupt("users", e))?,
+        tier: row.tier.parse::<Tier>().map_err(|e| corrupt("users", e))?,
+        status: row.status.parse::<UserStatus>().map_err(|e| corrupt("users", e))?,
+        credits_micros: row.credits_micros,
+        created_at: row.created_at,
+    };
+    Ok(UserRecord { user, password_hash: row.password_hash })
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn key_from_row(row: api_keys::Model) -> Result<KeyRecord, AuthError> {
+    let scopes: Vec<String> =
+        serde_json::from_value(row.scopes).map_err(|e| corrupt("api_keys", e))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| s.parse::<Scope>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt("api_keys", e))?;
+    let allowed_models = row
+        .allowed_models
+        .map(serde_json::from_value::<Vec<String>>)
+        .transpose()
+        .map_err(|e| corrupt("api_keys", e))?;
+    Ok(KeyRecord {
+        meta: ApiKeyMeta {
+            id: ApiKeyId(row.id),
+            user_id: UserId(row.user_id),
+            name: row.name,
+            key_prefix: row.key_prefix,
+            scopes,
+            allowed_models,
+            expires_at: row.expires_at,
+            overrides: LimitOverrides {
+                rate_limit_rpm: opt_u64(row.rate_limit_rpm),
+                rate_limit_tpm: opt_u64(row.rate_limit_tpm),
+                quota_daily: opt_u64(row.quota_daily),
+                quota_monthly: opt_u64(row.quota_monthly),
+            },
+            is_active: row.is_active,
+            last_used_at: row.last_used_at,
+            created_at: row.created_at,
+        },
+        key_hash: row.key_hash,
+        previous_key_hash: row.previous_key_hash,
+        previous_key_expires_at: row.previous_key_expires_at,
+    })
+}
+
+#[async_trait]
+impl UserStore for SqlAuthStore {
+    async fn insert_user(&self, new: NewUser) -> Result<User, AuthError> {
+        let now = OffsetDateTime::now_utc();
+        let row = users::ActiveModel {
+            id: Set(UserId::new().as_uuid()),
+            email: Set(new.email),
+            password_hash: Set(new.password_hash),
+            full_name: Set(new.full_name),
+            company_name: Set(None),
+            role: Set(new.role.as_str().to_owned()),
+            tier: Set(new.tier.as_str().to_owned()),
+            status: Set(UserStatus::Active.as_str().to_owned()),
+            credits_micros: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let row = row.insert(self.store.connection()).await.map_err(|e| insert_err(e, "email"))?;
+        Ok(user_from_row(row)?.user)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, AuthError> {
+        users::Entity::find()
+            .filter(users::Column::Email.eq(email))
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn find_user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, AuthError> {
+        users::Entity::find_by_id(id.as_uuid())
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn set_role_and_password(
+        &self,
+        id: UserId,
+        role: Role,
+        password_hash: &str,
+    ) -> Result<User, AuthError> {
+        let res = users::Entity::update_many()
+            .col_expr(users::Column::Role, Expr::value(role.as_str()))
+            .col_expr(users::Column::PasswordHash, Expr::value(password_hash))
+            .col_expr(users::Column::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
+            .filter(users::Column::Id.eq(id.as_uuid()))
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        if res.rows_affected == 0 {
+            return Err(AuthError::NotFound("user"));
+        }
+        Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqlAuthStore {
+    async fn insert_key(&self, key: KeyRecord) -> Result<(), AuthError> {
+        let m = key.meta;
+        let scopes: Vec<&str> = m.scopes.iter().map(|s| s.as_str()).collect();
+        let row = api_keys::ActiveModel {
+            id: Set(m.id.as_uuid()),
+            user_id: Set(m.user_id.as_uuid()),
+            name: Set(m.name),
+            key_prefix: Set(m.key_prefix),
+            key_hash: Set(key.key_hash),
+            previous_key_hash: Set(key.previous_key_hash),
+            previous_key_expires_at: Set(key.previous_key_expires_at),
+            scopes: Set(serde_json::json!(scopes)),
+            allowed_models: Set(m.allowed_models.map(|v| serde_json::json!(v))),
+            expires_at: Set(m.expires_at),
+            rate_limit_rpm: Set(opt_i64(m.overrides.rate_limit_rpm)),
+            rate_limit_tpm: Set(opt_i64(m.overrides.rate_limit_tpm)),
+            quota_daily: Set(opt_i64(m.overrides.quota_daily)),
+            quota_monthly: Set(opt_i64(m.overrides.quota_monthly)),
+            is_active: Set(m.is_active),
+            last_used_at: Set(m.last_used_at),
+            created_at: Set(m.created_at),
+            updated_at: Set(m.created_at),
+            revoked_at: Set(None),
+        };
+        api_keys::Entity::insert(row)
+            .exec_without_returning(self.store.connection())
+            .await
+            .map_err(|e| insert_err(e, "key prefix"))?;
+        Ok(())
+    }
+
+    async fn find_key_by_prefix(&self, prefix: &str) -> Result<Option<KeyRecord>, AuthError> {
+        api_keys::Entity::find()
+            .filter(api_keys::Column::KeyPrefix.eq(prefix))
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .map(key_from_row)
+            .transpose()
+    }
+
+    async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError> {
+        api_keys::Entity::find()
+            .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .order_by_asc(api_keys::Column::CreatedAt)
+            .order_by_asc(api_keys::Column::Id)
+            .all(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|row| key_from_row(row).map(|k| k.meta))
+            .collect()
+    }
+
+    async fn count_active_keys(&self, user_id: UserId) -> Result<u32, AuthError> {
+        let n = api_keys::Entity::find()
+            .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .filter(api_keys::Column::IsActive.eq(true))
+            .count(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn find_key(&self, user_id: UserId, id: ApiKeyId) -> Result<Option<ApiKeyMeta>, AuthError> {
+        api_keys::Entity::find_by_id(id.as_uuid())
+            .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .map(|row| key_from_row(row).map(|k| k.meta))
+            .transpose()
+    }
+}

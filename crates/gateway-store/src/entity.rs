@@ -1,0 +1,14 @@
+//! SeaORM entities, one module per table of DESIGN.md section 7. They are the store's private
+//! vocabulary: the domain crates see their own types, converted at the adapter boundary.
+
+pub mod api_keys;
+pub mod billing_plans;
+pub mod credit_ledger;
+pub mod invoices;
+pub mod litellm_servers;
+pub mod model_prices;
+pub mod payment_transactions;
+pub mod rate_limit_state;
+pub mod sessions;
+pub mod usage_logs;
+pub mod users;

@@ -1,0 +1,18 @@
+//! Price of a model per million tokens, in micro-dollars.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "model_prices")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub model: String,
+    pub input_micros_per_million_tokens: i64,
+    pub output_micros_per_million_tokens: i64,
+    pub updated_at: TimeDateTimeWithTimeZone,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,104 @@
+//! Persistence for BluesMinds: the SeaORM entities of every table and the Postgres/SQLite
+//! adapters of the domain crates' ports.
+//!
+//! [`Store::connect`] opens Postgres (`postgres://...`) or an embedded SQLite file
+//! (`sqlite://path?mode=rwc`); [`Store::migrate`] applies the schema of the `migration` crate;
+//! [`Store::ensure_usage_partitions`] keeps the monthly partitions of `usage_logs` ahead of the
+//! calendar on Postgres. [`SqlAuthStore`] implements `gateway_auth::{UserStore, KeyStore}`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gateway_store::StoreError> {
+//! let store = gateway_store::Store::connect("sqlite://bluesminds.db?mode=rwc", &Default::default()).await?;
+//! store.migrate().await?;
+//! let auth = gateway_store::SqlAuthStore::new(store.clone());
+//! # let _ = auth; Ok(()) }
+//! ```
+
+mod auth;
+pub mod entity;
+mod error;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
+use time::OffsetDateTime;
+
+pub use auth::SqlAuthStore;
+pub use error::StoreError;
+
+/// Connection pool settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A database connection pool, Postgres or SQLite. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Opens a pool. SQLite files get WAL journaling and a busy timeout, so the usage writer and
+    /// request handlers do not trip over each other's locks.
+    pub async fn connect(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.max_connections(config.max_connections)
+            .connect_timeout(config.connect_timeout)
+            .acquire_timeout(config.acquire_timeout)
+            .sqlx_logging(false);
+        if url.starts_with("sqlite:") {
+            opts.max_connections(config.max_connections.min(4)).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
+        }
+        let db = Database::connect(opts).await.map_err(StoreError::Connect)?;
+        Ok(Self { db })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Applies every pending migration. Running it again is a no-op.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)
+    }
+
+    /// How many migrations are still to apply.
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        Ok(Migrator::get_pending_migrations(&self.db).await.map_err(StoreError::Migrate)?.len())
+    }
+
+    /// Creates the `usage_logs` partitions for the month of `now` and the next one (Postgres).
+    pub async fn ensure_usage_partitions(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+        migration::ensure_usage_partitions(&self.db, now, 1).await.map_err(StoreError::Db)
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(StoreError::Db)
+    }
+}

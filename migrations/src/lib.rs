@@ -1,0 +1,101 @@
+//! The BluesMinds database schema, as a sea-orm-migration crate.
+//!
+//! The schema is written per dialect in `sql/`: Postgres gets a `usage_logs` table
+//! range-partitioned by month (the partitions of the current and next months are created here
+//! and then daily by the gateway, through [`ensure_usage_partitions`]); SQLite, the embedded
+//! mode, gets a plain table. Every statement is idempotent, and sea-orm-migration records what
+//! ran, so migrating twice changes nothing.
+//!
+//! ```no_run
+//! # async fn demo(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
+//! use migration::{Migrator, MigratorTrait};
+//! Migrator::up(db, None).await?;
+//! # Ok(()) }
+//! ```
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend};
+use time::{Date, Month, OffsetDateTime};
+
+pub use sea_orm_migration::MigratorTrait;
+
+mod m20261128_000001_init;
+
+/// Every migration, in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_init::Migration)]
+    }
+}
+
+/// First day of the month `months_ahead` months after the month of `day`.
+pub fn month_start(day: Date, months_ahead: u32) -> Date {
+    let index = day.year() * 12 + i32::from(day.month() as u8) - 1 + months_ahead as i32;
+    let (year, month0) = (index.div_euclid(12), index.rem_euclid(12) as u8);
+    // month0 is 0..=11, so the month and the first day always exist.
+    Month::try_from(month0 + 1)
+        .ok()
+        .and_then(|m| Date::from_calendar_date(year, m, 1).ok())
+        .unwrap_or(day)
+}
+
+/// Name of the partition of `usage_logs` that holds the month starting at `start`.
+pub fn partition_name(start: Date) -> String {
+    format!("usage_logs_y{:04}m{:02}", start.year(), start.month() as u8)
+}
+
+/// The DDL that creates the partition of `usage_logs` for the month starting at `start`.
+pub fn partition_ddl(start: Date) -> String {
+    let end = month_start(start, 1);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF usage_logs \
+         FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
+        name = partition_name(start),
+    )
+}
+
+/// Creates the monthly partitions of `usage_logs` from the month of `now` through
+/// `months_ahead` months later, so inserts never fail when a month turns. A no-op on SQLite.
+/// Returns the names of the partitions ensured.
+pub async fn ensure_usage_partitions<C: ConnectionTrait>(
+    db: &C,
+    now: OffsetDateTime,
+    months_ahead: u32,
+) -> Result<Vec<String>, DbErr> {
+    if db.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for i in 0..=months_ahead {
+        let start = month_start(now.date(), i);
+        db.execute_unprepared(&partition_ddl(start)).await?;
+        names.push(partition_name(start));
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn months_roll_over_the_year() {
+        assert_eq!(month_start(date!(2026 - 11 - 28), 0), date!(2026 - 11 - 01));
+        assert_eq!(month_start(date!(2026 - 12 - 31), 1), date!(2027 - 01 - 01));
+        assert_eq!(month_start(date!(2026 - 01 - 15), 13), date!(2027 - 02 - 01));
+    }
+
+    #[test]
+    fn partition_ddl_covers_exactly_one_month() {
+        assert_eq!(
+            partition_ddl(date!(2026 - 12 - 01)),
+            "CREATE TABLE IF NOT EXISTS usage_logs_y2026m12 PARTITION OF usage_logs \
+             FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00')"
+        );
+    }
+}

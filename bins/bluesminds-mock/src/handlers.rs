@@ -1,0 +1,240 @@
+//! Routing and the OpenAI endpoints of the mock.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::json;
+
+use crate::body::{MockBody, SseBody};
+use crate::State;
+
+const WORDS: [&str; 8] = ["Hello", "from", "the", "BluesMinds", "mock", "upstream,", "have", "fun."];
+/// Completion length when the request sets no `max_tokens`.
+pub const DEFAULT_COMPLETION_TOKENS: u64 = 16;
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let path = req.uri().path();
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match (req.method(), path) {
+        (&Method::POST, "/chat/completions") => with_body(state, req, chat).await,
+        (&Method::POST, "/embeddings") => with_body(state, req, embeddings).await,
+        (&Method::GET, "/models") => {
+            state.stats.probes.fetch_add(1, Ordering::Relaxed);
+            json_response(StatusCode::OK, state.models_json.clone())
+        }
+        (&Method::GET, "/health" | "/health/liveliness" | "/health/readiness") => {
+            state.stats.probes.fetch_add(1, Ordering::Relaxed);
+            json_response(StatusCode::OK, Bytes::from_static(b"\"I'm alive!\""))
+        }
+        (&Method::GET, "/mock/stats") => {
+            json_response(StatusCode::OK, Bytes::from(state.stats.snapshot().to_string()))
+        }
+        _ => error(StatusCode::NOT_FOUND, "mock: no such route"),
+    }
+}
+
+async fn with_body(
+    state: &State,
+    req: Request<Incoming>,
+    f: impl FnOnce(&State, &[u8], u64) -> Option<Response<MockBody>>,
+) -> Response<MockBody> {
+    let n = state.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let Ok(body) = req.into_body().collect().await else {
+        return error(StatusCode::BAD_REQUEST, "mock: could not read body");
+    };
+    if !state.config.latency.is_zero() {
+        tokio::time::sleep(state.config.latency).await;
+    }
+    let rate = state.config.fail_rate;
+    if rate > 0.0 && ((n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "mock: injected failure (fail-rate)");
+    }
+    match f(state, &body.to_bytes(), n) {
+        Some(response) => response,
+        None => {
+            // "hang": no response head for an hour; the caller's timeout must cut this.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            error(StatusCode::GATEWAY_TIMEOUT, "mock: hung")
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Directive {
+    fail: Option<String>,
+    status: Option<u16>,
+    omit_usage: Option<bool>,
+    chunk_delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    mock: Option<Directive>,
+}
+
+/// `ceil(bytes / 4)`, at least 1: the mock's tokenizer.
+pub fn tokens_for_bytes(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4).max(1)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
+    let req: ChatRequest<'_> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad chat request: {e}"))),
+    };
+    let directive = req.mock.unwrap_or_default();
+    match directive.fail.as_deref() {
+        Some("status") => {
+            let status = StatusCode::from_u16(directive.status.unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Some(error(status, "mock: injected failure"));
+        }
+        Some("hang") => return None,
+        _ => {}
+    }
+    let model = req.model.as_deref().unwrap_or("mock");
+    let prompt_bytes: usize = req.messages.iter().filter_map(|m| m.content).map(|c| c.get().len()).sum();
+    let prompt_tokens = tokens_for_bytes(prompt_bytes);
+    let completion_tokens =
+        req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_COMPLETION_TOKENS).clamp(1, 4096);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    let id = format!("chatcmpl-mock-{n}");
+    let created = unix_now();
+    let words = (0..completion_tokens as usize).map(|i| WORDS[i % WORDS.len()]);
+
+    if req.stream != Some(true) {
+        let content = words.collect::<Vec<_>>().join(" ");
+        let resp = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        return Some(json_response(StatusCode::OK, Bytes::from(resp.to_string())));
+    }
+
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false)
+        && directive.omit_usage != Some(true);
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let mut events = Vec::with_capacity(completion_tokens as usize + 4);
+    events.push(chunk(json!({"role": "assistant", "content": ""}), None));
+    let last = completion_tokens as usize - 1;
+    for (i, word) in words.enumerate() {
+        let text = if i == last { word.to_owned() } else { format!("{word} ") };
+        events.push(chunk(json!({"content": text}), None));
+    }
+    events.push(chunk(json!({}), Some("stop")));
+    if include_usage {
+        let c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage,
+        });
+        events.push(Bytes::from(format!("data: {c}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let fail_after = (directive.fail.as_deref() == Some("midstream")).then_some(3);
+    let delay = directive.chunk_delay_ms.map_or(state.config.chunk_delay, Duration::from_millis);
+    let body = SseBody::new(events, delay, fail_after, state.stats.clone());
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(MockBody::Sse(body))
+        .unwrap_or_else(|_| Response::new(MockBody::Full(None)));
+    Some(response)
+}
+
+#[derive(Deserialize)]
+struct EmbeddingRequest<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+}
+
+fn embeddings(_state: &State, body: &[u8], _n: u64) -> Option<Response<MockBody>> {
+    let req: EmbeddingRequest<'_> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad embeddings request: {e}"))),
+    };
+    let Some(input) = req.input else {
+        return Some(error(StatusCode::BAD_REQUEST, "mock: missing input"));
+    };
+    let count = match serde_json::from_str::<Vec<&RawValue>>(input.get()) {
+        Ok(items) if input.get().trim_start().starts_with("[\"") || input.get() == "[]" => items.len(),
+        _ => 1,
+    };
+    let tokens = tokens_for_bytes(input.get().len());
+    let data: Vec<_> = (0..count)
+        .map(|i| {
+            let v: Vec<f32> = (0..8).map(|j| ((i * 8 + j) as f32 * 0.125).sin()).collect();
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    let resp = json!({
+        "object": "list", "data": data, "model": req.model.as_deref().unwrap_or("mock"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    Some(json_response(StatusCode::OK, Bytes::from(resp.to_string())))
+}
+
+pub fn models_json(models: &[String]) -> Bytes {
+    let data: Vec<_> = models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "bluesminds-mock"}))
+        .collect();
+    Bytes::from(json!({"object": "list", "data": data}).to_string())
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<MockBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(MockBody::Full(Some(body)))
+        .unwrap_or_else(|_| Response::new(MockBody::Full(None)))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<MockBody> {
+    let body = json!({"error": {"message": message, "type": "mock_error", "param": null, "code": null}});
+    json_response(status, Bytes::from(body.to_string()))
+}

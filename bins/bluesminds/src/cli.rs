@@ -1,0 +1,47 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// BluesMinds: a self-hosted, multi-tenant, OpenAI-compatible AI gateway.
+#[derive(Debug, Parser)]
+#[command(name = "bluesminds", version, about)]
+pub struct Cli {
+    /// Configuration file (default: ./bluesminds.toml when it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gateway (the default).
+    Serve {
+        /// Do not run pending migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and create the current usage partitions.
+    Migrate,
+    /// Administer accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Run the gateway with an in-process mock upstream, a demo user and an API key.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin user, or promote an existing user and set their password.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// The password; read from standard input when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}

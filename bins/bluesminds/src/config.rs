@@ -1,0 +1,413 @@
+//! Configuration: defaults, then `bluesminds.toml` (or `--config PATH`), then the environment,
+//! then [`Config::validate`]. Every error names the key at fault, and the binary exits 64.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration, one section per concern.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamSeed>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address (`BLUESMINDS_BIND`).
+    pub bind: String,
+    /// Public URL, for cookies and the CSRF `Origin` check (`BLUESMINDS_PUBLIC_URL`).
+    pub public_url: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// A client must send its request headers within this time; an idle keep-alive connection
+    /// is closed after it too (HTTP/1).
+    pub header_timeout_ms: u64,
+    /// A client must send its whole request body within this time (408 otherwise).
+    pub body_timeout_ms: u64,
+    /// HTTP/2 connections are pinged at this interval and closed when a ping goes unanswered
+    /// for as long.
+    pub h2_keepalive_ms: u64,
+    /// On SIGINT/SIGTERM, in-flight requests and open streams get this long to finish; the
+    /// rest are cut.
+    pub shutdown_grace_ms: u64,
+    /// Requests handled at once (open streams included); more are shed with 503.
+    pub max_in_flight: usize,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:3000".into(),
+            public_url: "http://localhost:3000".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            h2_keepalive_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            max_in_flight: 4_096,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://FILE?mode=rwc` (`DATABASE_URL`).
+    pub url: String,
+    pub max_connections: u32,
+    /// Run pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://bluesminds.db?mode=rwc".into(),
+            max_connections: 16,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+
+    /// The SQLite file, if this is an embedded database.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.url.strip_prefix("sqlite://").or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://...` (`REDIS_URL`); empty keeps limits in memory.
+    pub url: String,
+    pub pool_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: String::new(), pool_size: 16 }
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key of session-token hashing (`JWT_SECRET`).
+    pub jwt_secret: String,
+    /// Key of the verified-key cache's HMAC (`API_KEY_SECRET`).
+    pub api_key_secret: String,
+    /// bcrypt cost of passwords and keys.
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { jwt_secret: String::new(), api_key_secret: String::new(), bcrypt_cost: 12 }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |s: &str| if s.is_empty() { "<unset>" } else { "<redacted>" };
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &shown(&self.jwt_secret))
+            .field("api_key_secret", &shown(&self.api_key_secret))
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `bluesminds=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// An upstream server given in the environment.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSeed {
+    pub url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+impl std::fmt::Debug for UpstreamSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSeed")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+/// A configuration error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+        Self(format!("`{key}` {problem}"))
+    }
+}
+
+impl Config {
+    /// Layers defaults, the TOML file and the environment. `path` is `--config`: when given,
+    /// the file must exist; otherwise `bluesminds.toml` in the working directory is read if
+    /// present.
+    pub fn figment(path: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) if !p.is_file() => {
+                return Err(ConfigError(format!("config file {} does not exist", p.display())));
+            }
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new("bluesminds.toml").is_file() => {
+                figment = figment.merge(Toml::file_exact("bluesminds.toml"));
+            }
+            None => {}
+        }
+        Ok(figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+            .merge(Env::raw().only(&["JWT_SECRET"]).map(|_| "auth.jwt_secret".into()))
+            .merge(Env::raw().only(&["API_KEY_SECRET"]).map(|_| "auth.api_key_secret".into()))
+            .merge(Env::raw().only(&["BLUESMINDS_BIND"]).map(|_| "server.bind".into()))
+            .merge(Env::raw().only(&["BLUESMINDS_PUBLIC_URL"]).map(|_| "server.public_url".into()))
+            .merge(Env::prefixed("BLUESMINDS_").filter(|k| k.as_str().contains("__")).split("__")))
+    }
+
+    /// Loads, adds the `LITELLM_SERVER_N_*` seeds and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(&Self::figment(path)?, std::env::vars())
+    }
+
+    /// Extracts from a figment plus an environment (injected for tests).
+    pub fn from_figment(
+        figment: &Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(figment_message(&e)))?;
+        config.upstreams.extend(upstream_seeds(env)?);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        s.bind
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::key("server.bind", format!("{:?} is not an address like 127.0.0.1:3000", s.bind)))?;
+        if !(s.public_url.starts_with("http://") || s.public_url.starts_with("https://")) {
+            return Err(ConfigError::key("server.public_url", "must start with http:// or https://"));
+        }
+        for (key, value) in [
+            ("server.max_body_bytes", s.max_body_bytes as u64),
+            ("server.header_timeout_ms", s.header_timeout_ms),
+            ("server.body_timeout_ms", s.body_timeout_ms),
+            ("server.h2_keepalive_ms", s.h2_keepalive_ms),
+            ("server.max_in_flight", s.max_in_flight as u64),
+            ("database.max_connections", u64::from(self.database.max_connections)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
+            return Err(ConfigError::key("database.url", "must be a postgres:// or sqlite: URL"));
+        }
+        let redis = &self.redis.url;
+        if !redis.is_empty() && !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            return Err(ConfigError::key("redis.url", "must be a redis:// or rediss:// URL"));
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return Err(ConfigError::key("auth.bcrypt_cost", "must be between 4 and 31"));
+        }
+        for (key, value, env) in [
+            ("auth.jwt_secret", &self.auth.jwt_secret, "JWT_SECRET"),
+            ("auth.api_key_secret", &self.auth.api_key_secret, "API_KEY_SECRET"),
+        ] {
+            if value.is_empty() && !self.database.is_sqlite() {
+                return Err(ConfigError::key(
+                    key,
+                    format!("is required with Postgres: set {env} (e.g. `openssl rand -base64 32`)"),
+                ));
+            }
+            if !value.is_empty() && value.len() < 32 {
+                return Err(ConfigError::key(key, "must be at least 32 characters long"));
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::key("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+}
+
+/// Turns figment's error into one line that names the key.
+fn figment_message(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let source = err.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            if key.is_empty() { format!("{}{source}", err.kind) } else { format!("`{key}`: {}{source}", err.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `LITELLM_SERVER_1_URL`, `LITELLM_SERVER_1_API_KEY`, `LITELLM_SERVER_1_MODELS` (comma
+/// separated), for N = 1, 2, ... in order.
+pub fn upstream_seeds(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<UpstreamSeed>, ConfigError> {
+    let vars: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("LITELLM_SERVER_"))
+        .collect();
+    let mut numbers: Vec<u32> = vars
+        .keys()
+        .filter_map(|k| k.strip_prefix("LITELLM_SERVER_")?.strip_suffix("_URL")?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    let mut seeds = Vec::new();
+    for n in numbers {
+        let url = vars[&format!("LITELLM_SERVER_{n}_URL")].trim().to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+            return Err(ConfigError::key(
+                &format!("LITELLM_SERVER_{n}_URL"),
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let api_key = vars.get(&format!("LITELLM_SERVER_{n}_API_KEY")).filter(|k| !k.is_empty()).cloned();
+        let models = vars
+            .get(&format!("LITELLM_SERVER_{n}_MODELS"))
+            .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        seeds.push(UpstreamSeed { url, api_key, models });
+    }
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail) -> Result<Config, ConfigError> {
+        let _ = jail;
+        Config::from_figment(&Config::figment(None)?, std::env::vars())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        Jail::expect_with(|jail| {
+            let c = load(jail).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.bind, "127.0.0.1:3000");
+            assert_eq!(c.database.sqlite_path(), Some(PathBuf::from("bluesminds.db")));
+            assert!(c.redis.url.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_win_in_that_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bluesminds.toml",
+                "[server]\nbind = \"0.0.0.0:8080\"\nmax_in_flight = 10\n[log]\nformat = \"json\"\n",
+            )?;
+            jail.set_env("BLUESMINDS_SERVER__MAX_IN_FLIGHT", "20");
+            jail.set_env("BLUESMINDS_PUBLIC_URL", "https://gw.example.com");
+            jail.set_env("LITELLM_SERVER_2_URL", "http://b:4000");
+            jail.set_env("LITELLM_SERVER_1_URL", "http://a:4000");
+            jail.set_env("LITELLM_SERVER_1_MODELS", "gpt-4, claude-3");
+            jail.set_env("LITELLM_SERVER_1_API_KEY", "sk-up");
+            let c = load(jail).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.bind, "0.0.0.0:8080");
+            assert_eq!(c.server.max_in_flight, 20);
+            assert_eq!(c.server.public_url, "https://gw.example.com");
+            assert_eq!(c.log.format, "json");
+            assert_eq!(c.upstreams.len(), 2);
+            assert_eq!(c.upstreams[0].url, "http://a:4000");
+            assert_eq!(c.upstreams[0].models, vec!["gpt-4", "claude-3"]);
+            assert_eq!(c.upstreams[0].api_key.as_deref(), Some("sk-up"));
+            assert_eq!(c.upstreams[1].url, "http://b:4000");
+            assert!(!format!("{:?}", c.upstreams).contains("sk-up"));
+            Ok(())
+        });
+    }
+
+    fn error_of(jail: &mut Jail, vars: &[(&str, &str)]) -> String {
+        for (k, v) in vars {
+            jail.set_env(k, v);
+        }
+        load(jail).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("BLUESMINDS_SERVER__MAX_IN_FLIGHT", "lots")], "server.max_in_flight"),
+            (&[("BLUESMINDS_BIND", "nowhere")], "server.bind"),
+            (&[("BLUESMINDS_SERVER__NO_SUCH_KEY", "1")], "no_such_key"),
+            (&[("DATABASE_URL", "mysql://x")], "database.url"),
+            (&[("DATABASE_URL", "postgres://h/db")], "auth.jwt_secret"),
+            (&[("JWT_SECRET", "short")], "auth.jwt_secret"),
+            (&[("LITELLM_SERVER_1_URL", "ftp://x")], "LITELLM_SERVER_1_URL"),
+            (&[("BLUESMINDS_SERVER__MAX_BODY_BYTES", "0")], "server.max_body_bytes"),
+        ];
+        for (vars, key) in cases {
+            Jail::expect_with(|jail| {
+                let msg = error_of(jail, vars);
+                assert!(msg.contains(key), "{vars:?}: {msg:?} should name {key}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let auth = AuthConfig { jwt_secret: "j".repeat(40), api_key_secret: "k".repeat(40), bcrypt_cost: 12 };
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("jjjj") && !shown.contains("kkkk"), "{shown}");
+    }
+}

@@ -1,0 +1,60 @@
+//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
+
+use std::time::Duration;
+
+use gateway_core::{ApiError, ErrorKind};
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::app::App;
+use crate::http::{json, json_bytes, ResBody};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn healthz() -> Response<ResBody> {
+    json_bytes(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
+}
+
+/// 200 when the database (and Redis, when configured) answer within two seconds; 503 with an
+/// OpenAI error body and the per-dependency result otherwise.
+pub async fn readyz(app: &App) -> Response<ResBody> {
+    let database = match tokio::time::timeout(CHECK_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database ping failed");
+            "unreachable"
+        }
+        Err(_) => "timeout",
+    };
+    let redis = match &app.redis {
+        None => "not configured",
+        Some(pool) => match tokio::time::timeout(CHECK_TIMEOUT, redis_ping(pool)).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: redis ping failed");
+                "unreachable"
+            }
+            Err(_) => "timeout",
+        },
+    };
+    let ready = database == "ok" && matches!(redis, "ok" | "not configured");
+    let checks = json!({"database": database, "redis": redis});
+    if ready {
+        json(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
+    } else {
+        let err = ApiError::new(ErrorKind::ServiceUnavailable, "A dependency of the gateway is unavailable.")
+            .with_retry_after(5);
+        let mut body = serde_json::to_value(err.body()).unwrap_or_default();
+        body["checks"] = checks;
+        let mut res = json(StatusCode::SERVICE_UNAVAILABLE, &body);
+        res.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        res
+    }
+}
+
+async fn redis_ping(pool: &deadpool_redis::Pool) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    anyhow::ensure!(pong == "PONG", "unexpected PING reply");
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The BluesMinds gateway server: a thin raw-hyper binary that wires the domain crates.
+//!
+//! [`run`] takes its listener and shutdown future as arguments, so tests start the server on
+//! `127.0.0.1:0` in-process or through the binary, and stop it when they choose.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+mod errors;
+mod handlers;
+pub mod http;
+pub mod router;
+pub mod secrets;
+pub mod server;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use app::App;
+pub use config::Config;
+
+/// How often the monthly partitions of `usage_logs` are checked (creation is idempotent).
+const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let maintenance = tokio::spawn(partition_maintenance(app.store.clone()));
+    server::serve(listener, app, shutdown).await;
+    maintenance.abort();
+}
+
+/// Keeps the partitions of this and next month in place, so inserts never fail when a month
+/// turns, even on a gateway that runs for months.
+async fn partition_maintenance(store: gateway_store::Store) {
+    let mut tick = tokio::time::interval(PARTITION_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        match store.ensure_usage_partitions(time::OffsetDateTime::now_utc()).await {
+            Ok(names) if !names.is_empty() => tracing::debug!(?names, "usage_logs partitions ensured"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot create usage_logs partitions; inserts will fail when the month turns"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}

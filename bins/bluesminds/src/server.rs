@@ -1,0 +1,167 @@
+//! The HTTP server: accept loop, per-connection protocol (HTTP/1.1 and h2c), timeouts against
+//! slow clients, the global in-flight cap, request ids, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_core::{ApiError, ErrorKind, RequestId};
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+
+use crate::app::App;
+use crate::handlers;
+use crate::http::{error_response, Guarded, ResBody};
+use crate::router::{self, Routed};
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// What a handler knows about its request besides the request itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub request_id: RequestId,
+    pub started: Instant,
+}
+
+type Resp = Response<Guarded<Option<OwnedSemaphorePermit>>>;
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains: stops accepting, lets
+/// in-flight requests and streams finish for `server.shutdown_grace_ms`, and cuts the rest.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let s = &app.config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(s.header_timeout_ms))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(s.h2_keepalive_ms))
+        .keep_alive_timeout(Duration::from_millis(s.h2_keepalive_ms))
+        .max_concurrent_streams(256);
+    let grace = Duration::from_millis(s.shutdown_grace_ms);
+
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin; existing connections go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        connections.spawn(graceful.watch(conn));
+    }
+    drop(listener);
+    let open = connections.len();
+    tracing::info!(open_connections = open, grace_ms = grace.as_millis() as u64, "shutting down: draining");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(cut = connections.len(), "shutdown grace period over: cutting open connections");
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// One request: route, admit under the in-flight cap, dispatch, stamp the request id.
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+    let ctx = Ctx { request_id: RequestId::new(), started: Instant::now() };
+    let (res, permit) = match router::route(req.method(), req.uri().path()) {
+        Routed::Found(route) => {
+            let permit = if route.is_ops() {
+                None
+            } else {
+                match app.in_flight.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::warn!(request_id = %ctx.request_id, "in-flight cap reached: shedding");
+                        return finish(error_response(&ApiError::overloaded()), None, ctx);
+                    }
+                }
+            };
+            (handlers::dispatch(&app, route, req, ctx).await, permit)
+        }
+        Routed::MethodNotAllowed(allow) => {
+            let err = ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("Method {} is not allowed here; use {allow}.", req.method()),
+            );
+            let mut res = error_response(&err);
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            (res, None)
+        }
+        Routed::NotFound => {
+            let err = ApiError::new(
+                ErrorKind::NotFound,
+                format!("Unknown request URL: {} {}.", req.method(), req.uri().path()),
+            );
+            (error_response(&err), None)
+        }
+    };
+    finish(res, permit, ctx)
+}
+
+fn finish(res: Response<ResBody>, permit: Option<OwnedSemaphorePermit>, ctx: Ctx) -> Resp {
+    let (mut parts, body) = res.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id.to_string()) {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+    Response::from_parts(parts, Guarded { body, _guard: permit })
+}
+
+/// Reads a whole request body under the size limit and the body timeout.
+pub async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = app.config.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_millis(app.config.server.body_timeout_ms);
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::invalid_request("The request body could not be read.")),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            "The request body was not received in time.",
+        )),
+    }
+}

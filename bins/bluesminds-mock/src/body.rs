@@ -2,8 +2,8 @@
 //! (or its abortion by the client) counted.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,7 +49,15 @@ impl SseBody {
         stats: Arc<MockStats>,
     ) -> Self {
         stats.open_streams.fetch_add(1, Ordering::Relaxed);
-        Self { events: events.into_iter(), delay, sleep: None, fail_after, sent: 0, stats, finished: false }
+        Self {
+            events: events.into_iter(),
+            delay,
+            sleep: None,
+            fail_after,
+            sent: 0,
+            stats,
+            finished: false,
+        }
     }
 }
 
@@ -90,7 +98,10 @@ impl Body for MockBody {
 }
 
 impl SseBody {
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, InjectedFailure>>> {
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InjectedFailure>>> {
         if self.fail_after == Some(self.sent) {
             return Poll::Ready(Some(Err(InjectedFailure)));
         }

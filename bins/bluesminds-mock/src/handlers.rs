@@ -5,17 +5,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 
-use crate::body::{MockBody, SseBody};
 use crate::State;
+use crate::body::{MockBody, SseBody};
 
-const WORDS: [&str; 8] = ["Hello", "from", "the", "BluesMinds", "mock", "upstream,", "have", "fun."];
+const WORDS: [&str; 8] =
+    ["Hello", "from", "the", "BluesMinds", "mock", "upstream,", "have", "fun."];
 /// Completion length when the request sets no `max_tokens`.
 pub const DEFAULT_COMPLETION_TOKENS: u64 = 16;
 
@@ -60,7 +61,7 @@ async fn with_body(
         Some(response) => response,
         None => {
             // "hang": no response head for an hour; the caller's timeout must cut this.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
             error(StatusCode::GATEWAY_TIMEOUT, "mock: hung")
         }
     }
@@ -110,7 +111,9 @@ fn unix_now() -> u64 {
 fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
     let req: ChatRequest<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad chat request: {e}"))),
+        Err(e) => {
+            return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad chat request: {e}")));
+        }
     };
     let directive = req.mock.unwrap_or_default();
     match directive.fail.as_deref() {
@@ -123,10 +126,14 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
         _ => {}
     }
     let model = req.model.as_deref().unwrap_or("mock");
-    let prompt_bytes: usize = req.messages.iter().filter_map(|m| m.content).map(|c| c.get().len()).sum();
+    let prompt_bytes: usize =
+        req.messages.iter().filter_map(|m| m.content).map(|c| c.get().len()).sum();
     let prompt_tokens = tokens_for_bytes(prompt_bytes);
-    let completion_tokens =
-        req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_COMPLETION_TOKENS).clamp(1, 4096);
+    let completion_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(DEFAULT_COMPLETION_TOKENS)
+        .clamp(1, 4096);
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -192,16 +199,24 @@ struct EmbeddingRequest<'a> {
     input: Option<&'a RawValue>,
 }
 
+#[allow(clippy::unnecessary_wraps)] // shares the handler signature of `chat`
 fn embeddings(_state: &State, body: &[u8], _n: u64) -> Option<Response<MockBody>> {
     let req: EmbeddingRequest<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad embeddings request: {e}"))),
+        Err(e) => {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                &format!("mock: bad embeddings request: {e}"),
+            ));
+        }
     };
     let Some(input) = req.input else {
         return Some(error(StatusCode::BAD_REQUEST, "mock: missing input"));
     };
     let count = match serde_json::from_str::<Vec<&RawValue>>(input.get()) {
-        Ok(items) if input.get().trim_start().starts_with("[\"") || input.get() == "[]" => items.len(),
+        Ok(items) if input.get().trim_start().starts_with("[\"") || input.get() == "[]" => {
+            items.len()
+        }
         _ => 1,
     };
     let tokens = tokens_for_bytes(input.get().len());
@@ -235,6 +250,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<MockBody> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<MockBody> {
-    let body = json!({"error": {"message": message, "type": "mock_error", "param": null, "code": null}});
+    let body =
+        json!({"error": {"message": message, "type": "mock_error", "param": null, "code": null}});
     json_response(status, Bytes::from(body.to_string()))
 }

@@ -29,13 +29,11 @@ impl std::fmt::Debug for App {
 
 /// Opens the database (and migrates it when told to).
 pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
-    let store_config = StoreConfig {
-        max_connections: config.database.max_connections,
-        ..StoreConfig::default()
-    };
-    let store = Store::connect(&config.database.url, &store_config)
-        .await
-        .with_context(|| format!("cannot open the database ({})", redact_url(&config.database.url)))?;
+    let store_config =
+        StoreConfig { max_connections: config.database.max_connections, ..StoreConfig::default() };
+    let store = Store::connect(&config.database.url, &store_config).await.with_context(|| {
+        format!("cannot open the database ({})", redact_url(&config.database.url))
+    })?;
     if migrate {
         store.migrate().await.context("database migration failed")?;
         store
@@ -58,10 +56,9 @@ impl App {
             pool.timeouts.create = Some(Duration::from_millis(500));
             pool.timeouts.recycle = Some(Duration::from_millis(500));
             cfg.pool = Some(pool);
-            Some(
-                cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .with_context(|| format!("invalid redis.url ({})", redact_url(&config.redis.url)))?,
-            )
+            Some(cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).with_context(|| {
+                format!("invalid redis.url ({})", redact_url(&config.redis.url))
+            })?)
         };
         let auth_store = Arc::new(SqlAuthStore::new(store.clone()));
         let accounts = Accounts::new(auth_store.clone(), auth_store, config.auth.bcrypt_cost);

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration, one section per concern.
@@ -91,7 +91,8 @@ impl DatabaseConfig {
 
     /// The SQLite file, if this is an embedded database.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.url.strip_prefix("sqlite://").or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let rest =
+            self.url.strip_prefix("sqlite://").or_else(|| self.url.strip_prefix("sqlite:"))?;
         let path = rest.split('?').next().unwrap_or(rest);
         (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
     }
@@ -231,11 +232,17 @@ impl Config {
     /// Checks values serde cannot, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
-        s.bind
-            .parse::<SocketAddr>()
-            .map_err(|_| ConfigError::key("server.bind", format!("{:?} is not an address like 127.0.0.1:3000", s.bind)))?;
+        s.bind.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::key(
+                "server.bind",
+                format!("{:?} is not an address like 127.0.0.1:3000", s.bind),
+            )
+        })?;
         if !(s.public_url.starts_with("http://") || s.public_url.starts_with("https://")) {
-            return Err(ConfigError::key("server.public_url", "must start with http:// or https://"));
+            return Err(ConfigError::key(
+                "server.public_url",
+                "must start with http:// or https://",
+            ));
         }
         for (key, value) in [
             ("server.max_body_bytes", s.max_body_bytes as u64),
@@ -250,11 +257,14 @@ impl Config {
             }
         }
         let db = &self.database.url;
-        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
             return Err(ConfigError::key("database.url", "must be a postgres:// or sqlite: URL"));
         }
         let redis = &self.redis.url;
-        if !redis.is_empty() && !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return Err(ConfigError::key("redis.url", "must be a redis:// or rediss:// URL"));
         }
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
@@ -267,7 +277,9 @@ impl Config {
             if value.is_empty() && !self.database.is_sqlite() {
                 return Err(ConfigError::key(
                     key,
-                    format!("is required with Postgres: set {env} (e.g. `openssl rand -base64 32`)"),
+                    format!(
+                        "is required with Postgres: set {env} (e.g. `openssl rand -base64 32`)"
+                    ),
                 ));
             }
             if !value.is_empty() && value.len() < 32 {
@@ -287,8 +299,13 @@ fn figment_message(e: &figment::Error) -> String {
         .into_iter()
         .map(|err| {
             let key = err.path.join(".");
-            let source = err.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
-            if key.is_empty() { format!("{}{source}", err.kind) } else { format!("`{key}`: {}{source}", err.kind) }
+            let source =
+                err.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", err.kind)
+            } else {
+                format!("`{key}`: {}{source}", err.kind)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -299,10 +316,8 @@ fn figment_message(e: &figment::Error) -> String {
 pub fn upstream_seeds(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<UpstreamSeed>, ConfigError> {
-    let vars: std::collections::HashMap<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("LITELLM_SERVER_"))
-        .collect();
+    let vars: std::collections::HashMap<String, String> =
+        env.into_iter().filter(|(k, _)| k.starts_with("LITELLM_SERVER_")).collect();
     let mut numbers: Vec<u32> = vars
         .keys()
         .filter_map(|k| k.strip_prefix("LITELLM_SERVER_")?.strip_suffix("_URL")?.parse().ok())
@@ -311,16 +326,21 @@ pub fn upstream_seeds(
     let mut seeds = Vec::new();
     for n in numbers {
         let url = vars[&format!("LITELLM_SERVER_{n}_URL")].trim().to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
             return Err(ConfigError::key(
                 &format!("LITELLM_SERVER_{n}_URL"),
                 "must be an http:// or https:// URL with a host",
             ));
         }
-        let api_key = vars.get(&format!("LITELLM_SERVER_{n}_API_KEY")).filter(|k| !k.is_empty()).cloned();
+        let api_key =
+            vars.get(&format!("LITELLM_SERVER_{n}_API_KEY")).filter(|k| !k.is_empty()).cloned();
         let models = vars
             .get(&format!("LITELLM_SERVER_{n}_MODELS"))
-            .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect())
+            .map(|m| {
+                m.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect()
+            })
             .unwrap_or_default();
         seeds.push(UpstreamSeed { url, api_key, models });
     }
@@ -328,6 +348,7 @@ pub fn upstream_seeds(
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return its own large error
 mod tests {
     use super::*;
     use figment::Jail;
@@ -406,7 +427,11 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug() {
-        let auth = AuthConfig { jwt_secret: "j".repeat(40), api_key_secret: "k".repeat(40), bcrypt_cost: 12 };
+        let auth = AuthConfig {
+            jwt_secret: "j".repeat(40),
+            api_key_secret: "k".repeat(40),
+            bcrypt_cost: 12,
+        };
         let shown = format!("{auth:?}");
         assert!(!shown.contains("jjjj") && !shown.contains("kkkk"), "{shown}");
     }

@@ -6,15 +6,20 @@ use anyhow::Context as _;
 use gateway_auth::NewKey;
 use gateway_core::Scope;
 
-use crate::config::{Config, UpstreamSeed};
 use crate::App;
+use crate::config::{Config, UpstreamSeed};
 
 pub const DEMO_EMAIL: &str = "demo@bluesminds.local";
 
 /// Runs the demo until `shutdown` resolves.
 #[allow(clippy::print_stdout)]
-pub async fn run(mut config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot start the mock upstream")?;
+pub async fn run(
+    mut config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the mock upstream")?;
     let mock_addr = mock_listener.local_addr()?;
     let (mock_stop, mock_stopped) = tokio::sync::oneshot::channel::<()>();
     let mock = tokio::spawn(bluesminds_mock::run(
@@ -25,18 +30,31 @@ pub async fn run(mut config: Config, shutdown: impl std::future::Future<Output =
             let _ = mock_stopped.await;
         },
     ));
-    config.upstreams.push(UpstreamSeed { url: format!("http://{mock_addr}"), api_key: None, models: vec![] });
+    config.upstreams.push(UpstreamSeed {
+        url: format!("http://{mock_addr}"),
+        api_key: None,
+        models: vec![],
+    });
 
     let bind = config.server.bind.clone();
     let app = Arc::new(App::build(config).await?);
     let password = crate::secrets::random_password()?;
-    let user = app.accounts.create_or_promote_admin(DEMO_EMAIL, &password).await.context("cannot create the demo user")?;
+    let user = app
+        .accounts
+        .create_or_promote_admin(DEMO_EMAIL, &password)
+        .await
+        .context("cannot create the demo user")?;
     let issued = app
         .accounts
-        .create_key(user.id, NewKey::named("demo", vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models]))
+        .create_key(
+            user.id,
+            NewKey::named("demo", vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models]),
+        )
         .await
         .context("cannot create the demo API key")?;
-    let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     let key = &issued.key;
     println!(

@@ -6,7 +6,11 @@ use gateway_core::{ApiError, ErrorKind, RequestId};
 
 /// Logs an internal error chain (never containing secrets: adapters do not put them in
 /// errors) and returns the generic 500 or 503.
-pub fn internal(request_id: RequestId, what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
+pub fn internal(
+    request_id: RequestId,
+    what: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> ApiError {
     let mut chain = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -23,7 +27,9 @@ pub fn from_auth(request_id: RequestId, e: AuthError) -> ApiError {
         AuthError::Invalid { field, message } => {
             ApiError::invalid_param(field, format!("Invalid '{field}': {message}."))
         }
-        AuthError::Conflict(what) => ApiError::new(ErrorKind::Conflict, format!("This {what} is already registered.")),
+        AuthError::Conflict(what) => {
+            ApiError::new(ErrorKind::Conflict, format!("This {what} is already registered."))
+        }
         AuthError::NotFound(what) => ApiError::not_found(what),
         AuthError::KeyLimit(n) => ApiError::new(
             ErrorKind::PermissionDenied,

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use gateway_core::{ApiError, ErrorKind};
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
@@ -70,8 +70,18 @@ impl Body for ResBody {
 /// A body that holds a guard (an in-flight permit) until it is fully sent or dropped.
 #[derive(Debug)]
 pub struct Guarded<G> {
-    pub body: ResBody,
-    pub _guard: G,
+    body: ResBody,
+    guard: G,
+}
+
+impl<G> Guarded<G> {
+    pub fn new(body: ResBody, guard: G) -> Self {
+        Self { body, guard }
+    }
+
+    pub fn guard(&self) -> &G {
+        &self.guard
+    }
 }
 
 impl<G: Unpin> Body for Guarded<G> {

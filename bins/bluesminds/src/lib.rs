@@ -25,7 +25,7 @@ pub use app::App;
 pub use config::Config;
 
 /// How often the monthly partitions of `usage_logs` are checked (creation is idempotent).
-const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+const PARTITION_CHECK_EVERY: Duration = Duration::from_hours(6);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -41,9 +41,13 @@ async fn partition_maintenance(store: gateway_store::Store) {
     loop {
         tick.tick().await;
         match store.ensure_usage_partitions(time::OffsetDateTime::now_utc()).await {
-            Ok(names) if !names.is_empty() => tracing::debug!(?names, "usage_logs partitions ensured"),
+            Ok(names) if !names.is_empty() => {
+                tracing::debug!(?names, "usage_logs partitions ensured");
+            }
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot create usage_logs partitions; inserts will fail when the month turns"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create usage_logs partitions; inserts will fail when the month turns");
+            }
         }
     }
 }

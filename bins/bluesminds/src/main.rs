@@ -64,8 +64,9 @@ async fn serve(mut config: Config, no_migrate: bool) -> anyhow::Result<()> {
     }
     let bind = config.server.bind.clone();
     let app = Arc::new(bluesminds::App::build(config).await?);
-    let listener =
-        tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("bluesminds listening on http://{addr}");
@@ -88,12 +89,19 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn admin_create(config: &Config, email: &str, password: Option<String>) -> anyhow::Result<()> {
+async fn admin_create(
+    config: &Config,
+    email: &str,
+    password: Option<String>,
+) -> anyhow::Result<()> {
     let password = match password {
         Some(p) => p,
         None => {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
@@ -105,7 +113,9 @@ async fn admin_create(config: &Config, email: &str, password: Option<String>) ->
             println!("admin {} is ready (id {})", user.email, user.id);
             Ok(())
         }
-        Err(gateway_auth::AuthError::Invalid { field, message }) => anyhow::bail!("invalid {field}: {message}"),
+        Err(gateway_auth::AuthError::Invalid { field, message }) => {
+            anyhow::bail!("invalid {field}: {message}")
+        }
         Err(e) => Err(e).context("cannot create the admin"),
     }
 }

@@ -17,7 +17,11 @@ pub fn secrets_path(db_path: &Path) -> PathBuf {
 fn random_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("OS random generator failed: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 /// Fills missing secrets from (or into) the secrets file of an embedded database.
@@ -32,13 +36,14 @@ pub fn ensure_embedded_secrets(config: &mut Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let path = secrets_path(&db_path);
-    let mut stored: std::collections::HashMap<String, String> = match std::fs::read_to_string(&path) {
+    let mut stored: std::collections::HashMap<String, String> = match std::fs::read_to_string(&path)
+    {
         Ok(text) => text
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::collections::HashMap::new(),
         Err(e) => anyhow::bail!("cannot read secrets file {}: {e}", path.display()),
     };
     let mut generated = false;
@@ -69,7 +74,10 @@ pub fn ensure_embedded_secrets(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, values: &std::collections::HashMap<String, String>) -> anyhow::Result<()> {
+fn write_private(
+    path: &Path,
+    values: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -83,6 +91,14 @@ fn write_private(path: &Path, values: &std::collections::HashMap<String, String>
         writeln!(file, "{k}={}", values[k])?;
     }
     Ok(())
+}
+
+/// A random password of 20 base62-like characters, for generated accounts.
+pub fn random_password() -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("OS random generator failed: {e}"))?;
+    Ok(bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])).collect())
 }
 
 #[cfg(test)]
@@ -108,12 +124,4 @@ mod tests {
         ensure_embedded_secrets(&mut again).unwrap();
         assert_eq!(again.auth, config.auth, "a restart reads the same secrets back");
     }
-}
-
-/// A random password of 20 base62-like characters, for generated accounts.
-pub fn random_password() -> anyhow::Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut bytes = [0u8; 20];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("OS random generator failed: {e}"))?;
-    Ok(bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])).collect())
 }

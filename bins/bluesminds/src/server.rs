@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_core::{ApiError, ErrorKind, RequestId};
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::handlers;
-use crate::http::{error_response, Guarded, ResBody};
+use crate::http::{Guarded, ResBody, error_response};
 use crate::router::{self, Routed};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -76,12 +76,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         connections.spawn(graceful.watch(conn));
     }
     drop(listener);
     let open = connections.len();
-    tracing::info!(open_connections = open, grace_ms = grace.as_millis() as u64, "shutting down: draining");
+    tracing::info!(
+        open_connections = open,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
         () = tokio::time::sleep(grace) => {
@@ -134,7 +139,7 @@ fn finish(res: Response<ResBody>, permit: Option<OwnedSemaphorePermit>, ctx: Ctx
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id.to_string()) {
         parts.headers.insert(X_REQUEST_ID, v);
     }
-    Response::from_parts(parts, Guarded { body, _guard: permit })
+    Response::from_parts(parts, Guarded::new(body, permit))
 }
 
 /// Reads a whole request body under the size limit and the body timeout.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gateway_core::{ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, User, UserId};
 use time::OffsetDateTime;
 
-use crate::{apikey, password, AuthError, KeyRecord, KeyStore, NewUser, UserStore};
+use crate::{AuthError, KeyRecord, KeyStore, NewUser, UserStore, apikey, password};
 
 /// Trims and lower-cases an email and checks its shape; the message is safe to show.
 pub fn normalize_email(email: &str) -> Result<String, AuthError> {
@@ -78,14 +78,23 @@ impl Accounts {
     }
 
     /// Creates an admin account, or promotes an existing one and sets its password.
-    pub async fn create_or_promote_admin(&self, email: &str, pass: &str) -> Result<User, AuthError> {
+    pub async fn create_or_promote_admin(
+        &self,
+        email: &str,
+        pass: &str,
+    ) -> Result<User, AuthError> {
         let email = normalize_email(email)?;
         let hash = password::hash(pass, self.bcrypt_cost).await?;
         if let Some(existing) = self.users.find_user_by_email(&email).await? {
             return self.users.set_role_and_password(existing.user.id, Role::Admin, &hash).await;
         }
-        let new =
-            NewUser { email, password_hash: hash, full_name: None, role: Role::Admin, tier: Tier::Enterprise };
+        let new = NewUser {
+            email,
+            password_hash: hash,
+            full_name: None,
+            role: Role::Admin,
+            tier: Tier::Enterprise,
+        };
         self.users.insert_user(new).await
     }
 
@@ -111,7 +120,8 @@ impl Accounts {
         if new.scopes.is_empty() {
             return Err(AuthError::invalid("scopes", "must name at least one scope"));
         }
-        let owner = self.users.find_user_by_id(user_id).await?.ok_or(AuthError::NotFound("user"))?;
+        let owner =
+            self.users.find_user_by_id(user_id).await?.ok_or(AuthError::NotFound("user"))?;
         let max = owner.user.tier.max_api_keys();
         if owner.user.role != Role::Admin && self.keys.count_active_keys(user_id).await? >= max {
             return Err(AuthError::KeyLimit(max));
@@ -162,7 +172,8 @@ mod tests {
     #[test]
     fn emails_are_normalised_and_checked() {
         assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
-        for bad in ["", "alice", "@example.com", "a@b", "a@@b.com", "a b@c.com", "a@.com", "a@com."] {
+        for bad in ["", "alice", "@example.com", "a@b", "a@@b.com", "a b@c.com", "a@.com", "a@com."]
+        {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
     }
@@ -186,7 +197,9 @@ mod tests {
         let a = accounts();
         let user = a.signup("free@example.com", "password-1", None).await.unwrap();
         for i in 0..Tier::Free.max_api_keys() {
-            a.create_key(user.id, NewKey::named(format!("k{i}"), vec![Scope::Models])).await.unwrap();
+            a.create_key(user.id, NewKey::named(format!("k{i}"), vec![Scope::Models]))
+                .await
+                .unwrap();
         }
         let err = a.create_key(user.id, NewKey::named("one more", vec![Scope::Models])).await;
         assert!(matches!(err, Err(AuthError::KeyLimit(2))));

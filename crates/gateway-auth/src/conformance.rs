@@ -1,4 +1,6 @@
 //! The contract every adapter of [`UserStore`] and [`KeyStore`] must meet, written once and
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: failing loudly is the job
 //! run against each adapter (in memory here, SQLite and Postgres in `gateway-store`).
 
 use gateway_core::{ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, UserId};
@@ -68,7 +70,8 @@ pub async fn key_store_contract(users: &dyn UserStore, keys: &dyn KeyStore) {
     let owner = users.insert_user(new_user("owner@example.com")).await.unwrap();
     let other = users.insert_user(new_user("other@example.com")).await.unwrap();
     // Whole seconds: every adapter must round-trip them exactly.
-    let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let t0 =
+        OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
     let k1 = key(owner.id, "bm_AAAAAAAA", t0);
     let k2 = key(owner.id, "bm_BBBBBBBB", t0 + time::Duration::seconds(1));
     keys.insert_key(k1.clone()).await.unwrap();

@@ -32,7 +32,7 @@ mod ports;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 
-pub use accounts::{normalize_email, Accounts, IssuedKey, NewKey};
+pub use accounts::{Accounts, IssuedKey, NewKey, normalize_email};
 pub use error::AuthError;
 pub use memory::InMemoryAuthStore;
 pub use ports::{KeyRecord, KeyStore, NewUser, UserRecord, UserStore};

@@ -101,11 +101,19 @@ impl KeyStore for InMemoryAuthStore {
     }
 
     async fn count_active_keys(&self, user_id: UserId) -> Result<u32, AuthError> {
-        Ok(self.lock().keys.values().filter(|k| k.meta.user_id == user_id && k.meta.is_active).count()
-            as u32)
+        Ok(self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.meta.user_id == user_id && k.meta.is_active)
+            .count() as u32)
     }
 
-    async fn find_key(&self, user_id: UserId, id: ApiKeyId) -> Result<Option<ApiKeyMeta>, AuthError> {
+    async fn find_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
         Ok(self.lock().keys.get(&id).filter(|k| k.meta.user_id == user_id).map(|k| k.meta.clone()))
     }
 }

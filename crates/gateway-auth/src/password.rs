@@ -18,7 +18,10 @@ pub fn validate(password: &str) -> Result<(), AuthError> {
         ));
     }
     if password.len() > MAX_BYTES {
-        return Err(AuthError::invalid("password", format!("must be at most {MAX_BYTES} bytes long")));
+        return Err(AuthError::invalid(
+            "password",
+            format!("must be at most {MAX_BYTES} bytes long"),
+        ));
     }
     Ok(())
 }
@@ -61,7 +64,10 @@ mod tests {
 
     #[tokio::test]
     async fn policy_refuses_short_and_over_long_passwords() {
-        assert!(matches!(hash("short", 4).await, Err(AuthError::Invalid { field: "password", .. })));
+        assert!(matches!(
+            hash("short", 4).await,
+            Err(AuthError::Invalid { field: "password", .. })
+        ));
         let long = "x".repeat(73);
         assert!(matches!(hash(&long, 4).await, Err(AuthError::Invalid { .. })));
         let h = hash(&"x".repeat(72), 4).await.unwrap();

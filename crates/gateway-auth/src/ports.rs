@@ -74,5 +74,9 @@ pub trait KeyStore: Send + Sync {
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError>;
     /// How many active keys the owner holds.
     async fn count_active_keys(&self, user_id: UserId) -> Result<u32, AuthError>;
-    async fn find_key(&self, user_id: UserId, id: ApiKeyId) -> Result<Option<ApiKeyMeta>, AuthError>;
+    async fn find_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+    ) -> Result<Option<ApiKeyMeta>, AuthError>;
 }

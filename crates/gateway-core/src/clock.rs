@@ -1,8 +1,8 @@
 //! Time as a port, so windows, expiries and partitions can be tested without sleeping.
 
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use time::{Duration, OffsetDateTime};
 

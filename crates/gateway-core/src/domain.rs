@@ -120,7 +120,9 @@ impl Tier {
     /// The tier table of DESIGN.md section 7.
     pub const fn limits(self) -> Limits {
         match self {
-            Tier::Free => Limits { rpm: 10, tpm: 10_000, daily_tokens: 1_000, monthly_tokens: 10_000 },
+            Tier::Free => {
+                Limits { rpm: 10, tpm: 10_000, daily_tokens: 1_000, monthly_tokens: 10_000 }
+            }
             Tier::Starter => {
                 Limits { rpm: 60, tpm: 100_000, daily_tokens: 20_000, monthly_tokens: 500_000 }
             }
@@ -280,14 +282,22 @@ mod tests {
         ];
         for (tier, [rpm, tpm, daily, monthly]) in rows {
             let l = tier.limits();
-            assert_eq!([l.rpm, l.tpm, l.daily_tokens, l.monthly_tokens], [rpm, tpm, daily, monthly], "{tier}");
+            assert_eq!(
+                [l.rpm, l.tpm, l.daily_tokens, l.monthly_tokens],
+                [rpm, tpm, daily, monthly],
+                "{tier}"
+            );
         }
     }
 
     #[test]
     fn users_may_only_lower_limits_admins_may_raise() {
         let base = Tier::Free.limits();
-        let o = LimitOverrides { rate_limit_rpm: Some(5), rate_limit_tpm: Some(50_000), ..Default::default() };
+        let o = LimitOverrides {
+            rate_limit_rpm: Some(5),
+            rate_limit_tpm: Some(50_000),
+            ..Default::default()
+        };
         let user = base.with_overrides(&o, false);
         assert_eq!(user.rpm, 5);
         assert_eq!(user.tpm, base.tpm, "raising TPM above the tier is ignored for users");
@@ -323,10 +333,22 @@ mod tests {
 
     #[test]
     fn endpoint_url_never_doubles_v1() {
-        assert_eq!(server("http://localhost:4000").endpoint_url("chat/completions"), "http://localhost:4000/v1/chat/completions");
-        assert_eq!(server("http://localhost:4000/").endpoint_url("/models"), "http://localhost:4000/v1/models");
-        assert_eq!(server("http://h:4000/v1").endpoint_url("embeddings"), "http://h:4000/v1/embeddings");
-        assert_eq!(server("http://h/proxy/v1/").endpoint_url("embeddings"), "http://h/proxy/v1/embeddings");
+        assert_eq!(
+            server("http://localhost:4000").endpoint_url("chat/completions"),
+            "http://localhost:4000/v1/chat/completions"
+        );
+        assert_eq!(
+            server("http://localhost:4000/").endpoint_url("/models"),
+            "http://localhost:4000/v1/models"
+        );
+        assert_eq!(
+            server("http://h:4000/v1").endpoint_url("embeddings"),
+            "http://h:4000/v1/embeddings"
+        );
+        assert_eq!(
+            server("http://h/proxy/v1/").endpoint_url("embeddings"),
+            "http://h/proxy/v1/embeddings"
+        );
     }
 
     #[test]

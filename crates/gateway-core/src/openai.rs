@@ -174,7 +174,10 @@ mod tests {
 
     #[test]
     fn embeddings_need_model_and_input() {
-        assert_eq!(parse_embedding_request(br#"{"model":"e","input":"x"}"#).unwrap().input_bytes, 3);
+        assert_eq!(
+            parse_embedding_request(br#"{"model":"e","input":"x"}"#).unwrap().input_bytes,
+            3
+        );
         let err = parse_embedding_request(br#"{"model":"e"}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("input"));
     }

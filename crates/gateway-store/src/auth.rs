@@ -231,7 +231,11 @@ impl KeyStore for SqlAuthStore {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    async fn find_key(&self, user_id: UserId, id: ApiKeyId) -> Result<Option<ApiKeyMeta>, AuthError> {
+    async fn find_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
         api_keys::Entity::find_by_id(id.as_uuid())
             .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
             .one(self.store.connection())

@@ -93,7 +93,10 @@ impl Store {
     }
 
     /// Creates the `usage_logs` partitions for the month of `now` and the next one (Postgres).
-    pub async fn ensure_usage_partitions(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+    pub async fn ensure_usage_partitions(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
         migration::ensure_usage_partitions(&self.db, now, 1).await.map_err(StoreError::Db)
     }
 

@@ -2,6 +2,8 @@
 //! next to the one `TEST_DATABASE_URL` names and dropped again when the handle is dropped (even
 //! when the test panics), so test runs never see each other's rows.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: failing loudly is the job
+
 use sea_orm::{ConnectionTrait, Database};
 
 use crate::{Store, StoreConfig};

@@ -1,12 +1,14 @@
 //! Store conformance: every test runs on SQLite, and on Postgres when `TEST_DATABASE_URL` is
 //! set, each in a database of its own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+
 use gateway_core::Tier;
 use gateway_store::entity::{billing_plans, usage_logs};
-use gateway_store::testing::{backends, Backend, TestDb};
+use gateway_store::testing::{Backend, TestDb, backends};
 use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
-use time::macros::datetime;
 use time::OffsetDateTime;
+use time::macros::datetime;
 
 const TABLES: [&str; 11] = [
     "api_keys",
@@ -32,10 +34,8 @@ async fn table_names(db: &TestDb) -> Vec<String> {
         }
     };
     let conn = db.store.connection();
-    let rows = conn
-        .query_all_raw(Statement::from_string(conn.get_database_backend(), sql))
-        .await
-        .unwrap();
+    let rows =
+        conn.query_all_raw(Statement::from_string(conn.get_database_backend(), sql)).await.unwrap();
     rows.iter().map(|r| r.try_get::<String>("", "name").unwrap()).collect()
 }
 
@@ -57,7 +57,12 @@ async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
                 let tier: Tier = plan.tier.parse().unwrap();
                 let l = tier.limits();
                 assert_eq!(
-                    (plan.rate_limit_rpm, plan.rate_limit_tpm, plan.quota_daily, plan.quota_monthly),
+                    (
+                        plan.rate_limit_rpm,
+                        plan.rate_limit_tpm,
+                        plan.quota_daily,
+                        plan.quota_monthly
+                    ),
                     (l.rpm as i64, l.tpm as i64, l.daily_tokens as i64, l.monthly_tokens as i64),
                     "{backend:?} {tier}"
                 );
@@ -145,7 +150,10 @@ async fn postgres_partitions_usage_logs_by_month_ahead_of_the_calendar() {
     let created = db.store.ensure_usage_partitions(datetime!(2030-12-31 23:00 UTC)).await.unwrap();
     assert_eq!(created, vec!["usage_logs_y2030m12", "usage_logs_y2031m01"]);
     db.store.ensure_usage_partitions(datetime!(2030-12-31 23:00 UTC)).await.unwrap();
-    assert_eq!(partitions(&db).await, vec![this, next, "usage_logs_y2030m12".into(), "usage_logs_y2031m01".into()]);
+    assert_eq!(
+        partitions(&db).await,
+        vec![this, next, "usage_logs_y2030m12".into(), "usage_logs_y2031m01".into()]
+    );
     let conn = db.store.connection();
     usage_logs::Entity::insert(usage_row(uuid::Uuid::now_v7(), datetime!(2031-01-01 00:00 UTC)))
         .exec_without_returning(conn)

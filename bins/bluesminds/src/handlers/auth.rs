@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::errors::from_auth;
-use crate::http::{error_response, json, ResBody};
-use crate::server::{read_body, Ctx};
+use crate::http::{ResBody, error_response, json};
+use crate::server::{Ctx, read_body};
 
 /// Only these fields may be set at signup; anything else (role, tier, credits, ...) is refused.
 #[derive(Deserialize)]

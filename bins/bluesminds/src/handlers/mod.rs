@@ -13,7 +13,12 @@ use crate::http::ResBody;
 use crate::router::Route;
 use crate::server::Ctx;
 
-pub async fn dispatch(app: &Arc<App>, route: Route, req: Request<Incoming>, ctx: Ctx) -> Response<ResBody> {
+pub async fn dispatch(
+    app: &Arc<App>,
+    route: Route,
+    req: Request<Incoming>,
+    ctx: Ctx,
+) -> Response<ResBody> {
     match route {
         Route::Healthz => ops::healthz(),
         Route::Readyz => ops::readyz(app).await,

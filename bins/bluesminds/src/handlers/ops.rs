@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use serde_json::json;
 
 use crate::app::App;
-use crate::http::{json, json_bytes, ResBody};
+use crate::http::{ResBody, json, json_bytes};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,8 +42,11 @@ pub async fn readyz(app: &App) -> Response<ResBody> {
     if ready {
         json(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
     } else {
-        let err = ApiError::new(ErrorKind::ServiceUnavailable, "A dependency of the gateway is unavailable.")
-            .with_retry_after(5);
+        let err = ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            "A dependency of the gateway is unavailable.",
+        )
+        .with_retry_after(5);
         let mut body = serde_json::to_value(err.body()).unwrap_or_default();
         body["checks"] = checks;
         let mut res = json(StatusCode::SERVICE_UNAVAILABLE, &body);

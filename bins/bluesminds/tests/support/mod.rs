@@ -1,0 +1,181 @@
+//! Helpers of the end-to-end tests: start the real `bluesminds` binary on port 0 in a
+//! directory of its own, and talk to it over real sockets.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bluesminds");
+/// Upper bound for anything that should happen promptly; never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running gateway process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    /// Everything the process printed to stdout after the listening line is read here.
+    pub stdout: Vec<String>,
+}
+
+/// A command for the binary, run in `dir`, with a clean environment of our choosing.
+pub fn command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("BLUESMINDS_BIND", "127.0.0.1:0")
+        // Fast bcrypt for tests; production default is 12.
+        .env("BLUESMINDS_AUTH__BCRYPT_COST", "4")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Gateway {
+    /// Starts `bluesminds [args]` and waits for its listening line (`... http://ADDR`).
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, args, env).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut child = command(dir.path(), args, env).spawn().expect("spawn bluesminds");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        // `serve` prints "bluesminds listening on http://ADDR"; `demo` prints a banner with
+        // "gateway   http://ADDR" and ends it with "Press Ctrl-C to stop.".
+        let addr = tokio::time::timeout(PATIENCE, async {
+            let mut addr = None;
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.contains("listening on") || line.trim_start().starts_with("gateway") {
+                    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+                    addr = Some(url.trim_start_matches("http://").parse::<SocketAddr>().unwrap());
+                }
+                if line.contains("listening on") || line.contains("Press Ctrl-C") {
+                    return addr.unwrap();
+                }
+            }
+            panic!("bluesminds exited before listening; stdout: {seen:?}");
+        })
+        .await
+        .expect("bluesminds did not start in time");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Gateway { addr, child, dir, stdout: seen }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        let status =
+            Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().await.unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code and stderr.
+    pub async fn wait(&mut self) -> (Option<i32>, String) {
+        let status =
+            tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("exit in time").unwrap();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            stderr.read_to_string(&mut err).await.unwrap();
+        }
+        (status.code(), err)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("bluesminds.db")
+    }
+}
+
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OpenAI-shaped error body and returns its `error` object.
+    pub fn openai_error(&self) -> serde_json::Value {
+        let v = self.json();
+        let e = v.get("error").unwrap_or_else(|| panic!("no error object: {v}")).clone();
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        e
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    request_with(addr, method, path, &[], body).await
+}
+
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req =
+        http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let res = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body }
+}

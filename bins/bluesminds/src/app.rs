@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gateway_auth::Accounts;
+use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
+use gateway_balancer::ServerPool;
+use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_store::{SqlAuthStore, Store, StoreConfig};
 use tokio::sync::Semaphore;
 
+use crate::bus::CacheInvalidations;
 use crate::config::Config;
 
 /// Shared state of a running gateway.
@@ -17,8 +20,15 @@ pub struct App {
     pub store: Store,
     pub redis: Option<deadpool_redis::Pool>,
     pub accounts: Accounts,
+    /// Authenticates API keys on every gateway request.
+    pub verifier: Arc<KeyVerifier>,
+    pub pool: ServerPool,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
+    /// `Secure` on cookies: the public URL is https.
+    pub secure_cookies: bool,
+    /// `scheme://host[:port]` of the public URL, for the CSRF `Origin` check.
+    pub public_origin: String,
 }
 
 impl std::fmt::Debug for App {
@@ -61,10 +71,84 @@ impl App {
             })?)
         };
         let auth_store = Arc::new(SqlAuthStore::new(store.clone()));
-        let accounts = Accounts::new(auth_store.clone(), auth_store, config.auth.bcrypt_cost);
+        let a = &config.auth;
+        let verifier = Arc::new(KeyVerifier::new(
+            auth_store.clone(),
+            auth_store.clone(),
+            a.api_key_secret.as_bytes(),
+            Arc::new(SystemClock),
+            VerifierConfig {
+                ttl: Duration::from_millis(a.key_cache_ttl_ms),
+                negative_ttl: Duration::from_millis(a.key_cache_ttl_ms),
+                bcrypt_cost: a.key_bcrypt_cost,
+                ..VerifierConfig::default()
+            },
+        ));
+        let accounts_config = AccountsConfig {
+            password_cost: a.bcrypt_cost,
+            key_cost: a.key_bcrypt_cost,
+            session_ttl: Duration::from_secs(a.session_ttl_secs),
+            rotation_grace: Duration::from_secs(a.key_rotation_grace_secs),
+            throttle: gateway_auth::throttle::ThrottleConfig {
+                slow_after: a.login_slowdown_after,
+                lock_after_per_email: a.login_lockout_after,
+                lock_after_per_ip: a.login_lockout_after.saturating_mul(5),
+                ..gateway_auth::throttle::ThrottleConfig::default()
+            },
+        };
+        let invalidations = Arc::new(CacheInvalidations {
+            verifier: verifier.clone(),
+            redis: redis.clone(),
+            channel: crate::bus::channel(&config.redis.key_prefix),
+        });
+        let accounts =
+            Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
+                .with_invalidations(invalidations);
+        let pool = ServerPool::default();
+        pool.replace(seeded_servers(&config));
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
-        Ok(App { config, store, redis, accounts, in_flight })
+        let public_origin = origin_of(&config.server.public_url);
+        let secure_cookies = public_origin.starts_with("https://");
+        Ok(App {
+            config,
+            store,
+            redis,
+            accounts,
+            verifier,
+            pool,
+            in_flight,
+            secure_cookies,
+            public_origin,
+        })
     }
+}
+
+/// The servers given as `LITELLM_SERVER_N_*`, in order (priority 1, weight 1).
+fn seeded_servers(config: &Config) -> Vec<UpstreamServer> {
+    config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, seed)| UpstreamServer {
+            id: ServerId::new(),
+            name: format!("env-{}", i + 1),
+            base_url: seed.url.clone(),
+            api_key: seed.api_key.clone(),
+            priority: 1,
+            weight: 1,
+            max_concurrent_requests: None,
+            supported_models: seed.models.clone(),
+            is_active: true,
+            health: HealthStatus::Unknown,
+        })
+        .collect()
+}
+
+/// `scheme://host[:port]` of a URL (what browsers send as `Origin`).
+pub fn origin_of(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let host_end = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+    url[..host_end].to_ascii_lowercase()
 }
 
 /// A URL with its password replaced, for logs and errors.
@@ -84,6 +168,12 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn origins_keep_scheme_host_and_port_only() {
+        assert_eq!(super::origin_of("https://GW.example.com/app/"), "https://gw.example.com");
+        assert_eq!(super::origin_of("http://localhost:3000"), "http://localhost:3000");
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

@@ -104,11 +104,13 @@ pub struct RedisConfig {
     /// `redis://...` (`REDIS_URL`); empty keeps limits in memory.
     pub url: String,
     pub pool_size: usize,
+    /// Prefix of every Redis key and channel, so deployments can share one Redis.
+    pub key_prefix: String,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: String::new(), pool_size: 16 }
+        Self { url: String::new(), pool_size: 16, key_prefix: "bluesminds".into() }
     }
 }
 
@@ -119,13 +121,38 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// Key of the verified-key cache's HMAC (`API_KEY_SECRET`).
     pub api_key_secret: String,
-    /// bcrypt cost of passwords and keys.
+    /// bcrypt cost of passwords.
     pub bcrypt_cost: u32,
+    /// bcrypt cost of API-key secrets (about 256 random bits each: a high cost adds no
+    /// security, only CPU on every cache miss).
+    pub key_bcrypt_cost: u32,
+    /// Lifetime of a login session.
+    pub session_ttl_secs: u64,
+    /// How long a rotated key's old secret keeps working.
+    pub key_rotation_grace_secs: u64,
+    /// How long a verified key is trusted without looking again (revocations reach other
+    /// instances within a second through Redis, within this time without it).
+    pub key_cache_ttl_ms: u64,
+    /// Failed logins (per email) after which each attempt is slowed down.
+    pub login_slowdown_after: u32,
+    /// Failed logins per email within 15 minutes after which the email is refused (429) for
+    /// the rest of the window; five times as many per client address.
+    pub login_lockout_after: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt_secret: String::new(), api_key_secret: String::new(), bcrypt_cost: 12 }
+        Self {
+            jwt_secret: String::new(),
+            api_key_secret: String::new(),
+            bcrypt_cost: 12,
+            key_bcrypt_cost: 10,
+            session_ttl_secs: 7 * 24 * 3600,
+            key_rotation_grace_secs: 0,
+            key_cache_ttl_ms: 30_000,
+            login_slowdown_after: 3,
+            login_lockout_after: 10,
+        }
     }
 }
 
@@ -136,6 +163,12 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt_secret", &shown(&self.jwt_secret))
             .field("api_key_secret", &shown(&self.api_key_secret))
             .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("key_bcrypt_cost", &self.key_bcrypt_cost)
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("key_rotation_grace_secs", &self.key_rotation_grace_secs)
+            .field("key_cache_ttl_ms", &self.key_cache_ttl_ms)
+            .field("login_slowdown_after", &self.login_slowdown_after)
+            .field("login_lockout_after", &self.login_lockout_after)
             .finish()
     }
 }
@@ -264,11 +297,33 @@ impl Config {
             return Err(ConfigError::key("database.url", "must be a postgres:// or sqlite: URL"));
         }
         let redis = &self.redis.url;
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::key(
+                "redis.key_prefix",
+                "must be a non-empty word without spaces",
+            ));
+        }
+        if self.auth.login_lockout_after == 0 {
+            return Err(ConfigError::key("auth.login_lockout_after", "must be greater than 0"));
+        }
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return Err(ConfigError::key("redis.url", "must be a redis:// or rediss:// URL"));
         }
-        if !(4..=31).contains(&self.auth.bcrypt_cost) {
-            return Err(ConfigError::key("auth.bcrypt_cost", "must be between 4 and 31"));
+        for (key, cost) in [
+            ("auth.bcrypt_cost", self.auth.bcrypt_cost),
+            ("auth.key_bcrypt_cost", self.auth.key_bcrypt_cost),
+        ] {
+            if !(4..=31).contains(&cost) {
+                return Err(ConfigError::key(key, "must be between 4 and 31"));
+            }
+        }
+        for (key, value) in [
+            ("auth.session_ttl_secs", self.auth.session_ttl_secs),
+            ("auth.key_cache_ttl_ms", self.auth.key_cache_ttl_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
         }
         for (key, value, env) in [
             ("auth.jwt_secret", &self.auth.jwt_secret, "JWT_SECRET"),
@@ -430,7 +485,7 @@ mod tests {
         let auth = AuthConfig {
             jwt_secret: "j".repeat(40),
             api_key_secret: "k".repeat(40),
-            bcrypt_cost: 12,
+            ..AuthConfig::default()
         };
         let shown = format!("{auth:?}");
         assert!(!shown.contains("jjjj") && !shown.contains("kkkk"), "{shown}");

@@ -69,9 +69,11 @@ pub async fn run(
          \n    -H \"Authorization: Bearer {key}\" \\\
          \n    -H \"Content-Type: application/json\" \\\
          \n    -d '{{\"model\":\"gpt-4\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\
-         \nNote: this build does not serve /api/v1/* yet (the gateway path is still being built),\
-         \nso that curl answers 404 for now. What works today: GET /healthz, GET /readyz and\
-         \nPOST /api/auth/signup.\n\
+         \nNote: this build does not proxy chat completions or embeddings yet (the gateway path\
+         \nis still being built), so that curl answers 404 for now. What works today: the\
+         \naccount and key API (/api/auth/*, /api/keys), and GET /api/v1/models with this key:\
+         \n\
+         \n  curl http://{addr}/api/v1/models -H \"Authorization: Bearer {key}\"\n\
          \nPress Ctrl-C to stop.\n"
     );
     crate::run(listener, app, shutdown).await;

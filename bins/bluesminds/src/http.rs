@@ -129,7 +129,7 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResB
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::InvalidApiKey => StatusCode::UNAUTHORIZED,
+        ErrorKind::InvalidApiKey | ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorKind::PermissionDenied | ErrorKind::AccountSuspended => StatusCode::FORBIDDEN,
         ErrorKind::NotFound | ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

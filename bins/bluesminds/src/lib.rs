@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` in-process or through the binary, and stop it when they choose.
 
 pub mod app;
+mod bus;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -29,9 +30,31 @@ const PARTITION_CHECK_EVERY: Duration = Duration::from_hours(6);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let maintenance = tokio::spawn(partition_maintenance(app.store.clone()));
-    server::serve(listener, app, shutdown).await;
-    maintenance.abort();
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(partition_maintenance(app.store.clone()));
+    background.spawn(flush_key_use(app.verifier.clone()));
+    if !app.config.redis.url.is_empty() {
+        let channel = bus::channel(&app.config.redis.key_prefix);
+        background.spawn(bus::listen(app.config.redis.url.clone(), channel, app.verifier.clone()));
+    }
+    server::serve(listener, app.clone(), shutdown).await;
+    background.shutdown().await;
+    if let Err(e) = app.verifier.flush_last_used().await {
+        tracing::warn!(error = %e, "could not record the last use of API keys at shutdown");
+    }
+}
+
+/// How often the last-use times of API keys are written, in one batch.
+const KEY_USE_FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+async fn flush_key_use(verifier: Arc<gateway_auth::KeyVerifier>) {
+    let mut tick = tokio::time::interval(KEY_USE_FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = verifier.flush_last_used().await {
+            tracing::warn!(error = %e, "could not record the last use of API keys; retrying later");
+        }
+    }
 }
 
 /// Keeps the partitions of this and next month in place, so inserts never fail when a month

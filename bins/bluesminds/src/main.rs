@@ -107,7 +107,15 @@ async fn admin_create(
     };
     let store = bluesminds::app::open_store(config, config.database.migrate_on_start).await?;
     let auth = Arc::new(gateway_store::SqlAuthStore::new(store));
-    let accounts = gateway_auth::Accounts::new(auth.clone(), auth, config.auth.bcrypt_cost);
+    let accounts_config = gateway_auth::AccountsConfig {
+        password_cost: config.auth.bcrypt_cost,
+        ..gateway_auth::AccountsConfig::default()
+    };
+    let accounts = gateway_auth::Accounts::new(
+        gateway_auth::AuthStores::from(auth),
+        config.auth.jwt_secret.as_bytes(),
+        accounts_config,
+    );
     match accounts.create_or_promote_admin(email, &password).await {
         Ok(user) => {
             println!("admin {} is ready (id {})", user.email, user.id);

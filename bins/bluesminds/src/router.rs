@@ -1,17 +1,29 @@
 //! The router: path segments matched against a table of resources, each with its methods.
-//! No allocation: segments are borrowed from the request path.
+//! No allocation: segments and path parameters are borrowed from the request path.
 
 use http::Method;
 
 /// Every endpoint the gateway serves. Path parameters are borrowed from the request path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'a> {
     Healthz,
     Readyz,
     Signup,
+    Login,
+    Logout,
+    Me,
+    UpdateMe,
+    ListKeys,
+    CreateKey,
+    GetKey(&'a str),
+    UpdateKey(&'a str),
+    DeleteKey(&'a str),
+    RotateKey(&'a str),
+    AdminUpdateUser(&'a str),
+    Models,
 }
 
-impl Route {
+impl Route<'_> {
     /// Operational endpoints are never shed by the in-flight cap, so probes keep answering
     /// under overload.
     pub fn is_ops(self) -> bool {
@@ -21,8 +33,8 @@ impl Route {
 
 /// The outcome of routing a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Routed {
-    Found(Route),
+pub enum Routed<'a> {
+    Found(Route<'a>),
     /// The path exists but not with this method; the value is the `Allow` header.
     MethodNotAllowed(&'static str),
     NotFound,
@@ -30,8 +42,9 @@ pub enum Routed {
 
 const MAX_SEGMENTS: usize = 8;
 
-/// Routes `method` and `path`. A trailing slash is ignored.
-pub fn route(method: &Method, path: &str) -> Routed {
+/// Routes `method` and `path`. A trailing slash is ignored; the gateway endpoints answer under
+/// both `/api/v1/...` and `/v1/...`.
+pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
     let mut segs = [""; MAX_SEGMENTS];
     let mut n = 0;
     for seg in path.trim_matches('/').split('/') {
@@ -41,21 +54,50 @@ pub fn route(method: &Method, path: &str) -> Routed {
         segs[n] = seg;
         n += 1;
     }
+    let m = method;
     match &segs[..n] {
-        ["healthz"] => one(method, &Method::GET, "GET, HEAD", Route::Healthz),
-        ["readyz"] => one(method, &Method::GET, "GET, HEAD", Route::Readyz),
-        ["api", "auth", "signup"] => one(method, &Method::POST, "POST", Route::Signup),
+        ["healthz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Healthz)]),
+        ["readyz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Readyz)]),
+        ["api", "auth", "signup"] => pick(m, "POST", &[(Method::POST, Route::Signup)]),
+        ["api", "auth", "login"] => pick(m, "POST", &[(Method::POST, Route::Login)]),
+        ["api", "auth", "logout"] => pick(m, "POST", &[(Method::POST, Route::Logout)]),
+        ["api", "auth", "me"] => pick(
+            m,
+            "GET, HEAD, PATCH",
+            &[(Method::GET, Route::Me), (Method::PATCH, Route::UpdateMe)],
+        ),
+        ["api", "keys"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::ListKeys), (Method::POST, Route::CreateKey)],
+        ),
+        ["api", "keys", id] => pick(
+            m,
+            "GET, HEAD, PATCH, DELETE",
+            &[
+                (Method::GET, Route::GetKey(id)),
+                (Method::PATCH, Route::UpdateKey(id)),
+                (Method::DELETE, Route::DeleteKey(id)),
+            ],
+        ),
+        ["api", "keys", id, "rotate"] => pick(m, "POST", &[(Method::POST, Route::RotateKey(id))]),
+        ["api", "admin", "users", id] => {
+            pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdateUser(id))])
+        }
+        ["api", "v1", "models"] | ["v1", "models"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::Models)])
+        }
         _ => Routed::NotFound,
     }
 }
 
-/// A resource with a single method (HEAD is answered like GET).
-fn one(method: &Method, allowed: &Method, allow: &'static str, route: Route) -> Routed {
-    if method == allowed || (method == Method::HEAD && allowed == Method::GET) {
-        Routed::Found(route)
-    } else {
-        Routed::MethodNotAllowed(allow)
-    }
+/// The route for `method` among a resource's methods (HEAD is answered like GET).
+fn pick<'a>(method: &Method, allow: &'static str, routes: &[(Method, Route<'a>)]) -> Routed<'a> {
+    let wanted = if method == Method::HEAD { &Method::GET } else { method };
+    routes
+        .iter()
+        .find(|(m, _)| m == wanted)
+        .map_or(Routed::MethodNotAllowed(allow), |(_, r)| Routed::Found(*r))
 }
 
 #[cfg(test)]
@@ -71,9 +113,28 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_borrowed_from_the_path() {
+        assert_eq!(route(&Method::PATCH, "/api/keys/abc"), Routed::Found(Route::UpdateKey("abc")));
+        assert_eq!(
+            route(&Method::DELETE, "/api/keys/abc/"),
+            Routed::Found(Route::DeleteKey("abc"))
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/keys/abc/rotate"),
+            Routed::Found(Route::RotateKey("abc"))
+        );
+        assert_eq!(route(&Method::GET, "/v1/models"), Routed::Found(Route::Models));
+        assert_eq!(route(&Method::GET, "/api/v1/models"), Routed::Found(Route::Models));
+    }
+
+    #[test]
     fn wrong_method_is_405_with_allow_and_unknown_paths_404() {
         assert_eq!(route(&Method::POST, "/healthz"), Routed::MethodNotAllowed("GET, HEAD"));
         assert_eq!(route(&Method::GET, "/api/auth/signup"), Routed::MethodNotAllowed("POST"));
+        assert_eq!(
+            route(&Method::PUT, "/api/keys/x"),
+            Routed::MethodNotAllowed("GET, HEAD, PATCH, DELETE")
+        );
         assert_eq!(route(&Method::GET, "/nope"), Routed::NotFound);
         assert_eq!(route(&Method::GET, "/"), Routed::NotFound);
         assert_eq!(route(&Method::GET, "/a/b/c/d/e/f/g/h/i"), Routed::NotFound);

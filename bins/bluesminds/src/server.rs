@@ -31,6 +31,8 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub struct Ctx {
     pub request_id: RequestId,
     pub started: Instant,
+    /// The client's address (the direct peer; no proxy header is trusted).
+    pub peer: std::net::SocketAddr,
 }
 
 type Resp = Response<Guarded<Option<OwnedSemaphorePermit>>>;
@@ -57,7 +59,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -74,7 +76,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer).await) }
         });
         let conn =
             builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
@@ -97,9 +99,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 }
 
 /// One request: route, admit under the in-flight cap, dispatch, stamp the request id.
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
-    let ctx = Ctx { request_id: RequestId::new(), started: Instant::now() };
-    let (res, permit) = match router::route(req.method(), req.uri().path()) {
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
+    let ctx = Ctx { request_id: RequestId::new(), started: Instant::now(), peer };
+    // The route borrows the path while the handler consumes the request; cloning a `Uri` only
+    // bumps reference counts.
+    let uri = req.uri().clone();
+    let (res, permit) = match router::route(req.method(), uri.path()) {
         Routed::Found(route) => {
             let permit = if route.is_ops() {
                 None

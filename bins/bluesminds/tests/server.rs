@@ -443,7 +443,7 @@ async fn demo_prints_a_working_key_and_says_honestly_what_works() {
         .unwrap_or_else(|| panic!("no key in {banner}"));
     assert!(gateway_auth::apikey::parse(key).is_some(), "{key} is not a well-formed key");
     assert!(banner.contains("curl http://"), "{banner}");
-    assert!(banner.contains("does not serve /api/v1/* yet"), "{banner}");
+    assert!(banner.contains("does not proxy chat completions"), "{banner}");
     assert_eq!(request(gw.addr, "GET", "/healthz", b"").await.status, 200);
     let r = request_with(
         gw.addr,

@@ -1,12 +1,21 @@
-//! The account rules on top of any store: email normalisation, password policy, admin
-//! bootstrap and key issuing.
+//! The account rules on top of any store: sign-up and login, sessions, profile and password
+//! changes, admin bootstrap, and the life of API keys.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use gateway_core::{ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, User, UserId};
+use gateway_core::{
+    ApiKeyId, ApiKeyMeta, Clock, LimitOverrides, Role, Scope, SystemClock, Tier, User, UserId,
+    UserStatus,
+};
 use time::OffsetDateTime;
 
-use crate::{AuthError, KeyRecord, KeyStore, NewUser, UserStore, apikey, password};
+use crate::throttle::{Admission, LoginThrottle, ThrottleConfig};
+use crate::token::{KeyedHasher, is_session_token, new_session_token};
+use crate::{
+    AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
+    SessionRecord, SessionStore, UserStore, apikey, password,
+};
 
 /// Trims and lower-cases an email and checks its shape; the message is safe to show.
 pub fn normalize_email(email: &str) -> Result<String, AuthError> {
@@ -17,10 +26,50 @@ pub fn normalize_email(email: &str) -> Result<String, AuthError> {
                 && domain.contains('.')
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
-                && !email.contains(char::is_whitespace)
-                && domain.matches('@').count() == 0
+                && !domain.contains('@')
+                && email.chars().all(|c| c.is_alphanumeric() || "@.+-_".contains(c))
         });
     if valid { Ok(email) } else { Err(AuthError::invalid("email", "is not a valid email address")) }
+}
+
+/// Longest key name.
+pub const MAX_KEY_NAME_CHARS: usize = 100;
+/// Longest profile field.
+pub const MAX_PROFILE_CHARS: usize = 200;
+
+/// A key name: 1 to 100 letters, digits, spaces and `- _ . : / ( ) # @ +`. Names are labels
+/// shown in dashboards and logs, so quotes, angle brackets and control characters are refused.
+pub fn validate_key_name(name: &str) -> Result<String, AuthError> {
+    let name = name.trim();
+    let ok_len = (1..=MAX_KEY_NAME_CHARS).contains(&name.chars().count());
+    let ok_chars = name.chars().all(|c| c.is_alphanumeric() || " -_.:/()#@+".contains(c));
+    if ok_len && ok_chars {
+        Ok(name.to_owned())
+    } else {
+        Err(AuthError::invalid(
+            "name",
+            format!(
+                "must be 1 to {MAX_KEY_NAME_CHARS} letters, digits, spaces or - _ . : / ( ) # @ +"
+            ),
+        ))
+    }
+}
+
+fn validate_profile_field(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<String>, AuthError> {
+    let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if value
+        .as_ref()
+        .is_some_and(|v| v.chars().count() > MAX_PROFILE_CHARS || v.chars().any(char::is_control))
+    {
+        return Err(AuthError::invalid(
+            field,
+            format!("must be at most {MAX_PROFILE_CHARS} printable characters"),
+        ));
+    }
+    Ok(value)
 }
 
 /// What a new key should be.
@@ -45,7 +94,8 @@ impl NewKey {
     }
 }
 
-/// A key as issued: its metadata and the full key, shown once. `Debug` hides the key.
+/// A key as issued by create or rotate: its metadata and the full key, shown once. `Debug`
+/// hides the key.
 #[derive(Clone)]
 pub struct IssuedKey {
     pub meta: ApiKeyMeta,
@@ -58,24 +108,128 @@ impl std::fmt::Debug for IssuedKey {
     }
 }
 
-/// Account and key services.
+/// A new session: the token for the cookie (shown once) and its expiry.
+#[derive(Clone)]
+pub struct NewSession {
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
+/// Told about every change that must reach key caches (on this and other instances).
+pub trait Invalidations: Send + Sync + std::fmt::Debug {
+    fn key_changed(&self, id: ApiKeyId);
+    fn user_changed(&self, id: UserId);
+}
+
+/// For stores nobody caches.
+#[derive(Debug, Default)]
+pub struct NoInvalidations;
+
+impl Invalidations for NoInvalidations {
+    fn key_changed(&self, _: ApiKeyId) {}
+    fn user_changed(&self, _: UserId) {}
+}
+
+/// Settings of the account rules.
+#[derive(Clone, Debug)]
+pub struct AccountsConfig {
+    /// bcrypt cost of passwords.
+    pub password_cost: u32,
+    /// bcrypt cost of API-key secrets. Keys carry about 256 random bits, so a high cost adds
+    /// no security, only CPU on every cache miss.
+    pub key_cost: u32,
+    pub session_ttl: Duration,
+    /// How long a rotated key's old secret keeps working.
+    pub rotation_grace: Duration,
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self {
+            password_cost: 12,
+            key_cost: 10,
+            session_ttl: Duration::from_hours(24 * 7),
+            rotation_grace: Duration::ZERO,
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+/// The stores `Accounts` works on.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // trait objects of stores
+pub struct AuthStores {
+    pub users: Arc<dyn UserStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+impl AuthStores {
+    /// One adapter implementing all three ports.
+    pub fn from<S: UserStore + KeyStore + SessionStore + 'static>(store: Arc<S>) -> Self {
+        Self { users: store.clone(), keys: store.clone(), sessions: store }
+    }
+}
+
+/// Account, session and key services.
 #[derive(Clone)]
 pub struct Accounts {
-    users: Arc<dyn UserStore>,
-    keys: Arc<dyn KeyStore>,
-    bcrypt_cost: u32,
+    stores: AuthStores,
+    clock: Arc<dyn Clock>,
+    session_hasher: KeyedHasher,
+    config: AccountsConfig,
+    invalidations: Arc<dyn Invalidations>,
+    throttle: Arc<LoginThrottle>,
+    /// A hash checked when the email is unknown, so such logins take as long as wrong passwords.
+    dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Accounts").field("bcrypt_cost", &self.bcrypt_cost).finish_non_exhaustive()
+        f.debug_struct("Accounts").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl Accounts {
-    pub fn new(users: Arc<dyn UserStore>, keys: Arc<dyn KeyStore>, bcrypt_cost: u32) -> Self {
-        Self { users, keys, bcrypt_cost }
+    /// `session_secret` keys the hashes of session tokens (`JWT_SECRET`).
+    pub fn new(stores: AuthStores, session_secret: &[u8], config: AccountsConfig) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        Self {
+            throttle: Arc::new(LoginThrottle::new(config.throttle.clone(), clock.clone())),
+            stores,
+            clock,
+            session_hasher: KeyedHasher::new(session_secret),
+            config,
+            invalidations: Arc::new(NoInvalidations),
+            dummy_hash: Arc::default(),
+        }
     }
+
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.throttle = Arc::new(LoginThrottle::new(self.config.throttle.clone(), clock.clone()));
+        self.clock = clock;
+        self
+    }
+
+    #[must_use]
+    pub fn with_invalidations(mut self, invalidations: Arc<dyn Invalidations>) -> Self {
+        self.invalidations = invalidations;
+        self
+    }
+
+    pub fn stores(&self) -> &AuthStores {
+        &self.stores
+    }
+
+    // === accounts ===
 
     /// Creates an admin account, or promotes an existing one and sets its password.
     pub async fn create_or_promote_admin(
@@ -84,9 +238,15 @@ impl Accounts {
         pass: &str,
     ) -> Result<User, AuthError> {
         let email = normalize_email(email)?;
-        let hash = password::hash(pass, self.bcrypt_cost).await?;
-        if let Some(existing) = self.users.find_user_by_email(&email).await? {
-            return self.users.set_role_and_password(existing.user.id, Role::Admin, &hash).await;
+        let hash = password::hash(pass, self.config.password_cost).await?;
+        if let Some(existing) = self.stores.users.find_user_by_email(&email).await? {
+            let user = self
+                .stores
+                .users
+                .set_role_and_password(existing.user.id, Role::Admin, &hash)
+                .await?;
+            self.invalidations.user_changed(user.id);
+            return Ok(user);
         }
         let new = NewUser {
             email,
@@ -95,7 +255,7 @@ impl Accounts {
             role: Role::Admin,
             tier: Tier::Enterprise,
         };
-        self.users.insert_user(new).await
+        self.stores.users.insert_user(new).await
     }
 
     /// Creates a user account with the default role and tier.
@@ -106,56 +266,335 @@ impl Accounts {
         full_name: Option<String>,
     ) -> Result<User, AuthError> {
         let email = normalize_email(email)?;
-        let password_hash = password::hash(pass, self.bcrypt_cost).await?;
+        let full_name = validate_profile_field("full_name", full_name)?;
+        let password_hash = password::hash(pass, self.config.password_cost).await?;
         let new = NewUser { email, password_hash, full_name, role: Role::User, tier: Tier::Free };
-        self.users.insert_user(new).await
+        self.stores.users.insert_user(new).await
     }
 
-    /// Issues a new key for `user_id`, enforcing the tier's key count.
-    pub async fn create_key(&self, user_id: UserId, new: NewKey) -> Result<IssuedKey, AuthError> {
-        let name = new.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(AuthError::invalid("name", "must be 1 to 200 characters long"));
+    /// Checks a password and opens a session. Unknown emails and wrong passwords get the same
+    /// answer after the same bcrypt work; repeated failures are slowed, then refused.
+    pub async fn login(
+        &self,
+        email: &str,
+        pass: &str,
+        client: &str,
+    ) -> Result<(User, NewSession), AuthError> {
+        let email = normalize_email(email).map_err(|_| AuthError::InvalidCredentials)?;
+        match self.throttle.admit(&email, client) {
+            Admission::Refuse { retry_after_secs } => {
+                return Err(AuthError::Throttled { retry_after_secs });
+            }
+            Admission::Proceed { delay } if !delay.is_zero() => tokio::time::sleep(delay).await,
+            Admission::Proceed { .. } => {}
         }
-        if new.scopes.is_empty() {
+        let record = self.stores.users.find_user_by_email(&email).await?;
+        let hash = match &record {
+            Some(r) => r.password_hash.clone(),
+            None => self.dummy_hash().await?,
+        };
+        let ok = password::verify(pass, &hash).await? && record.is_some();
+        let Some(record) = record.filter(|_| ok) else {
+            self.throttle.failed(&email, client);
+            return Err(AuthError::InvalidCredentials);
+        };
+        if record.user.status == UserStatus::Suspended {
+            return Err(AuthError::Suspended);
+        }
+        self.throttle.succeeded(&email);
+        let session = self.open_session(record.user.id).await?;
+        Ok((record.user, session))
+    }
+
+    async fn dummy_hash(&self) -> Result<String, AuthError> {
+        let cost = self.config.password_cost;
+        self.dummy_hash
+            .get_or_try_init(
+                || async move { password::hash("not a password of anyone", cost).await },
+            )
+            .await
+            .cloned()
+    }
+
+    async fn open_session(&self, user_id: UserId) -> Result<NewSession, AuthError> {
+        let token = new_session_token()?;
+        let now = self.clock.now();
+        let expires_at = now + self.config.session_ttl;
+        self.stores
+            .sessions
+            .insert_session(SessionRecord {
+                id: uuid::Uuid::now_v7(),
+                user_id,
+                token_hash: self.session_hasher.hash(token.as_bytes()).to_vec(),
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+            })
+            .await?;
+        Ok(NewSession { token, expires_at })
+    }
+
+    /// The user of a live session.
+    pub async fn session_user(&self, token: &str) -> Result<User, AuthError> {
+        if !is_session_token(token) {
+            return Err(AuthError::Unauthenticated);
+        }
+        let hash = self.session_hasher.hash(token.as_bytes());
+        let session =
+            self.stores.sessions.find_session(&hash).await?.ok_or(AuthError::Unauthenticated)?;
+        if session.revoked_at.is_some() || session.expires_at <= self.clock.now() {
+            return Err(AuthError::Unauthenticated);
+        }
+        let user = self
+            .stores
+            .users
+            .find_user_by_id(session.user_id)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?
+            .user;
+        if user.status == UserStatus::Suspended {
+            return Err(AuthError::Suspended);
+        }
+        Ok(user)
+    }
+
+    /// Ends a session server-side; replaying its cookie afterwards fails.
+    pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
+        if is_session_token(token) {
+            let hash = self.session_hasher.hash(token.as_bytes());
+            self.stores.sessions.revoke_session(&hash, self.clock.now()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn update_profile(
+        &self,
+        user_id: UserId,
+        update: ProfileUpdate,
+    ) -> Result<User, AuthError> {
+        let update = ProfileUpdate {
+            full_name: update
+                .full_name
+                .map(|v| validate_profile_field("full_name", v))
+                .transpose()?,
+            company_name: update
+                .company_name
+                .map(|v| validate_profile_field("company_name", v))
+                .transpose()?,
+        };
+        self.stores.users.update_profile(user_id, update).await
+    }
+
+    /// Changes the password after checking the current one, ends every session of the user
+    /// and opens a fresh one for the caller.
+    pub async fn change_password(
+        &self,
+        user_id: UserId,
+        current: &str,
+        new: &str,
+    ) -> Result<NewSession, AuthError> {
+        let record =
+            self.stores.users.find_user_by_id(user_id).await?.ok_or(AuthError::Unauthenticated)?;
+        if !password::verify(current, &record.password_hash).await? {
+            return Err(AuthError::invalid("current_password", "is not your current password"));
+        }
+        let hash = password::hash(new, self.config.password_cost).await?;
+        self.stores.users.set_password_hash(user_id, &hash).await?;
+        self.stores.sessions.revoke_user_sessions(user_id, self.clock.now()).await?;
+        self.open_session(user_id).await
+    }
+
+    /// Changes role, tier or status (admins only, checked by the caller's role). Suspension
+    /// ends the user's sessions, and every change reaches the key caches.
+    pub async fn admin_update_user(
+        &self,
+        id: UserId,
+        update: AdminUserUpdate,
+    ) -> Result<User, AuthError> {
+        let suspend = update.status == Some(UserStatus::Suspended);
+        let user = self.stores.users.update_admin_fields(id, update).await?;
+        if suspend {
+            self.stores.sessions.revoke_user_sessions(id, self.clock.now()).await?;
+        }
+        self.invalidations.user_changed(id);
+        Ok(user)
+    }
+
+    // === keys ===
+
+    async fn owner(&self, user_id: UserId) -> Result<User, AuthError> {
+        Ok(self
+            .stores
+            .users
+            .find_user_by_id(user_id)
+            .await?
+            .ok_or(AuthError::NotFound("user"))?
+            .user)
+    }
+
+    /// Checks limit overrides: positive, and for non-admins at most the tier's value.
+    fn check_overrides(owner: &User, o: &LimitOverrides) -> Result<(), AuthError> {
+        let tier = owner.tier.limits();
+        for (field, value, cap) in [
+            ("rate_limit_rpm", o.rate_limit_rpm, tier.rpm),
+            ("rate_limit_tpm", o.rate_limit_tpm, tier.tpm),
+            ("quota_daily", o.quota_daily, tier.daily_tokens),
+            ("quota_monthly", o.quota_monthly, tier.monthly_tokens),
+        ] {
+            match value {
+                Some(0) => return Err(AuthError::invalid(field, "must be greater than 0")),
+                Some(v) if v > cap && owner.role != Role::Admin => {
+                    return Err(AuthError::invalid(
+                        field,
+                        format!("may not exceed your {} tier's limit of {cap}", owner.tier),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_key_fields(
+        &self,
+        scopes: &[Scope],
+        models: Option<&Vec<String>>,
+        expires: Option<OffsetDateTime>,
+    ) -> Result<(), AuthError> {
+        if scopes.is_empty() {
             return Err(AuthError::invalid("scopes", "must name at least one scope"));
         }
-        let owner =
-            self.users.find_user_by_id(user_id).await?.ok_or(AuthError::NotFound("user"))?;
-        let max = owner.user.tier.max_api_keys();
-        if owner.user.role != Role::Admin && self.keys.count_active_keys(user_id).await? >= max {
+        let bad_models = |m: &Vec<String>| {
+            m.is_empty() || m.len() > 100 || m.iter().any(|m| m.trim().is_empty() || m.len() > 200)
+        };
+        if models.is_some_and(bad_models) {
+            return Err(AuthError::invalid("allowed_models", "must list 1 to 100 model names"));
+        }
+        if expires.is_some_and(|t| t <= self.clock.now()) {
+            return Err(AuthError::invalid("expires_at", "must be in the future"));
+        }
+        Ok(())
+    }
+
+    async fn hash_secret(&self, secret: String) -> Result<String, AuthError> {
+        let cost = self.config.key_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(secret, cost))
+            .await
+            .map_err(|e| AuthError::Hashing(Box::new(e)))?
+            .map_err(|e| AuthError::Hashing(Box::new(e)))
+    }
+
+    /// Issues a new key for `user_id`, enforcing the tier's key count and limits.
+    pub async fn create_key(&self, user_id: UserId, new: NewKey) -> Result<IssuedKey, AuthError> {
+        let name = validate_key_name(&new.name)?;
+        self.check_key_fields(&new.scopes, new.allowed_models.as_ref(), new.expires_at)?;
+        let owner = self.owner(user_id).await?;
+        Self::check_overrides(&owner, &new.overrides)?;
+        let max = owner.tier.max_api_keys();
+        if owner.role != Role::Admin && self.stores.keys.count_active_keys(user_id).await? >= max {
             return Err(AuthError::KeyLimit(max));
         }
         let generated = apikey::generate()?;
-        let cost = self.bcrypt_cost;
-        let secret = generated.secret.clone();
-        let key_hash = tokio::task::spawn_blocking(move || bcrypt::hash(secret, cost))
-            .await
-            .map_err(|e| AuthError::Hashing(Box::new(e)))?
-            .map_err(|e| AuthError::Hashing(Box::new(e)))?;
-        let now = OffsetDateTime::now_utc();
+        let key_hash = self.hash_secret(generated.secret.clone()).await?;
+        let mut scopes = new.scopes;
+        scopes.sort_by_key(|s| s.as_str());
+        scopes.dedup();
         let meta = ApiKeyMeta {
             id: ApiKeyId::new(),
             user_id,
-            name: name.to_owned(),
+            name,
             key_prefix: generated.display_prefix(),
-            scopes: new.scopes,
+            scopes,
             allowed_models: new.allowed_models,
             expires_at: new.expires_at,
             overrides: new.overrides,
             is_active: true,
             last_used_at: None,
-            created_at: now,
+            created_at: self.clock.now(),
         };
-        self.keys
+        self.stores
+            .keys
             .insert_key(KeyRecord {
                 meta: meta.clone(),
                 key_hash,
                 previous_key_hash: None,
                 previous_key_expires_at: None,
+                revoked_at: None,
             })
             .await?;
         Ok(IssuedKey { meta, key: generated.full() })
+    }
+
+    pub async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError> {
+        self.stores.keys.list_keys(user_id).await
+    }
+
+    pub async fn get_key(&self, user_id: UserId, id: ApiKeyId) -> Result<ApiKeyMeta, AuthError> {
+        self.stores.keys.find_key(user_id, id).await?.ok_or(AuthError::NotFound("API key"))
+    }
+
+    /// Changes one of the caller's keys. The result is checked as a whole (scopes, limits
+    /// against the tier) before anything is written.
+    pub async fn update_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        mut update: KeyUpdate,
+    ) -> Result<ApiKeyMeta, AuthError> {
+        let mut preview = self.get_key(user_id, id).await?;
+        if let Some(name) = &update.name {
+            update.name = Some(validate_key_name(name)?);
+        }
+        let reactivates = update.is_active == Some(true) && !preview.is_active;
+        update.apply(&mut preview);
+        self.check_key_fields(
+            &preview.scopes,
+            preview.allowed_models.as_ref(),
+            update.expires_at.flatten(),
+        )?;
+        let owner = self.owner(user_id).await?;
+        Self::check_overrides(&owner, &preview.overrides)?;
+        if reactivates && owner.role != Role::Admin {
+            let max = owner.tier.max_api_keys();
+            if self.stores.keys.count_active_keys(user_id).await? >= max {
+                return Err(AuthError::KeyLimit(max));
+            }
+        }
+        let meta = self
+            .stores
+            .keys
+            .update_key(user_id, id, update)
+            .await?
+            .ok_or(AuthError::NotFound("API key"))?;
+        self.invalidations.key_changed(id);
+        Ok(meta)
+    }
+
+    /// Revokes one of the caller's keys, at once on this instance and, through the
+    /// invalidations, on the others.
+    pub async fn revoke_key(&self, user_id: UserId, id: ApiKeyId) -> Result<(), AuthError> {
+        if !self.stores.keys.revoke_key(user_id, id, self.clock.now()).await? {
+            return Err(AuthError::NotFound("API key"));
+        }
+        self.invalidations.key_changed(id);
+        Ok(())
+    }
+
+    /// Issues a new secret for one of the caller's keys, keeping its id, prefix and settings.
+    /// The old secret keeps working for the configured grace period.
+    pub async fn rotate_key(&self, user_id: UserId, id: ApiKeyId) -> Result<IssuedKey, AuthError> {
+        let secret = apikey::generate_secret()?;
+        let hash = self.hash_secret(secret.clone()).await?;
+        let grace_end = self.clock.now() + self.config.rotation_grace;
+        let meta = self
+            .stores
+            .keys
+            .rotate_key(user_id, id, &hash, grace_end)
+            .await?
+            .ok_or(AuthError::NotFound("API key"))?;
+        self.invalidations.key_changed(id);
+        let prefix = meta.key_prefix.trim_start_matches("bm_");
+        Ok(IssuedKey { key: format!("bm_{prefix}_{secret}"), meta })
     }
 }
 
@@ -165,16 +604,39 @@ mod tests {
     use crate::InMemoryAuthStore;
 
     fn accounts() -> Accounts {
-        let store = Arc::new(InMemoryAuthStore::default());
-        Accounts::new(store.clone(), store, 4)
+        let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
+        Accounts::new(
+            AuthStores::from(Arc::new(InMemoryAuthStore::default())),
+            b"session secret",
+            config,
+        )
     }
 
     #[test]
     fn emails_are_normalised_and_checked() {
         assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
-        for bad in ["", "alice", "@example.com", "a@b", "a@@b.com", "a b@c.com", "a@.com", "a@com."]
-        {
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@.com",
+            "a@com.",
+            "x' OR (SELECT pg_sleep(5)) IS NOT NULL--@x.com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_names_are_labels_not_code() {
+        assert_eq!(validate_key_name("  prod: api (eu) #2 ").unwrap(), "prod: api (eu) #2");
+        for bad in
+            ["", "x' OR (SELECT pg_sleep(5)) IS NOT NULL--", "<script>", &"n".repeat(101), "a\nb"]
+        {
+            assert!(validate_key_name(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -193,9 +655,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn key_count_is_capped_by_tier() {
+    async fn login_opens_a_session_that_logout_and_password_change_end() {
+        let a = accounts();
+        a.signup("s@example.com", "password-1", None).await.unwrap();
+        assert!(matches!(
+            a.login("s@example.com", "wrong-pass", "ip").await,
+            Err(AuthError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            a.login("nobody@example.com", "password-1", "ip").await,
+            Err(AuthError::InvalidCredentials)
+        ));
+        let (user, s1) = a.login("S@Example.com", "password-1", "ip").await.unwrap();
+        assert_eq!(a.session_user(&s1.token).await.unwrap().id, user.id);
+        a.logout(&s1.token).await.unwrap();
+        assert!(matches!(a.session_user(&s1.token).await, Err(AuthError::Unauthenticated)));
+
+        let (_, s2) = a.login("s@example.com", "password-1", "ip").await.unwrap();
+        let (_, s3) = a.login("s@example.com", "password-1", "ip").await.unwrap();
+        assert!(matches!(
+            a.change_password(user.id, "not-current", "password-2").await,
+            Err(AuthError::Invalid { field: "current_password", .. })
+        ));
+        let s4 = a.change_password(user.id, "password-1", "password-2").await.unwrap();
+        for old in [&s2, &s3] {
+            assert!(matches!(a.session_user(&old.token).await, Err(AuthError::Unauthenticated)));
+        }
+        assert_eq!(a.session_user(&s4.token).await.unwrap().id, user.id);
+        assert!(a.login("s@example.com", "password-2", "ip").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn suspension_ends_sessions_and_blocks_login() {
+        let a = accounts();
+        let user = a.signup("bad@example.com", "password-1", None).await.unwrap();
+        let (_, s) = a.login("bad@example.com", "password-1", "ip").await.unwrap();
+        let update =
+            AdminUserUpdate { status: Some(UserStatus::Suspended), ..AdminUserUpdate::default() };
+        a.admin_update_user(user.id, update).await.unwrap();
+        assert!(matches!(a.session_user(&s.token).await, Err(AuthError::Unauthenticated)));
+        assert!(matches!(
+            a.login("bad@example.com", "password-1", "ip").await,
+            Err(AuthError::Suspended)
+        ));
+    }
+
+    #[tokio::test]
+    async fn key_count_and_limits_are_capped_by_tier_for_users_only() {
         let a = accounts();
         let user = a.signup("free@example.com", "password-1", None).await.unwrap();
+        let mut too_high = NewKey::named("k", vec![Scope::Models]);
+        too_high.overrides.rate_limit_rpm = Some(11);
+        assert!(matches!(
+            a.create_key(user.id, too_high.clone()).await,
+            Err(AuthError::Invalid { field: "rate_limit_rpm", .. })
+        ));
         for i in 0..Tier::Free.max_api_keys() {
             a.create_key(user.id, NewKey::named(format!("k{i}"), vec![Scope::Models]))
                 .await
@@ -203,5 +717,30 @@ mod tests {
         }
         let err = a.create_key(user.id, NewKey::named("one more", vec![Scope::Models])).await;
         assert!(matches!(err, Err(AuthError::KeyLimit(2))));
+
+        let admin = a.create_or_promote_admin("root@example.com", "password-1").await.unwrap();
+        let key = a.create_key(admin.id, too_high).await.unwrap();
+        assert_eq!(key.meta.overrides.rate_limit_rpm, Some(11));
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_identity_and_settings() {
+        let a = accounts();
+        let user = a.signup("rot@example.com", "password-1", None).await.unwrap();
+        let issued =
+            a.create_key(user.id, NewKey::named("r", vec![Scope::ChatCompletions])).await.unwrap();
+        let rotated = a.rotate_key(user.id, issued.meta.id).await.unwrap();
+        assert_eq!(rotated.meta, issued.meta);
+        assert_ne!(rotated.key, issued.key);
+        assert!(rotated.key.starts_with(&format!("{}_", issued.meta.key_prefix)));
+        let other = a.signup("other@example.com", "password-1", None).await.unwrap();
+        assert!(matches!(
+            a.rotate_key(other.id, issued.meta.id).await,
+            Err(AuthError::NotFound(_))
+        ));
+        assert!(matches!(
+            a.revoke_key(other.id, issued.meta.id).await,
+            Err(AuthError::NotFound(_))
+        ));
     }
 }

@@ -6,7 +6,13 @@
 use gateway_core::{ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, UserId};
 use time::OffsetDateTime;
 
-use crate::{AuthError, KeyRecord, KeyStore, NewUser, UserStore};
+use gateway_core::UserStatus;
+use uuid::Uuid;
+
+use crate::{
+    AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
+    SessionRecord, SessionStore, UserStore,
+};
 
 fn new_user(email: &str) -> NewUser {
     NewUser {
@@ -42,6 +48,32 @@ pub async fn user_store_contract(store: &dyn UserStore) {
         store.set_role_and_password(UserId::new(), Role::Admin, "x").await,
         Err(AuthError::NotFound("user"))
     ));
+
+    store.set_password_hash(user.id, "$2b$04$third").await.unwrap();
+    assert_eq!(
+        store.find_user_by_id(user.id).await.unwrap().unwrap().password_hash,
+        "$2b$04$third"
+    );
+
+    let update = ProfileUpdate { full_name: Some(None), company_name: Some(Some("Acme".into())) };
+    let changed = store.update_profile(user.id, update).await.unwrap();
+    assert_eq!((changed.full_name, changed.company_name.as_deref()), (None, Some("Acme")));
+    let same = store.update_profile(user.id, ProfileUpdate::default()).await.unwrap();
+    assert_eq!(same.company_name.as_deref(), Some("Acme"), "absent fields are left alone");
+
+    let update =
+        AdminUserUpdate { status: Some(UserStatus::Suspended), tier: Some(Tier::Pro), role: None };
+    let admin_changed = store.update_admin_fields(user.id, update).await.unwrap();
+    assert_eq!(
+        (admin_changed.status, admin_changed.tier, admin_changed.role),
+        (UserStatus::Suspended, Tier::Pro, Role::Admin)
+    );
+    let reread = store.find_user_by_id(user.id).await.unwrap().unwrap().user;
+    assert_eq!(reread, admin_changed);
+    assert!(matches!(
+        store.update_admin_fields(UserId::new(), AdminUserUpdate::default()).await,
+        Err(AuthError::NotFound("user"))
+    ));
 }
 
 fn key(user_id: UserId, prefix: &str, created_at: OffsetDateTime) -> KeyRecord {
@@ -62,6 +94,7 @@ fn key(user_id: UserId, prefix: &str, created_at: OffsetDateTime) -> KeyRecord {
         key_hash: "$2b$04$hash".to_owned(),
         previous_key_hash: None,
         previous_key_expires_at: None,
+        revoked_at: None,
     }
 }
 
@@ -89,4 +122,85 @@ pub async fn key_store_contract(users: &dyn UserStore, keys: &dyn KeyStore) {
     assert_eq!(keys.count_active_keys(owner.id).await.unwrap(), 2);
     assert_eq!(keys.find_key(owner.id, k1.meta.id).await.unwrap(), Some(k1.meta.clone()));
     assert_eq!(keys.find_key(other.id, k1.meta.id).await.unwrap(), None, "scoped to the owner");
+
+    // Updates: only the owner's key, only the fields given.
+    let update = KeyUpdate {
+        name: Some("renamed".into()),
+        allowed_models: Some(None),
+        rate_limit_tpm: Some(Some(1000)),
+        rate_limit_rpm: Some(None),
+        is_active: Some(false),
+        ..KeyUpdate::default()
+    };
+    assert_eq!(keys.update_key(other.id, k1.meta.id, update.clone()).await.unwrap(), None);
+    let updated = keys.update_key(owner.id, k1.meta.id, update).await.unwrap().expect("own key");
+    assert_eq!(updated.name, "renamed");
+    assert_eq!(updated.allowed_models, None);
+    assert_eq!(updated.overrides.rate_limit_tpm, Some(1000));
+    assert_eq!(updated.overrides.rate_limit_rpm, None);
+    assert_eq!(updated.scopes, k1.meta.scopes, "untouched");
+    assert!(!updated.is_active);
+    assert_eq!(keys.count_active_keys(owner.id).await.unwrap(), 1, "inactive keys do not count");
+    assert_eq!(keys.find_key(owner.id, k1.meta.id).await.unwrap(), Some(updated.clone()));
+
+    // Rotation keeps the id and the settings and moves the old hash aside.
+    let grace_end = t0 + time::Duration::minutes(5);
+    assert_eq!(keys.rotate_key(other.id, k2.meta.id, "$2b$04$new", grace_end).await.unwrap(), None);
+    let rotated =
+        keys.rotate_key(owner.id, k2.meta.id, "$2b$04$new", grace_end).await.unwrap().unwrap();
+    assert_eq!(rotated, k2.meta);
+    let rec = keys.find_key_by_prefix("bm_BBBBBBBB").await.unwrap().unwrap();
+    assert_eq!(rec.key_hash, "$2b$04$new");
+    assert_eq!(rec.previous_key_hash.as_deref(), Some("$2b$04$hash"));
+    assert_eq!(rec.previous_key_expires_at, Some(grace_end));
+
+    // Last use is recorded in batches.
+    let used_at = t0 + time::Duration::seconds(30);
+    keys.touch_keys(&[(k2.meta.id, used_at)]).await.unwrap();
+    assert_eq!(
+        keys.find_key(owner.id, k2.meta.id).await.unwrap().unwrap().last_used_at,
+        Some(used_at)
+    );
+
+    // Revocation: not for other users; afterwards the key is gone from listings but still
+    // found by prefix, marked revoked, so the verifier can refuse it.
+    assert!(!keys.revoke_key(other.id, k2.meta.id, t0).await.unwrap());
+    assert!(keys.revoke_key(owner.id, k2.meta.id, t0).await.unwrap());
+    assert!(!keys.revoke_key(owner.id, k2.meta.id, t0).await.unwrap(), "already revoked");
+    assert_eq!(keys.find_key(owner.id, k2.meta.id).await.unwrap(), None);
+    assert_eq!(keys.list_keys(owner.id).await.unwrap(), vec![updated]);
+    let revoked = keys.find_key_by_prefix("bm_BBBBBBBB").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(t0));
+    assert!(!revoked.meta.is_active);
+    assert_eq!(keys.update_key(owner.id, k2.meta.id, KeyUpdate::default()).await.unwrap(), None);
+}
+
+/// Sessions: found by token hash, revoked one by one or all of a user's at once.
+pub async fn session_store_contract(users: &dyn UserStore, sessions: &dyn SessionStore) {
+    let user = users.insert_user(new_user("session@example.com")).await.unwrap();
+    let t0 =
+        OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let session = |hash: u8| SessionRecord {
+        id: Uuid::now_v7(),
+        user_id: user.id,
+        token_hash: vec![hash; 32],
+        created_at: t0,
+        expires_at: t0 + time::Duration::days(7),
+        revoked_at: None,
+    };
+    let (a, b, c) = (session(1), session(2), session(3));
+    for s in [&a, &b, &c] {
+        sessions.insert_session(s.clone()).await.unwrap();
+    }
+    assert!(sessions.find_session(&a.token_hash).await.unwrap() == Some(a.clone()));
+    assert!(sessions.find_session(&[9; 32]).await.unwrap().is_none());
+
+    assert!(sessions.revoke_session(&a.token_hash, t0).await.unwrap());
+    assert!(!sessions.revoke_session(&a.token_hash, t0).await.unwrap(), "already revoked");
+    assert_eq!(sessions.find_session(&a.token_hash).await.unwrap().unwrap().revoked_at, Some(t0));
+
+    assert_eq!(sessions.revoke_user_sessions(user.id, t0).await.unwrap(), 2);
+    for s in [&b, &c] {
+        assert!(sessions.find_session(&s.token_hash).await.unwrap().unwrap().revoked_at.is_some());
+    }
 }

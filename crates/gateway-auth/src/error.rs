@@ -12,6 +12,18 @@ pub enum AuthError {
     Conflict(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Wrong email or password (deliberately one answer).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// No valid session.
+    #[error("not signed in")]
+    Unauthenticated,
+    /// The account is suspended.
+    #[error("account suspended")]
+    Suspended,
+    /// Too many failed logins; retry after this many seconds.
+    #[error("too many failed logins")]
+    Throttled { retry_after_secs: u64 },
     /// The tier's key limit is reached.
     #[error("key limit of {0} reached for this tier")]
     KeyLimit(u32),

@@ -1,18 +1,21 @@
 //! Accounts, sessions and API keys of the BluesMinds gateway.
 //!
-//! Ports: [`UserStore`] and [`KeyStore`] persist accounts and keys; [`InMemoryAuthStore`]
-//! implements both for tests and embedded use, `gateway-store` implements them on Postgres and
-//! SQLite. [`Accounts`] holds the rules (email normalisation, password policy, key issuing) on
-//! top of any store.
+//! Ports: [`UserStore`], [`KeyStore`] and [`SessionStore`] persist accounts, keys and
+//! sessions; [`InMemoryAuthStore`] implements all three for tests and embedded use,
+//! `gateway-store` implements them on Postgres and SQLite. [`Accounts`] holds the rules (email
+//! normalisation, password policy, login throttling, sessions, key issuing, rotation and
+//! revocation) on top of any store. [`KeyVerifier`] authenticates a bearer on every gateway
+//! request: a cached hit costs one HMAC and a map lookup (see [`verify`]).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use gateway_auth::{Accounts, InMemoryAuthStore, NewKey};
+//! use gateway_auth::{Accounts, AccountsConfig, AuthStores, InMemoryAuthStore, NewKey};
 //! use gateway_core::{Role, Scope};
 //! use std::sync::Arc;
 //!
 //! let store = Arc::new(InMemoryAuthStore::default());
-//! let accounts = Accounts::new(store.clone(), store, 4); // bcrypt cost 4 for the example
+//! let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
+//! let accounts = Accounts::new(AuthStores::from(store), b"session secret", config);
 //! let admin = accounts.create_or_promote_admin("Ops@Example.com", "correct horse battery").await?;
 //! assert_eq!(admin.role, Role::Admin);
 //! assert_eq!(admin.email, "ops@example.com");
@@ -28,11 +31,21 @@ mod error;
 mod memory;
 pub mod password;
 mod ports;
+pub mod throttle;
+pub mod token;
+pub mod verify;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 
-pub use accounts::{Accounts, IssuedKey, NewKey, normalize_email};
+pub use accounts::{
+    Accounts, AccountsConfig, AuthStores, Invalidations, IssuedKey, NewKey, NewSession,
+    NoInvalidations, normalize_email, validate_key_name,
+};
 pub use error::AuthError;
 pub use memory::InMemoryAuthStore;
-pub use ports::{KeyRecord, KeyStore, NewUser, UserRecord, UserStore};
+pub use ports::{
+    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate, SessionRecord,
+    SessionStore, UserRecord, UserStore,
+};
+pub use verify::{KeyVerifier, Principal, VerifierConfig, VerifyError};

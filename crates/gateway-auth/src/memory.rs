@@ -4,11 +4,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, ApiKeyMeta, Role, User, UserId};
+use gateway_core::{ApiKeyId, ApiKeyMeta, Role, User, UserId, UserStatus};
+use time::OffsetDateTime;
 
-use crate::{AuthError, KeyRecord, KeyStore, NewUser, UserRecord, UserStore};
+use crate::{
+    AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
+    SessionRecord, SessionStore, UserRecord, UserStore,
+};
 
-/// Users and keys in process memory. Lost at exit; one process only.
+/// Users, keys and sessions in process memory. Lost at exit; one process only.
 #[derive(Debug, Default)]
 pub struct InMemoryAuthStore {
     inner: Mutex<Inner>,
@@ -18,12 +22,23 @@ pub struct InMemoryAuthStore {
 struct Inner {
     users: HashMap<UserId, UserRecord>,
     keys: HashMap<ApiKeyId, KeyRecord>,
+    sessions: Vec<SessionRecord>,
 }
 
 impl InMemoryAuthStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A poisoned lock only means another test thread panicked; the data is still usable.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn user_mut(&mut self, id: UserId) -> Result<&mut UserRecord, AuthError> {
+        self.users.get_mut(&id).ok_or(AuthError::NotFound("user"))
+    }
+
+    fn own_key_mut(&mut self, user_id: UserId, id: ApiKeyId) -> Option<&mut KeyRecord> {
+        self.keys.get_mut(&id).filter(|k| k.meta.user_id == user_id && k.revoked_at.is_none())
     }
 }
 
@@ -41,9 +56,9 @@ impl UserStore for InMemoryAuthStore {
             company_name: None,
             role: new.role,
             tier: new.tier,
-            status: gateway_core::UserStatus::Active,
+            status: UserStatus::Active,
             credits_micros: 0,
-            created_at: time::OffsetDateTime::now_utc(),
+            created_at: OffsetDateTime::now_utc(),
         };
         inner
             .users
@@ -66,9 +81,39 @@ impl UserStore for InMemoryAuthStore {
         password_hash: &str,
     ) -> Result<User, AuthError> {
         let mut inner = self.lock();
-        let rec = inner.users.get_mut(&id).ok_or(AuthError::NotFound("user"))?;
+        let rec = inner.user_mut(id)?;
         rec.user.role = role;
         password_hash.clone_into(&mut rec.password_hash);
+        Ok(rec.user.clone())
+    }
+
+    async fn set_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), AuthError> {
+        password_hash.clone_into(&mut self.lock().user_mut(id)?.password_hash);
+        Ok(())
+    }
+
+    async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User, AuthError> {
+        let mut inner = self.lock();
+        let rec = inner.user_mut(id)?;
+        if let Some(v) = update.full_name {
+            rec.user.full_name = v;
+        }
+        if let Some(v) = update.company_name {
+            rec.user.company_name = v;
+        }
+        Ok(rec.user.clone())
+    }
+
+    async fn update_admin_fields(
+        &self,
+        id: UserId,
+        update: AdminUserUpdate,
+    ) -> Result<User, AuthError> {
+        let mut inner = self.lock();
+        let rec = inner.user_mut(id)?;
+        rec.user.role = update.role.unwrap_or(rec.user.role);
+        rec.user.tier = update.tier.unwrap_or(rec.user.tier);
+        rec.user.status = update.status.unwrap_or(rec.user.status);
         Ok(rec.user.clone())
     }
 }
@@ -93,7 +138,7 @@ impl KeyStore for InMemoryAuthStore {
             .lock()
             .keys
             .values()
-            .filter(|k| k.meta.user_id == user_id)
+            .filter(|k| k.meta.user_id == user_id && k.revoked_at.is_none())
             .map(|k| k.meta.clone())
             .collect();
         keys.sort_by_key(|k| (k.created_at, k.id));
@@ -101,12 +146,13 @@ impl KeyStore for InMemoryAuthStore {
     }
 
     async fn count_active_keys(&self, user_id: UserId) -> Result<u32, AuthError> {
-        Ok(self
-            .lock()
+        let inner = self.lock();
+        let n = inner
             .keys
             .values()
-            .filter(|k| k.meta.user_id == user_id && k.meta.is_active)
-            .count() as u32)
+            .filter(|k| k.meta.user_id == user_id && k.meta.is_active && k.revoked_at.is_none())
+            .count();
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn find_key(
@@ -114,7 +160,102 @@ impl KeyStore for InMemoryAuthStore {
         user_id: UserId,
         id: ApiKeyId,
     ) -> Result<Option<ApiKeyMeta>, AuthError> {
-        Ok(self.lock().keys.get(&id).filter(|k| k.meta.user_id == user_id).map(|k| k.meta.clone()))
+        Ok(self.lock().own_key_mut(user_id, id).map(|k| k.meta.clone()))
+    }
+
+    async fn update_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        update: KeyUpdate,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
+        let mut inner = self.lock();
+        Ok(inner.own_key_mut(user_id, id).map(|k| {
+            update.apply(&mut k.meta);
+            k.meta.clone()
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        new_hash: &str,
+        previous_expires_at: OffsetDateTime,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
+        let mut inner = self.lock();
+        Ok(inner.own_key_mut(user_id, id).map(|k| {
+            k.previous_key_hash = Some(std::mem::replace(&mut k.key_hash, new_hash.to_owned()));
+            k.previous_key_expires_at = Some(previous_expires_at);
+            k.meta.clone()
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        at: OffsetDateTime,
+    ) -> Result<bool, AuthError> {
+        let mut inner = self.lock();
+        Ok(inner
+            .own_key_mut(user_id, id)
+            .map(|k| {
+                k.revoked_at = Some(at);
+                k.meta.is_active = false;
+            })
+            .is_some())
+    }
+
+    async fn touch_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> Result<(), AuthError> {
+        let mut inner = self.lock();
+        for (id, at) in used {
+            if let Some(k) = inner.keys.get_mut(id) {
+                k.meta.last_used_at = Some(k.meta.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for InMemoryAuthStore {
+    async fn insert_session(&self, session: SessionRecord) -> Result<(), AuthError> {
+        self.lock().sessions.push(session);
+        Ok(())
+    }
+
+    async fn find_session(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, AuthError> {
+        Ok(self.lock().sessions.iter().find(|s| s.token_hash == token_hash).cloned())
+    }
+
+    async fn revoke_session(
+        &self,
+        token_hash: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<bool, AuthError> {
+        let mut inner = self.lock();
+        let live = inner
+            .sessions
+            .iter_mut()
+            .find(|s| s.token_hash == token_hash && s.revoked_at.is_none());
+        Ok(live.map(|s| s.revoked_at = Some(at)).is_some())
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: UserId,
+        at: OffsetDateTime,
+    ) -> Result<u64, AuthError> {
+        let mut inner = self.lock();
+        let mut n = 0;
+        for s in
+            inner.sessions.iter_mut().filter(|s| s.user_id == user_id && s.revoked_at.is_none())
+        {
+            s.revoked_at = Some(at);
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
@@ -124,8 +265,11 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_store_meets_the_contract() {
-        crate::conformance::user_store_contract(&InMemoryAuthStore::default()).await;
+        let store = InMemoryAuthStore::default();
+        crate::conformance::user_store_contract(&store).await;
         let store = InMemoryAuthStore::default();
         crate::conformance::key_store_contract(&store, &store).await;
+        let store = InMemoryAuthStore::default();
+        crate::conformance::session_store_contract(&store, &store).await;
     }
 }

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing, malformed, unknown, revoked or expired credentials (401).
     InvalidApiKey,
+    /// No valid session, or a wrong email or password (401).
+    Unauthenticated,
     /// Authenticated but not allowed: scope, model, role (403).
     PermissionDenied,
     /// The account is suspended (403).
@@ -67,6 +69,7 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::RequestTimeout => "invalid_request_error",
+            ErrorKind::Unauthenticated => "authentication_error",
             ErrorKind::PermissionDenied | ErrorKind::AccountSuspended => "permission_error",
             ErrorKind::RateLimited | ErrorKind::TooManyAttempts => "rate_limit_error",
             ErrorKind::QuotaExceeded => "insufficient_quota",
@@ -84,6 +87,7 @@ impl ErrorKind {
         Some(match self {
             ErrorKind::InvalidRequest => return None,
             ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::AccountSuspended => "account_suspended",
             ErrorKind::NotFound => "not_found",

@@ -1,18 +1,22 @@
 //! SQL adapter of the auth ports (users and API keys).
 
 use async_trait::async_trait;
-use gateway_auth::{AuthError, KeyRecord, KeyStore, NewUser, UserRecord, UserStore};
+use gateway_auth::{
+    AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
+    SessionRecord, SessionStore, UserRecord, UserStore,
+};
 use gateway_core::{
     ApiKeyId, ApiKeyMeta, LimitOverrides, Role, Scope, Tier, User, UserId, UserStatus,
 };
 use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::SimpleExpr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    Set, SqlErr,
+    ActiveModelTrait, ColumnTrait, Condition, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, SqlErr, TransactionTrait,
 };
 use time::OffsetDateTime;
 
-use crate::entity::{api_keys, users};
+use crate::entity::{api_keys, sessions, users};
 use crate::{Store, StoreError};
 
 /// Users and keys in Postgres or SQLite.
@@ -101,7 +105,12 @@ fn key_from_row(row: api_keys::Model) -> Result<KeyRecord, AuthError> {
         key_hash: row.key_hash,
         previous_key_hash: row.previous_key_hash,
         previous_key_expires_at: row.previous_key_expires_at,
+        revoked_at: row.revoked_at,
     })
+}
+
+fn json_scopes(scopes: &[gateway_core::Scope]) -> serde_json::Value {
+    serde_json::json!(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>())
 }
 
 #[async_trait]
@@ -163,13 +172,82 @@ impl UserStore for SqlAuthStore {
         }
         Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
     }
+
+    async fn set_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), AuthError> {
+        self.update_user(id, vec![(users::Column::PasswordHash, Expr::value(password_hash))]).await
+    }
+
+    async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User, AuthError> {
+        let mut cols = Vec::new();
+        if let Some(v) = update.full_name {
+            cols.push((users::Column::FullName, Expr::value(v)));
+        }
+        if let Some(v) = update.company_name {
+            cols.push((users::Column::CompanyName, Expr::value(v)));
+        }
+        self.update_user(id, cols).await?;
+        Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
+    }
+
+    async fn update_admin_fields(
+        &self,
+        id: UserId,
+        update: AdminUserUpdate,
+    ) -> Result<User, AuthError> {
+        let mut cols = Vec::new();
+        if let Some(v) = update.role {
+            cols.push((users::Column::Role, Expr::value(v.as_str())));
+        }
+        if let Some(v) = update.tier {
+            cols.push((users::Column::Tier, Expr::value(v.as_str())));
+        }
+        if let Some(v) = update.status {
+            cols.push((users::Column::Status, Expr::value(v.as_str())));
+        }
+        self.update_user(id, cols).await?;
+        Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
+    }
+}
+
+impl SqlAuthStore {
+    /// Sets columns of one user (and `updated_at`); `NotFound` if there is no such user.
+    async fn update_user(
+        &self,
+        id: UserId,
+        cols: Vec<(users::Column, SimpleExpr)>,
+    ) -> Result<(), AuthError> {
+        let mut q = users::Entity::update_many()
+            .col_expr(users::Column::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
+            .filter(users::Column::Id.eq(id.as_uuid()));
+        for (col, value) in cols {
+            q = q.col_expr(col, value);
+        }
+        let res = q.exec(self.store.connection()).await.map_err(db_err)?;
+        if res.rows_affected == 0 {
+            return Err(AuthError::NotFound("user"));
+        }
+        Ok(())
+    }
+
+    /// The owner's unrevoked key row, if any.
+    async fn own_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+    ) -> Result<Option<api_keys::Model>, AuthError> {
+        api_keys::Entity::find_by_id(id.as_uuid())
+            .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)
+    }
 }
 
 #[async_trait]
 impl KeyStore for SqlAuthStore {
     async fn insert_key(&self, key: KeyRecord) -> Result<(), AuthError> {
         let m = key.meta;
-        let scopes: Vec<&str> = m.scopes.iter().map(|s| s.as_str()).collect();
         let row = api_keys::ActiveModel {
             id: Set(m.id.as_uuid()),
             user_id: Set(m.user_id.as_uuid()),
@@ -178,7 +256,7 @@ impl KeyStore for SqlAuthStore {
             key_hash: Set(key.key_hash),
             previous_key_hash: Set(key.previous_key_hash),
             previous_key_expires_at: Set(key.previous_key_expires_at),
-            scopes: Set(serde_json::json!(scopes)),
+            scopes: Set(json_scopes(&m.scopes)),
             allowed_models: Set(m.allowed_models.map(|v| serde_json::json!(v))),
             expires_at: Set(m.expires_at),
             rate_limit_rpm: Set(opt_i64(m.overrides.rate_limit_rpm)),
@@ -189,7 +267,7 @@ impl KeyStore for SqlAuthStore {
             last_used_at: Set(m.last_used_at),
             created_at: Set(m.created_at),
             updated_at: Set(m.created_at),
-            revoked_at: Set(None),
+            revoked_at: Set(key.revoked_at),
         };
         api_keys::Entity::insert(row)
             .exec_without_returning(self.store.connection())
@@ -211,6 +289,7 @@ impl KeyStore for SqlAuthStore {
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError> {
         api_keys::Entity::find()
             .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .filter(api_keys::Column::RevokedAt.is_null())
             .order_by_asc(api_keys::Column::CreatedAt)
             .order_by_asc(api_keys::Column::Id)
             .all(self.store.connection())
@@ -225,6 +304,7 @@ impl KeyStore for SqlAuthStore {
         let n = api_keys::Entity::find()
             .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
             .filter(api_keys::Column::IsActive.eq(true))
+            .filter(api_keys::Column::RevokedAt.is_null())
             .count(self.store.connection())
             .await
             .map_err(db_err)?;
@@ -236,12 +316,166 @@ impl KeyStore for SqlAuthStore {
         user_id: UserId,
         id: ApiKeyId,
     ) -> Result<Option<ApiKeyMeta>, AuthError> {
-        api_keys::Entity::find_by_id(id.as_uuid())
+        self.own_key(user_id, id).await?.map(|row| key_from_row(row).map(|k| k.meta)).transpose()
+    }
+
+    async fn update_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        update: KeyUpdate,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
+        let Some(row) = self.own_key(user_id, id).await? else { return Ok(None) };
+        let mut meta = key_from_row(row.clone())?.meta;
+        update.apply(&mut meta);
+        let mut active: api_keys::ActiveModel = row.into();
+        active.name = Set(meta.name.clone());
+        active.scopes = Set(json_scopes(&meta.scopes));
+        active.allowed_models = Set(meta.allowed_models.as_ref().map(|v| serde_json::json!(v)));
+        active.expires_at = Set(meta.expires_at);
+        active.rate_limit_rpm = Set(opt_i64(meta.overrides.rate_limit_rpm));
+        active.rate_limit_tpm = Set(opt_i64(meta.overrides.rate_limit_tpm));
+        active.quota_daily = Set(opt_i64(meta.overrides.quota_daily));
+        active.quota_monthly = Set(opt_i64(meta.overrides.quota_monthly));
+        active.is_active = Set(meta.is_active);
+        active.updated_at = Set(OffsetDateTime::now_utc());
+        active.update(self.store.connection()).await.map_err(db_err)?;
+        Ok(Some(meta))
+    }
+
+    async fn rotate_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        new_hash: &str,
+        previous_expires_at: OffsetDateTime,
+    ) -> Result<Option<ApiKeyMeta>, AuthError> {
+        // Read and write in one transaction, so two rotations cannot both keep the same
+        // "previous" hash.
+        let txn = self.store.connection().begin().await.map_err(db_err)?;
+        let row = api_keys::Entity::find_by_id(id.as_uuid())
             .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .one(&txn)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let meta = key_from_row(row.clone())?.meta;
+        let mut active: api_keys::ActiveModel = row.clone().into();
+        active.previous_key_hash = Set(Some(row.key_hash));
+        active.previous_key_expires_at = Set(Some(previous_expires_at));
+        active.key_hash = Set(new_hash.to_owned());
+        active.updated_at = Set(OffsetDateTime::now_utc());
+        active.update(&txn).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(Some(meta))
+    }
+
+    async fn revoke_key(
+        &self,
+        user_id: UserId,
+        id: ApiKeyId,
+        at: OffsetDateTime,
+    ) -> Result<bool, AuthError> {
+        let res = api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::RevokedAt, Expr::value(at))
+            .col_expr(api_keys::Column::IsActive, Expr::value(false))
+            .col_expr(api_keys::Column::UpdatedAt, Expr::value(at))
+            .filter(api_keys::Column::Id.eq(id.as_uuid()))
+            .filter(api_keys::Column::UserId.eq(user_id.as_uuid()))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    async fn touch_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> Result<(), AuthError> {
+        // One short transaction per batch; a later time never goes backwards.
+        let txn = self.store.connection().begin().await.map_err(db_err)?;
+        for (id, at) in used {
+            api_keys::Entity::update_many()
+                .col_expr(api_keys::Column::LastUsedAt, Expr::value(*at))
+                .filter(api_keys::Column::Id.eq(id.as_uuid()))
+                .filter(
+                    Condition::any()
+                        .add(api_keys::Column::LastUsedAt.is_null())
+                        .add(api_keys::Column::LastUsedAt.lt(*at)),
+                )
+                .exec(&txn)
+                .await
+                .map_err(db_err)?;
+        }
+        txn.commit().await.map_err(db_err)
+    }
+}
+
+fn session_from_row(row: sessions::Model) -> SessionRecord {
+    SessionRecord {
+        id: row.id,
+        user_id: UserId(row.user_id),
+        token_hash: row.token_hash,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        revoked_at: row.revoked_at,
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqlAuthStore {
+    async fn insert_session(&self, s: SessionRecord) -> Result<(), AuthError> {
+        let row = sessions::ActiveModel {
+            id: Set(s.id),
+            user_id: Set(s.user_id.as_uuid()),
+            token_hash: Set(s.token_hash),
+            created_at: Set(s.created_at),
+            expires_at: Set(s.expires_at),
+            last_seen_at: Set(None),
+            revoked_at: Set(s.revoked_at),
+        };
+        sessions::Entity::insert(row)
+            .exec_without_returning(self.store.connection())
+            .await
+            .map_err(|e| insert_err(e, "session"))?;
+        Ok(())
+    }
+
+    async fn find_session(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, AuthError> {
+        Ok(sessions::Entity::find()
+            .filter(sessions::Column::TokenHash.eq(token_hash.to_vec()))
             .one(self.store.connection())
             .await
             .map_err(db_err)?
-            .map(|row| key_from_row(row).map(|k| k.meta))
-            .transpose()
+            .map(session_from_row))
+    }
+
+    async fn revoke_session(
+        &self,
+        token_hash: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<bool, AuthError> {
+        let res = sessions::Entity::update_many()
+            .col_expr(sessions::Column::RevokedAt, Expr::value(at))
+            .filter(sessions::Column::TokenHash.eq(token_hash.to_vec()))
+            .filter(sessions::Column::RevokedAt.is_null())
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: UserId,
+        at: OffsetDateTime,
+    ) -> Result<u64, AuthError> {
+        let res = sessions::Entity::update_many()
+            .col_expr(sessions::Column::RevokedAt, Expr::value(at))
+            .filter(sessions::Column::UserId.eq(user_id.as_uuid()))
+            .filter(sessions::Column::RevokedAt.is_null())
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected)
     }
 }

@@ -174,5 +174,6 @@ async fn sql_auth_store_meets_the_auth_contract() {
         let store = gateway_store::SqlAuthStore::new(db.store.clone());
         gateway_auth::conformance::user_store_contract(&store).await;
         gateway_auth::conformance::key_store_contract(&store, &store).await;
+        gateway_auth::conformance::session_store_contract(&store, &store).await;
     }
 }

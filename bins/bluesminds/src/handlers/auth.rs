@@ -1,14 +1,23 @@
-//! Account endpoints.
+//! Account endpoints: sign-up, login, logout, the caller's profile, and admin changes to users.
 
-use gateway_core::openai::parse_json;
+use gateway_auth::{AdminUserUpdate, ProfileUpdate};
+use gateway_core::{ApiError, Role, Tier, UserId, UserStatus};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use serde_json::json;
 
+use super::session::{
+    check_origin, clear_session_cookie, require_admin, require_user, session_token,
+    set_session_cookie,
+};
+use super::{double_option, json_body};
 use crate::app::App;
 use crate::errors::from_auth;
-use crate::http::{ResBody, error_response, json};
-use crate::server::{Ctx, read_body};
+use crate::http::{ResBody, json};
+use crate::server::Ctx;
+
+type Reply = Result<Response<ResBody>, ApiError>;
 
 /// Only these fields may be set at signup; anything else (role, tier, credits, ...) is refused.
 #[derive(Deserialize)]
@@ -19,27 +28,120 @@ struct SignupBody {
     full_name: Option<String>,
 }
 
-const MAX_NAME_CHARS: usize = 200;
+pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let input: SignupBody = json_body(app, req).await?;
+    let user = app
+        .accounts
+        .signup(&input.email, &input.password, input.full_name)
+        .await
+        .map_err(|e| from_auth(ctx.request_id, e))?;
+    Ok(json(StatusCode::CREATED, &user))
+}
 
-pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Response<ResBody> {
-    let body = match read_body(app, req).await {
-        Ok(b) => b,
-        Err(e) => return error_response(&e),
-    };
-    let input: SignupBody = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return error_response(&e),
-    };
-    let full_name = input.full_name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-    if full_name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
-        let err = gateway_core::ApiError::invalid_param(
-            "full_name",
-            format!("Invalid 'full_name': must be at most {MAX_NAME_CHARS} characters."),
-        );
-        return error_response(&err);
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+pub async fn login(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let input: LoginBody = json_body(app, req).await?;
+    let client = ctx.peer.ip().to_string();
+    let (user, session) = app
+        .accounts
+        .login(&input.email, &input.password, &client)
+        .await
+        .map_err(|e| from_auth(ctx.request_id, e))?;
+    let expires_at = session
+        .expires_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut res = json(StatusCode::OK, &json!({"user": user, "session_expires_at": expires_at}));
+    set_session_cookie(app, &mut res, &session);
+    Ok(res)
+}
+
+pub async fn logout(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    if let Some(token) = session_token(&req) {
+        app.accounts.logout(token).await.map_err(|e| from_auth(ctx.request_id, e))?;
     }
-    match app.accounts.signup(&input.email, &input.password, full_name).await {
-        Ok(user) => json(StatusCode::CREATED, &user),
-        Err(e) => error_response(&from_auth(ctx.request_id, e)),
+    let mut res = Response::new(ResBody::empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    clear_session_cookie(app, &mut res);
+    Ok(res)
+}
+
+pub async fn me(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let user = require_user(app, &req, ctx).await?;
+    Ok(json(StatusCode::OK, &user))
+}
+
+/// What a user may change about themselves. Role, tier, status, credits and ids are not here,
+/// and unknown fields are refused, so no body can set them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeBody {
+    #[serde(default, deserialize_with = "double_option")]
+    full_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    company_name: Option<Option<String>>,
+    password: Option<String>,
+    current_password: Option<String>,
+}
+
+pub async fn update_me(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let user = require_user(app, &req, ctx).await?;
+    let input: MeBody = json_body(app, req).await?;
+    let err = |e| from_auth(ctx.request_id, e);
+    let new_session = match (input.password.as_deref(), input.current_password.as_deref()) {
+        (Some(new), Some(current)) => {
+            gateway_auth::password::validate(new).map_err(err)?;
+            Some(app.accounts.change_password(user.id, current, new).await.map_err(err)?)
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid_param(
+                "current_password",
+                "Changing the password needs 'current_password'.",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "password",
+                "'current_password' was given without 'password'.",
+            ));
+        }
+        (None, None) => None,
+    };
+    let update = ProfileUpdate { full_name: input.full_name, company_name: input.company_name };
+    let user = app.accounts.update_profile(user.id, update).await.map_err(err)?;
+    let mut res = json(StatusCode::OK, &user);
+    if let Some(session) = new_session {
+        set_session_cookie(app, &mut res, &session);
     }
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminUserBody {
+    role: Option<Role>,
+    tier: Option<Tier>,
+    status: Option<UserStatus>,
+}
+
+pub async fn admin_update_user(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let id: UserId = id.parse().map_err(|_| ApiError::not_found("user"))?;
+    let input: AdminUserBody = json_body(app, req).await?;
+    let update = AdminUserUpdate { role: input.role, tier: input.tier, status: input.status };
+    let user = app
+        .accounts
+        .admin_update_user(id, update)
+        .await
+        .map_err(|e| from_auth(ctx.request_id, e))?;
+    Ok(json(StatusCode::OK, &user))
 }

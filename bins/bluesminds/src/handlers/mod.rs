@@ -1,27 +1,60 @@
 //! Handlers translate HTTP to domain calls and back; no business rule lives here.
 
 mod auth;
+mod gateway;
+mod keys;
 mod ops;
+mod session;
 
 use std::sync::Arc;
 
+use gateway_core::ApiError;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
 
 use crate::app::App;
-use crate::http::ResBody;
+use crate::http::{ResBody, error_response};
 use crate::router::Route;
-use crate::server::Ctx;
+use crate::server::{Ctx, read_body};
 
 pub async fn dispatch(
     app: &Arc<App>,
-    route: Route,
+    route: Route<'_>,
     req: Request<Incoming>,
     ctx: Ctx,
 ) -> Response<ResBody> {
-    match route {
-        Route::Healthz => ops::healthz(),
-        Route::Readyz => ops::readyz(app).await,
+    let result = match route {
+        Route::Healthz => Ok(ops::healthz()),
+        Route::Readyz => Ok(ops::readyz(app).await),
         Route::Signup => auth::signup(app, req, ctx).await,
-    }
+        Route::Login => auth::login(app, req, ctx).await,
+        Route::Logout => auth::logout(app, req, ctx).await,
+        Route::Me => auth::me(app, req, ctx).await,
+        Route::UpdateMe => auth::update_me(app, req, ctx).await,
+        Route::AdminUpdateUser(id) => auth::admin_update_user(app, req, ctx, id).await,
+        Route::ListKeys => keys::list(app, req, ctx).await,
+        Route::CreateKey => keys::create(app, req, ctx).await,
+        Route::GetKey(id) => keys::get(app, req, ctx, id).await,
+        Route::UpdateKey(id) => keys::update(app, req, ctx, id).await,
+        Route::DeleteKey(id) => keys::delete(app, req, ctx, id).await,
+        Route::RotateKey(id) => keys::rotate(app, req, ctx, id).await,
+        Route::Models => gateway::models(app, &req).await,
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// Reads and parses a JSON body; unknown fields are refused where the type says so.
+async fn json_body<T: DeserializeOwned>(app: &App, req: Request<Incoming>) -> Result<T, ApiError> {
+    let body = read_body(app, req).await?;
+    gateway_core::openai::parse_json(&body)
+}
+
+/// `null` and absent are different in a PATCH: absent leaves a field alone, `null` clears it.
+fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }

@@ -1,0 +1,656 @@
+//! API-key verification on the hot path.
+//!
+//! A verified key is cached under HMAC-SHA256(`API_KEY_SECRET`, full key) for a short TTL, so a
+//! request with a known key costs one HMAC and one read-locked map lookup: no database, no
+//! bcrypt. A miss looks the key up by its prefix and runs bcrypt on the blocking pool, behind a
+//! concurrency bound and a bounded queue (beyond it: [`VerifyError::Busy`], never an unbounded
+//! pile-up). Concurrent misses for the same key share one verification. Wrong keys land in a
+//! negative cache. A bearer that is not a well-formed `bm_` key never reaches the database or
+//! bcrypt. An unknown prefix waits as long as a bcrypt verification takes before answering,
+//! so it is told apart from a wrong secret neither by the answer nor by its timing, without
+//! spending the CPU.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use gateway_core::{ApiKeyId, Clock, Limits, Role, Scope, Tier, UserId, UserStatus};
+use time::OffsetDateTime;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::token::KeyedHasher;
+use crate::{KeyStore, UserStore, apikey};
+
+/// Who is calling, as established from an API key.
+#[derive(Debug)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub key_id: ApiKeyId,
+    pub key_prefix: String,
+    pub role: Role,
+    pub tier: Tier,
+    pub scopes: Vec<Scope>,
+    /// The tier's limits with the key's overrides applied.
+    pub limits: Limits,
+    /// `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
+    last_used_ms: AtomicI64,
+    flushed_ms: AtomicI64,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|m| m.iter().any(|a| a == model))
+    }
+}
+
+/// Why a bearer did not authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("no API key was provided")]
+    Missing,
+    #[error("the Authorization header is not `Bearer bm_...` with a well-formed key")]
+    Malformed,
+    /// Unknown prefix or wrong secret: deliberately one answer.
+    #[error("incorrect API key")]
+    Unknown,
+    #[error("the API key has been revoked")]
+    Revoked,
+    #[error("the API key is disabled")]
+    Inactive,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("the account is suspended")]
+    Suspended,
+    /// Too many verifications are queued for bcrypt; retry shortly.
+    #[error("key verification is overloaded")]
+    Busy,
+    /// The store failed. Authentication fails closed: this never makes a key valid.
+    #[error("key verification is unavailable")]
+    Unavailable,
+}
+
+/// Verifier settings.
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    /// How long a verified key is trusted without looking again.
+    pub ttl: Duration,
+    /// How long a refused key is refused without looking again.
+    pub negative_ttl: Duration,
+    /// Most cached entries (positive and negative).
+    pub max_entries: usize,
+    /// bcrypt verifications running at once.
+    pub max_concurrent_bcrypt: usize,
+    /// Verifications waiting for bcrypt before new ones are refused as busy.
+    pub max_waiting: usize,
+    /// bcrypt cost used to calibrate the wait of unknown prefixes.
+    pub bcrypt_cost: u32,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self {
+            ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(30),
+            max_entries: 100_000,
+            max_concurrent_bcrypt: (cores / 2).max(1),
+            max_waiting: 256,
+            bcrypt_cost: 12,
+        }
+    }
+}
+
+enum Cached {
+    Valid { principal: Arc<Principal>, until_ms: i64 },
+    Refused { error: VerifyError, key_id: Option<ApiKeyId>, user_id: Option<UserId>, until_ms: i64 },
+}
+
+impl Cached {
+    fn until_ms(&self) -> i64 {
+        match self {
+            Cached::Valid { until_ms, .. } | Cached::Refused { until_ms, .. } => *until_ms,
+        }
+    }
+
+    fn concerns_key(&self, id: ApiKeyId) -> bool {
+        match self {
+            Cached::Valid { principal, .. } => principal.key_id == id,
+            Cached::Refused { key_id, .. } => *key_id == Some(id),
+        }
+    }
+
+    fn concerns_user(&self, id: UserId) -> bool {
+        match self {
+            Cached::Valid { principal, .. } => principal.user_id == id,
+            Cached::Refused { user_id, .. } => *user_id == Some(id),
+        }
+    }
+}
+
+type Shared = Arc<OnceCell<Result<Arc<Principal>, VerifyError>>>;
+
+/// Verifies bearer strings against the key store, with the caches described above.
+pub struct KeyVerifier {
+    keys: Arc<dyn KeyStore>,
+    users: Arc<dyn UserStore>,
+    hasher: KeyedHasher,
+    clock: Arc<dyn Clock>,
+    config: VerifierConfig,
+    cache: RwLock<HashMap<[u8; 32], Cached>>,
+    inflight: Mutex<HashMap<[u8; 32], Shared>>,
+    bcrypt: Semaphore,
+    waiting: AtomicUsize,
+    /// Moving average of one bcrypt verification, in microseconds.
+    bcrypt_micros: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVerifier").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// What the blocking bcrypt step found.
+enum SecretMatch {
+    Current,
+    Previous,
+    None,
+}
+
+impl KeyVerifier {
+    pub fn new(
+        keys: Arc<dyn KeyStore>,
+        users: Arc<dyn UserStore>,
+        api_key_secret: &[u8],
+        clock: Arc<dyn Clock>,
+        config: VerifierConfig,
+    ) -> Self {
+        let bcrypt = Semaphore::new(config.max_concurrent_bcrypt.max(1));
+        // A first estimate of a bcrypt verification (about 60 µs per 2^cost on a current
+        // core), replaced by measurements as real verifications run.
+        let estimate = 60u64 << config.bcrypt_cost.min(20);
+        Self {
+            keys,
+            users,
+            hasher: KeyedHasher::new(api_key_secret),
+            clock,
+            config,
+            cache: RwLock::default(),
+            inflight: Mutex::default(),
+            bcrypt,
+            waiting: AtomicUsize::new(0),
+            bcrypt_micros: AtomicU64::new(estimate / 4),
+        }
+    }
+
+    /// Verifies an `Authorization` header value.
+    pub async fn verify_header(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Arc<Principal>, VerifyError> {
+        let value = authorization.ok_or(VerifyError::Missing)?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or(VerifyError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(VerifyError::Malformed);
+        }
+        self.verify(token.trim()).await
+    }
+
+    /// Verifies a bearer token (`bm_...`).
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, VerifyError> {
+        let parsed = apikey::parse(token).ok_or(VerifyError::Malformed)?;
+        let digest = self.hasher.hash(token.as_bytes());
+        let now = self.clock.now_unix_ms();
+        if let Some(hit) = self.cached(&digest, now) {
+            return hit;
+        }
+        let shared: Shared = {
+            let mut inflight =
+                self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            inflight.entry(digest).or_default().clone()
+        };
+        let result = shared.get_or_init(|| self.verify_uncached(parsed, digest)).await.clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight.get(&digest).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
+            inflight.remove(&digest);
+        }
+        result
+    }
+
+    fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Result<Arc<Principal>, VerifyError>> {
+        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cache.get(digest) {
+            Some(Cached::Valid { principal, until_ms }) if *until_ms > now => {
+                principal.last_used_ms.store(now, Ordering::Relaxed);
+                Some(Ok(principal.clone()))
+            }
+            Some(Cached::Refused { error, until_ms, .. }) if *until_ms > now => Some(Err(*error)),
+            _ => None,
+        }
+    }
+
+    async fn verify_uncached(
+        &self,
+        parsed: apikey::ParsedKey<'_>,
+        digest: [u8; 32],
+    ) -> Result<Arc<Principal>, VerifyError> {
+        let prefix = format!("bm_{}", parsed.prefix);
+        let record = match self.keys.find_key_by_prefix(&prefix).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "key lookup failed; refusing the request");
+                return Err(VerifyError::Unavailable);
+            }
+        };
+        let Some(record) = record else {
+            // Answer after as long as a bcrypt verification would take.
+            tokio::time::sleep(Duration::from_micros(self.bcrypt_micros.load(Ordering::Relaxed)))
+                .await;
+            self.refuse(digest, VerifyError::Unknown, None, None);
+            return Err(VerifyError::Unknown);
+        };
+        let now = self.clock.now();
+        let previous_until = record.previous_key_expires_at.filter(|t| *t > now);
+        let matched = self
+            .bcrypt_verify(
+                parsed.secret.to_owned(),
+                record.key_hash.clone(),
+                previous_until.and(record.previous_key_hash.clone()),
+            )
+            .await?;
+        let meta = &record.meta;
+        let refusal = match matched {
+            SecretMatch::None => Some(VerifyError::Unknown),
+            _ if record.revoked_at.is_some() => Some(VerifyError::Revoked),
+            _ if meta.expires_at.is_some_and(|t| t <= now) => Some(VerifyError::Expired),
+            _ if !meta.is_active => Some(VerifyError::Inactive),
+            _ => None,
+        };
+        if let Some(error) = refusal {
+            let key_id = (error != VerifyError::Unknown).then_some(meta.id);
+            self.refuse(digest, error, key_id, Some(meta.user_id));
+            return Err(error);
+        }
+        let owner = match self.users.find_user_by_id(meta.user_id).await {
+            Ok(Some(owner)) => owner.user,
+            Ok(None) => {
+                self.refuse(digest, VerifyError::Unknown, Some(meta.id), Some(meta.user_id));
+                return Err(VerifyError::Unknown);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key owner lookup failed; refusing the request");
+                return Err(VerifyError::Unavailable);
+            }
+        };
+        if owner.status == UserStatus::Suspended {
+            self.refuse(digest, VerifyError::Suspended, Some(meta.id), Some(owner.id));
+            return Err(VerifyError::Suspended);
+        }
+        let mut until = now + self.config.ttl;
+        if let Some(exp) = meta.expires_at {
+            until = until.min(exp);
+        }
+        if let (SecretMatch::Previous, Some(grace_end)) = (&matched, previous_until) {
+            until = until.min(grace_end);
+        }
+        let now_ms = self.clock.now_unix_ms();
+        let principal = Arc::new(Principal {
+            user_id: owner.id,
+            key_id: meta.id,
+            key_prefix: meta.key_prefix.clone(),
+            role: owner.role,
+            tier: owner.tier,
+            scopes: meta.scopes.clone(),
+            limits: owner.tier.limits().with_overrides(&meta.overrides, owner.role == Role::Admin),
+            allowed_models: meta.allowed_models.clone(),
+            last_used_ms: AtomicI64::new(now_ms),
+            flushed_ms: AtomicI64::new(0),
+        });
+        self.insert(
+            digest,
+            Cached::Valid { principal: principal.clone(), until_ms: unix_ms(until) },
+        );
+        Ok(principal)
+    }
+
+    async fn bcrypt_verify(
+        &self,
+        secret: String,
+        current: String,
+        previous: Option<String>,
+    ) -> Result<SecretMatch, VerifyError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("key verification queue is full: refusing as busy");
+            return Err(VerifyError::Busy);
+        }
+        let permit = self.bcrypt.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let _permit = permit.map_err(|_| VerifyError::Unavailable)?;
+        let started = Instant::now();
+        let matched = tokio::task::spawn_blocking(move || {
+            if bcrypt::verify(&secret, &current).unwrap_or(false) {
+                SecretMatch::Current
+            } else if previous.is_some_and(|p| bcrypt::verify(&secret, &p).unwrap_or(false)) {
+                SecretMatch::Previous
+            } else {
+                SecretMatch::None
+            }
+        })
+        .await
+        .map_err(|_| VerifyError::Unavailable)?;
+        let took = started.elapsed().as_micros() as u64;
+        let avg = self.bcrypt_micros.load(Ordering::Relaxed);
+        self.bcrypt_micros.store((avg * 7 + took) / 8, Ordering::Relaxed);
+        Ok(matched)
+    }
+
+    fn refuse(
+        &self,
+        digest: [u8; 32],
+        error: VerifyError,
+        key_id: Option<ApiKeyId>,
+        user_id: Option<UserId>,
+    ) {
+        let until_ms = self.clock.now_unix_ms() + self.config.negative_ttl.as_millis() as i64;
+        self.insert(digest, Cached::Refused { error, key_id, user_id, until_ms });
+    }
+
+    fn insert(&self, digest: [u8; 32], entry: Cached) {
+        let now = self.clock.now_unix_ms();
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= self.config.max_entries {
+            cache.retain(|_, c| c.until_ms() > now);
+            if cache.len() >= self.config.max_entries {
+                // Full of live entries (a flood of distinct keys): drop the refusals first.
+                cache.retain(|_, c| matches!(c, Cached::Valid { .. }));
+                if cache.len() >= self.config.max_entries {
+                    cache.clear();
+                }
+            }
+        }
+        if let (Cached::Valid { principal, .. }, Some(Cached::Valid { principal: old, .. })) =
+            (&entry, cache.get(&digest))
+        {
+            // Carry an unflushed use over to the replacement.
+            principal
+                .last_used_ms
+                .fetch_max(old.last_used_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            principal.flushed_ms.store(old.flushed_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        cache.insert(digest, entry);
+    }
+
+    /// Forgets everything cached about a key (revoked, rotated, changed).
+    pub fn invalidate_key(&self, id: ApiKeyId) {
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|_, c| !c.concerns_key(id));
+    }
+
+    /// Forgets everything cached about a user's keys (suspended, tier or role changed).
+    pub fn invalidate_user(&self, id: UserId) {
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|_, c| !c.concerns_user(id));
+    }
+
+    /// Forgets everything (after missed invalidations, e.g. a lost pub/sub connection).
+    pub fn clear(&self) {
+        self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
+    /// Number of cached entries (positive and negative).
+    pub fn cached_entries(&self) -> usize {
+        self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// Writes the last-use times recorded since the previous flush, in one batch.
+    pub async fn flush_last_used(&self) -> Result<usize, crate::AuthError> {
+        let batch: Vec<(Arc<Principal>, i64)> = {
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = HashMap::new();
+            for c in cache.values() {
+                if let Cached::Valid { principal, .. } = c {
+                    let used = principal.last_used_ms.load(Ordering::Relaxed);
+                    if used > principal.flushed_ms.load(Ordering::Relaxed) {
+                        seen.entry(principal.key_id).or_insert_with(|| (principal.clone(), used));
+                    }
+                }
+            }
+            seen.into_values().collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let used: Vec<(ApiKeyId, OffsetDateTime)> =
+            batch.iter().map(|(p, ms)| (p.key_id, from_unix_ms(*ms))).collect();
+        self.keys.touch_keys(&used).await?;
+        for (p, ms) in &batch {
+            p.flushed_ms.fetch_max(*ms, Ordering::Relaxed);
+        }
+        Ok(batch.len())
+    }
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_unix_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Accounts, AccountsConfig, AuthStores, InMemoryAuthStore, NewKey};
+    use gateway_core::TestClock;
+
+    struct Fixture {
+        accounts: Accounts,
+        verifier: KeyVerifier,
+        clock: TestClock,
+        user: UserId,
+    }
+
+    async fn fixture(grace: Duration) -> Fixture {
+        let store = Arc::new(InMemoryAuthStore::default());
+        let clock = TestClock::at(time::macros::datetime!(2026-03-01 12:00 UTC));
+        let config = AccountsConfig {
+            password_cost: 4,
+            key_cost: 4,
+            rotation_grace: grace,
+            ..AccountsConfig::default()
+        };
+        let accounts = Accounts::new(AuthStores::from(store.clone()), b"s", config)
+            .with_clock(Arc::new(clock.clone()));
+        let verifier = KeyVerifier::new(
+            store.clone(),
+            store,
+            b"api key secret",
+            Arc::new(clock.clone()),
+            VerifierConfig { bcrypt_cost: 4, ..VerifierConfig::default() },
+        );
+        let user = accounts.signup("v@example.com", "password-1", None).await.unwrap().id;
+        Fixture { accounts, verifier, clock, user }
+    }
+
+    #[tokio::test]
+    async fn a_valid_key_yields_its_principal_and_is_served_from_cache() {
+        let f = fixture(Duration::ZERO).await;
+        let mut new = NewKey::named("k", vec![Scope::ChatCompletions]);
+        new.allowed_models = Some(vec!["gpt-4".into()]);
+        new.overrides.rate_limit_rpm = Some(5);
+        let issued = f.accounts.create_key(f.user, new).await.unwrap();
+        let p = f.verifier.verify_header(Some(&format!("Bearer {}", issued.key))).await.unwrap();
+        assert_eq!((p.user_id, p.key_id, p.tier), (f.user, issued.meta.id, Tier::Free));
+        assert_eq!(p.limits.rpm, 5);
+        assert_eq!(p.limits.tpm, Tier::Free.limits().tpm);
+        assert!(p.has_scope(Scope::ChatCompletions) && !p.has_scope(Scope::Embeddings));
+        assert!(p.may_use_model("gpt-4") && !p.may_use_model("gpt-3.5-turbo"));
+        assert_eq!(f.verifier.cached_entries(), 1);
+        let again = f.verifier.verify(&issued.key).await.unwrap();
+        assert!(Arc::ptr_eq(&p, &again), "the second call is a cache hit");
+    }
+
+    #[tokio::test]
+    async fn bad_bearers_get_typed_errors_and_unknown_equals_wrong_secret() {
+        let f = fixture(Duration::ZERO).await;
+        let issued =
+            f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
+        let v = &f.verifier;
+        assert_eq!(v.verify_header(None).await.unwrap_err(), VerifyError::Missing);
+        assert_eq!(
+            v.verify_header(Some(&issued.key)).await.unwrap_err(),
+            VerifyError::Malformed,
+            "no Bearer"
+        );
+        assert_eq!(v.verify_header(Some("Basic abc")).await.unwrap_err(), VerifyError::Malformed);
+        assert_eq!(v.verify("sk-openai-style").await.unwrap_err(), VerifyError::Malformed);
+        assert_eq!(v.verify("bm_x' OR 1=1--").await.unwrap_err(), VerifyError::Malformed);
+        let unknown_prefix = apikey::generate().unwrap().full();
+        let wrong_secret =
+            format!("{}_{}", issued.meta.key_prefix, apikey::generate_secret().unwrap());
+        assert_eq!(v.verify(&unknown_prefix).await.unwrap_err(), VerifyError::Unknown);
+        assert_eq!(v.verify(&wrong_secret).await.unwrap_err(), VerifyError::Unknown);
+        // Both now sit in the negative cache.
+        assert_eq!(v.cached_entries(), 2);
+        assert!(
+            v.verify_header(Some(&format!("bearer {}", issued.key))).await.is_ok(),
+            "scheme is case-insensitive"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_prefix_takes_as_long_as_a_bcrypt_check() {
+        let f = fixture(Duration::ZERO).await;
+        let estimate = Duration::from_micros(f.verifier.bcrypt_micros.load(Ordering::Relaxed));
+        assert!(estimate > Duration::ZERO);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            f.verifier.verify(&apikey::generate().unwrap().full()).await.unwrap_err(),
+            VerifyError::Unknown
+        );
+        assert!(
+            started.elapsed() >= estimate,
+            "answered after {:?}, expected at least {estimate:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn revocation_expiry_deactivation_and_suspension_refuse_after_invalidation() {
+        let f = fixture(Duration::ZERO).await;
+        let v = &f.verifier;
+        let mut new = NewKey::named("k", vec![Scope::Models]);
+        new.expires_at = Some(f.clock.now() + time::Duration::hours(1));
+        let k = f.accounts.create_key(f.user, new).await.unwrap();
+        assert!(v.verify(&k.key).await.is_ok());
+
+        // Expiry applies even to a cached entry.
+        f.clock.advance(time::Duration::hours(1));
+        assert_eq!(v.verify(&k.key).await.unwrap_err(), VerifyError::Expired);
+
+        let k2 =
+            f.accounts.create_key(f.user, NewKey::named("k2", vec![Scope::Models])).await.unwrap();
+        assert!(v.verify(&k2.key).await.is_ok());
+        let off = crate::KeyUpdate { is_active: Some(false), ..Default::default() };
+        f.accounts.update_key(f.user, k2.meta.id, off).await.unwrap();
+        v.invalidate_key(k2.meta.id);
+        assert_eq!(v.verify(&k2.key).await.unwrap_err(), VerifyError::Inactive);
+        let on = crate::KeyUpdate { is_active: Some(true), ..Default::default() };
+        f.accounts.update_key(f.user, k2.meta.id, on).await.unwrap();
+        v.invalidate_key(k2.meta.id);
+        assert!(v.verify(&k2.key).await.is_ok(), "reactivation clears the cached refusal");
+
+        let suspend =
+            crate::AdminUserUpdate { status: Some(UserStatus::Suspended), ..Default::default() };
+        f.accounts.admin_update_user(f.user, suspend).await.unwrap();
+        v.invalidate_user(f.user);
+        assert_eq!(v.verify(&k2.key).await.unwrap_err(), VerifyError::Suspended);
+        let activate =
+            crate::AdminUserUpdate { status: Some(UserStatus::Active), ..Default::default() };
+        f.accounts.admin_update_user(f.user, activate).await.unwrap();
+        v.invalidate_user(f.user);
+        assert!(v.verify(&k2.key).await.is_ok());
+
+        f.accounts.revoke_key(f.user, k2.meta.id).await.unwrap();
+        v.invalidate_key(k2.meta.id);
+        assert_eq!(v.verify(&k2.key).await.unwrap_err(), VerifyError::Revoked);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_works_until_the_grace_period_ends() {
+        let f = fixture(Duration::from_mins(1)).await;
+        let v = &f.verifier;
+        let old =
+            f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
+        assert!(v.verify(&old.key).await.is_ok());
+        let new = f.accounts.rotate_key(f.user, old.meta.id).await.unwrap();
+        v.invalidate_key(old.meta.id);
+        assert_eq!(v.verify(&new.key).await.unwrap().key_id, old.meta.id);
+        assert_eq!(
+            v.verify(&old.key).await.unwrap().key_id,
+            old.meta.id,
+            "inside the grace period"
+        );
+        f.clock.advance(time::Duration::seconds(61));
+        assert_eq!(
+            v.verify(&old.key).await.unwrap_err(),
+            VerifyError::Unknown,
+            "the cache entry ends with the grace"
+        );
+        assert!(v.verify(&new.key).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_bcrypt_and_uses_are_flushed_in_one_batch() {
+        let f = fixture(Duration::ZERO).await;
+        let k =
+            f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
+        let v = Arc::new(f.verifier);
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (v, key) = (v.clone(), k.key.clone());
+                tokio::spawn(async move { v.verify(&key).await.map(|p| Arc::as_ptr(&p) as usize) })
+            })
+            .collect();
+        let mut ptrs = std::collections::HashSet::new();
+        for t in tasks {
+            ptrs.insert(t.await.unwrap().unwrap());
+        }
+        assert_eq!(ptrs.len(), 1, "all 32 callers got the principal of one verification");
+
+        assert_eq!(f.accounts.get_key(f.user, k.meta.id).await.unwrap().last_used_at, None);
+        assert_eq!(v.flush_last_used().await.unwrap(), 1);
+        assert_eq!(
+            f.accounts.get_key(f.user, k.meta.id).await.unwrap().last_used_at,
+            Some(f.clock.now())
+        );
+        assert_eq!(v.flush_last_used().await.unwrap(), 0, "nothing new to write");
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_never_makes_a_key_valid() {
+        let mut keys = crate::ports::MockKeyStore::new();
+        keys.expect_find_key_by_prefix()
+            .returning(|_| Err(crate::AuthError::Conflict("simulated outage")));
+        let users = crate::ports::MockUserStore::new();
+        let v = KeyVerifier::new(
+            Arc::new(keys),
+            Arc::new(users),
+            b"k",
+            Arc::new(gateway_core::SystemClock),
+            VerifierConfig { bcrypt_cost: 4, ..VerifierConfig::default() },
+        );
+        let key = apikey::generate().unwrap().full();
+        assert_eq!(v.verify(&key).await.unwrap_err(), VerifyError::Unavailable);
+        assert_eq!(v.cached_entries(), 0, "an outage is not cached as a refusal");
+    }
+}

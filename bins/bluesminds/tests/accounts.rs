@@ -1,0 +1,718 @@
+//! End-to-end tests of accounts, sessions and API keys through the real binary: the whole
+//! lifecycle, ownership, scopes, bad input, suspension, throttling, CSRF, what reaches the logs,
+//! and revocation across two instances sharing Postgres and Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sea_orm::EntityTrait;
+use serde_json::{Value, json};
+use support::{Gateway, PATIENCE, Reply, command, request_with};
+
+const MODELS_ENV: [(&str, &str); 2] = [
+    ("LITELLM_SERVER_1_URL", "http://127.0.0.1:9"),
+    ("LITELLM_SERVER_1_MODELS", "gpt-4,gpt-3.5-turbo"),
+];
+
+/// A signed-in user: their session cookie and id.
+struct Session {
+    cookie: String,
+    id: String,
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &Value,
+) -> Reply {
+    let cookie_header = cookie.map(|c| format!("bm_session={c}"));
+    let mut headers = vec![];
+    if let Some(c) = &cookie_header {
+        headers.push(("cookie", c.as_str()));
+    }
+    let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    request_with(addr, method, path, &headers, &bytes).await
+}
+
+async fn with_key(addr: SocketAddr, path: &str, key: &str) -> Reply {
+    request_with(addr, "GET", path, &[("authorization", &format!("Bearer {key}"))], b"").await
+}
+
+fn session_cookie(reply: &Reply) -> String {
+    let set = reply.header("set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {reply:?}"));
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Path=/"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().strip_prefix("bm_session=").unwrap().to_owned()
+}
+
+async fn signup_and_login(addr: SocketAddr, email: &str) -> Session {
+    let password = "correct horse battery";
+    let r = call(
+        addr,
+        "POST",
+        "/api/auth/signup",
+        None,
+        &json!({"email": email, "password": password}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r =
+        call(addr, "POST", "/api/auth/login", None, &json!({"email": email, "password": password}))
+            .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    Session { cookie: session_cookie(&r), id: r.json()["user"]["id"].as_str().unwrap().to_owned() }
+}
+
+async fn create_key(addr: SocketAddr, s: &Session, body: Value) -> (String, String) {
+    let r = call(addr, "POST", "/api/keys", Some(&s.cookie), &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let v = r.json();
+    (v["id"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn the_whole_lifecycle_of_an_account_and_its_key() {
+    let mut gw = Gateway::start(&[], &MODELS_ENV).await;
+    let addr = gw.addr;
+
+    // Sign up, fail a login, log in, read me.
+    let r = call(addr, "POST", "/api/auth/signup", None, &json!({"email": "Ada@Example.com", "password": "correct horse battery", "full_name": "Ada"})).await;
+    assert_eq!(r.status, 201);
+    let wrong = call(
+        addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "ada@example.com", "password": "wrong password!"}),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.openai_error()["code"], "unauthenticated");
+    let unknown = call(
+        addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "eve@example.com", "password": "wrong password!"}),
+    )
+    .await;
+    assert_eq!(unknown.body, wrong.body, "unknown email and wrong password answer alike");
+    let login = call(
+        addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "ada@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(login.status, 200);
+    let cookie = session_cookie(&login);
+    assert!(
+        !login.header("set-cookie").unwrap().contains("Secure"),
+        "plain http public URL: no Secure flag"
+    );
+    let me = call(addr, "GET", "/api/auth/me", Some(&cookie), &Value::Null).await;
+    assert_eq!((me.status, me.json()["email"].as_str()), (200, Some("ada@example.com")));
+    assert_eq!(call(addr, "GET", "/api/auth/me", None, &Value::Null).await.status, 401);
+
+    // Create a key and call a protected endpoint with it.
+    let created = call(addr, "POST", "/api/keys", Some(&cookie), &json!({"name": "ci", "scopes": ["chat.completions", "models"], "allowed_models": ["gpt-4"]})).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let v = created.json();
+    let (id, key) = (v["id"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned());
+    assert!(key.starts_with(v["key_prefix"].as_str().unwrap()), "{v}");
+    let models = with_key(addr, "/api/v1/models", &key).await;
+    assert_eq!(models.status, 200, "{:?}", models.body);
+    assert_eq!(models.json()["object"], "list");
+    let ids: Vec<_> =
+        models.json()["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("gpt-4")], "only the key's allowed models");
+    assert_eq!(with_key(addr, "/v1/models", &key).await.status, 200, "also under /v1");
+
+    // Listing and reading never show the secret or its hash.
+    let list = call(addr, "GET", "/api/keys", Some(&cookie), &Value::Null).await;
+    assert_eq!(list.status, 200);
+    let text = String::from_utf8_lossy(&list.body).into_owned();
+    assert!(!text.contains(&key) && !text.contains("$2b$") && !text.contains("\"key\""), "{text}");
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 1);
+    let one = call(addr, "GET", &format!("/api/keys/{id}"), Some(&cookie), &Value::Null).await;
+    assert_eq!(one.status, 200);
+    assert!(!String::from_utf8_lossy(&one.body).contains(&key));
+
+    // Update; limits above the tier are refused and change nothing.
+    let renamed = call(
+        addr,
+        "PATCH",
+        &format!("/api/keys/{id}"),
+        Some(&cookie),
+        &json!({"name": "ci-2", "rate_limit_rpm": 5}),
+    )
+    .await;
+    assert_eq!(
+        (
+            renamed.status,
+            renamed.json()["name"].as_str(),
+            renamed.json()["rate_limit_rpm"].as_u64()
+        ),
+        (200, Some("ci-2"), Some(5))
+    );
+    let too_high = call(
+        addr,
+        "PATCH",
+        &format!("/api/keys/{id}"),
+        Some(&cookie),
+        &json!({"rate_limit_rpm": 11, "name": "x"}),
+    )
+    .await;
+    assert_eq!(too_high.status, 400);
+    assert_eq!(too_high.openai_error()["param"], "rate_limit_rpm");
+    assert_eq!(
+        call(addr, "GET", &format!("/api/keys/{id}"), Some(&cookie), &Value::Null).await.json()["name"],
+        "ci-2"
+    );
+
+    // Rotate: same id, new secret works, old one fails (grace period 0).
+    let rotated =
+        call(addr, "POST", &format!("/api/keys/{id}/rotate"), Some(&cookie), &Value::Null).await;
+    assert_eq!(rotated.status, 200);
+    assert_eq!(rotated.json()["id"].as_str(), Some(id.as_str()));
+    let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert_eq!(with_key(addr, "/api/v1/models", &new_key).await.status, 200);
+    let old = with_key(addr, "/api/v1/models", &key).await;
+    assert_eq!(old.status, 401);
+    assert_eq!(old.openai_error()["code"], "invalid_api_key");
+
+    // Revoke: refused at once on this instance; the key is gone from the API.
+    let deleted =
+        call(addr, "DELETE", &format!("/api/keys/{id}"), Some(&cookie), &Value::Null).await;
+    assert_eq!((deleted.status, deleted.json()["deleted"].as_bool()), (200, Some(true)));
+    let revoked = with_key(addr, "/api/v1/models", &new_key).await;
+    assert_eq!(revoked.status, 401);
+    assert!(revoked.openai_error()["message"].as_str().unwrap().contains("revoked"));
+    assert_eq!(
+        call(addr, "GET", &format!("/api/keys/{id}"), Some(&cookie), &Value::Null).await.status,
+        404
+    );
+
+    // Logout ends the session server-side: the same cookie replayed is refused.
+    let out = call(addr, "POST", "/api/auth/logout", Some(&cookie), &Value::Null).await;
+    assert_eq!(out.status, 204);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(call(addr, "GET", "/api/auth/me", Some(&cookie), &Value::Null).await.status, 401);
+
+    // The database holds bcrypt hashes, never the key.
+    gw.terminate().await;
+    let (code, logs) = gw.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let db = std::fs::read(gw.db_path()).unwrap_or_default();
+    let wal = std::fs::read(gw.dir.path().join("bluesminds.db-wal")).unwrap_or_default();
+    let all = [db, wal].concat();
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(
+        !all.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "a key secret is stored in the clear"
+    );
+    let url = format!("sqlite://{}?mode=ro", gw.db_path().display());
+    let store =
+        gateway_store::Store::connect(&url, &gateway_store::StoreConfig::default()).await.unwrap();
+    let rows =
+        gateway_store::entity::api_keys::Entity::find().all(store.connection()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].key_hash.starts_with("$2b$")
+            && rows[0].previous_key_hash.as_deref().unwrap().starts_with("$2b$")
+    );
+}
+
+#[tokio::test]
+async fn a_users_keys_are_invisible_and_untouchable_for_others() {
+    let gw = Gateway::start(&[], &MODELS_ENV).await;
+    let a = signup_and_login(gw.addr, "a@example.com").await;
+    let b = signup_and_login(gw.addr, "b@example.com").await;
+    let (id, key) = create_key(gw.addr, &a, json!({"name": "a-key"})).await;
+    for (method, path, body) in [
+        ("GET", format!("/api/keys/{id}"), Value::Null),
+        ("PATCH", format!("/api/keys/{id}"), json!({"name": "stolen"})),
+        ("POST", format!("/api/keys/{id}/rotate"), Value::Null),
+        ("DELETE", format!("/api/keys/{id}"), Value::Null),
+    ] {
+        let r = call(gw.addr, method, &path, Some(&b.cookie), &body).await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_eq!(r.openai_error()["code"], "not_found");
+    }
+    let unknown = call(
+        gw.addr,
+        "GET",
+        &format!("/api/keys/{}", uuid::Uuid::now_v7()),
+        Some(&b.cookie),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(
+        unknown.body.len(),
+        call(gw.addr, "GET", &format!("/api/keys/{id}"), Some(&b.cookie), &Value::Null)
+            .await
+            .body
+            .len()
+    );
+    let list = call(gw.addr, "GET", "/api/keys", Some(&b.cookie), &Value::Null).await;
+    assert_eq!(list.json()["data"], json!([]));
+    // A's key is untouched and still works.
+    assert_eq!(with_key(gw.addr, "/api/v1/models", &key).await.status, 200);
+    let mine =
+        call(gw.addr, "GET", &format!("/api/keys/{id}"), Some(&a.cookie), &Value::Null).await;
+    assert_eq!(mine.json()["name"], "a-key");
+}
+
+#[tokio::test]
+async fn scopes_and_malformed_bearers_are_refused() {
+    let gw = Gateway::start(&[], &MODELS_ENV).await;
+    let s = signup_and_login(gw.addr, "scopes@example.com").await;
+    let (_, chat_only) =
+        create_key(gw.addr, &s, json!({"name": "chat", "scopes": ["chat.completions"]})).await;
+    let r = with_key(gw.addr, "/api/v1/models", &chat_only).await;
+    assert_eq!(r.status, 403);
+    assert!(r.openai_error()["message"].as_str().unwrap().contains("'models' scope"));
+
+    let sql = "x' OR (SELECT pg_sleep(5)) IS NOT NULL--";
+    for header in [
+        None,
+        Some(chat_only.clone()), // no "Bearer"
+        Some(format!("Basic {chat_only}")),
+        Some("Bearer sk-not-ours".into()),
+        Some(format!("Bearer {sql}")),
+        Some(format!("Bearer bm_{sql}")),
+        Some(format!("Bearer {chat_only}x")),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            header.iter().map(|h| ("authorization", h.as_str())).collect();
+        let started = std::time::Instant::now();
+        let r = request_with(gw.addr, "GET", "/api/v1/models", &headers, b"").await;
+        assert_eq!(r.status, 401, "{header:?}");
+        assert_eq!(r.openai_error()["code"], "invalid_api_key");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{header:?} must not reach a database sleep"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let gw = Gateway::start(&[], &[]).await;
+    let addr = gw.addr;
+    let sql = "x' OR (SELECT pg_sleep(5)) IS NOT NULL--";
+    let long = "n".repeat(300);
+    let signups = [
+        (json!({"email": "ok@example.com"}), "password"),
+        (json!({"password": "long enough pw"}), "email"),
+        (json!({"email": "not-an-email", "password": "long enough pw"}), "email"),
+        (json!({"email": format!("{sql}@x.com"), "password": "long enough pw"}), "email"),
+        (json!({"email": format!("{long}@example.com"), "password": "long enough pw"}), "email"),
+        (json!({"email": "ok@example.com", "password": "short"}), "password"),
+        (json!({"email": "ok@example.com", "password": "p".repeat(73)}), "password"),
+        (
+            json!({"email": "ok@example.com", "password": "long enough pw", "full_name": long}),
+            "full_name",
+        ),
+        (
+            json!({"email": "ok@example.com", "password": "long enough pw", "credits_micros": 1_000_000}),
+            "credits_micros",
+        ),
+    ];
+    for (body, field) in signups {
+        let r = call(addr, "POST", "/api/auth/signup", None, &body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.openai_error()["message"].as_str().unwrap().contains(field),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            "/api/auth/login",
+            None,
+            &json!({"email": "ok@example.com", "password": "long enough pw"})
+        )
+        .await
+        .status,
+        401,
+        "no account was created"
+    );
+
+    let s = signup_and_login(addr, "real@example.com").await;
+    let keys = [
+        json!({"scopes": ["models"]}),
+        json!({"name": sql}),
+        json!({"name": "n".repeat(101)}),
+        json!({"name": "k", "scopes": ["admin"]}),
+        json!({"name": "k", "scopes": []}),
+        json!({"name": "k", "user_id": s.id}),
+        json!({"name": "k", "is_active": true, "id": "x"}),
+        json!({"name": "k", "expires_at": "tomorrow"}),
+        json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"name": "k", "quota_daily": 0}),
+        json!({"name": "k", "quota_monthly": 10_000_000}),
+    ];
+    for body in keys {
+        let r = call(addr, "POST", "/api/keys", Some(&s.cookie), &body).await;
+        assert_eq!(r.status, 400, "{body}: {:?}", String::from_utf8_lossy(&r.body));
+        r.openai_error();
+    }
+    let malformed = request_with(
+        addr,
+        "POST",
+        "/api/keys",
+        &[("cookie", &format!("bm_session={}", s.cookie))],
+        b"{\"name\": ",
+    )
+    .await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(
+        call(addr, "GET", "/api/keys", Some(&s.cookie), &Value::Null).await.json()["data"],
+        json!([]),
+        "no key was created"
+    );
+
+    // Mass assignment through the profile: refused, and nothing changes.
+    for field in ["role", "tier", "status", "credits_micros", "id", "email"] {
+        let r = call(
+            addr,
+            "PATCH",
+            "/api/auth/me",
+            Some(&s.cookie),
+            &json!({field: "admin", "full_name": "Mallory"}),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{field}");
+    }
+    let me = call(addr, "GET", "/api/auth/me", Some(&s.cookie), &Value::Null).await.json();
+    assert_eq!(
+        (
+            me["role"].as_str(),
+            me["tier"].as_str(),
+            me["credits_micros"].as_i64(),
+            me["full_name"].as_str()
+        ),
+        (Some("user"), Some("free"), Some(0), None)
+    );
+    let ok = call(
+        addr,
+        "PATCH",
+        "/api/auth/me",
+        Some(&s.cookie),
+        &json!({"full_name": "Real Name", "company_name": "Acme"}),
+    )
+    .await;
+    assert_eq!((ok.status, ok.json()["company_name"].as_str()), (200, Some("Acme")));
+    // A non-admin cannot use the admin API either.
+    let r = call(
+        addr,
+        "PATCH",
+        &format!("/api/admin/users/{}", s.id),
+        Some(&s.cookie),
+        &json!({"role": "admin"}),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn password_change_needs_the_current_password_and_ends_other_sessions() {
+    let gw = Gateway::start(&[], &[]).await;
+    let first = signup_and_login(gw.addr, "pw@example.com").await;
+    let second = call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "pw@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    let second = session_cookie(&second);
+    let wrong = call(
+        gw.addr,
+        "PATCH",
+        "/api/auth/me",
+        Some(&first.cookie),
+        &json!({"password": "new password 1", "current_password": "nope nope nope"}),
+    )
+    .await;
+    assert_eq!(wrong.status, 400);
+    assert_eq!(wrong.openai_error()["param"], "current_password");
+    let changed = call(
+        gw.addr,
+        "PATCH",
+        "/api/auth/me",
+        Some(&first.cookie),
+        &json!({"password": "new password 1", "current_password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+    let fresh = session_cookie(&changed);
+    for old in [&first.cookie, &second] {
+        assert_eq!(call(gw.addr, "GET", "/api/auth/me", Some(old), &Value::Null).await.status, 401);
+    }
+    assert_eq!(call(gw.addr, "GET", "/api/auth/me", Some(&fresh), &Value::Null).await.status, 200);
+    let login = call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "pw@example.com", "password": "new password 1"}),
+    )
+    .await;
+    assert_eq!(login.status, 200);
+}
+
+#[tokio::test]
+async fn suspension_stops_a_users_keys_and_sessions_at_once() {
+    let gw = Gateway::start(&[], &MODELS_ENV).await;
+    let user = signup_and_login(gw.addr, "suspect@example.com").await;
+    let (_, key) = create_key(gw.addr, &user, json!({"name": "k"})).await;
+    assert_eq!(with_key(gw.addr, "/api/v1/models", &key).await.status, 200, "cached now");
+
+    // An admin, made by the CLI next to the running gateway.
+    let out = command(
+        gw.dir.path(),
+        &["admin", "create", "--email", "root@example.com", "--password", "root password 1"],
+        &[],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let login = call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "root@example.com", "password": "root password 1"}),
+    )
+    .await;
+    let admin = session_cookie(&login);
+
+    let r = call(
+        gw.addr,
+        "PATCH",
+        &format!("/api/admin/users/{}", user.id),
+        Some(&admin),
+        &json!({"status": "suspended"}),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("suspended")));
+    let refused = with_key(gw.addr, "/api/v1/models", &key).await;
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    assert_eq!(refused.openai_error()["code"], "account_suspended");
+    assert_eq!(
+        call(gw.addr, "GET", "/api/auth/me", Some(&user.cookie), &Value::Null).await.status,
+        401,
+        "sessions ended"
+    );
+    let relogin = call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "suspect@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(relogin.status, 403);
+
+    let r = call(
+        gw.addr,
+        "PATCH",
+        &format!("/api/admin/users/{}", user.id),
+        Some(&admin),
+        &json!({"status": "active"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(with_key(gw.addr, "/api/v1/models", &key).await.status, 200, "reinstated");
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_refused_for_a_while() {
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("BLUESMINDS_AUTH__LOGIN_LOCKOUT_AFTER", "3"),
+            ("BLUESMINDS_AUTH__LOGIN_SLOWDOWN_AFTER", "3"),
+        ],
+    )
+    .await;
+    signup_and_login(gw.addr, "locked@example.com").await;
+    let attempt = async |password: &str| {
+        let body = json!({"email": "locked@example.com", "password": password});
+        call(gw.addr, "POST", "/api/auth/login", None, &body).await
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong password!").await.status, 401);
+    }
+    let refused = attempt("correct horse battery").await;
+    assert_eq!(refused.status, 429, "locked even with the right password");
+    assert_eq!(refused.openai_error()["code"], "too_many_attempts");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn cookie_requests_from_a_foreign_origin_are_refused() {
+    let gw = Gateway::start(&[], &[("BLUESMINDS_PUBLIC_URL", "https://gw.example.com")]).await;
+    let s = signup_and_login(gw.addr, "csrf@example.com").await;
+    let body = json!({"name": "k"}).to_string();
+    let cookie = format!("bm_session={}", s.cookie);
+    let foreign = request_with(
+        gw.addr,
+        "POST",
+        "/api/keys",
+        &[("cookie", &cookie), ("origin", "https://evil.example")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(foreign.status, 403);
+    assert!(foreign.openai_error()["message"].as_str().unwrap().contains("Cross-site"));
+    let own = request_with(
+        gw.addr,
+        "POST",
+        "/api/keys",
+        &[("cookie", &cookie), ("origin", "https://gw.example.com")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(own.status, 201);
+    let none =
+        request_with(gw.addr, "POST", "/api/keys", &[("cookie", &cookie)], body.as_bytes()).await;
+    assert_eq!(none.status, 201, "no Origin: not a browser's cross-site request");
+    assert_eq!(
+        call(gw.addr, "GET", "/api/keys", Some(&s.cookie), &Value::Null).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let login = call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "csrf@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    assert!(
+        login.header("set-cookie").unwrap().contains("Secure"),
+        "https public URL: Secure cookie"
+    );
+}
+
+#[tokio::test]
+async fn no_key_password_or_session_reaches_the_logs() {
+    let mut gw = Gateway::start(&[], &[("RUST_LOG", "trace"), MODELS_ENV[0], MODELS_ENV[1]]).await;
+    let s = signup_and_login(gw.addr, "quiet@example.com").await;
+    let (id, key) = create_key(gw.addr, &s, json!({"name": "k"})).await;
+    with_key(gw.addr, "/api/v1/models", &key).await;
+    with_key(gw.addr, "/api/v1/models", &format!("{key}x")).await;
+    let rotated =
+        call(gw.addr, "POST", &format!("/api/keys/{id}/rotate"), Some(&s.cookie), &Value::Null)
+            .await;
+    let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    with_key(gw.addr, "/api/v1/models", &new_key).await;
+    call(
+        gw.addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "quiet@example.com", "password": "not the password"}),
+    )
+    .await;
+    gw.terminate().await;
+    let (code, logs) = gw.wait().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        logs.contains("listening") && logs.contains("drained"),
+        "the logs were captured: {logs}"
+    );
+    for secret in [
+        key.as_str(),
+        new_key.as_str(),
+        &key[12..],
+        &new_key[12..],
+        s.cookie.as_str(),
+        "correct horse battery",
+        "not the password",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} reached the logs");
+    }
+}
+
+/// Two gateways on one Postgres database and one Redis: a key revoked or rotated on the first
+/// is refused by the second. Its key cache would trust the key for an hour, so only the
+/// pub/sub invalidation can make this pass.
+#[tokio::test]
+async fn revocation_reaches_a_second_instance_through_redis() {
+    let (Some(_), Some(redis)) =
+        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
+    else {
+        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: two-instance test skipped");
+        return;
+    };
+    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
+    let secret = "0123456789abcdef0123456789abcdef";
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("JWT_SECRET", secret),
+        ("API_KEY_SECRET", secret),
+        ("BLUESMINDS_REDIS__KEY_PREFIX", prefix.as_str()),
+        ("BLUESMINDS_AUTH__KEY_CACHE_TTL_MS", "3600000"),
+        MODELS_ENV[0],
+        MODELS_ENV[1],
+    ];
+    let a = Gateway::start(&[], &env).await;
+    let b = Gateway::start(&[], &env).await;
+    let s = signup_and_login(a.addr, "multi@example.com").await;
+    let (id, key) = create_key(a.addr, &s, json!({"name": "k"})).await;
+    let (id2, key2) = create_key(a.addr, &s, json!({"name": "k2"})).await;
+    assert_eq!(with_key(b.addr, "/api/v1/models", &key).await.status, 200, "b caches the key");
+    assert_eq!(with_key(b.addr, "/api/v1/models", &key2).await.status, 200);
+
+    let until_refused = |key: String| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let r = with_key(b.addr, "/api/v1/models", &key).await;
+            if r.status == 401 {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < PATIENCE, "the second instance still accepts the key");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(
+        call(a.addr, "DELETE", &format!("/api/keys/{id}"), Some(&s.cookie), &Value::Null)
+            .await
+            .status,
+        200
+    );
+    let took = until_refused(key).await;
+    assert!(took < Duration::from_secs(1), "revocation took {took:?} to reach the second instance");
+
+    let rotated =
+        call(a.addr, "POST", &format!("/api/keys/{id2}/rotate"), Some(&s.cookie), &Value::Null)
+            .await;
+    let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    until_refused(key2).await;
+    assert_eq!(with_key(b.addr, "/api/v1/models", &new_key).await.status, 200);
+}

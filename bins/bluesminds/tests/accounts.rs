@@ -228,6 +228,10 @@ async fn the_whole_lifecycle_of_an_account_and_its_key() {
         gateway_store::entity::api_keys::Entity::find().all(store.connection()).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert!(
+        rows[0].last_used_at.is_some(),
+        "the key's use was recorded (batched, flushed at shutdown)"
+    );
+    assert!(
         rows[0].key_hash.starts_with("$2b$")
             && rows[0].previous_key_hash.as_deref().unwrap().starts_with("$2b$")
     );

@@ -149,6 +149,8 @@ pub struct KeyVerifier {
     waiting: AtomicUsize,
     /// Moving average of one bcrypt verification, in microseconds.
     bcrypt_micros: AtomicU64,
+    /// Last uses of entries dropped from the cache before they were flushed.
+    orphaned_uses: Mutex<Vec<(ApiKeyId, i64)>>,
 }
 
 impl std::fmt::Debug for KeyVerifier {
@@ -187,6 +189,7 @@ impl KeyVerifier {
             bcrypt,
             waiting: AtomicUsize::new(0),
             bcrypt_micros: AtomicU64::new(estimate / 4),
+            orphaned_uses: Mutex::default(),
         }
     }
 
@@ -367,12 +370,12 @@ impl KeyVerifier {
         let now = self.clock.now_unix_ms();
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= self.config.max_entries {
-            cache.retain(|_, c| c.until_ms() > now);
+            self.evict(&mut cache, |c| c.until_ms() <= now);
             if cache.len() >= self.config.max_entries {
                 // Full of live entries (a flood of distinct keys): drop the refusals first.
-                cache.retain(|_, c| matches!(c, Cached::Valid { .. }));
+                self.evict(&mut cache, |c| matches!(c, Cached::Refused { .. }));
                 if cache.len() >= self.config.max_entries {
-                    cache.clear();
+                    self.evict(&mut cache, |_| true);
                 }
             }
         }
@@ -388,21 +391,45 @@ impl KeyVerifier {
         cache.insert(digest, entry);
     }
 
+    /// Drops the entries `drop` selects, keeping their unflushed last use for the next flush.
+    fn evict(&self, cache: &mut HashMap<[u8; 32], Cached>, drop: impl Fn(&Cached) -> bool) {
+        let mut orphaned = Vec::new();
+        cache.retain(|_, c| {
+            if !drop(c) {
+                return true;
+            }
+            if let Cached::Valid { principal, .. } = c {
+                let used = principal.last_used_ms.load(Ordering::Relaxed);
+                if used > principal.flushed_ms.load(Ordering::Relaxed) {
+                    orphaned.push((principal.key_id, used));
+                }
+            }
+            false
+        });
+        if !orphaned.is_empty() {
+            self.orphaned_uses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(orphaned);
+        }
+    }
+
     /// Forgets everything cached about a key (revoked, rotated, changed).
     pub fn invalidate_key(&self, id: ApiKeyId) {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.retain(|_, c| !c.concerns_key(id));
+        self.evict(&mut cache, |c| c.concerns_key(id));
     }
 
     /// Forgets everything cached about a user's keys (suspended, tier or role changed).
     pub fn invalidate_user(&self, id: UserId) {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.retain(|_, c| !c.concerns_user(id));
+        self.evict(&mut cache, |c| c.concerns_user(id));
     }
 
     /// Forgets everything (after missed invalidations, e.g. a lost pub/sub connection).
     pub fn clear(&self) {
-        self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.evict(&mut cache, |_| true);
     }
 
     /// Number of cached entries (positive and negative).
@@ -412,6 +439,9 @@ impl KeyVerifier {
 
     /// Writes the last-use times recorded since the previous flush, in one batch.
     pub async fn flush_last_used(&self) -> Result<usize, crate::AuthError> {
+        let orphaned = std::mem::take(
+            &mut *self.orphaned_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let batch: Vec<(Arc<Principal>, i64)> = {
             let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut seen = HashMap::new();
@@ -425,16 +455,29 @@ impl KeyVerifier {
             }
             seen.into_values().collect()
         };
-        if batch.is_empty() {
+        let mut latest: HashMap<ApiKeyId, i64> = HashMap::new();
+        for (id, ms) in batch.iter().map(|(p, ms)| (p.key_id, *ms)).chain(orphaned.iter().copied())
+        {
+            let e = latest.entry(id).or_insert(ms);
+            *e = (*e).max(ms);
+        }
+        if latest.is_empty() {
             return Ok(0);
         }
         let used: Vec<(ApiKeyId, OffsetDateTime)> =
-            batch.iter().map(|(p, ms)| (p.key_id, from_unix_ms(*ms))).collect();
-        self.keys.touch_keys(&used).await?;
+            latest.iter().map(|(id, ms)| (*id, from_unix_ms(*ms))).collect();
+        if let Err(e) = self.keys.touch_keys(&used).await {
+            // Keep the orphans for the next attempt; live entries are still unflushed.
+            self.orphaned_uses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(orphaned);
+            return Err(e);
+        }
         for (p, ms) in &batch {
             p.flushed_ms.fetch_max(*ms, Ordering::Relaxed);
         }
-        Ok(batch.len())
+        Ok(used.len())
     }
 }
 
@@ -634,6 +677,17 @@ mod tests {
             Some(f.clock.now())
         );
         assert_eq!(v.flush_last_used().await.unwrap(), 0, "nothing new to write");
+
+        // A use followed by an invalidation (rotation, revocation) before the flush is kept.
+        f.clock.advance(time::Duration::seconds(5));
+        v.verify(&k.key).await.unwrap();
+        v.invalidate_key(k.meta.id);
+        assert_eq!(v.cached_entries(), 0);
+        assert_eq!(v.flush_last_used().await.unwrap(), 1);
+        assert_eq!(
+            f.accounts.get_key(f.user, k.meta.id).await.unwrap().last_used_at,
+            Some(f.clock.now())
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,16 @@
-//! The upstream server pool of the BluesMinds gateway: an in-memory snapshot of the active
-//! servers, swapped atomically on change and never queried per request.
+//! The upstream server pool of the BluesMinds gateway: an in-memory snapshot of the servers,
+//! swapped atomically on change and never queried per request, with the runtime state each
+//! server needs for selection (in-flight count, latency average, health, circuit).
 //!
-//! Selection (servers that support the model and are healthy, lowest priority number first,
-//! then a weighted power of two choices on in-flight count and latency), active health checks
-//! and circuit breaking land with the gateway-path issue; today the pool answers which servers
-//! exist and which models they declare.
+//! Selection: active servers that support the model, are not unhealthy and whose circuit lets
+//! a request through; the lowest priority number first; within a priority, the power of two
+//! choices: two servers drawn by weight, the less loaded one wins (in-flight requests and
+//! latency, relative to weight), never beyond `max_concurrent_requests`. Passive detection:
+//! consecutive failures open a server's circuit for a cooldown; then one trial request closes or
+//! reopens it.
 //!
 //! ```
-//! use gateway_balancer::ServerPool;
+//! use gateway_balancer::{Outcome, ServerPool};
 //! use gateway_core::{HealthStatus, ServerId, UpstreamServer};
 //!
 //! let pool = ServerPool::default();
@@ -23,74 +26,120 @@
 //!     is_active: true,
 //!     health: HealthStatus::Unknown,
 //! }]);
-//! assert_eq!(pool.models(), vec!["gpt-4".to_string()]);
+//! let pick = pool.select("gpt-4", &[]).expect("a server");
+//! assert_eq!(pick.server().name, "primary");
+//! pick.finish(Outcome::Success { latency_ms: 12 });
+//! assert!(pool.select("claude-3", &[]).is_none());
 //! ```
 
-use std::collections::BTreeSet;
+mod state;
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use gateway_core::UpstreamServer;
+use gateway_core::{ServerId, UpstreamServer};
+
+pub use state::{BreakerConfig, Outcome, Selected, ServerState};
 
 /// The servers of the pool, readable without locks.
 #[derive(Debug, Default)]
 pub struct ServerPool {
-    servers: ArcSwap<Vec<Arc<UpstreamServer>>>,
+    servers: ArcSwap<Vec<Arc<ServerState>>>,
+    breaker: BreakerConfig,
 }
 
 impl ServerPool {
-    /// Replaces the whole pool at once; readers see the old or the new list, never a mix.
-    pub fn replace(&self, servers: Vec<UpstreamServer>) {
-        self.servers.store(Arc::new(servers.into_iter().map(Arc::new).collect()));
+    pub fn new(breaker: BreakerConfig) -> Self {
+        Self { servers: ArcSwap::default(), breaker }
     }
 
-    /// The current servers.
-    pub fn snapshot(&self) -> Arc<Vec<Arc<UpstreamServer>>> {
+    /// Replaces the pool. Servers that stay (same id) keep their runtime state (in-flight
+    /// count, latency, health, circuit); readers see the old or the new list, never a mix.
+    pub fn replace(&self, servers: Vec<UpstreamServer>) {
+        let old: HashMap<ServerId, Arc<ServerState>> =
+            self.servers.load().iter().map(|s| (s.server().id, s.clone())).collect();
+        let next = servers
+            .into_iter()
+            .map(|server| match old.get(&server.id) {
+                Some(prev) => Arc::new(prev.with_server(server)),
+                None => Arc::new(ServerState::new(server, self.breaker.clone())),
+            })
+            .collect();
+        self.servers.store(Arc::new(next));
+    }
+
+    /// The current servers with their state.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<ServerState>>> {
         self.servers.load_full()
     }
 
-    /// Models declared by active servers, sorted and without duplicates.
+    /// Whether some active server could ever serve `model` (ignoring health).
+    pub fn knows_model(&self, model: &str) -> bool {
+        self.servers.load().iter().any(|s| s.server().is_active && s.supports(model))
+    }
+
+    /// Models of active servers (declared, or discovered by health checks), sorted.
     pub fn models(&self) -> Vec<String> {
         let servers = self.servers.load();
-        let models: BTreeSet<&String> = servers
+        let mut models = BTreeSet::new();
+        for s in servers.iter().filter(|s| s.server().is_active) {
+            models.extend(s.models());
+        }
+        models.into_iter().collect()
+    }
+
+    /// Picks a server for `model`, skipping `exclude` (servers already tried for this
+    /// request). `None`: no healthy server can take it.
+    pub fn select(&self, model: &str, exclude: &[ServerId]) -> Option<Selected> {
+        let servers = self.servers.load();
+        let now = state::now_ms();
+        let mut eligible: Vec<&Arc<ServerState>> = servers
             .iter()
-            .filter(|s| s.is_active)
-            .flat_map(|s| s.supported_models.iter())
+            .filter(|s| !exclude.contains(&s.server().id) && s.is_eligible(model, now))
             .collect();
-        models.into_iter().cloned().collect()
+        while !eligible.is_empty() {
+            let best_priority = eligible.iter().map(|s| s.server().priority).min()?;
+            let tier: Vec<&Arc<ServerState>> =
+                eligible.iter().copied().filter(|s| s.server().priority == best_priority).collect();
+            if let Some(picked) = Self::two_choices(&tier).and_then(|s| s.try_acquire(now)) {
+                return Some(picked);
+            }
+            // Every server of this priority is full or refused a trial: try the next priority.
+            let tried: Vec<ServerId> = tier.iter().map(|s| s.server().id).collect();
+            eligible.retain(|s| !tried.contains(&s.server().id));
+        }
+        None
+    }
+
+    /// Two weighted draws; the one with the lower load score wins.
+    fn two_choices<'a>(tier: &[&'a Arc<ServerState>]) -> Option<&'a Arc<ServerState>> {
+        let open: Vec<&Arc<ServerState>> =
+            tier.iter().copied().filter(|s| s.has_capacity()).collect();
+        match open.len() {
+            0 => None,
+            1 => Some(open[0]),
+            _ => {
+                let a = Self::weighted(&open);
+                let b = Self::weighted(&open);
+                Some(if a.score() <= b.score() { a } else { b })
+            }
+        }
+    }
+
+    fn weighted<'a>(servers: &[&'a Arc<ServerState>]) -> &'a Arc<ServerState> {
+        let total: u64 = servers.iter().map(|s| u64::from(s.server().weight.max(1))).sum();
+        let mut ticket = fastrand::u64(0..total.max(1));
+        for s in servers {
+            let w = u64::from(s.server().weight.max(1));
+            if ticket < w {
+                return s;
+            }
+            ticket -= w;
+        }
+        servers[servers.len() - 1]
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gateway_core::{HealthStatus, ServerId};
-
-    fn server(models: &[&str], active: bool) -> UpstreamServer {
-        UpstreamServer {
-            id: ServerId::new(),
-            name: "s".into(),
-            base_url: "http://h".into(),
-            api_key: None,
-            priority: 1,
-            weight: 1,
-            max_concurrent_requests: None,
-            supported_models: models.iter().map(|m| (*m).to_owned()).collect(),
-            is_active: active,
-            health: HealthStatus::Unknown,
-        }
-    }
-
-    #[test]
-    fn models_are_the_union_of_active_servers() {
-        let pool = ServerPool::default();
-        assert!(pool.models().is_empty());
-        pool.replace(vec![
-            server(&["b", "a"], true),
-            server(&["a", "c"], true),
-            server(&["z"], false),
-        ]);
-        assert_eq!(pool.models(), vec!["a", "b", "c"]);
-        assert_eq!(pool.snapshot().len(), 3);
-    }
-}
+mod tests;

@@ -1,8 +1,24 @@
-//! Forwarding for the BluesMinds gateway: the pooled upstream client (HTTP and HTTPS, no
-//! redirects, connect, first-byte and idle timeouts), the refusal of request fields that would
-//! steer the upstream (`api_base`, `base_url`, `api_key`, `user_config`, `litellm_*`), the SSE
-//! relay that counts tokens as chunks pass, and failover before the first byte.
+//! Forwarding for the BluesMinds gateway.
 //!
-//! Status: the crate exists so the workspace has its final shape; it lands with the
-//! gateway-path issue. Request bodies are read with `gateway_core::openai::parse_chat_request`,
-//! which borrows the few fields the gateway needs and leaves the client's bytes untouched.
+//! - [`request`]: one pass over a request body that extracts the few fields the gateway needs
+//!   and refuses fields that would steer the upstream; [`request::forward_body`] makes a
+//!   streaming request ask for the final usage chunk without re-serialising the body.
+//! - [`client`]: the pooled upstream client (HTTP and HTTPS, no redirects, timeouts).
+//! - [`sse`]: the tap that reads usage and content from a stream as it is relayed and removes
+//!   the usage chunk the client did not ask for.
+//!
+//! ```
+//! use gateway_proxy::request::{inspect, Endpoint, ForbiddenFields};
+//!
+//! let body = br#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+//! let view = inspect(body, Endpoint::ChatCompletions, &ForbiddenFields::default()).unwrap();
+//! assert_eq!(view.model, "gpt-4");
+//! assert!(view.stream);
+//!
+//! let evil = br#"{"model":"gpt-4","messages":[],"api_base":"http://attacker"}"#;
+//! assert!(inspect(evil, Endpoint::ChatCompletions, &ForbiddenFields::default()).is_err());
+//! ```
+
+pub mod client;
+pub mod request;
+pub mod sse;

@@ -1,0 +1,282 @@
+//! Runtime state of one upstream server, shared by every request that uses it.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_core::{HealthStatus, UpstreamServer};
+
+/// Passive failure detection.
+#[derive(Clone, Debug)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses requests before letting one trial through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 3, cooldown: Duration::from_secs(30) }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn health_from(v: u8) -> HealthStatus {
+    match v {
+        1 => HealthStatus::Healthy,
+        2 => HealthStatus::Degraded,
+        3 => HealthStatus::Unhealthy,
+        _ => HealthStatus::Unknown,
+    }
+}
+
+fn health_to(h: HealthStatus) -> u8 {
+    match h {
+        HealthStatus::Unknown => 0,
+        HealthStatus::Healthy => 1,
+        HealthStatus::Degraded => 2,
+        HealthStatus::Unhealthy => 3,
+    }
+}
+
+/// Counters and state that survive a reload of the pool.
+#[derive(Debug, Default)]
+struct Shared {
+    in_flight: AtomicU32,
+    /// Latency moving average, in microseconds (0: none yet).
+    ewma_latency_us: AtomicU64,
+    health: AtomicU8,
+    consecutive_failures: AtomicU32,
+    /// While set and in the future, the circuit is open.
+    open_until_ms: AtomicI64,
+    /// A trial request is under way on a half-open circuit.
+    trial_in_flight: AtomicBool,
+    total_requests: AtomicU64,
+    total_errors: AtomicU64,
+    /// Models learned from the server's `/v1/models` (for servers that declare none).
+    discovered_models: Mutex<Vec<String>>,
+}
+
+/// One server of the pool with its runtime state.
+#[derive(Debug)]
+pub struct ServerState {
+    server: UpstreamServer,
+    breaker: BreakerConfig,
+    shared: Arc<Shared>,
+}
+
+/// How a request to a server ended, as far as its health is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success {
+        latency_ms: u64,
+    },
+    /// Connect error, timeout, 5xx or 429: counts toward opening the circuit.
+    Failure,
+    /// The request ended for reasons that say nothing about the server (client gone, 4xx).
+    Neutral,
+}
+
+impl ServerState {
+    pub fn new(server: UpstreamServer, breaker: BreakerConfig) -> Self {
+        let shared =
+            Shared { health: AtomicU8::new(health_to(server.health)), ..Shared::default() };
+        Self { server, breaker, shared: Arc::new(shared) }
+    }
+
+    /// The same runtime state under updated settings.
+    pub(crate) fn with_server(&self, server: UpstreamServer) -> Self {
+        Self { server, breaker: self.breaker.clone(), shared: self.shared.clone() }
+    }
+
+    pub fn server(&self) -> &UpstreamServer {
+        &self.server
+    }
+
+    pub fn health(&self) -> HealthStatus {
+        health_from(self.shared.health.load(Ordering::Relaxed))
+    }
+
+    /// Sets the health (from an active check); returns the previous one.
+    pub fn set_health(&self, health: HealthStatus) -> HealthStatus {
+        let prev = health_from(self.shared.health.swap(health_to(health), Ordering::Relaxed));
+        if health == HealthStatus::Healthy {
+            // A passing check closes the circuit.
+            self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+            self.shared.open_until_ms.store(0, Ordering::Relaxed);
+        }
+        prev
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn latency_ms(&self) -> Option<u64> {
+        match self.shared.ewma_latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us.div_ceil(1000)),
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.shared.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.shared.total_requests.load(Ordering::Relaxed),
+            self.shared.total_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn circuit_open(&self) -> bool {
+        self.shared.open_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    pub fn set_discovered_models(&self, models: Vec<String>) {
+        *self.shared.discovered_models.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            models;
+    }
+
+    /// Declared models, or those discovered when it declares none.
+    pub fn models(&self) -> Vec<String> {
+        if self.server.supported_models.is_empty() {
+            self.shared
+                .discovered_models
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        } else {
+            self.server.supported_models.clone()
+        }
+    }
+
+    /// Whether this server takes `model`: it declares it, or it declares nothing and either
+    /// listed it or has not been asked yet.
+    pub fn supports(&self, model: &str) -> bool {
+        if !self.server.supported_models.is_empty() {
+            return self.server.supported_models.iter().any(|m| m == model);
+        }
+        let discovered =
+            self.shared.discovered_models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        discovered.is_empty() || discovered.iter().any(|m| m == model)
+    }
+
+    pub(crate) fn is_eligible(&self, model: &str, now: i64) -> bool {
+        self.server.is_active
+            && self.health() != HealthStatus::Unhealthy
+            && self.supports(model)
+            && (self.shared.open_until_ms.load(Ordering::Relaxed) <= now
+                || !self.shared.trial_in_flight.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn has_capacity(&self) -> bool {
+        self.server.max_concurrent_requests.is_none_or(|max| self.in_flight() < max)
+    }
+
+    /// Load relative to weight: lower is better.
+    pub(crate) fn score(&self) -> f64 {
+        let latency = self.shared.ewma_latency_us.load(Ordering::Relaxed).max(1000) as f64;
+        f64::from(self.in_flight() + 1) * latency / f64::from(self.server.weight.max(1))
+    }
+
+    /// Counts a request in; on an open circuit whose cooldown is over, only one trial passes.
+    pub(crate) fn try_acquire(self: &Arc<Self>, now: i64) -> Option<Selected> {
+        let open_until = self.shared.open_until_ms.load(Ordering::Relaxed);
+        let trial = open_until > 0;
+        if trial {
+            if open_until > now {
+                return None;
+            }
+            if self.shared.trial_in_flight.swap(true, Ordering::AcqRel) {
+                return None;
+            }
+        }
+        let count = self.shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.server.max_concurrent_requests.is_some_and(|max| count > max) {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if trial {
+                self.shared.trial_in_flight.store(false, Ordering::Release);
+            }
+            return None;
+        }
+        self.shared.total_requests.fetch_add(1, Ordering::Relaxed);
+        Some(Selected { state: self.clone(), trial, finished: false })
+    }
+
+    fn record(&self, outcome: Outcome, trial: bool) {
+        match outcome {
+            Outcome::Success { latency_ms } => {
+                let sample = latency_ms.max(1) * 1000;
+                let prev = self.shared.ewma_latency_us.load(Ordering::Relaxed);
+                let next = if prev == 0 { sample } else { (prev * 7 + sample) / 8 };
+                self.shared.ewma_latency_us.store(next, Ordering::Relaxed);
+                self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+                if self.shared.open_until_ms.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!(server = %self.server.name, "circuit closed: trial request succeeded");
+                }
+            }
+            Outcome::Failure => {
+                self.shared.total_errors.fetch_add(1, Ordering::Relaxed);
+                let failures = self.shared.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if trial || failures >= self.breaker.failure_threshold {
+                    let until = now_ms() + self.breaker.cooldown.as_millis() as i64;
+                    if self.shared.open_until_ms.swap(until, Ordering::Relaxed) <= now_ms() {
+                        tracing::warn!(
+                            server = %self.server.name,
+                            failures,
+                            cooldown_ms = self.breaker.cooldown.as_millis() as u64,
+                            "circuit opened"
+                        );
+                    }
+                }
+            }
+            Outcome::Neutral => {}
+        }
+        if trial {
+            self.shared.trial_in_flight.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A server picked for one request. Counts the request in flight until finished or dropped
+/// (a dropped pick is neutral: the client went away).
+#[derive(Debug)]
+pub struct Selected {
+    state: Arc<ServerState>,
+    trial: bool,
+    finished: bool,
+}
+
+impl Selected {
+    pub fn server(&self) -> &UpstreamServer {
+        &self.state.server
+    }
+
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Records how the request went and releases the slot.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        self.state.record(outcome, self.trial);
+        self.state.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Selected {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.record(Outcome::Neutral, self.trial);
+            self.state.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gateway_core::{HealthStatus, ServerId, UpstreamServer};
+
+use super::*;
+
+fn server(name: &str, priority: u32, weight: u32, models: &[&str]) -> UpstreamServer {
+    UpstreamServer {
+        id: ServerId::new(),
+        name: name.into(),
+        base_url: format!("http://{name}"),
+        api_key: None,
+        priority,
+        weight,
+        max_concurrent_requests: None,
+        supported_models: models.iter().map(|m| (*m).to_owned()).collect(),
+        is_active: true,
+        health: HealthStatus::Unknown,
+    }
+}
+
+fn pool(servers: Vec<UpstreamServer>) -> ServerPool {
+    let p =
+        ServerPool::new(BreakerConfig { failure_threshold: 2, cooldown: Duration::from_hours(1) });
+    p.replace(servers);
+    p
+}
+
+#[test]
+fn lower_priority_numbers_win_and_models_must_match() {
+    let p = pool(vec![server("backup", 2, 1, &[]), server("primary", 1, 1, &["gpt-4"])]);
+    assert_eq!(p.select("gpt-4", &[]).unwrap().server().name, "primary");
+    assert_eq!(
+        p.select("claude", &[]).unwrap().server().name,
+        "backup",
+        "an any-model server takes the rest"
+    );
+    let primary = p.snapshot().iter().find(|s| s.server().name == "primary").unwrap().server().id;
+    assert_eq!(
+        p.select("gpt-4", &[primary]).unwrap().server().name,
+        "backup",
+        "failover skips tried servers"
+    );
+    assert_eq!(p.models(), vec!["gpt-4"]);
+}
+
+#[test]
+fn weights_shape_the_share_within_a_priority() {
+    let p = pool(vec![server("heavy", 1, 3, &[]), server("light", 1, 1, &[])]);
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..4000 {
+        let s = p.select("m", &[]).unwrap();
+        *counts.entry(s.server().name.clone()).or_default() += 1;
+        s.finish(Outcome::Success { latency_ms: 10 });
+    }
+    let (heavy, light) = (counts["heavy"], counts["light"]);
+    assert!(heavy > 2 * light, "heavy {heavy} vs light {light}");
+}
+
+#[test]
+fn the_less_loaded_server_is_preferred_and_caps_hold() {
+    let mut a = server("a", 1, 1, &[]);
+    a.max_concurrent_requests = Some(2);
+    let p = pool(vec![a, server("b", 1, 1, &[])]);
+    // Hold three requests: "a" may carry at most two.
+    let held: Vec<_> = (0..3).map(|_| p.select("m", &[]).unwrap()).collect();
+    let on_a = held.iter().filter(|s| s.server().name == "a").count();
+    assert!(on_a <= 2);
+    let busy_a = p.snapshot().iter().find(|s| s.server().name == "a").unwrap().in_flight();
+    assert_eq!(busy_a as usize, on_a);
+    drop(held);
+    assert!(p.snapshot().iter().all(|s| s.in_flight() == 0), "dropped picks release their slots");
+
+    let mut only = server("only", 1, 1, &[]);
+    only.max_concurrent_requests = Some(1);
+    let p = pool(vec![only]);
+    let first = p.select("m", &[]).unwrap();
+    assert!(p.select("m", &[]).is_none(), "at its cap, a server takes nothing more");
+    first.finish(Outcome::Neutral);
+    assert!(p.select("m", &[]).is_some());
+}
+
+#[test]
+fn failures_open_the_circuit_and_a_trial_closes_it() {
+    let p = ServerPool::new(BreakerConfig { failure_threshold: 2, cooldown: Duration::ZERO });
+    p.replace(vec![server("flaky", 1, 1, &[])]);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    // Cooldown zero: the next pick is the trial; a second pick must wait for it.
+    let trial = p.select("m", &[]).unwrap();
+    assert!(p.select("m", &[]).is_none(), "one trial at a time");
+    trial.finish(Outcome::Success { latency_ms: 5 });
+    let s = p.snapshot();
+    assert!(!s[0].circuit_open() && s[0].consecutive_failures() == 0);
+    assert!(p.select("m", &[]).is_some());
+
+    let p = pool(vec![server("down", 1, 1, &[])]);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    assert!(p.snapshot()[0].circuit_open());
+    assert!(p.select("m", &[]).is_none(), "open for the cooldown");
+    p.snapshot()[0].set_health(HealthStatus::Healthy);
+    assert!(p.select("m", &[]).is_some(), "a passing health check closes it");
+}
+
+#[test]
+fn unhealthy_and_inactive_servers_are_skipped_and_state_survives_reloads() {
+    let a = server("a", 1, 1, &[]);
+    let mut b = server("b", 1, 1, &[]);
+    b.is_active = false;
+    let p = pool(vec![a.clone(), b]);
+    p.snapshot()[0].set_health(HealthStatus::Unhealthy);
+    assert!(p.select("m", &[]).is_none());
+    let mut a2 = a.clone();
+    a2.name = "a-renamed".into();
+    p.replace(vec![a2]);
+    assert_eq!(p.snapshot()[0].health(), HealthStatus::Unhealthy, "same id keeps its state");
+    p.snapshot()[0].set_health(HealthStatus::Healthy);
+    assert_eq!(p.select("m", &[]).unwrap().server().name, "a-renamed");
+}
+
+#[test]
+fn servers_without_declared_models_use_what_they_list() {
+    let p = pool(vec![server("any", 1, 1, &[])]);
+    assert!(p.knows_model("whatever"), "not asked yet: assume it serves everything");
+    p.snapshot()[0].set_discovered_models(vec!["gpt-4".into()]);
+    assert!(p.knows_model("gpt-4") && !p.knows_model("whatever"));
+    assert_eq!(p.models(), vec!["gpt-4"]);
+}

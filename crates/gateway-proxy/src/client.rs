@@ -1,0 +1,135 @@
+//! The upstream HTTP client: pooled connections, HTTP and HTTPS (rustls with the bundled
+//! webpki roots), the server's own API key, connect and first-byte timeouts. Redirects are
+//! never followed: a 3xx from an upstream is an error.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Upstream client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub connect_timeout: Duration,
+    /// Until the response head arrives.
+    pub first_byte_timeout: Duration,
+    /// Whole response of a non-streaming request.
+    pub request_timeout: Duration,
+    /// Longest silence between two chunks of a stream.
+    pub stream_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Largest non-streaming upstream response read.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_mins(2),
+            request_timeout: Duration::from_mins(10),
+            stream_idle_timeout: Duration::from_mins(2),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 512,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a request to an upstream failed before its response head.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    #[error("invalid upstream URL {0}")]
+    Url(String),
+    #[error("could not connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream answered with a redirect ({0}); redirects are never followed")]
+    Redirect(u16),
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled client for every upstream server.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    client: Client<Connector, Full<Bytes>>,
+    config: ClientConfig,
+}
+
+impl UpstreamClient {
+    pub fn new(config: ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+        Self { client, config }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sends one request and waits for the response head (bounded by the first-byte timeout).
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        api_key: Option<&str>,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = Request::builder().method(method).uri(url);
+        let headers = req.headers_mut().ok_or_else(|| UpstreamError::Url(url.to_owned()))?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", v);
+        }
+        if let Some(key) = api_key {
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| UpstreamError::Url(url.to_owned()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let req = req.body(Full::new(body)).map_err(|_| UpstreamError::Url(url.to_owned()))?;
+        let res = tokio::time::timeout(self.config.first_byte_timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.config.first_byte_timeout))?
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        if res.status().is_redirection() {
+            return Err(UpstreamError::Redirect(res.status().as_u16()));
+        }
+        Ok(res)
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

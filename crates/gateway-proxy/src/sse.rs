@@ -1,0 +1,249 @@
+//! Reading an SSE stream as it is relayed: the usage of the final chunk, the content relayed
+//! (to count tokens when upstream sends no usage), whether `[DONE]` arrived, and removing the
+//! usage chunk the gateway asked for when the client did not.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use gateway_core::Usage;
+use serde::Deserialize;
+
+/// Watches the events of one stream.
+#[derive(Debug)]
+pub struct SseTap {
+    carry: BytesMut,
+    strip_usage_chunk: bool,
+    usage: Option<Usage>,
+    content_bytes: usize,
+    events: usize,
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    usage: Option<Usage>,
+}
+
+/// Where the event starting at the front of `buf` ends, and the delimiter's length.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl SseTap {
+    /// `strip_usage_chunk`: remove the usage-only chunk (the client did not ask for it).
+    pub fn new(strip_usage_chunk: bool) -> Self {
+        Self {
+            carry: BytesMut::new(),
+            strip_usage_chunk,
+            usage: None,
+            content_bytes: 0,
+            events: 0,
+            done: false,
+        }
+    }
+
+    /// Takes the next bytes from upstream and returns what to relay now: every complete
+    /// event, minus a stripped usage chunk. Bytes are relayed as they came when nothing is
+    /// removed and no event was split across chunks.
+    pub fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let zero_copy = self.carry.is_empty();
+        self.carry.extend_from_slice(&chunk);
+        let mut out: Option<BytesMut> = None;
+        let mut consumed = 0;
+        while let Some((end, delim)) = event_end(&self.carry[consumed..]) {
+            let event_start = consumed;
+            let event_end = consumed + end + delim;
+            let keep = self.observe(event_start, consumed + end);
+            if !keep && out.is_none() {
+                // First removal: start a copy of what was kept so far.
+                out = Some(BytesMut::from(&self.carry[..event_start]));
+            } else if let (true, Some(o)) = (keep, out.as_mut()) {
+                o.extend_from_slice(&self.carry[event_start..event_end]);
+            }
+            consumed = event_end;
+        }
+        if consumed == 0 {
+            return None;
+        }
+        let complete = self.carry.split_to(consumed).freeze();
+        match out {
+            Some(o) if o.is_empty() => None,
+            Some(o) => Some(o.freeze()),
+            None if zero_copy && self.carry.is_empty() => Some(chunk),
+            None => Some(complete),
+        }
+    }
+
+    /// At the end of the stream: whatever partial event is left, relayed as it is.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.carry.is_empty()).then(|| self.carry.split().freeze())
+    }
+
+    /// Reads one event (`carry[start..end]`); returns whether to relay it.
+    fn observe(&mut self, start: usize, end: usize) -> bool {
+        self.events += 1;
+        let event = &self.carry[start..end];
+        let mut keep = true;
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else { continue };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                self.done = true;
+                continue;
+            }
+            let has_usage = memfind(data, b"\"usage\"");
+            if !has_usage && !memfind(data, b"\"content\"") {
+                continue;
+            }
+            let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else { continue };
+            if let Some(choices) = &chunk.choices {
+                for c in choices {
+                    if let Some(content) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                        self.content_bytes += content.len();
+                    }
+                }
+            }
+            if let Some(usage) = chunk.usage {
+                self.usage = Some(usage);
+                if self.strip_usage_chunk && chunk.choices.as_ref().is_none_or(Vec::is_empty) {
+                    keep = false;
+                }
+            }
+        }
+        keep
+    }
+
+    /// The usage upstream reported, if it did.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Completion tokens counted from the content relayed (4 bytes a token), for streams
+    /// that end without a usage chunk.
+    pub fn counted_completion_tokens(&self) -> u64 {
+        (self.content_bytes as u64).div_ceil(4)
+    }
+
+    /// Whether `data: [DONE]` arrived.
+    pub fn saw_done(&self) -> bool {
+        self.done
+    }
+
+    /// Events seen so far.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An OpenAI-style error event, to end a stream that failed after its first byte.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTENT: &str =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]}\n\n";
+    const CONTENT2: &str =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"}}]}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn feed_all(tap: &mut SseTap, parts: &[&str]) -> String {
+        let mut out = String::new();
+        for p in parts {
+            if let Some(b) = tap.feed(Bytes::copy_from_slice(p.as_bytes())) {
+                out.push_str(std::str::from_utf8(&b).unwrap());
+            }
+        }
+        if let Some(b) = tap.finish() {
+            out.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn whole_events_pass_untouched_and_usage_is_read() {
+        let mut tap = SseTap::new(false);
+        let chunk = Bytes::from(format!("{CONTENT}{CONTENT2}"));
+        let out = tap.feed(chunk.clone()).unwrap();
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "relayed without a copy");
+        assert_eq!(feed_all(&mut tap, &[USAGE, DONE]), format!("{USAGE}{DONE}"));
+        assert_eq!(tap.usage(), Some(Usage::new(3, 2)));
+        assert!(tap.saw_done());
+        assert_eq!(tap.counted_completion_tokens(), 3, "11 bytes of content");
+    }
+
+    #[test]
+    fn the_usage_chunk_is_removed_when_the_client_did_not_ask() {
+        let mut tap = SseTap::new(true);
+        let all = format!("{CONTENT}{USAGE}{DONE}");
+        assert_eq!(feed_all(&mut tap, &[&all]), format!("{CONTENT}{DONE}"));
+        assert_eq!(tap.usage(), Some(Usage::new(3, 2)));
+        let mut tap = SseTap::new(true);
+        assert_eq!(feed_all(&mut tap, &[USAGE]), "");
+    }
+
+    #[test]
+    fn events_split_across_chunks_are_reassembled() {
+        let all = format!("{CONTENT}{CONTENT2}{USAGE}{DONE}");
+        for cut in 1..all.len() {
+            let mut tap = SseTap::new(true);
+            let out = feed_all(&mut tap, &[&all[..cut], &all[cut..]]);
+            assert_eq!(out, format!("{CONTENT}{CONTENT2}{DONE}"), "cut at {cut}");
+            assert_eq!(tap.usage(), Some(Usage::new(3, 2)));
+            assert_eq!(tap.events(), 4);
+        }
+    }
+
+    #[test]
+    fn crlf_streams_and_streams_without_usage() {
+        let mut tap = SseTap::new(true);
+        let out = feed_all(
+            &mut tap,
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\r\n\r\n",
+                "data: [DONE]\r\n\r\n",
+            ],
+        );
+        assert!(out.ends_with("data: [DONE]\r\n\r\n"));
+        assert_eq!(tap.usage(), None);
+        assert_eq!(tap.counted_completion_tokens(), 2);
+    }
+
+    #[test]
+    fn error_events_are_openai_shaped() {
+        let e = error_event("upstream failed", "upstream_error");
+        let s = std::str::from_utf8(&e).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_error");
+    }
+}

@@ -180,7 +180,13 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let fail_after = (directive.fail.as_deref() == Some("midstream")).then_some(3);
-    let delay = directive.chunk_delay_ms.map_or(state.config.chunk_delay, Duration::from_millis);
+    let mut delay =
+        directive.chunk_delay_ms.map_or(state.config.chunk_delay, Duration::from_millis);
+    if fail_after.is_some() {
+        // Space the chunks so the head and the first chunks are on the wire before the
+        // failure: it must happen mid-stream, not before the first byte.
+        delay = delay.max(Duration::from_millis(20));
+    }
     let body = SseBody::new(events, delay, fail_after, state.stats.clone());
     let response = Response::builder()
         .status(StatusCode::OK)

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
-use gateway_balancer::ServerPool;
+use gateway_balancer::{BreakerConfig, ServerPool};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
+use gateway_proxy::Forwarder;
+use gateway_proxy::client::{ClientConfig, UpstreamClient};
+use gateway_proxy::request::ForbiddenFields;
 use gateway_store::{SqlAuthStore, Store, StoreConfig};
 use tokio::sync::Semaphore;
 
@@ -22,7 +25,9 @@ pub struct App {
     pub accounts: Accounts,
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
-    pub pool: ServerPool,
+    pub pool: Arc<ServerPool>,
+    pub forwarder: Forwarder,
+    pub forbidden: ForbiddenFields,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
     /// `Secure` on cookies: the public URL is https.
@@ -104,8 +109,25 @@ impl App {
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
                 .with_invalidations(invalidations);
-        let pool = ServerPool::default();
+        let pool = Arc::new(ServerPool::new(BreakerConfig {
+            failure_threshold: config.health.failure_threshold,
+            cooldown: Duration::from_secs(config.health.cooldown_secs),
+        }));
         pool.replace(seeded_servers(&config));
+        let p = &config.proxy;
+        let client = UpstreamClient::new(ClientConfig {
+            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+            first_byte_timeout: Duration::from_millis(p.first_byte_timeout_ms),
+            request_timeout: Duration::from_millis(p.request_timeout_ms),
+            stream_idle_timeout: Duration::from_millis(p.stream_idle_timeout_ms),
+            ..ClientConfig::default()
+        });
+        let forwarder = Forwarder::new(client, pool.clone(), p.max_attempts);
+        let defaults = ForbiddenFields::default();
+        let forbidden = ForbiddenFields {
+            names: p.forbidden_fields.clone().unwrap_or(defaults.names),
+            prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
+        };
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -116,6 +138,8 @@ impl App {
             accounts,
             verifier,
             pool,
+            forwarder,
+            forbidden,
             in_flight,
             secure_cookies,
             public_origin,

@@ -16,6 +16,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub auth: AuthConfig,
+    pub proxy: ProxyConfig,
+    pub health: HealthConfig,
     pub log: LogConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -173,6 +175,68 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// Forwarding to upstream servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub connect_timeout_ms: u64,
+    /// Until an upstream's response head arrives.
+    pub first_byte_timeout_ms: u64,
+    /// A whole non-streaming response.
+    pub request_timeout_ms: u64,
+    /// Longest silence between two chunks of a stream (streams have no total limit).
+    pub stream_idle_timeout_ms: u64,
+    /// Servers tried for one request before giving up.
+    pub max_attempts: usize,
+    /// Request fields refused because they would steer the upstream (replaces the default
+    /// list when set).
+    pub forbidden_fields: Option<Vec<String>>,
+    /// Prefixes of refused request fields.
+    pub forbidden_prefixes: Option<Vec<String>>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 120_000,
+            request_timeout_ms: 600_000,
+            stream_idle_timeout_ms: 120_000,
+            max_attempts: 3,
+            forbidden_fields: None,
+            forbidden_prefixes: None,
+        }
+    }
+}
+
+/// Active health checks and passive failure detection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds between active checks of every server.
+    pub interval_secs: u64,
+    /// A probe slower than this fails.
+    pub timeout_ms: u64,
+    /// A probe slower than this marks the server degraded.
+    pub degraded_latency_ms: u64,
+    /// Consecutive failed requests that open a server's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses requests before one trial.
+    pub cooldown_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            timeout_ms: 5_000,
+            degraded_latency_ms: 2_000,
+            failure_threshold: 3,
+            cooldown_secs: 30,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -284,6 +348,14 @@ impl Config {
             ("server.h2_keepalive_ms", s.h2_keepalive_ms),
             ("server.max_in_flight", s.max_in_flight as u64),
             ("database.max_connections", u64::from(self.database.max_connections)),
+            ("proxy.connect_timeout_ms", self.proxy.connect_timeout_ms),
+            ("proxy.first_byte_timeout_ms", self.proxy.first_byte_timeout_ms),
+            ("proxy.request_timeout_ms", self.proxy.request_timeout_ms),
+            ("proxy.stream_idle_timeout_ms", self.proxy.stream_idle_timeout_ms),
+            ("proxy.max_attempts", self.proxy.max_attempts as u64),
+            ("health.interval_secs", self.health.interval_secs),
+            ("health.timeout_ms", self.health.timeout_ms),
+            ("health.failure_threshold", u64::from(self.health.failure_threshold)),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));

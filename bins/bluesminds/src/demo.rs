@@ -33,7 +33,7 @@ pub async fn run(
     config.upstreams.push(UpstreamSeed {
         url: format!("http://{mock_addr}"),
         api_key: None,
-        models: vec![],
+        models: bluesminds_mock::MockConfig::default().models,
     });
 
     let bind = config.server.bind.clone();
@@ -69,11 +69,9 @@ pub async fn run(
          \n    -H \"Authorization: Bearer {key}\" \\\
          \n    -H \"Content-Type: application/json\" \\\
          \n    -d '{{\"model\":\"gpt-4\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\
-         \nNote: this build does not proxy chat completions or embeddings yet (the gateway path\
-         \nis still being built), so that curl answers 404 for now. What works today: the\
-         \naccount and key API (/api/auth/*, /api/keys), and GET /api/v1/models with this key:\
-         \n\
-         \n  curl http://{addr}/api/v1/models -H \"Authorization: Bearer {key}\"\n\
+         \nStreamed, or with the OpenAI SDK (base_url http://{addr}/api/v1):\n\
+         \n  curl -N http://{addr}/api/v1/chat/completions -H \"Authorization: Bearer {key}\" \\\
+         \n    -d '{{\"model\":\"gpt-4\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n\
          \nPress Ctrl-C to stop.\n"
     );
     crate::run(listener, app, shutdown).await;

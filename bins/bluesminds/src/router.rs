@@ -21,6 +21,8 @@ pub enum Route<'a> {
     RotateKey(&'a str),
     AdminUpdateUser(&'a str),
     Models,
+    ChatCompletions,
+    Embeddings,
 }
 
 impl Route<'_> {
@@ -87,6 +89,12 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "v1", "models"] | ["v1", "models"] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::Models)])
         }
+        ["api", "v1", "chat", "completions"] | ["v1", "chat", "completions"] => {
+            pick(m, "POST", &[(Method::POST, Route::ChatCompletions)])
+        }
+        ["api", "v1", "embeddings"] | ["v1", "embeddings"] => {
+            pick(m, "POST", &[(Method::POST, Route::Embeddings)])
+        }
         _ => Routed::NotFound,
     }
 }
@@ -125,6 +133,15 @@ mod tests {
         );
         assert_eq!(route(&Method::GET, "/v1/models"), Routed::Found(Route::Models));
         assert_eq!(route(&Method::GET, "/api/v1/models"), Routed::Found(Route::Models));
+        assert_eq!(
+            route(&Method::POST, "/v1/chat/completions"),
+            Routed::Found(Route::ChatCompletions)
+        );
+        assert_eq!(route(&Method::POST, "/api/v1/embeddings/"), Routed::Found(Route::Embeddings));
+        assert_eq!(
+            route(&Method::GET, "/api/v1/chat/completions"),
+            Routed::MethodNotAllowed("POST")
+        );
     }
 
     #[test]

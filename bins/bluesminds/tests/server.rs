@@ -434,26 +434,37 @@ async fn admin_create_creates_an_admin_or_promotes_an_existing_user() {
 }
 
 #[tokio::test]
-async fn demo_prints_a_working_key_and_says_honestly_what_works() {
+async fn demo_prints_a_key_and_curl_lines_that_work() {
     let mut gw = Gateway::start(&["demo"], &[]).await;
     let banner = gw.stdout.join("\n");
     let key = banner
         .split_whitespace()
         .find(|w| w.starts_with("bm_"))
-        .unwrap_or_else(|| panic!("no key in {banner}"));
+        .unwrap_or_else(|| panic!("no key in {banner}"))
+        .trim_matches('"');
     assert!(gateway_auth::apikey::parse(key).is_some(), "{key} is not a well-formed key");
-    assert!(banner.contains("curl http://"), "{banner}");
-    assert!(banner.contains("does not proxy chat completions"), "{banner}");
-    assert_eq!(request(gw.addr, "GET", "/healthz", b"").await.status, 200);
+    assert!(
+        banner.contains(&format!("curl http://{}/api/v1/chat/completions", gw.addr)),
+        "{banner}"
+    );
+    // The banner's curl line, as a request: it is answered by the in-process mock.
+    let auth = format!("Bearer {key}");
+    let body = br#"{"model":"gpt-4","messages":[{"role":"user","content":"Hello!"}]}"#;
     let r = request_with(
         gw.addr,
         "POST",
         "/api/v1/chat/completions",
-        &[("authorization", &format!("Bearer {key}"))],
-        b"{}",
+        &[("authorization", &auth)],
+        body,
     )
     .await;
-    assert_eq!(r.status, 404, "the banner says this is not served yet");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello from the BluesMinds mock")
+    );
     gw.terminate().await;
     let (code, stderr) = gw.wait().await;
     assert_eq!(code, Some(0), "{stderr}");

@@ -98,16 +98,17 @@ impl ServerPool {
             .iter()
             .filter(|s| !exclude.contains(&s.server().id) && s.is_eligible(model, now))
             .collect();
-        while !eligible.is_empty() {
-            let best_priority = eligible.iter().map(|s| s.server().priority).min()?;
-            let tier: Vec<&Arc<ServerState>> =
+        while let Some(best_priority) = eligible.iter().map(|s| s.server().priority).min() {
+            let mut tier: Vec<&Arc<ServerState>> =
                 eligible.iter().copied().filter(|s| s.server().priority == best_priority).collect();
-            if let Some(picked) = Self::two_choices(&tier).and_then(|s| s.try_acquire(now)) {
-                return Some(picked);
+            eligible.retain(|s| s.server().priority != best_priority);
+            while let Some(candidate) = Self::two_choices(&tier) {
+                if let Some(picked) = candidate.try_acquire(now) {
+                    return Some(picked);
+                }
+                // Full since the check, or its circuit's trial is taken: try the others.
+                tier.retain(|s| !Arc::ptr_eq(s, candidate));
             }
-            // Every server of this priority is full or refused a trial: try the next priority.
-            let tried: Vec<ServerId> = tier.iter().map(|s| s.server().id).collect();
-            eligible.retain(|s| !tried.contains(&s.server().id));
         }
         None
     }

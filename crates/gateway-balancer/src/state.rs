@@ -170,11 +170,14 @@ impl ServerState {
     }
 
     pub(crate) fn is_eligible(&self, model: &str, now: i64) -> bool {
+        let open_until = self.shared.open_until_ms.load(Ordering::Relaxed);
+        // Closed, or open with the cooldown over and no trial under way.
+        let circuit_lets_through = open_until == 0
+            || (open_until <= now && !self.shared.trial_in_flight.load(Ordering::Relaxed));
         self.server.is_active
             && self.health() != HealthStatus::Unhealthy
             && self.supports(model)
-            && (self.shared.open_until_ms.load(Ordering::Relaxed) <= now
-                || !self.shared.trial_in_flight.load(Ordering::Relaxed))
+            && circuit_lets_through
     }
 
     pub(crate) fn has_capacity(&self) -> bool {

@@ -128,3 +128,25 @@ fn servers_without_declared_models_use_what_they_list() {
     assert!(p.knows_model("gpt-4") && !p.knows_model("whatever"));
     assert_eq!(p.models(), vec!["gpt-4"]);
 }
+
+#[test]
+fn an_open_circuit_never_hides_the_healthy_servers_beside_it() {
+    let p = pool(vec![server("dead", 1, 1, &[]), server("alive", 1, 1, &[])]);
+    let dead = p.snapshot().iter().find(|s| s.server().name == "dead").unwrap().clone();
+    for _ in 0..2 {
+        let pick = p
+            .select(
+                "m",
+                &[p.snapshot().iter().find(|s| s.server().name == "alive").unwrap().server().id],
+            )
+            .unwrap();
+        assert_eq!(pick.server().name, "dead");
+        pick.finish(Outcome::Failure);
+    }
+    assert!(dead.circuit_open());
+    for _ in 0..200 {
+        let pick = p.select("m", &[]).expect("the live server is always available");
+        assert_eq!(pick.server().name, "alive");
+        pick.finish(Outcome::Success { latency_ms: 1 });
+    }
+}

@@ -6,6 +6,9 @@
 //! - [`client`]: the pooled upstream client (HTTP and HTTPS, no redirects, timeouts).
 //! - [`sse`]: the tap that reads usage and content from a stream as it is relayed and removes
 //!   the usage chunk the client did not ask for.
+//! - [`forward`]: [`Forwarder`] picks a server from the pool and fails over to another on a
+//!   connect error, timeout, 5xx or 429 before any byte reached the client.
+//! - [`relay`]: the streaming body, bounded by idle time, ended with an error event on failure.
 //!
 //! ```
 //! use gateway_proxy::request::{inspect, Endpoint, ForbiddenFields};
@@ -20,5 +23,9 @@
 //! ```
 
 pub mod client;
+pub mod forward;
+pub mod relay;
 pub mod request;
 pub mod sse;
+
+pub use forward::{ForwardRequest, Forwarded, Forwarder};

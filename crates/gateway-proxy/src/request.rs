@@ -8,7 +8,7 @@
 //! forwarded. Every other field passes through untouched: the bytes forwarded are the client's.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -114,7 +114,7 @@ pub fn inspect<'a>(
     if body.is_empty() {
         return Err(ApiError::invalid_request("The request body is empty; expected JSON."));
     }
-    let bad_field = Cell::new(None);
+    let bad_field = RefCell::new(None);
     let seed = Inspector { endpoint, forbidden, bad_field: &bad_field };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = seed.deserialize(&mut de).and_then(|view| de.end().map(|()| view));
@@ -123,8 +123,8 @@ pub fn inspect<'a>(
         Err(e) => {
             let message = e.to_string();
             let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-            Err(match bad_field.get() {
-                Some(field) => ApiError::invalid_param(field, message),
+            Err(match bad_field.into_inner() {
+                Some(field) => ApiError::invalid_request(message).with_param(field),
                 None if e.is_syntax() || e.is_eof() => ApiError::invalid_request(format!(
                     "We could not parse the JSON body of your request: {message}"
                 )),
@@ -137,8 +137,8 @@ pub fn inspect<'a>(
 struct Inspector<'f> {
     endpoint: Endpoint,
     forbidden: &'f ForbiddenFields,
-    /// The field whose value failed, for the error's `param`.
-    bad_field: &'f Cell<Option<&'static str>>,
+    /// The field at fault, for the error's `param`.
+    bad_field: &'f RefCell<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -227,8 +227,8 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             Endpoint::ChatCompletions => "messages",
             Endpoint::Embeddings => "input",
         };
-        let fail = |field: &'static str| {
-            self.bad_field.set(Some(field));
+        let fail = |field: &str| {
+            *self.bad_field.borrow_mut() = Some(field.to_owned());
         };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
@@ -276,6 +276,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
                     prompt = Some(map.next_value()?);
                 }
                 k if self.forbidden.forbids(k) => {
+                    fail(k);
                     return Err(de::Error::custom(format!(
                         "'{k}' is not allowed: the gateway chooses the upstream"
                     )));
@@ -284,7 +285,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
-            self.bad_field.set(None);
+            *self.bad_field.borrow_mut() = None;
         }
         let model = match model {
             Some(m) if !m.trim().is_empty() => m,
@@ -388,6 +389,11 @@ mod tests {
             let err = chat(body).unwrap_err();
             assert_eq!(err.kind, gateway_core::ErrorKind::InvalidRequest, "{body}");
             assert!(err.message.contains("not allowed"), "{body}: {}", err.message);
+            assert!(
+                err.param.as_deref().is_some_and(|p| body.contains(p)),
+                "{body}: {:?}",
+                err.param
+            );
         }
         let custom = ForbiddenFields { names: vec!["seed".into()], prefixes: vec![] };
         assert!(

@@ -9,6 +9,7 @@ mod session;
 use std::sync::Arc;
 
 use gateway_core::ApiError;
+use gateway_proxy::request::Endpoint;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -40,6 +41,8 @@ pub async fn dispatch(
         Route::DeleteKey(id) => keys::delete(app, req, ctx, id).await,
         Route::RotateKey(id) => keys::rotate(app, req, ctx, id).await,
         Route::Models => gateway::models(app, &req).await,
+        Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
+        Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
     };
     result.unwrap_or_else(|e| error_response(&e))
 }

@@ -179,3 +179,71 @@ pub async fn request_with(
     let body = res.into_body().collect().await.unwrap().to_bytes();
     Reply { status, headers, body }
 }
+
+/// A `bluesminds-mock` running in the test process, whose counters the test can read.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub stats: std::sync::Arc<bluesminds_mock::MockStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Mock {
+    pub async fn start() -> Mock {
+        Self::start_on("127.0.0.1:0", bluesminds_mock::MockConfig::default()).await
+    }
+
+    pub async fn start_on(addr: &str, config: bluesminds_mock::MockConfig) -> Mock {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = std::sync::Arc::new(bluesminds_mock::MockStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bluesminds_mock::run(listener, config, stats.clone(), async {
+            let _ = stopped.await;
+        }));
+        Mock { addr, stats, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn aborted_streams(&self) -> u64 {
+        self.stats.aborted_streams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the mock: its listener closes and its connections are cut, as if it died.
+    pub async fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Signs a user up, logs in and creates a key with `key_body`; returns the key.
+pub async fn user_with_key(addr: SocketAddr, email: &str, key_body: serde_json::Value) -> String {
+    let creds =
+        serde_json::json!({"email": email, "password": "correct horse battery"}).to_string();
+    let r = request(addr, "POST", "/api/auth/signup", creds.as_bytes()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = request(addr, "POST", "/api/auth/login", creds.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    let r = request_with(
+        addr,
+        "POST",
+        "/api/keys",
+        &[("cookie", &cookie)],
+        key_body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["key"].as_str().unwrap().to_owned()
+}

@@ -47,6 +47,10 @@ async fn with_body(
     f: impl FnOnce(&State, &[u8], u64) -> Option<Response<MockBody>>,
 ) -> Response<MockBody> {
     let n = state.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let auth =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    *state.stats.last_authorization.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        auth;
     let Ok(body) = req.into_body().collect().await else {
         return error(StatusCode::BAD_REQUEST, "mock: could not read body");
     };

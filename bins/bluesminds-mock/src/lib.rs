@@ -68,6 +68,8 @@ pub struct MockStats {
     pub aborted_streams: AtomicU64,
     /// Streams written to the end.
     pub completed_streams: AtomicU64,
+    /// The `Authorization` header of the last chat or embeddings request, if any.
+    pub last_authorization: std::sync::Mutex<Option<String>>,
 }
 
 impl MockStats {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
-use gateway_balancer::{BreakerConfig, ServerPool};
+use gateway_balancer::{BreakerConfig, ServerPool, ServerStore, ServerStoreError};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_proxy::Forwarder;
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
+use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::ForbiddenFields;
-use gateway_store::{SqlAuthStore, Store, StoreConfig};
+use gateway_store::{SqlAuthStore, SqlServerStore, Store, StoreConfig};
 use tokio::sync::Semaphore;
 
 use crate::bus::CacheInvalidations;
@@ -26,6 +27,10 @@ pub struct App {
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
     pub pool: Arc<ServerPool>,
+    pub servers: Arc<dyn ServerStore>,
+    pub prober: HttpProber,
+    /// Tells caches here and on other instances what changed.
+    pub invalidations: Arc<CacheInvalidations>,
     pub forwarder: Forwarder,
     pub forbidden: ForbiddenFields,
     /// One permit per request in flight (open streams included).
@@ -108,12 +113,14 @@ impl App {
         });
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
-                .with_invalidations(invalidations);
+                .with_invalidations(invalidations.clone());
         let pool = Arc::new(ServerPool::new(BreakerConfig {
             failure_threshold: config.health.failure_threshold,
             cooldown: Duration::from_secs(config.health.cooldown_secs),
         }));
-        pool.replace(seeded_servers(&config));
+        let servers: Arc<dyn ServerStore> = Arc::new(SqlServerStore::new(store.clone()));
+        seed_servers(servers.as_ref(), &config).await?;
+        pool.replace(servers.list_servers().await.context("cannot load the upstream servers")?);
         let p = &config.proxy;
         let client = UpstreamClient::new(ClientConfig {
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
@@ -122,6 +129,8 @@ impl App {
             stream_idle_timeout: Duration::from_millis(p.stream_idle_timeout_ms),
             ..ClientConfig::default()
         });
+        let prober =
+            HttpProber::new(client.clone(), Duration::from_millis(config.health.timeout_ms));
         let forwarder = Forwarder::new(client, pool.clone(), p.max_attempts);
         let defaults = ForbiddenFields::default();
         let forbidden = ForbiddenFields {
@@ -138,6 +147,9 @@ impl App {
             accounts,
             verifier,
             pool,
+            servers,
+            prober,
+            invalidations,
             forwarder,
             forbidden,
             in_flight,
@@ -145,6 +157,38 @@ impl App {
             public_origin,
         })
     }
+}
+
+impl App {
+    /// Reloads the pool from the database (after an admin change, here or on another
+    /// instance). Servers that stay keep their runtime state.
+    pub async fn reload_pool(&self) -> Result<(), ServerStoreError> {
+        self.pool.replace(self.servers.list_servers().await?);
+        Ok(())
+    }
+}
+
+/// Adds the servers given as `LITELLM_SERVER_N_*` to the database unless a server with the
+/// same base URL is there already (an admin may have changed it since).
+async fn seed_servers(store: &dyn ServerStore, config: &Config) -> anyhow::Result<()> {
+    let existing: Vec<String> = store
+        .list_servers()
+        .await
+        .context("cannot load the upstream servers")?
+        .into_iter()
+        .map(|s| s.base_url)
+        .collect();
+    for server in seeded_servers(config) {
+        if existing.contains(&server.base_url) {
+            continue;
+        }
+        match store.insert_server(server).await {
+            // Another instance seeded it at the same moment.
+            Ok(()) | Err(ServerStoreError::Conflict) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot seed the upstream servers")),
+        }
+    }
+    Ok(())
 }
 
 /// The servers given as `LITELLM_SERVER_N_*`, in order (priority 1, weight 1).

@@ -24,6 +24,11 @@ pub struct CacheInvalidations {
 }
 
 impl CacheInvalidations {
+    /// Tells the other instances that the server pool changed.
+    pub fn servers_changed(&self) {
+        self.publish("servers".to_owned());
+    }
+
     fn publish(&self, message: String) {
         let Some(pool) = self.redis.clone() else { return };
         let channel = self.channel.clone();
@@ -63,8 +68,12 @@ impl Invalidations for CacheInvalidations {
     }
 }
 
-/// Applies one message of the channel.
-fn apply(verifier: &KeyVerifier, message: &str) {
+/// Applies one message of the channel; `servers` reloads the pool.
+fn apply(verifier: &KeyVerifier, on_servers: &(dyn Fn() + Send + Sync), message: &str) {
+    if message == "servers" {
+        on_servers();
+        return;
+    }
     match message.split_once(':') {
         Some(("key", id)) => match id.parse::<ApiKeyId>() {
             Ok(id) => verifier.invalidate_key(id),
@@ -80,10 +89,15 @@ fn apply(verifier: &KeyVerifier, message: &str) {
 
 /// Listens to the channel for as long as the process runs, reconnecting with backoff. After
 /// every (re)connection the whole key cache is dropped, since messages may have been missed.
-pub async fn listen(redis_url: String, channel: String, verifier: Arc<KeyVerifier>) {
+pub async fn listen(
+    redis_url: String,
+    channel: String,
+    verifier: Arc<KeyVerifier>,
+    on_servers: Arc<dyn Fn() + Send + Sync>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match subscribe(&redis_url, &channel, &verifier).await {
+        match subscribe(&redis_url, &channel, &verifier, on_servers.as_ref()).await {
             Ok(()) => tracing::warn!("invalidation channel closed; reconnecting"),
             Err(e) => {
                 tracing::warn!(error = %e, "invalidation channel unavailable; key changes from other instances apply within the key-cache TTL");
@@ -94,17 +108,24 @@ pub async fn listen(redis_url: String, channel: String, verifier: Arc<KeyVerifie
     }
 }
 
-async fn subscribe(redis_url: &str, channel: &str, verifier: &KeyVerifier) -> anyhow::Result<()> {
+async fn subscribe(
+    redis_url: &str,
+    channel: &str,
+    verifier: &KeyVerifier,
+    on_servers: &(dyn Fn() + Send + Sync),
+) -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url)?;
     let mut pubsub =
         tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await??;
     pubsub.subscribe(channel).await?;
+    // Messages may have been missed while disconnected.
     verifier.clear();
+    on_servers();
     tracing::debug!(channel, "subscribed to invalidations");
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
         match msg.get_payload::<String>() {
-            Ok(payload) => apply(verifier, &payload),
+            Ok(payload) => apply(verifier, on_servers, &payload),
             Err(e) => tracing::warn!(error = %e, "unreadable invalidation"),
         }
     }

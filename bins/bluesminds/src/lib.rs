@@ -33,15 +33,53 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let mut background = tokio::task::JoinSet::new();
     background.spawn(partition_maintenance(app.store.clone()));
     background.spawn(flush_key_use(app.verifier.clone()));
+    background.spawn(health_checks(app.clone()));
     if !app.config.redis.url.is_empty() {
         let channel = bus::channel(&app.config.redis.key_prefix);
-        background.spawn(bus::listen(app.config.redis.url.clone(), channel, app.verifier.clone()));
+        let for_reload = Arc::downgrade(&app);
+        let on_servers: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(app) = for_reload.upgrade() {
+                tokio::spawn(async move {
+                    if let Err(e) = app.reload_pool().await {
+                        tracing::warn!(error = %e, "could not reload the server pool");
+                    }
+                });
+            }
+        });
+        background.spawn(bus::listen(
+            app.config.redis.url.clone(),
+            channel,
+            app.verifier.clone(),
+            on_servers,
+        ));
     }
     server::serve(listener, app.clone(), shutdown).await;
     background.shutdown().await;
     if let Err(e) = app.verifier.flush_last_used().await {
         tracing::warn!(error = %e, "could not record the last use of API keys at shutdown");
     }
+}
+
+/// Checks every upstream server now and then (and reloads the pool, so changes made on
+/// another instance arrive even without Redis).
+async fn health_checks(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(app.config.health.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.reload_pool().await {
+            tracing::warn!(error = %e, "could not reload the server pool; checking the servers known");
+        }
+        check_servers(&app).await;
+    }
+}
+
+/// One round of active health checks.
+pub async fn check_servers(app: &App) -> Vec<gateway_balancer::CheckReport> {
+    let config = gateway_balancer::HealthConfig {
+        degraded_latency: Duration::from_millis(app.config.health.degraded_latency_ms),
+    };
+    gateway_balancer::check_all(&app.pool, &app.prober, app.servers.as_ref(), &config).await
 }
 
 /// How often the last-use times of API keys are written, in one batch.

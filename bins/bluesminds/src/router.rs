@@ -20,6 +20,12 @@ pub enum Route<'a> {
     DeleteKey(&'a str),
     RotateKey(&'a str),
     AdminUpdateUser(&'a str),
+    AdminListServers,
+    AdminCreateServer,
+    AdminUpdateServer(&'a str),
+    AdminDeleteServer(&'a str),
+    AdminHealth,
+    AdminCheckHealth,
     Models,
     ChatCompletions,
     Embeddings,
@@ -86,6 +92,24 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "admin", "users", id] => {
             pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdateUser(id))])
         }
+        ["api", "admin", "servers"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::AdminListServers), (Method::POST, Route::AdminCreateServer)],
+        ),
+        ["api", "admin", "servers", id] => pick(
+            m,
+            "PATCH, DELETE",
+            &[
+                (Method::PATCH, Route::AdminUpdateServer(id)),
+                (Method::DELETE, Route::AdminDeleteServer(id)),
+            ],
+        ),
+        ["api", "admin", "health"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::AdminHealth), (Method::POST, Route::AdminCheckHealth)],
+        ),
         ["api", "v1", "models"] | ["v1", "models"] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::Models)])
         }

@@ -328,3 +328,172 @@ async fn every_gateway_response_reports_its_overhead() {
     assert!(overhead >= 0.0);
     assert!(r.header("x-request-id").is_some());
 }
+
+/// An admin session made with the CLI next to the running gateway.
+async fn admin_cookie(gw: &Gateway) -> String {
+    let out = support::command(
+        gw.dir.path(),
+        &["admin", "create", "--email", "root@example.com", "--password", "root password 1"],
+        &[],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creds = json!({"email": "root@example.com", "password": "root password 1"}).to_string();
+    let r = support::request(gw.addr, "POST", "/api/auth/login", creds.as_bytes()).await;
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+async fn admin(
+    gw: &Gateway,
+    cookie: &str,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> support::Reply {
+    let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    request_with(gw.addr, method, path, &[("cookie", cookie)], &bytes).await
+}
+
+#[tokio::test]
+async fn admins_manage_the_pool_and_upstream_keys_stay_write_only() {
+    let s = setup(&[("BLUESMINDS_HEALTH__INTERVAL_SECS", "3600")]).await;
+    let cookie = admin_cookie(&s.gw).await;
+
+    let listed = admin(&s.gw, &cookie, "GET", "/api/admin/servers", serde_json::Value::Null).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()["data"].as_array().unwrap().len(), 2, "the two seeded servers");
+
+    // A third server with an upstream key, sent upstream as a Bearer token and never shown.
+    let third = Mock::start().await;
+    let created = admin(&s.gw, &cookie, "POST", "/api/admin/servers", json!({"name": "third", "base_url": third.url(), "api_key": "sk-upstream-secret", "priority": 1, "weight": 5, "supported_models": ["only-third"]})).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.json()["has_api_key"], true);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    for r in [
+        &created,
+        &admin(&s.gw, &cookie, "GET", "/api/admin/servers", serde_json::Value::Null).await,
+    ] {
+        assert!(!String::from_utf8_lossy(&r.body).contains("sk-upstream-secret"));
+    }
+    s.client.chat().create(chat_request("only-third", 2)).await.unwrap();
+    let seen = third.stats.last_authorization.lock().unwrap().clone();
+    assert_eq!(
+        seen.as_deref(),
+        Some("Bearer sk-upstream-secret"),
+        "the server's own key, never the client's"
+    );
+
+    // Validation and conflicts.
+    for (body, param) in [
+        (json!({"name": "x", "base_url": "ftp://x"}), "base_url"),
+        (json!({"name": "x", "base_url": "http://user:pw@h"}), "base_url"),
+        (json!({"name": "x", "base_url": "http://h2", "priority": 0}), "priority"),
+        (json!({"name": "x", "base_url": "http://h3", "weight": 0}), "weight"),
+        (
+            json!({"name": "x", "base_url": "http://h4", "health_status": "healthy"}),
+            "health_status",
+        ),
+    ] {
+        let r = admin(&s.gw, &cookie, "POST", "/api/admin/servers", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(String::from_utf8_lossy(&r.body).contains(param), "{body}: {:?}", r.body);
+    }
+    let dup = admin(
+        &s.gw,
+        &cookie,
+        "POST",
+        "/api/admin/servers",
+        json!({"name": "again", "base_url": third.url()}),
+    )
+    .await;
+    assert_eq!(dup.status, 409);
+
+    // Deactivated: never used. Deleted: gone.
+    let before = third.requests();
+    let off = admin(
+        &s.gw,
+        &cookie,
+        "PATCH",
+        &format!("/api/admin/servers/{id}"),
+        json!({"is_active": false}),
+    )
+    .await;
+    assert_eq!((off.status, off.json()["is_active"].as_bool()), (200, Some(false)));
+    let (status, code) =
+        api_error(s.client.chat().create(chat_request("only-third", 2)).await.unwrap_err());
+    assert_eq!((status, code.as_deref()), (404, Some("model_not_found")));
+    assert_eq!(third.requests(), before);
+    assert_eq!(
+        admin(
+            &s.gw,
+            &cookie,
+            "DELETE",
+            &format!("/api/admin/servers/{id}"),
+            serde_json::Value::Null
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        admin(&s.gw, &cookie, "PATCH", &format!("/api/admin/servers/{id}"), json!({"weight": 2}))
+            .await
+            .status,
+        404
+    );
+
+    // Not for ordinary users.
+    let user = user_with_key(s.gw.addr, "plain@example.com", json!({"name": "k"})).await;
+    let _ = user;
+    let creds =
+        json!({"email": "plain@example.com", "password": "correct horse battery"}).to_string();
+    let r = support::request(s.gw.addr, "POST", "/api/auth/login", creds.as_bytes()).await;
+    let plain = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    for (method, path) in [
+        ("GET", "/api/admin/servers"),
+        ("POST", "/api/admin/servers"),
+        ("GET", "/api/admin/health"),
+        ("POST", "/api/admin/health"),
+    ] {
+        assert_eq!(
+            admin(&s.gw, &plain, method, path, json!({})).await.status,
+            403,
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_marked_unhealthy_and_used_again_when_it_returns() {
+    let mut s = setup(&[("BLUESMINDS_HEALTH__INTERVAL_SECS", "3600")]).await;
+    let cookie = admin_cookie(&s.gw).await;
+    let dead_addr = s.mocks[0].addr;
+    s.mocks[0].kill().await;
+
+    let checked = admin(&s.gw, &cookie, "POST", "/api/admin/health", serde_json::Value::Null).await;
+    assert_eq!(checked.status, 200);
+    let status_of = |body: &serde_json::Value, url: &str| {
+        body["data"].as_array().unwrap().iter().find(|s| s["base_url"] == url).unwrap()["health"]["status"].as_str().unwrap().to_owned()
+    };
+    let dead_url = format!("http://{dead_addr}");
+    assert_eq!(status_of(&checked.json(), &dead_url), "unhealthy");
+    assert_eq!(status_of(&checked.json(), &s.mocks[1].url()), "healthy");
+    let persisted =
+        admin(&s.gw, &cookie, "GET", "/api/admin/health", serde_json::Value::Null).await.json();
+    assert_eq!(status_of(&persisted, &dead_url), "unhealthy");
+    for _ in 0..10 {
+        s.client.chat().create(chat_request("gpt-4", 2)).await.unwrap();
+    }
+
+    // It comes back on the same address; the next check sees it, and it gets traffic again.
+    s.mocks[0] =
+        Mock::start_on(&dead_addr.to_string(), bluesminds_mock::MockConfig::default()).await;
+    let checked = admin(&s.gw, &cookie, "POST", "/api/admin/health", serde_json::Value::Null).await;
+    assert_eq!(status_of(&checked.json(), &dead_url), "healthy");
+    for _ in 0..40 {
+        s.client.chat().create(chat_request("gpt-4", 2)).await.unwrap();
+    }
+    assert!(s.mocks[0].requests() > 0, "the returned server is used again");
+}

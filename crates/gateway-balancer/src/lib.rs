@@ -32,7 +32,9 @@
 //! assert!(pool.select("claude-3", &[]).is_none());
 //! ```
 
+pub mod health;
 mod state;
+pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,7 +42,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway_core::{ServerId, UpstreamServer};
 
+pub use health::{CheckReport, HealthConfig, ProbeResult, Prober, check_all};
 pub use state::{BreakerConfig, Outcome, Selected, ServerState};
+pub use store::{
+    HealthRecord, InMemoryServerStore, InvalidServer, ServerStore, ServerStoreError, ServerUpdate,
+    validate_server,
+};
 
 /// The servers of the pool, readable without locks.
 #[derive(Debug, Default)]

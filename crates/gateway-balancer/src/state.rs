@@ -61,6 +61,7 @@ struct Shared {
     total_errors: AtomicU64,
     /// Models learned from the server's `/v1/models` (for servers that declare none).
     discovered_models: Mutex<Vec<String>>,
+    last_check: Mutex<Option<crate::store::HealthRecord>>,
 }
 
 /// One server of the pool with its runtime state.
@@ -138,6 +139,16 @@ impl ServerState {
 
     pub fn circuit_open(&self) -> bool {
         self.shared.open_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    pub fn set_last_check(&self, record: crate::store::HealthRecord) {
+        *self.shared.last_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(record);
+    }
+
+    /// The last active check of this server, if any ran since start.
+    pub fn last_check(&self) -> Option<crate::store::HealthRecord> {
+        self.shared.last_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn set_discovered_models(&self, models: Vec<String>) {

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+
 use std::time::Duration;
 
 use gateway_core::{HealthStatus, ServerId, UpstreamServer};
@@ -148,5 +149,60 @@ fn an_open_circuit_never_hides_the_healthy_servers_beside_it() {
         let pick = p.select("m", &[]).expect("the live server is always available");
         assert_eq!(pick.server().name, "alive");
         pick.finish(Outcome::Success { latency_ms: 1 });
+    }
+}
+
+struct ScriptedProber;
+
+#[async_trait::async_trait]
+impl Prober for ScriptedProber {
+    async fn probe(&self, server: &UpstreamServer, list_models: bool) -> ProbeResult {
+        let (ok, ms) = match server.name.as_str() {
+            "fast" => (true, 5),
+            "slow" => (true, 5_000),
+            _ => (false, 0),
+        };
+        ProbeResult {
+            ok,
+            latency: Duration::from_millis(ms),
+            models: list_models.then(|| vec!["discovered-model".to_owned()]),
+            detail: (!ok).then(|| "connection refused".to_owned()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_checks_set_status_discover_models_and_persist() {
+    let store = InMemoryServerStore::default();
+    let servers = vec![
+        server("fast", 1, 1, &[]),
+        server("slow", 1, 1, &["gpt-4"]),
+        server("down", 1, 1, &["gpt-4"]),
+    ];
+    for s in &servers {
+        store.insert_server(s.clone()).await.unwrap();
+    }
+    let p = pool(store.list_servers().await.unwrap());
+    let config = HealthConfig { degraded_latency: Duration::from_secs(2) };
+    let reports = check_all(&p, &ScriptedProber, &store, &config).await;
+    let status: HashMap<_, _> =
+        reports.iter().map(|r| (r.server.name.clone(), r.record.status)).collect();
+    assert_eq!(status["fast"], HealthStatus::Healthy);
+    assert_eq!(status["slow"], HealthStatus::Degraded);
+    assert_eq!(status["down"], HealthStatus::Unhealthy);
+    assert_eq!(
+        p.models(),
+        vec!["discovered-model", "gpt-4"],
+        "the any-model server listed its models"
+    );
+    let persisted = store.health_records().await.unwrap();
+    assert_eq!(persisted.len(), 3);
+    assert!(
+        persisted.values().any(|r| r.status == HealthStatus::Unhealthy && r.latency_ms.is_none())
+    );
+    // The unhealthy server is skipped until a check passes again.
+    for _ in 0..50 {
+        let pick = p.select("gpt-4", &[]).unwrap();
+        assert_eq!(pick.server().name, "slow");
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod forward;
+pub mod probe;
 pub mod relay;
 pub mod request;
 pub mod sse;

@@ -17,6 +17,7 @@
 mod auth;
 pub mod entity;
 mod error;
+mod servers;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -28,6 +29,7 @@ use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
 pub use error::StoreError;
+pub use servers::SqlServerStore;
 
 /// Connection pool settings.
 #[derive(Clone, Debug)]

@@ -177,3 +177,12 @@ async fn sql_auth_store_meets_the_auth_contract() {
         gateway_auth::conformance::session_store_contract(&store, &store).await;
     }
 }
+
+#[tokio::test]
+async fn sql_server_store_meets_the_pool_contract() {
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlServerStore::new(db.store.clone());
+        gateway_balancer::store::conformance::server_store_contract(&store).await;
+    }
+}

@@ -1,5 +1,6 @@
 //! Handlers translate HTTP to domain calls and back; no business rule lives here.
 
+mod admin;
 mod auth;
 mod gateway;
 mod keys;
@@ -34,6 +35,12 @@ pub async fn dispatch(
         Route::Me => auth::me(app, req, ctx).await,
         Route::UpdateMe => auth::update_me(app, req, ctx).await,
         Route::AdminUpdateUser(id) => auth::admin_update_user(app, req, ctx, id).await,
+        Route::AdminListServers => admin::list_servers(app, req, ctx).await,
+        Route::AdminCreateServer => admin::create_server(app, req, ctx).await,
+        Route::AdminUpdateServer(id) => admin::update_server(app, req, ctx, id).await,
+        Route::AdminDeleteServer(id) => admin::delete_server(app, req, ctx, id).await,
+        Route::AdminHealth => admin::health(app, req, ctx).await,
+        Route::AdminCheckHealth => admin::check_now(app, req, ctx).await,
         Route::ListKeys => keys::list(app, req, ctx).await,
         Route::CreateKey => keys::create(app, req, ctx).await,
         Route::GetKey(id) => keys::get(app, req, ctx, id).await,

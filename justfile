@@ -32,6 +32,10 @@ demo:
 migrate:
     cargo run --release --locked -p bluesminds -- migrate
 
+# A real LiteLLM proxy (PyPI) as the upstream, in front of the mock (outside CI).
+litellm-check:
+    bash scripts/litellm-check.sh
+
 # The full benchmark (filled by the benchmarks issue).
 bench:
     @echo "just bench is not built yet: it lands with the benchmarks issue (see docs/BENCHMARKS.md)." >&2

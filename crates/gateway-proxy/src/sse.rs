@@ -31,6 +31,40 @@ struct Choice<'a> {
     delta: Option<Delta<'a>>,
 }
 
+/// What to relay of one event.
+enum Relay {
+    Keep,
+    Drop,
+    /// The event rewritten without its `usage` field.
+    Replace(Bytes),
+}
+
+/// A usage chunk the client did not ask for: dropped when its choices carry nothing (OpenAI
+/// sends `"choices": []`, LiteLLM a choice with an empty delta), otherwise relayed without
+/// its `usage` field. Only usage chunks (one per stream) pay for this parse.
+fn usage_free(data: &[u8]) -> Relay {
+    let Ok(serde_json::Value::Object(mut chunk)) =
+        serde_json::from_slice::<serde_json::Value>(data)
+    else {
+        return Relay::Keep;
+    };
+    let carries_nothing = |c: &serde_json::Value| {
+        c.get("delta").is_none_or(|d| d.as_object().is_none_or(serde_json::Map::is_empty))
+            && c.get("finish_reason").is_none_or(serde_json::Value::is_null)
+    };
+    let empty = chunk
+        .get("choices")
+        .is_none_or(|c| c.as_array().is_none_or(|a| a.iter().all(carries_nothing)));
+    if empty {
+        return Relay::Drop;
+    }
+    chunk.remove("usage");
+    match serde_json::to_string(&chunk) {
+        Ok(json) => Relay::Replace(Bytes::from(format!("data: {json}\n\n"))),
+        Err(_) => Relay::Keep,
+    }
+}
+
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(borrow, default)]
@@ -72,12 +106,15 @@ impl SseTap {
         while let Some((end, delim)) = event_end(&self.carry[consumed..]) {
             let event_start = consumed;
             let event_end = consumed + end + delim;
-            let keep = self.observe(event_start, consumed + end);
-            if !keep && out.is_none() {
-                // First removal: start a copy of what was kept so far.
+            let relay = self.observe(event_start, consumed + end);
+            if !matches!(relay, Relay::Keep) && out.is_none() {
+                // First change: start a copy of what was kept so far.
                 out = Some(BytesMut::from(&self.carry[..event_start]));
-            } else if let (true, Some(o)) = (keep, out.as_mut()) {
-                o.extend_from_slice(&self.carry[event_start..event_end]);
+            }
+            match (relay, out.as_mut()) {
+                (Relay::Keep, Some(o)) => o.extend_from_slice(&self.carry[event_start..event_end]),
+                (Relay::Replace(b), Some(o)) => o.extend_from_slice(&b),
+                _ => {}
             }
             consumed = event_end;
         }
@@ -98,11 +135,11 @@ impl SseTap {
         (!self.carry.is_empty()).then(|| self.carry.split().freeze())
     }
 
-    /// Reads one event (`carry[start..end]`); returns whether to relay it.
-    fn observe(&mut self, start: usize, end: usize) -> bool {
+    /// Reads one event (`carry[start..end]`); returns what to relay of it.
+    fn observe(&mut self, start: usize, end: usize) -> Relay {
         self.events += 1;
         let event = &self.carry[start..end];
-        let mut keep = true;
+        let mut relay = Relay::Keep;
         for line in event.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(data) = line.strip_prefix(b"data:") else { continue };
@@ -125,12 +162,12 @@ impl SseTap {
             }
             if let Some(usage) = chunk.usage {
                 self.usage = Some(usage);
-                if self.strip_usage_chunk && chunk.choices.as_ref().is_none_or(Vec::is_empty) {
-                    keep = false;
+                if self.strip_usage_chunk {
+                    relay = usage_free(data);
                 }
             }
         }
-        keep
+        relay
     }
 
     /// The usage upstream reported, if it did.
@@ -209,6 +246,26 @@ mod tests {
         assert_eq!(tap.usage(), Some(Usage::new(3, 2)));
         let mut tap = SseTap::new(true);
         assert_eq!(feed_all(&mut tap, &[USAGE]), "");
+    }
+
+    #[test]
+    fn litellm_usage_chunks_with_an_empty_delta_are_removed_too() {
+        let litellm = "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3,\"total_tokens\":4}}\n\n";
+        let mut tap = SseTap::new(true);
+        assert_eq!(feed_all(&mut tap, &[CONTENT, litellm, DONE]), format!("{CONTENT}{DONE}"));
+        assert_eq!(tap.usage(), Some(Usage::new(1, 3)));
+        let mut tap = SseTap::new(false);
+        assert_eq!(feed_all(&mut tap, &[litellm]), litellm, "kept when the client asked");
+    }
+
+    #[test]
+    fn usage_riding_on_a_content_chunk_is_removed_but_the_content_kept() {
+        let both = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"end\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n";
+        let mut tap = SseTap::new(true);
+        let out = feed_all(&mut tap, &[both, DONE]);
+        assert!(out.contains("\"content\":\"end\"") && !out.contains("usage"), "{out}");
+        assert!(out.ends_with(DONE));
+        assert_eq!(tap.usage(), Some(Usage::new(2, 1)));
     }
 
     #[test]

@@ -327,18 +327,99 @@ async fn every_gateway_response_reports_its_overhead() {
     let overhead: f64 = r.header("x-bluesminds-overhead-ms").unwrap().parse().unwrap();
     assert!(overhead >= 0.0);
     assert!(r.header("x-request-id").is_some());
+    // Refusals and /models too.
+    let refused =
+        request_with(s.gw.addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).await;
+    assert_eq!(refused.status, 401);
+    let models =
+        request_with(s.gw.addr, "GET", "/v1/models", &[("authorization", &auth)], b"").await;
+    for r in [&refused, &models] {
+        assert!(
+            r.header("x-bluesminds-overhead-ms").is_some() && r.header("x-request-id").is_some()
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_redirects_are_never_followed() {
+    let s = setup(&[]).await;
+    let auth = format!("Bearer {}", s.key);
+    let body = json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "mock": {"fail": "status", "status": 307}}).to_string();
+    let r = request_with(
+        s.gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert!(r.status == 502 || r.status == 503, "{}: {:?}", r.status, r.body);
+    r.openai_error();
+    assert!(r.header("location").is_none(), "the redirect is not passed on either");
+}
+
+/// An admin change on one instance reaches another through Redis: the pool reloads there.
+#[tokio::test]
+async fn a_server_added_on_one_instance_is_used_by_another() {
+    let (Some(_), Some(redis)) =
+        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
+    else {
+        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: two-instance pool test skipped");
+        return;
+    };
+    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
+    let secret = "0123456789abcdef0123456789abcdef";
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("JWT_SECRET", secret),
+        ("API_KEY_SECRET", secret),
+        ("BLUESMINDS_REDIS__KEY_PREFIX", prefix.as_str()),
+        ("BLUESMINDS_HEALTH__INTERVAL_SECS", "3600"),
+    ];
+    let a = Gateway::start(&[], &env).await;
+    let b = Gateway::start(&[], &env).await;
+    let cookie = admin_cookie_with(&a, &env).await;
+    let key = user_with_key(a.addr, "two@example.com", json!({"name": "k"})).await;
+    let client_b = openai(&b, &key);
+    let (status, _) =
+        api_error(client_b.chat().create(chat_request("gpt-4", 2)).await.unwrap_err());
+    assert_eq!(status, 404, "no server yet");
+
+    let mock = Mock::start().await;
+    let r = admin(
+        &a,
+        &cookie,
+        "POST",
+        "/api/admin/servers",
+        json!({"name": "new", "base_url": mock.url(), "supported_models": ["gpt-4"]}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let started = std::time::Instant::now();
+    loop {
+        if client_b.chat().create(chat_request("gpt-4", 2)).await.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the second instance never learned of the new server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mock.requests() >= 1);
 }
 
 /// An admin session made with the CLI next to the running gateway.
 async fn admin_cookie(gw: &Gateway) -> String {
-    let out = support::command(
-        gw.dir.path(),
-        &["admin", "create", "--email", "root@example.com", "--password", "root password 1"],
-        &[],
-    )
-    .output()
-    .await
-    .unwrap();
+    admin_cookie_with(gw, &[]).await
+}
+
+/// The same, with the instance's environment (so the CLI uses the instance's database).
+async fn admin_cookie_with(gw: &Gateway, env: &[(&str, &str)]) -> String {
+    let args = ["admin", "create", "--email", "root@example.com", "--password", "root password 1"];
+    let out = support::command(gw.dir.path(), &args, env).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let creds = json!({"email": "root@example.com", "password": "root password 1"}).to_string();
     let r = support::request(gw.addr, "POST", "/api/auth/login", creds.as_bytes()).await;

@@ -49,7 +49,7 @@ pub async fn models<B>(app: &App, req: &Request<B>) -> Result<Response<ResBody>,
     Ok(json(StatusCode::OK, &List::new(data)))
 }
 
-fn overhead_value(overhead: Duration) -> HeaderValue {
+pub fn overhead_value(overhead: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
         .unwrap_or(HeaderValue::from_static("0"))
 }

@@ -51,7 +51,15 @@ pub async fn dispatch(
         Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
         Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let mut res = result.unwrap_or_else(|e| error_response(&e));
+    if matches!(route, Route::ChatCompletions | Route::Embeddings | Route::Models)
+        && !res.headers().contains_key(gateway::OVERHEAD_HEADER)
+    {
+        // Answered without an upstream (refused, or /models): all of it was the gateway's.
+        res.headers_mut()
+            .insert(gateway::OVERHEAD_HEADER, gateway::overhead_value(ctx.started.elapsed()));
+    }
+    res
 }
 
 /// Reads and parses a JSON body; unknown fields are refused where the type says so.

@@ -578,3 +578,48 @@ async fn a_dead_upstream_is_marked_unhealthy_and_used_again_when_it_returns() {
     }
     assert!(s.mocks[0].requests() > 0, "the returned server is used again");
 }
+
+#[tokio::test]
+async fn upstreams_that_hang_or_go_quiet_are_cut_by_the_timeouts() {
+    let s = setup(&[
+        ("BLUESMINDS_PROXY__FIRST_BYTE_TIMEOUT_MS", "300"),
+        ("BLUESMINDS_PROXY__STREAM_IDLE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let auth = format!("Bearer {}", s.key);
+    // No response head: every server times out, and the client hears so instead of hanging.
+    let body = json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "mock": {"fail": "hang"}}).to_string();
+    let started = std::time::Instant::now();
+    let r = request_with(
+        s.gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert!(r.status == 502 || r.status == 503, "{}", r.status);
+    r.openai_error();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the timeouts, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.mocks.iter().map(Mock::requests).sum::<u64>(), 2, "each server was tried once");
+
+    // A stream that goes quiet for longer than the idle timeout ends with an error event.
+    let mut conn = raw_stream(
+        &s.gw,
+        &s.key,
+        json!({"model": "gpt-4", "stream": true, "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}], "mock": {"chunk_delay_ms": 2000}}),
+    )
+    .await;
+    let mut text = String::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_string(&mut text))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(text.contains("upstream_timeout"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+}

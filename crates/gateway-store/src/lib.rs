@@ -20,6 +20,7 @@ mod error;
 mod servers;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod usage;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use time::OffsetDateTime;
 pub use auth::SqlAuthStore;
 pub use error::StoreError;
 pub use servers::SqlServerStore;
+pub use usage::SqlUsageStore;
 
 /// Connection pool settings.
 #[derive(Clone, Debug)]

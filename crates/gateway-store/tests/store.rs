@@ -186,3 +186,23 @@ async fn sql_server_store_meets_the_pool_contract() {
         gateway_balancer::store::conformance::server_store_contract(&store).await;
     }
 }
+
+#[tokio::test]
+async fn sql_usage_store_inserts_batches_once() {
+    use gateway_usage::{UsageRecord, UsageStore};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlUsageStore::new(db.store.clone());
+        let records: Vec<_> = (0..300).map(|_| UsageRecord::example()).collect();
+        store.insert_batch(&records).await.unwrap();
+        // A retried batch, partly new: only the new record is added.
+        let mut retry = records[..10].to_vec();
+        retry.push(UsageRecord::example());
+        store.insert_batch(&retry).await.unwrap();
+        store.insert_batch(&records[..5]).await.unwrap();
+        let rows = usage_logs::Entity::find().all(db.store.connection()).await.unwrap();
+        assert_eq!(rows.len(), 301, "{backend:?}");
+        let first = rows.iter().find(|r| r.request_id == records[0].request_id.as_uuid()).unwrap();
+        assert_eq!((first.prompt_tokens, first.completion_tokens, first.total_tokens), (3, 5, 8));
+    }
+}

@@ -1,7 +1,51 @@
-//! Usage records of the BluesMinds gateway: the `UsageSink` port that takes exactly one record
-//! per request off the hot path, the batched writer (bounded channel, multi-row inserts, retry
-//! with backoff, spill to a local file, flush on shutdown), and the stats and log queries.
+//! Usage records of the BluesMinds gateway: exactly one per request, written off the hot path,
+//! never lost, queryable by their owner.
 //!
-//! Status: the crate exists so the workspace has its final shape; it lands with the usage
-//! issue. The table it writes, `usage_logs`, already exists (monthly partitions on Postgres,
-//! `(request_id, created_at)` as the key that refuses double counting).
+//! - [`UsageRecord`]: what one request used and how it ended.
+//! - [`UsageStore`]: the persistence port (idempotent on `request_id`), with
+//!   [`InMemoryUsageStore`]; `gateway-store` implements it on Postgres and SQLite.
+//! - [`UsageWriter`]: the batched writer. [`UsageWriter::record`] never waits: it puts the
+//!   record on a bounded channel; a task writes batches (by size or every 100 ms), retries with
+//!   backoff when the database fails, and spills to an append-only file when the channel would
+//!   overflow or the database stays down; the file is replayed when the database is back, and
+//!   shutdown flushes everything.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use gateway_usage::{InMemoryUsageStore, UsageRecord, UsageStore, UsageWriter, WriterConfig};
+//!
+//! let store = Arc::new(InMemoryUsageStore::default());
+//! let dir = tempfile::tempdir().unwrap();
+//! let writer = UsageWriter::start(store.clone(), WriterConfig::new(dir.path().join("spill.jsonl")));
+//! writer.record(UsageRecord::example());
+//! writer.shutdown().await;
+//! assert_eq!(store.len(), 1);
+//! # });
+//! ```
+
+mod memory;
+mod record;
+mod writer;
+
+pub use memory::InMemoryUsageStore;
+pub use record::UsageRecord;
+pub use writer::{UsageWriter, WriterConfig, WriterStats};
+
+use async_trait::async_trait;
+
+/// Errors of a usage store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    #[error("usage store failed")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where usage records are kept.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Inserts records; a record whose `request_id` is already stored is skipped, so a retried
+    /// batch never counts twice.
+    async fn insert_batch(&self, records: &[UsageRecord]) -> Result<(), UsageError>;
+}

@@ -1,0 +1,59 @@
+//! In-memory usage store, for tests and embedding.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use gateway_core::RequestId;
+
+use crate::{UsageError, UsageRecord, UsageStore};
+
+/// Records in process memory, keyed by request id. Can be told to fail, to test the writer.
+#[derive(Debug, Default)]
+pub struct InMemoryUsageStore {
+    records: Mutex<HashMap<RequestId, UsageRecord>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl InMemoryUsageStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, UsageRecord>> {
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    pub fn records(&self) -> Vec<UsageRecord> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|r| r.request_id);
+        v
+    }
+
+    /// While set, every insert fails (a database outage).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("simulated outage")]
+struct Outage;
+
+#[async_trait]
+impl UsageStore for InMemoryUsageStore {
+    async fn insert_batch(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(UsageError::Store(Box::new(Outage)));
+        }
+        let mut map = self.lock();
+        for r in records {
+            map.entry(r.request_id).or_insert_with(|| r.clone());
+        }
+        Ok(())
+    }
+}

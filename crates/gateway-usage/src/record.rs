@@ -1,0 +1,57 @@
+//! One request's usage.
+
+use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What one gateway request used and how it ended. `request_id` and `created_at` are fixed
+/// when the record is made, so every retry of it is the same row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub request_id: RequestId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub user_id: UserId,
+    pub api_key_id: Option<ApiKeyId>,
+    pub server_id: Option<ServerId>,
+    /// `chat.completions` or `embeddings`.
+    pub endpoint: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_micros: i64,
+    pub latency_ms: u32,
+    pub upstream_latency_ms: Option<u32>,
+    pub status_code: u16,
+    pub is_error: bool,
+    pub error_message: Option<String>,
+    pub streamed: bool,
+    pub client_disconnected: bool,
+}
+
+impl UsageRecord {
+    /// A complete record with made-up values, for examples and tests.
+    pub fn example() -> Self {
+        Self {
+            request_id: RequestId::new(),
+            created_at: OffsetDateTime::now_utc(),
+            user_id: UserId::new(),
+            api_key_id: Some(ApiKeyId::new()),
+            server_id: None,
+            endpoint: "chat.completions".into(),
+            model: "gpt-4".into(),
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            total_tokens: 8,
+            cost_micros: 0,
+            latency_ms: 12,
+            upstream_latency_ms: Some(10),
+            status_code: 200,
+            is_error: false,
+            error_message: None,
+            streamed: false,
+            client_disconnected: false,
+        }
+    }
+}

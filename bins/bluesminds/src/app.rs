@@ -12,7 +12,8 @@ use gateway_proxy::Forwarder;
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::ForbiddenFields;
-use gateway_store::{SqlAuthStore, SqlServerStore, Store, StoreConfig};
+use gateway_store::{SqlAuthStore, SqlServerStore, SqlUsageStore, Store, StoreConfig};
+use gateway_usage::{UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
 
 use crate::bus::CacheInvalidations;
@@ -33,6 +34,8 @@ pub struct App {
     pub invalidations: Arc<CacheInvalidations>,
     pub forwarder: Forwarder,
     pub forbidden: ForbiddenFields,
+    /// One usage record per gateway request, written off the hot path.
+    pub usage: Arc<UsageWriter>,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
     /// `Secure` on cookies: the public URL is https.
@@ -137,6 +140,15 @@ impl App {
             names: p.forbidden_fields.clone().unwrap_or(defaults.names),
             prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
         };
+        let usage = Arc::new(UsageWriter::start(
+            Arc::new(SqlUsageStore::new(store.clone())),
+            WriterConfig {
+                capacity: config.usage.queue_capacity,
+                batch_size: config.usage.batch_size,
+                flush_every: Duration::from_millis(config.usage.flush_interval_ms),
+                ..WriterConfig::new(config.usage_spill_path())
+            },
+        ));
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -152,6 +164,7 @@ impl App {
             invalidations,
             forwarder,
             forbidden,
+            usage,
             in_flight,
             secure_cookies,
             public_origin,

@@ -18,6 +18,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub proxy: ProxyConfig,
     pub health: HealthConfig,
+    pub usage: UsageConfig,
     pub log: LogConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -209,6 +210,50 @@ impl Default for ProxyConfig {
     }
 }
 
+/// The usage writer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Records waiting for the writer before they spill to the file.
+    pub queue_capacity: usize,
+    /// Most records in one insert.
+    pub batch_size: usize,
+    /// A partial batch is written after this long.
+    pub flush_interval_ms: u64,
+    /// The append-only file of records the database could not take yet; empty: beside the
+    /// SQLite file, or `bluesminds-usage-spill.jsonl` in the working directory.
+    pub spill_path: String,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            batch_size: 500,
+            flush_interval_ms: 100,
+            spill_path: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Where the usage writer spills.
+    pub fn usage_spill_path(&self) -> PathBuf {
+        if !self.usage.spill_path.is_empty() {
+            return PathBuf::from(&self.usage.spill_path);
+        }
+        match self.database.sqlite_path() {
+            Some(db) => {
+                let dir =
+                    db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("bluesminds");
+                dir.join(format!("{stem}.usage-spill.jsonl"))
+            }
+            None => PathBuf::from("bluesminds-usage-spill.jsonl"),
+        }
+    }
+}
+
 /// Active health checks and passive failure detection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -356,6 +401,9 @@ impl Config {
             ("health.interval_secs", self.health.interval_secs),
             ("health.timeout_ms", self.health.timeout_ms),
             ("health.failure_threshold", u64::from(self.health.failure_threshold)),
+            ("usage.queue_capacity", self.usage.queue_capacity as u64),
+            ("usage.batch_size", self.usage.batch_size as u64),
+            ("usage.flush_interval_ms", self.usage.flush_interval_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));

@@ -54,6 +54,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         ));
     }
     server::serve(listener, app.clone(), shutdown).await;
+    // Every connection is finished or cut by now, so every request has left its record.
+    app.usage.shutdown().await;
+    let s = app.usage.stats();
+    tracing::info!(
+        written = s.written.load(std::sync::atomic::Ordering::Relaxed),
+        spilled = s.spilled.load(std::sync::atomic::Ordering::Relaxed),
+        dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "usage flushed"
+    );
     background.shutdown().await;
     if let Err(e) = app.verifier.flush_last_used().await {
         tracing::warn!(error = %e, "could not record the last use of API keys at shutdown");

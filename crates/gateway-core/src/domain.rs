@@ -205,8 +205,10 @@ pub struct ApiKeyMeta {
     pub created_at: OffsetDateTime,
 }
 
-/// Token counts of one request, as OpenAI reports them.
+/// Token counts of one request, as OpenAI reports them. Missing counts are zero (embeddings
+/// report no `completion_tokens`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -271,6 +273,12 @@ impl UpstreamServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedding_usage_without_completion_tokens_parses() {
+        let u: Usage = serde_json::from_str(r#"{"prompt_tokens":5,"total_tokens":5}"#).unwrap();
+        assert_eq!(u, Usage::new(5, 0));
+    }
 
     #[test]
     fn tier_table_matches_the_design() {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use gateway_auth::Principal;
 use gateway_core::openai::{List, Model};
-use gateway_core::{ApiError, ErrorKind, Scope};
+use gateway_core::{ApiError, ErrorKind, Scope, Usage};
 use gateway_proxy::request::{Endpoint, forward_body, inspect};
 use gateway_proxy::{ForwardRequest, Forwarded};
+use gateway_usage::UsageRecord;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -54,8 +55,71 @@ pub fn overhead_value(overhead: Duration) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// The usage record of one request, filled in as the request goes, finished exactly once
+/// (by `forward`, or for a stream by the relay's end callback).
+#[derive(Clone)]
+struct UsageDraft {
+    record: UsageRecord,
+    started: std::time::Instant,
+    /// Prompt tokens estimated from the body, for answers without usage.
+    prompt_estimate: u64,
+}
+
+impl UsageDraft {
+    fn new(ctx: Ctx, principal: &Principal, endpoint: Endpoint) -> Self {
+        let record = UsageRecord {
+            request_id: ctx.request_id,
+            created_at: time::OffsetDateTime::now_utc(),
+            user_id: principal.user_id,
+            api_key_id: Some(principal.key_id),
+            server_id: None,
+            endpoint: endpoint.as_str().to_owned(),
+            model: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cost_micros: 0,
+            latency_ms: 0,
+            upstream_latency_ms: None,
+            status_code: 0,
+            is_error: false,
+            error_message: None,
+            streamed: false,
+            client_disconnected: false,
+        };
+        Self { record, started: ctx.started, prompt_estimate: 0 }
+    }
+
+    fn finish(
+        mut self,
+        status: StatusCode,
+        usage: Option<Usage>,
+        error: Option<String>,
+    ) -> UsageRecord {
+        let r = &mut self.record;
+        r.status_code = status.as_u16();
+        r.is_error = error.is_some() || !status.is_success();
+        r.error_message = error.map(|e| e.chars().take(500).collect());
+        if let Some(u) = usage {
+            (r.prompt_tokens, r.completion_tokens) = (u.prompt_tokens, u.completion_tokens);
+            r.total_tokens = if u.total_tokens > 0 {
+                u.total_tokens
+            } else {
+                u.prompt_tokens + u.completion_tokens
+            };
+        }
+        r.latency_ms = self.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        self.record
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
 /// `POST /v1/chat/completions` and `POST /v1/embeddings`: authenticate, read the few fields
-/// needed in one pass, check the model, forward the client's bytes, relay the answer.
+/// needed in one pass, check the model, forward the client's bytes, relay the answer. Every
+/// authenticated request leaves exactly one usage record, whichever way it ends.
 pub async fn forward(
     app: &App,
     req: Request<Incoming>,
@@ -67,8 +131,43 @@ pub async fn forward(
         Endpoint::Embeddings => Scope::Embeddings,
     };
     let principal = authenticate(app, &req, scope).await?;
+    let mut draft = UsageDraft::new(ctx, &principal, endpoint);
+    match forward_authenticated(app, req, ctx, endpoint, &principal, &mut draft).await {
+        Ok(Step::Done(res, usage)) => {
+            let error =
+                (!res.status().is_success()).then(|| format!("upstream answered {}", res.status()));
+            app.usage.record(draft.finish(res.status(), usage, error));
+            Ok(res)
+        }
+        Ok(Step::Streaming(res)) => Ok(res),
+        Err(e) => {
+            let status = crate::http::status_of(e.kind);
+            app.usage.record(draft.finish(status, None, Some(e.message.to_string())));
+            Err(e)
+        }
+    }
+}
+
+enum Step {
+    /// A whole response, with the usage it reported.
+    Done(Response<ResBody>, Option<Usage>),
+    /// A stream: its usage record is written when it ends.
+    Streaming(Response<ResBody>),
+}
+
+async fn forward_authenticated(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: Ctx,
+    endpoint: Endpoint,
+    principal: &Principal,
+    draft: &mut UsageDraft,
+) -> Result<Step, ApiError> {
     let body = read_body(app, req).await?;
     let view = inspect(&body, endpoint, &app.forbidden)?;
+    draft.record.model = view.model.chars().take(200).collect();
+    draft.record.streamed = view.stream;
+    draft.prompt_estimate = view.estimated_prompt_tokens();
     if !principal.may_use_model(&view.model) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
@@ -97,7 +196,9 @@ pub async fn forward(
         })
         .await?;
     match forwarded {
-        Forwarded::Complete { status, content_type, body, upstream, .. } => {
+        Forwarded::Complete { status, content_type, body, usage, upstream, server } => {
+            draft.record.server_id = Some(server);
+            draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
             let mut res = Response::new(ResBody::full(body));
             *res.status_mut() = status;
@@ -107,15 +208,24 @@ pub async fn forward(
                 content_type.unwrap_or(HeaderValue::from_static("application/json")),
             );
             headers.insert(OVERHEAD_HEADER, overhead_value(overhead));
-            Ok(res)
+            Ok(Step::Done(res, usage))
         }
-        Forwarded::Stream { status, body, upstream, .. } => {
+        Forwarded::Stream { status, body, upstream, server } => {
+            draft.record.server_id = Some(server);
+            draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
-            let request_id = ctx.request_id;
+            let draft = draft.clone();
+            let usage = app.usage.clone();
             let body = body.on_end(move |end| {
-                if let Some(error) = &end.error {
-                    tracing::info!(%request_id, error, client_disconnected = end.client_disconnected, "stream ended early");
-                }
+                // Without a usage chunk: the prompt estimate plus what was relayed, never zero.
+                let reported = end.usage.unwrap_or_else(|| {
+                    Usage::new(draft.prompt_estimate, end.counted_completion_tokens)
+                });
+                // A client that leaves is not an error; the flag says what happened.
+                let error = if end.client_disconnected { None } else { end.error };
+                let mut record = draft.finish(StatusCode::OK, Some(reported), error);
+                record.client_disconnected = end.client_disconnected;
+                usage.record(record);
             });
             let mut res = Response::new(ResBody::Stream(Box::pin(body)));
             *res.status_mut() = status;
@@ -123,7 +233,7 @@ pub async fn forward(
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             headers.insert(OVERHEAD_HEADER, overhead_value(overhead));
-            Ok(res)
+            Ok(Step::Streaming(res))
         }
     }
 }

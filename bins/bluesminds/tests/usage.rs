@@ -1,0 +1,158 @@
+//! End-to-end tests of usage records: every request leaves exactly one row, with the tokens
+//! the upstream reported, whichever way it ended.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use gateway_store::entity::usage_logs;
+use sea_orm::EntityTrait;
+use serde_json::json;
+use support::{Gateway, Mock, PATIENCE, request_with, user_with_key};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MODELS: &str = "gpt-4,text-embedding-3-small";
+
+async fn rows(gw: &Gateway) -> Vec<usage_logs::Model> {
+    let url = format!("sqlite://{}?mode=ro", gw.db_path().display());
+    let store =
+        gateway_store::Store::connect(&url, &gateway_store::StoreConfig::default()).await.unwrap();
+    let mut rows = usage_logs::Entity::find().all(store.connection()).await.unwrap();
+    rows.sort_by_key(|r| r.request_id);
+    rows
+}
+
+#[tokio::test]
+async fn every_request_leaves_exactly_one_record_with_the_upstreams_tokens() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let mut gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+    let key = user_with_key(gw.addr, "usage@example.com", json!({"name": "u"})).await;
+    let auth = format!("Bearer {key}");
+    let post = |path: &'static str, body: serde_json::Value| {
+        let auth = auth.clone();
+        let addr = gw.addr;
+        async move {
+            request_with(
+                addr,
+                "POST",
+                path,
+                &[("authorization", &auth)],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let msg = json!([{"role": "user", "content": "Hello there!"}]);
+    // The mock: prompt tokens = ceil(bytes of the content JSON / 4) = ceil(14 / 4) = 4.
+    let prompt = 4;
+    let mut expected_tokens: Vec<(u64, u64, bool)> = Vec::new(); // (prompt, completion, is_error)
+
+    for n in [3, 5] {
+        let r = post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4", "messages": msg, "max_tokens": n}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["usage"]["prompt_tokens"], prompt);
+        expected_tokens.push((prompt, n, false));
+    }
+    // Streamed, with and without the usage chunk asked for: the upstream's counts either way.
+    for include in [false, true] {
+        let r = post("/v1/chat/completions", json!({"model": "gpt-4", "messages": msg, "max_tokens": 4, "stream": true, "stream_options": {"include_usage": include}})).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8_lossy(&r.body).contains("\"usage\""), include);
+        expected_tokens.push((prompt, 4, false));
+    }
+    // A stream whose upstream sends no usage: the prompt estimate plus what was relayed.
+    let r = post("/v1/chat/completions", json!({"model": "gpt-4", "messages": msg, "max_tokens": 4, "stream": true, "mock": {"omit_usage": true}})).await;
+    assert_eq!(r.status, 200);
+    let r = post("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "abcdefgh"}))
+        .await;
+    assert_eq!(r.status, 200);
+    let embedding_tokens = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    expected_tokens.push((embedding_tokens, 0, false));
+    // Failing upstream, refused model, bad body: one record each, marked as errors.
+    let r = post(
+        "/v1/chat/completions",
+        json!({"model": "gpt-4", "messages": msg, "mock": {"fail": "status", "status": 500}}),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let r = post("/v1/chat/completions", json!({"model": "no-such-model", "messages": msg})).await;
+    assert_eq!(r.status, 404);
+    let r =
+        post("/v1/chat/completions", json!({"model": "gpt-4", "messages": "not an array"})).await;
+    assert_eq!(r.status, 400);
+    // Not authenticated: no user to charge, no record.
+    let r = request_with(gw.addr, "POST", "/v1/chat/completions", &[], b"{}").await;
+    assert_eq!(r.status, 401);
+    // A client that leaves mid-stream.
+    let body = json!({"model": "gpt-4", "messages": msg, "max_tokens": 100, "stream": true, "mock": {"chunk_delay_ms": 30}}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 2048];
+    while !seen.contains("\"content\":\"Hello ") {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"));
+    drop(conn);
+    let started = std::time::Instant::now();
+    while mock.aborted_streams() == 0 {
+        assert!(started.elapsed() < PATIENCE);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    gw.terminate().await;
+    let (code, logs) = gw.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let rows = rows(&gw).await;
+    assert_eq!(rows.len(), 10, "one row per authenticated request: {rows:#?}");
+    let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids.len(), 10);
+
+    let ok: Vec<_> = rows.iter().filter(|r| !r.is_error && !r.client_disconnected).collect();
+    let mut seen: Vec<(u64, u64, bool)> = ok
+        .iter()
+        .filter(|r| !(r.streamed && r.completion_tokens == 4 && r.prompt_tokens != prompt as i64))
+        .map(|r| (r.prompt_tokens as u64, r.completion_tokens as u64, r.is_error))
+        .collect();
+    seen.sort_unstable();
+    let mut want = expected_tokens.clone();
+    want.sort_unstable();
+    assert!(want.iter().all(|w| seen.contains(w)), "want {want:?} within {seen:?}");
+    for r in &rows {
+        assert_eq!(r.total_tokens, r.prompt_tokens + r.completion_tokens, "{r:?}");
+    }
+    let no_usage = rows.iter().find(|r| {
+        r.streamed && !r.is_error && !r.client_disconnected && r.prompt_tokens != prompt as i64
+    });
+    let no_usage = no_usage.expect("the stream without a usage chunk");
+    assert!(
+        no_usage.prompt_tokens > 0 && no_usage.completion_tokens > 0,
+        "counted, never zero: {no_usage:?}"
+    );
+    let errors: Vec<_> = rows
+        .iter()
+        .filter(|r| r.is_error && !r.client_disconnected)
+        .map(|r| r.status_code)
+        .collect();
+    let mut errors = errors;
+    errors.sort_unstable();
+    assert_eq!(errors, vec![400, 404, 503]);
+    let gone = rows.iter().find(|r| r.client_disconnected).expect("the abandoned stream");
+    assert!(gone.streamed && gone.completion_tokens > 0, "billed for what was relayed: {gone:?}");
+    assert!(!gone.is_error, "leaving is not an error");
+    assert!(rows.iter().all(|r| r.api_key_id.is_some()));
+    assert!(logs.contains("usage flushed"), "{logs}");
+}

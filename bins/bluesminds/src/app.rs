@@ -13,7 +13,7 @@ use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::ForbiddenFields;
 use gateway_store::{SqlAuthStore, SqlServerStore, SqlUsageStore, Store, StoreConfig};
-use gateway_usage::{UsageWriter, WriterConfig};
+use gateway_usage::{UsageQueries, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
 
 use crate::bus::CacheInvalidations;
@@ -36,6 +36,7 @@ pub struct App {
     pub forbidden: ForbiddenFields,
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
+    pub usage_queries: Arc<dyn UsageQueries>,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
     /// `Secure` on cookies: the public URL is https.
@@ -140,8 +141,10 @@ impl App {
             names: p.forbidden_fields.clone().unwrap_or(defaults.names),
             prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
         };
+        let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
+        let usage_queries: Arc<dyn UsageQueries> = usage_store.clone();
         let usage = Arc::new(UsageWriter::start(
-            Arc::new(SqlUsageStore::new(store.clone())),
+            usage_store,
             WriterConfig {
                 capacity: config.usage.queue_capacity,
                 batch_size: config.usage.batch_size,
@@ -165,6 +168,7 @@ impl App {
             forwarder,
             forbidden,
             usage,
+            usage_queries,
             in_flight,
             secure_cookies,
             public_origin,

@@ -27,6 +27,8 @@ pub enum Route<'a> {
     AdminHealth,
     AdminCheckHealth,
     Models,
+    UsageLogs,
+    UsageStats,
     ChatCompletions,
     Embeddings,
 }
@@ -92,6 +94,8 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "admin", "users", id] => {
             pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdateUser(id))])
         }
+        ["api", "usage", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageLogs)]),
+        ["api", "usage", "stats"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageStats)]),
         ["api", "admin", "servers"] => pick(
             m,
             "GET, HEAD, POST",

@@ -156,3 +156,108 @@ async fn every_request_leaves_exactly_one_record_with_the_upstreams_tokens() {
     assert!(rows.iter().all(|r| r.api_key_id.is_some()));
     assert!(logs.contains("usage flushed"), "{logs}");
 }
+
+async fn login(addr: std::net::SocketAddr, email: &str) -> String {
+    let creds = json!({"email": email, "password": "correct horse battery"}).to_string();
+    let r = support::request(addr, "POST", "/api/auth/login", creds.as_bytes()).await;
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn owners_read_their_logs_and_stats_and_nobody_else_does() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+    let key = user_with_key(gw.addr, "owner@example.com", json!({"name": "u"})).await;
+    user_with_key(gw.addr, "other@example.com", json!({"name": "o"})).await;
+    let (owner, other) =
+        (login(gw.addr, "owner@example.com").await, login(gw.addr, "other@example.com").await);
+    let auth = format!("Bearer {key}");
+    for n in 1..=7u64 {
+        let body = json!({"model": "gpt-4", "max_tokens": n, "messages": [{"role": "user", "content": "Hello there!"}]}).to_string();
+        assert_eq!(
+            request_with(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body.as_bytes()
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let get = |path: String, cookie: String| async move {
+        request_with(gw.addr, "GET", &path, &[("cookie", &cookie)], b"").await
+    };
+
+    // The writer flushes within 100 ms; wait for all seven rows.
+    let started = std::time::Instant::now();
+    loop {
+        let r = get("/api/usage/logs?limit=100".into(), owner.clone()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.json()["data"].as_array().unwrap().len() == 7 {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "rows never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Pages of three, newest first, through the cursor.
+    let (mut cursor, mut completions) = (None::<String>, Vec::new());
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/usage/logs?limit=3&cursor={c}"),
+            None => "/api/usage/logs?limit=3".into(),
+        };
+        let page = get(path, owner.clone()).await.json();
+        for r in page["data"].as_array().unwrap() {
+            completions.push(r["completion_tokens"].as_u64().unwrap());
+            assert_eq!(r["user_id"], page["data"][0]["user_id"]);
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(completions, vec![7, 6, 5, 4, 3, 2, 1], "newest first, each once");
+
+    let stats = get("/api/usage/stats?group_by=model".into(), owner.clone()).await;
+    assert_eq!(stats.status, 200, "{:?}", stats.body);
+    let rows = stats.json()["data"].clone();
+    assert_eq!(rows[0]["group"], "gpt-4");
+    assert_eq!(rows[0]["requests"], 7);
+    assert_eq!(rows[0]["completion_tokens"], 28);
+    assert!(rows[0]["p95_latency_ms"].as_u64().is_some());
+    let by_day = get("/api/usage/stats?group_by=day".into(), owner.clone()).await.json();
+    assert_eq!(by_day["data"].as_array().unwrap().len(), 1);
+
+    // Another user sees none of it, and may not ask for it.
+    assert_eq!(get("/api/usage/logs".into(), other.clone()).await.json()["data"], json!([]));
+    assert_eq!(get("/api/usage/stats".into(), other.clone()).await.json()["data"], json!([]));
+    let owner_id =
+        get("/api/auth/me".into(), owner.clone()).await.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(format!("/api/usage/logs?user_id={owner_id}"), other.clone()).await.status, 403);
+    assert_eq!(get("/api/usage/logs".into(), String::new()).await.status, 401);
+
+    for (query, param) in [
+        ("/api/usage/logs?limit=0", "limit"),
+        ("/api/usage/logs?limit=abc", "limit"),
+        ("/api/usage/logs?status=maybe", "status"),
+        ("/api/usage/logs?key_id=x'--", "key_id"),
+        ("/api/usage/logs?cursor=nope", "cursor"),
+        ("/api/usage/logs?sort=asc", "sort"),
+        ("/api/usage/stats?group_by=hour", "group_by"),
+        ("/api/usage/stats?from=2026-13-01", "from"),
+        ("/api/usage/stats?from=2026-11-02&to=2026-11-01", "from"),
+    ] {
+        let r = get(query.into(), owner.clone()).await;
+        assert_eq!(r.status, 400, "{query}");
+        assert_eq!(r.openai_error()["param"], param, "{query}");
+    }
+}

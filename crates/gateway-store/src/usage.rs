@@ -1,8 +1,14 @@
 //! SQL adapter of the usage store: multi-row inserts that skip records already stored.
 
 use async_trait::async_trait;
-use gateway_usage::{UsageError, UsageRecord, UsageStore};
-use sea_orm::{EntityTrait, Set, TryInsertResult};
+use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
+use gateway_usage::query::{StatsSample, aggregate};
+use gateway_usage::{
+    LogQuery, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries, UsageRecord, UsageStore,
+};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TryInsertResult,
+};
 
 use crate::entity::usage_logs;
 use crate::{Store, StoreError};
@@ -68,5 +74,85 @@ impl UsageStore for SqlUsageStore {
             ) => Ok(()),
             Err(e) => Err(UsageError::Store(Box::new(StoreError::Db(e)))),
         }
+    }
+}
+
+fn record_of(row: usage_logs::Model) -> UsageRecord {
+    let u64_of = |v: i64| u64::try_from(v).unwrap_or(0);
+    UsageRecord {
+        request_id: RequestId(row.request_id),
+        created_at: row.created_at,
+        user_id: UserId(row.user_id),
+        api_key_id: row.api_key_id.map(ApiKeyId),
+        server_id: row.server_id.map(ServerId),
+        endpoint: row.endpoint,
+        model: row.model,
+        prompt_tokens: u64_of(row.prompt_tokens),
+        completion_tokens: u64_of(row.completion_tokens),
+        total_tokens: u64_of(row.total_tokens),
+        cost_micros: row.cost_micros,
+        latency_ms: u32::try_from(row.latency_ms).unwrap_or(0),
+        upstream_latency_ms: row.upstream_latency_ms.map(|v| u32::try_from(v).unwrap_or(0)),
+        status_code: u16::try_from(row.status_code).unwrap_or(0),
+        is_error: row.is_error,
+        error_message: row.error_message,
+        streamed: row.streamed,
+        client_disconnected: row.client_disconnected,
+    }
+}
+
+fn query_err(e: sea_orm::DbErr) -> UsageError {
+    UsageError::Store(Box::new(StoreError::Db(e)))
+}
+
+#[async_trait]
+impl UsageQueries for SqlUsageStore {
+    async fn logs(&self, q: &LogQuery) -> Result<Vec<UsageRecord>, UsageError> {
+        use usage_logs::Column as C;
+        let mut select = usage_logs::Entity::find().filter(C::UserId.eq(q.user_id.as_uuid()));
+        if let Some((t, id)) = q.before {
+            // Keyset: strictly older than the cursor, ties broken by request id.
+            select =
+                select.filter(Condition::any().add(C::CreatedAt.lt(t)).add(
+                    Condition::all().add(C::CreatedAt.eq(t)).add(C::RequestId.lt(id.as_uuid())),
+                ));
+        }
+        if let Some(m) = &q.model {
+            select = select.filter(C::Model.eq(m.as_str()));
+        }
+        if let Some(k) = q.key_id {
+            select = select.filter(C::ApiKeyId.eq(k.as_uuid()));
+        }
+        select = match q.status {
+            Some(StatusFilter::Success) => select.filter(C::IsError.eq(false)),
+            Some(StatusFilter::Error) => select.filter(C::IsError.eq(true)),
+            Some(StatusFilter::Code(c)) => {
+                select.filter(C::StatusCode.eq(i16::try_from(c).unwrap_or(i16::MAX)))
+            }
+            None => select,
+        };
+        let rows = select
+            .order_by_desc(C::CreatedAt)
+            .order_by_desc(C::RequestId)
+            .limit(u64::from(q.limit))
+            .all(self.store.connection())
+            .await
+            .map_err(query_err)?;
+        Ok(rows.into_iter().map(record_of).collect())
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError> {
+        use usage_logs::Column as C;
+        // The range bounds prune Postgres partitions; the (user_id, created_at) index serves
+        // the rest. Aggregation happens here, over the figures statistics need.
+        let rows = usage_logs::Entity::find()
+            .filter(C::UserId.eq(q.user_id.as_uuid()))
+            .filter(C::CreatedAt.gte(q.from))
+            .filter(C::CreatedAt.lt(q.to))
+            .all(self.store.connection())
+            .await
+            .map_err(query_err)?;
+        let samples = rows.into_iter().map(|r| StatsSample::from(&record_of(r)));
+        Ok(aggregate(samples, q.group_by))
     }
 }

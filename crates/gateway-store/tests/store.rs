@@ -206,3 +206,93 @@ async fn sql_usage_store_inserts_batches_once() {
         assert_eq!((first.prompt_tokens, first.completion_tokens, first.total_tokens), (3, 5, 8));
     }
 }
+
+#[tokio::test]
+async fn usage_logs_page_newest_first_and_stats_group() {
+    use gateway_core::UserId;
+    use gateway_usage::{
+        GroupBy, LogQuery, StatsQuery, StatusFilter, UsageQueries, UsageRecord, UsageStore,
+    };
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlUsageStore::new(db.store.clone());
+        let user = UserId::new();
+        let base = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let mut records = Vec::new();
+        for i in 0..25i64 {
+            let mut r = UsageRecord::example();
+            r.user_id = user;
+            // Several records share a timestamp: the cursor must break ties by request id.
+            r.created_at = base + time::Duration::seconds(i / 3);
+            r.model = if i % 2 == 0 { "gpt-4".into() } else { "gpt-3.5-turbo".into() };
+            r.is_error = i % 5 == 0;
+            r.status_code = if r.is_error { 503 } else { 200 };
+            records.push(r);
+        }
+        let mut other = UsageRecord::example();
+        other.created_at = base;
+        records.push(other);
+        store.insert_batch(&records).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut q = LogQuery {
+            user_id: user,
+            before: None,
+            limit: 10,
+            model: None,
+            key_id: None,
+            status: None,
+        };
+        loop {
+            let page = store.logs(&q).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            q.before = page.last().map(|r| (r.created_at, r.request_id));
+            seen.extend(page);
+        }
+        assert_eq!(seen.len(), 25, "{backend:?}: every record of the user once, none of others");
+        assert!(
+            seen.windows(2)
+                .all(|w| (w[0].created_at, w[0].request_id) > (w[1].created_at, w[1].request_id)),
+            "newest first"
+        );
+        let errors = store
+            .logs(&LogQuery {
+                status: Some(StatusFilter::Error),
+                limit: 100,
+                before: None,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(errors.len(), 5);
+        let gpt4 = store
+            .logs(&LogQuery {
+                model: Some("gpt-4".into()),
+                limit: 100,
+                before: None,
+                status: None,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(gpt4.len(), 13);
+
+        let stats = store
+            .stats(&StatsQuery {
+                user_id: user,
+                from: base,
+                to: base + time::Duration::hours(1),
+                group_by: GroupBy::Model,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stats.iter().map(|s| (s.group.as_str(), s.requests)).collect::<Vec<_>>(),
+            vec![("gpt-3.5-turbo", 12), ("gpt-4", 13)]
+        );
+        assert_eq!(stats.iter().map(|s| s.errors).sum::<u64>(), 5);
+        assert_eq!(stats[1].total_tokens, 13 * 8);
+    }
+}

@@ -25,10 +25,12 @@
 //! ```
 
 mod memory;
+pub mod query;
 mod record;
 mod writer;
 
 pub use memory::InMemoryUsageStore;
+pub use query::{GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageQueries};
 pub use record::UsageRecord;
 pub use writer::{UsageWriter, WriterConfig, WriterStats};
 

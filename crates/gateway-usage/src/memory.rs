@@ -57,3 +57,24 @@ impl UsageStore for InMemoryUsageStore {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::UsageQueries for InMemoryUsageStore {
+    async fn logs(&self, q: &crate::LogQuery) -> Result<Vec<UsageRecord>, UsageError> {
+        let mut v: Vec<_> =
+            self.lock().values().filter(|r| crate::query::matches(r, q)).cloned().collect();
+        v.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.request_id)));
+        v.truncate(q.limit as usize);
+        Ok(v)
+    }
+
+    async fn stats(&self, q: &crate::StatsQuery) -> Result<Vec<crate::StatsRow>, UsageError> {
+        let samples: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|r| r.user_id == q.user_id && r.created_at >= q.from && r.created_at < q.to)
+            .map(crate::query::StatsSample::from)
+            .collect();
+        Ok(crate::query::aggregate(samples, q.group_by))
+    }
+}

@@ -67,9 +67,12 @@ struct UsageDraft {
 
 impl UsageDraft {
     fn new(ctx: Ctx, principal: &Principal, endpoint: Endpoint) -> Self {
+        // Microseconds, as Postgres stores them: the log's cursor is then exact on every backend.
+        let now = time::OffsetDateTime::now_utc();
+        let created_at = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
         let record = UsageRecord {
             request_id: ctx.request_id,
-            created_at: time::OffsetDateTime::now_utc(),
+            created_at,
             user_id: principal.user_id,
             api_key_id: Some(principal.key_id),
             server_id: None,

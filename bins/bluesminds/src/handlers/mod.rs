@@ -6,6 +6,7 @@ mod gateway;
 mod keys;
 mod ops;
 mod session;
+mod usage;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub async fn dispatch(
         Route::DeleteKey(id) => keys::delete(app, req, ctx, id).await,
         Route::RotateKey(id) => keys::rotate(app, req, ctx, id).await,
         Route::Models => gateway::models(app, &req).await,
+        Route::UsageLogs => usage::logs(app, req, ctx).await,
+        Route::UsageStats => usage::stats(app, req, ctx).await,
         Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
         Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
     };

@@ -37,6 +37,7 @@ pub struct App {
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
     pub usage_queries: Arc<dyn UsageQueries>,
+    pub metrics: crate::metrics::Metrics,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
     /// `Secure` on cookies: the public URL is https.
@@ -169,6 +170,7 @@ impl App {
             forbidden,
             usage,
             usage_queries,
+            metrics: crate::metrics::Metrics::default(),
             in_flight,
             secure_cookies,
             public_origin,
@@ -177,6 +179,12 @@ impl App {
 }
 
 impl App {
+    /// Hands a finished request's usage to the writer and counts it in the metrics.
+    pub fn record_usage(&self, record: gateway_usage::UsageRecord) {
+        self.metrics.observe(&record, &self.pool);
+        self.usage.record(record);
+    }
+
     /// Reloads the pool from the database (after an admin change, here or on another
     /// instance). Servers that stay keep their runtime state.
     pub async fn reload_pool(&self) -> Result<(), ServerStoreError> {

@@ -11,6 +11,7 @@ pub mod demo;
 mod errors;
 mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod router;
 pub mod secrets;
 pub mod server;

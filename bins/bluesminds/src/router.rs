@@ -8,6 +8,7 @@ use http::Method;
 pub enum Route<'a> {
     Healthz,
     Readyz,
+    Metrics,
     Signup,
     Login,
     Logout,
@@ -37,7 +38,7 @@ impl Route<'_> {
     /// Operational endpoints are never shed by the in-flight cap, so probes keep answering
     /// under overload.
     pub fn is_ops(self) -> bool {
-        matches!(self, Route::Healthz | Route::Readyz)
+        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
     }
 }
 
@@ -68,6 +69,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
     match &segs[..n] {
         ["healthz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Healthz)]),
         ["readyz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Readyz)]),
+        ["metrics"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Metrics)]),
         ["api", "auth", "signup"] => pick(m, "POST", &[(Method::POST, Route::Signup)]),
         ["api", "auth", "login"] => pick(m, "POST", &[(Method::POST, Route::Login)]),
         ["api", "auth", "logout"] => pick(m, "POST", &[(Method::POST, Route::Logout)]),

@@ -113,6 +113,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
                     Ok(p) => Some(p),
                     Err(_) => {
                         tracing::warn!(request_id = %ctx.request_id, "in-flight cap reached: shedding");
+                        app.metrics.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return finish(error_response(&ApiError::overloaded()), None, ctx);
                     }
                 }

@@ -1,7 +1,7 @@
 //! End-to-end tests of usage records: every request leaves exactly one row, with the tokens
 //! the upstream reported, whichever way it ended.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::float_cmp)] // metric values are small integer counts, exact in f64
 
 mod support;
 
@@ -259,5 +259,81 @@ async fn owners_read_their_logs_and_stats_and_nobody_else_does() {
         let r = get(query.into(), owner.clone()).await;
         assert_eq!(r.status, 400, "{query}");
         assert_eq!(r.openai_error()["param"], param, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_never_carry_secrets() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+    let key = user_with_key(gw.addr, "metrics@example.com", json!({"name": "m"})).await;
+    let auth = format!("Bearer {key}");
+    for _ in 0..3 {
+        let body = json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+        assert_eq!(
+            request_with(
+                gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body.as_bytes()
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let body = json!({"model": "made-up-model-from-a-client", "messages": []}).to_string();
+    assert_eq!(
+        request_with(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            body.as_bytes()
+        )
+        .await
+        .status,
+        404
+    );
+
+    let r = request_with(gw.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("bluesminds_requests_total", &[("model", "gpt-4"), ("status", "200")]), 3.0);
+    assert_eq!(value("bluesminds_requests_total", &[("model", "other"), ("status", "404")]), 1.0);
+    assert_eq!(
+        value("bluesminds_tokens_total", &[("model", "gpt-4"), ("kind", "completion")]),
+        6.0
+    );
+    assert_eq!(value("bluesminds_upstream_healthy", &[("server", "env-1")]), 1.0);
+    assert!(
+        scrape.samples.iter().any(|s| s.metric == "bluesminds_request_duration_seconds"),
+        "the latency histogram is there"
+    );
+    assert!(scrape.samples.iter().any(|s| s.metric == "bluesminds_gateway_overhead_seconds"));
+    for secret in [&key[..], &key[3..11], "metrics@example.com", "made-up-model-from-a-client"] {
+        assert!(!text.contains(secret), "{secret} in /metrics");
     }
 }

@@ -124,7 +124,7 @@ fn millis(d: Duration) -> u32 {
 /// needed in one pass, check the model, forward the client's bytes, relay the answer. Every
 /// authenticated request leaves exactly one usage record, whichever way it ends.
 pub async fn forward(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     ctx: Ctx,
     endpoint: Endpoint,
@@ -139,13 +139,13 @@ pub async fn forward(
         Ok(Step::Done(res, usage)) => {
             let error =
                 (!res.status().is_success()).then(|| format!("upstream answered {}", res.status()));
-            app.usage.record(draft.finish(res.status(), usage, error));
+            app.record_usage(draft.finish(res.status(), usage, error));
             Ok(res)
         }
         Ok(Step::Streaming(res)) => Ok(res),
         Err(e) => {
             let status = crate::http::status_of(e.kind);
-            app.usage.record(draft.finish(status, None, Some(e.message.to_string())));
+            app.record_usage(draft.finish(status, None, Some(e.message.to_string())));
             Err(e)
         }
     }
@@ -159,7 +159,7 @@ enum Step {
 }
 
 async fn forward_authenticated(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     ctx: Ctx,
     endpoint: Endpoint,
@@ -203,6 +203,7 @@ async fn forward_authenticated(
             draft.record.server_id = Some(server);
             draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
+            app.metrics.observe_overhead(endpoint.as_str(), overhead);
             let mut res = Response::new(ResBody::full(body));
             *res.status_mut() = status;
             let headers = res.headers_mut();
@@ -217,8 +218,9 @@ async fn forward_authenticated(
             draft.record.server_id = Some(server);
             draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
+            app.metrics.observe_overhead(endpoint.as_str(), overhead);
             let draft = draft.clone();
-            let usage = app.usage.clone();
+            let app = Arc::clone(app);
             let body = body.on_end(move |end| {
                 // Without a usage chunk: the prompt estimate plus what was relayed, never zero.
                 let reported = end.usage.unwrap_or_else(|| {
@@ -228,7 +230,7 @@ async fn forward_authenticated(
                 let error = if end.client_disconnected { None } else { end.error };
                 let mut record = draft.finish(StatusCode::OK, Some(reported), error);
                 record.client_disconnected = end.client_disconnected;
-                usage.record(record);
+                app.record_usage(record);
             });
             let mut res = Response::new(ResBody::Stream(Box::pin(body)));
             *res.status_mut() = status;

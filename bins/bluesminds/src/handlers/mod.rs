@@ -30,6 +30,7 @@ pub async fn dispatch(
     let result = match route {
         Route::Healthz => Ok(ops::healthz()),
         Route::Readyz => Ok(ops::readyz(app).await),
+        Route::Metrics => Ok(ops::metrics(app)),
         Route::Signup => auth::signup(app, req, ctx).await,
         Route::Login => auth::login(app, req, ctx).await,
         Route::Logout => auth::logout(app, req, ctx).await,

@@ -61,3 +61,14 @@ async fn redis_ping(pool: &deadpool_redis::Pool) -> anyhow::Result<()> {
     anyhow::ensure!(pong == "PONG", "unexpected PING reply");
     Ok(())
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(app: &App) -> Response<ResBody> {
+    let text = app.metrics.render(&app.pool, &app.usage);
+    let mut res = Response::new(ResBody::full(text));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}

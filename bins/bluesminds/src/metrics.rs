@@ -1,0 +1,230 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+//!
+//! Labels are bounded and never carry a key, an email or client text: models are labelled
+//! only when the pool serves them (anything else is `other`), servers by their admin-given
+//! name.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gateway_balancer::ServerPool;
+use gateway_usage::{UsageRecord, UsageWriter};
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (b, c) in BUCKETS.iter().zip(self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// (endpoint, model, status) -> requests
+    requests: BTreeMap<(String, String, u16), u64>,
+    /// (endpoint, model, kind) -> tokens
+    tokens: BTreeMap<(String, String, &'static str), u64>,
+    /// (endpoint, model) -> micro-dollars
+    cost: BTreeMap<(String, String), i64>,
+    /// endpoint -> total latency
+    latency: BTreeMap<String, Histogram>,
+    /// endpoint -> time in the gateway itself
+    overhead: BTreeMap<String, Histogram>,
+    disconnects: u64,
+}
+
+/// The gateway's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<Counters>,
+    /// Requests refused by the in-flight cap.
+    pub shed: AtomicU64,
+    /// Requests refused by rate limits and quotas.
+    pub rate_limited: AtomicU64,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a finished request from its usage record.
+    pub fn observe(&self, r: &UsageRecord, pool: &ServerPool) {
+        let model = if pool.knows_model(&r.model) { r.model.clone() } else { "other".to_owned() };
+        let mut c = self.lock();
+        *c.requests.entry((r.endpoint.clone(), model.clone(), r.status_code)).or_default() += 1;
+        for (kind, n) in [("prompt", r.prompt_tokens), ("completion", r.completion_tokens)] {
+            *c.tokens.entry((r.endpoint.clone(), model.clone(), kind)).or_default() += n;
+        }
+        *c.cost.entry((r.endpoint.clone(), model)).or_default() += r.cost_micros;
+        c.latency.entry(r.endpoint.clone()).or_default().observe(f64::from(r.latency_ms) / 1000.0);
+        c.disconnects += u64::from(r.client_disconnected);
+    }
+
+    /// Records the gateway's own time for one request.
+    pub fn observe_overhead(&self, endpoint: &str, overhead: Duration) {
+        self.lock()
+            .overhead
+            .entry(endpoint.to_owned())
+            .or_default()
+            .observe(overhead.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self, pool: &ServerPool, usage: &UsageWriter) -> String {
+        let mut out = String::with_capacity(4096);
+        let c = self.lock();
+        out.push_str("# HELP bluesminds_requests_total Gateway requests by endpoint, model and status.\n# TYPE bluesminds_requests_total counter\n");
+        for ((e, m, s), n) in &c.requests {
+            let _ = writeln!(
+                out,
+                "bluesminds_requests_total{{endpoint=\"{e}\",model=\"{}\",status=\"{s}\"}} {n}",
+                escape(m)
+            );
+        }
+        out.push_str("# HELP bluesminds_tokens_total Tokens by endpoint, model and kind.\n# TYPE bluesminds_tokens_total counter\n");
+        for ((e, m, k), n) in &c.tokens {
+            let _ = writeln!(
+                out,
+                "bluesminds_tokens_total{{endpoint=\"{e}\",model=\"{}\",kind=\"{k}\"}} {n}",
+                escape(m)
+            );
+        }
+        out.push_str("# HELP bluesminds_cost_micro_dollars_total Cost in micro-dollars.\n# TYPE bluesminds_cost_micro_dollars_total counter\n");
+        for ((e, m), n) in &c.cost {
+            let _ = writeln!(
+                out,
+                "bluesminds_cost_micro_dollars_total{{endpoint=\"{e}\",model=\"{}\"}} {n}",
+                escape(m)
+            );
+        }
+        out.push_str("# HELP bluesminds_request_duration_seconds Total request time.\n# TYPE bluesminds_request_duration_seconds histogram\n");
+        for (e, h) in &c.latency {
+            h.render(&mut out, "bluesminds_request_duration_seconds", &format!("endpoint=\"{e}\""));
+        }
+        out.push_str("# HELP bluesminds_gateway_overhead_seconds Time spent in the gateway itself, upstream excluded.\n# TYPE bluesminds_gateway_overhead_seconds histogram\n");
+        for (e, h) in &c.overhead {
+            h.render(&mut out, "bluesminds_gateway_overhead_seconds", &format!("endpoint=\"{e}\""));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_client_disconnects_total Streams the client left early.\n# TYPE bluesminds_client_disconnects_total counter\nbluesminds_client_disconnects_total {}",
+            c.disconnects
+        );
+        drop(c);
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_shed_requests_total Requests refused by the in-flight cap.\n# TYPE bluesminds_shed_requests_total counter\nbluesminds_shed_requests_total {}",
+            self.shed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_rate_limited_requests_total Requests refused by rate limits or quotas.\n# TYPE bluesminds_rate_limited_requests_total counter\nbluesminds_rate_limited_requests_total {}",
+            self.rate_limited.load(Ordering::Relaxed)
+        );
+
+        out.push_str("# HELP bluesminds_upstream_healthy Whether an upstream server is healthy (1), degraded (0.5) or not (0).\n# TYPE bluesminds_upstream_healthy gauge\n");
+        let servers = pool.snapshot();
+        for s in servers.iter() {
+            let v = match s.health() {
+                gateway_core::HealthStatus::Healthy | gateway_core::HealthStatus::Unknown => 1.0,
+                gateway_core::HealthStatus::Degraded => 0.5,
+                gateway_core::HealthStatus::Unhealthy => 0.0,
+            };
+            let _ = writeln!(
+                out,
+                "bluesminds_upstream_healthy{{server=\"{}\"}} {v}",
+                escape(&s.server().name)
+            );
+        }
+        out.push_str("# HELP bluesminds_upstream_in_flight Requests in flight per upstream server.\n# TYPE bluesminds_upstream_in_flight gauge\n");
+        for s in servers.iter() {
+            let _ = writeln!(
+                out,
+                "bluesminds_upstream_in_flight{{server=\"{}\"}} {}",
+                escape(&s.server().name),
+                s.in_flight()
+            );
+        }
+        out.push_str("# HELP bluesminds_upstream_circuit_open Whether an upstream's circuit is open.\n# TYPE bluesminds_upstream_circuit_open gauge\n");
+        for s in servers.iter() {
+            let _ = writeln!(
+                out,
+                "bluesminds_upstream_circuit_open{{server=\"{}\"}} {}",
+                escape(&s.server().name),
+                u8::from(s.circuit_open())
+            );
+        }
+        let st = usage.stats();
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_usage_queue_depth Usage records waiting for the writer.\n# TYPE bluesminds_usage_queue_depth gauge\nbluesminds_usage_queue_depth {}",
+            usage.queue_depth()
+        );
+        for (name, help, v) in [
+            (
+                "bluesminds_usage_written_total",
+                "Usage records written to the database.",
+                &st.written,
+            ),
+            (
+                "bluesminds_usage_spilled_total",
+                "Usage records spilled to the local file.",
+                &st.spilled,
+            ),
+            (
+                "bluesminds_usage_replayed_total",
+                "Spilled usage records replayed into the database.",
+                &st.replayed,
+            ),
+            (
+                "bluesminds_usage_dropped_total",
+                "Usage records lost (database and spill file both failed).",
+                &st.dropped,
+            ),
+            (
+                "bluesminds_database_errors_total",
+                "Failed database writes of usage batches.",
+                &st.failed_batches,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}

@@ -337,3 +337,111 @@ async fn metrics_parse_as_prometheus_text_and_never_carry_secrets() {
         assert!(!text.contains(secret), "{secret} in /metrics");
     }
 }
+
+/// The host:port of a Postgres URL.
+fn pg_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).unwrap();
+    let host = rest.split('/').next().unwrap();
+    let host = host.rsplit('@').next().unwrap();
+    let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
+    std::net::ToSocketAddrs::to_socket_addrs(&host).unwrap().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_no_request_and_no_record() {
+    let Some(pg) = gateway_store::testing::postgres_url() else {
+        eprintln!("TEST_DATABASE_URL not set: database outage test skipped");
+        return;
+    };
+    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
+    let relay = support::Relay::start(pg_addr(&pg)).await;
+    let host = pg_addr(&pg).to_string();
+    let proxied = db.url.replacen(&host, &relay.addr.to_string(), 1).replacen(
+        "localhost:5432",
+        &relay.addr.to_string(),
+        1,
+    );
+    assert_ne!(proxied, db.url, "the gateway must reach Postgres through the relay");
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let secret = "0123456789abcdef0123456789abcdef";
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("DATABASE_URL", proxied.as_str()),
+            ("JWT_SECRET", secret),
+            ("API_KEY_SECRET", secret),
+            ("LITELLM_SERVER_1_URL", url.as_str()),
+            ("LITELLM_SERVER_1_MODELS", MODELS),
+            ("BLUESMINDS_DATABASE__MAX_CONNECTIONS", "4"),
+        ],
+    )
+    .await;
+    let key = user_with_key(gw.addr, "outage@example.com", json!({"name": "o"})).await;
+    let auth = format!("Bearer {key}");
+    let chat = |stream: bool| {
+        let auth = auth.clone();
+        let addr = gw.addr;
+        async move {
+            let body = json!({"model": "gpt-4", "max_tokens": 2, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            request_with(
+                addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body.as_bytes(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(chat(false).await, 200, "the key is verified and cached");
+
+    relay.cut();
+    let mut served = 1;
+    for i in 0..40 {
+        assert_eq!(chat(i % 3 == 0).await, 200, "request {i} during the outage");
+        served += 1;
+    }
+    let ready = request_with(gw.addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(ready.status, 503, "readiness tells the outage");
+    assert_ne!(ready.json()["checks"]["database"], "ok");
+    // Keep the database down until the writer has tried, failed and spilled.
+    let scrape = || async {
+        String::from_utf8(request_with(gw.addr, "GET", "/metrics", &[], b"").await.body.to_vec())
+            .unwrap()
+    };
+    let counter = |metrics: &str, name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while counter(&scrape().await, "bluesminds_usage_spilled_total ") == 0 {
+        assert!(started.elapsed() < PATIENCE, "the writer never spilled during the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counter(&scrape().await, "bluesminds_database_errors_total ") > 0);
+    assert_eq!(chat(true).await, 200, "still serving");
+    served += 1;
+
+    relay.restore();
+    let count = || async {
+        use sea_orm::PaginatorTrait;
+        usage_logs::Entity::find().count(db.store.connection()).await.unwrap()
+    };
+    let started = std::time::Instant::now();
+    while count().await < served {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {} of {served} rows arrived after the outage",
+            count().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count().await, served, "every request left exactly one row");
+    // And they got there the long way: spilled during the outage, replayed after it.
+    let metrics = scrape().await;
+    let spilled = counter(&metrics, "bluesminds_usage_spilled_total ");
+    assert!(spilled > 0, "{metrics}");
+    assert_eq!(counter(&metrics, "bluesminds_usage_replayed_total "), spilled);
+    assert_eq!(counter(&metrics, "bluesminds_usage_dropped_total "), 0);
+}

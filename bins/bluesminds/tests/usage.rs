@@ -445,3 +445,66 @@ async fn a_database_outage_loses_no_request_and_no_record() {
     assert_eq!(counter(&metrics, "bluesminds_usage_replayed_total "), spilled);
     assert_eq!(counter(&metrics, "bluesminds_usage_dropped_total "), 0);
 }
+
+#[tokio::test]
+async fn sigterm_under_load_leaves_one_row_per_completed_request() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let mut gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+    let key = user_with_key(gw.addr, "load@example.com", json!({"name": "l"})).await;
+    let completed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (completed, stop, key, addr) = (completed.clone(), stop.clone(), key.clone(), gw.addr);
+            tokio::spawn(async move {
+                let auth = format!("Bearer {key}");
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let stream = (w + i).is_multiple_of(2);
+                    let body = json!({"model": "gpt-4", "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunk_delay_ms": 5}}).to_string();
+                    // A fresh connection per request: one the server never accepted is not
+                    // counted by either side.
+                    let Ok(conn) = tokio::net::TcpStream::connect(addr).await else { break };
+                    let Ok((mut sender, c)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn)).await else { break };
+                    tokio::spawn(c);
+                    let req = http::Request::post("/v1/chat/completions")
+                        .header("host", "x")
+                        .header("authorization", &auth)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap();
+                    let Ok(res) = sender.send_request(req).await else { break };
+                    let status = res.status();
+                    let Ok(body) = http_body_util::BodyExt::collect(res.into_body()).await else { break };
+                    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+                    let whole = if stream { text.contains("[DONE]") } else { text.contains("\"usage\"") };
+                    if status == 200 && whole {
+                        completed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the load build up, then ask the gateway to stop while requests are in flight.
+    let started = std::time::Instant::now();
+    while completed.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        assert!(started.elapsed() < PATIENCE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.terminate().await;
+    let (code, logs) = gw.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(code, Some(0), "{logs}");
+    let rows = rows(&gw).await;
+    let done = completed.load(std::sync::atomic::Ordering::SeqCst) as usize;
+    assert_eq!(rows.len(), done, "rows must equal the completed requests");
+    assert!(rows.iter().all(|r| r.status_code == 200 && !r.client_disconnected));
+}

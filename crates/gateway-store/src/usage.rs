@@ -4,10 +4,12 @@ use async_trait::async_trait;
 use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
 use gateway_usage::query::{StatsSample, aggregate};
 use gateway_usage::{
-    LogQuery, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries, UsageRecord, UsageStore,
+    GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries, UsageRecord,
+    UsageStore,
 };
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TryInsertResult,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, Statement, TryInsertResult,
 };
 
 use crate::entity::usage_logs;
@@ -143,8 +145,10 @@ impl UsageQueries for SqlUsageStore {
 
     async fn stats(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError> {
         use usage_logs::Column as C;
-        // The range bounds prune Postgres partitions; the (user_id, created_at) index serves
-        // the rest. Aggregation happens here, over the figures statistics need.
+        if self.store.backend() == DatabaseBackend::Postgres {
+            return self.stats_in_sql(q).await;
+        }
+        // Embedded SQLite has no percentile function: aggregate the range in process.
         let rows = usage_logs::Entity::find()
             .filter(C::UserId.eq(q.user_id.as_uuid()))
             .filter(C::CreatedAt.gte(q.from))
@@ -154,5 +158,51 @@ impl UsageQueries for SqlUsageStore {
             .map_err(query_err)?;
         let samples = rows.into_iter().map(|r| StatsSample::from(&record_of(r)));
         Ok(aggregate(samples, q.group_by))
+    }
+}
+
+impl SqlUsageStore {
+    /// Postgres: one aggregate query. The range bounds prune the monthly partitions and the
+    /// (user_id, created_at) index finds the user's rows; the p95 is nearest-rank, as in
+    /// `gateway_usage::query::aggregate`.
+    async fn stats_in_sql(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError> {
+        let group = match q.group_by {
+            GroupBy::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            GroupBy::Model => "model",
+            GroupBy::Key => "coalesce(api_key_id::text, 'none')",
+        };
+        let sql = format!(
+            "SELECT {group} AS grp, count(*) AS requests, \
+             sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens, \
+             sum(total_tokens)::bigint AS total_tokens, sum(cost_micros)::bigint AS cost_micros, \
+             count(*) FILTER (WHERE is_error) AS errors, avg(latency_ms)::float8 AS avg_latency_ms, \
+             percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms \
+             FROM usage_logs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 \
+             GROUP BY grp ORDER BY grp"
+        );
+        let stmt = Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            sql,
+            [q.user_id.as_uuid().into(), q.from.into(), q.to.into()],
+        );
+        let rows = self.store.connection().query_all_raw(stmt).await.map_err(query_err)?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        rows.iter()
+            .map(|r| {
+                Ok(StatsRow {
+                    group: r.try_get("", "grp")?,
+                    requests: u(r.try_get("", "requests")?),
+                    prompt_tokens: u(r.try_get("", "prompt_tokens")?),
+                    completion_tokens: u(r.try_get("", "completion_tokens")?),
+                    total_tokens: u(r.try_get("", "total_tokens")?),
+                    cost_micros: r.try_get("", "cost_micros")?,
+                    errors: u(r.try_get("", "errors")?),
+                    avg_latency_ms: r.try_get("", "avg_latency_ms")?,
+                    p95_latency_ms: u32::try_from(r.try_get::<i32>("", "p95_latency_ms")?)
+                        .unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, sea_orm::DbErr>>()
+            .map_err(query_err)
     }
 }

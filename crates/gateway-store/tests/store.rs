@@ -294,5 +294,33 @@ async fn usage_logs_page_newest_first_and_stats_group() {
         );
         assert_eq!(stats.iter().map(|s| s.errors).sum::<u64>(), 5);
         assert_eq!(stats[1].total_tokens, 13 * 8);
+        // Every grouping agrees with the reference aggregation, whichever way the backend
+        // computes it (SQL on Postgres, in process on SQLite).
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r.user_id == user)
+            .map(gateway_usage::query::StatsSample::from)
+            .collect();
+        for group_by in [GroupBy::Day, GroupBy::Model, GroupBy::Key] {
+            let got = store
+                .stats(&StatsQuery {
+                    user_id: user,
+                    from: base,
+                    to: base + time::Duration::hours(1),
+                    group_by,
+                })
+                .await
+                .unwrap();
+            let want = gateway_usage::query::aggregate(mine.clone(), group_by);
+            assert_eq!(got.len(), want.len(), "{backend:?} {group_by:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (&g.group, g.requests, g.total_tokens, g.errors, g.p95_latency_ms),
+                    (&w.group, w.requests, w.total_tokens, w.errors, w.p95_latency_ms),
+                    "{backend:?} {group_by:?}"
+                );
+                assert!((g.avg_latency_ms - w.avg_latency_ms).abs() < 1e-9);
+            }
+        }
     }
 }

@@ -4,9 +4,10 @@
 //! - [`UsageRecord`]: what one request used and how it ended.
 //! - [`UsageStore`]: the persistence port (idempotent on `request_id`), with
 //!   [`InMemoryUsageStore`]; `gateway-store` implements it on Postgres and SQLite.
-//! - [`UsageWriter`]: the batched writer. [`UsageWriter::record`] never waits: it puts the
-//!   record on a bounded channel; a task writes batches (by size or every 100 ms), retries with
-//!   backoff when the database fails, and spills to an append-only file when the channel would
+//! - [`UsageSink`]: where the gateway hands each request's record, without waiting.
+//! - [`UsageWriter`]: the batched writer, the production sink. [`UsageWriter::record`] never
+//!   waits: it puts the record on a bounded channel; a task writes batches (by size or every
+//!   100 ms), retries with backoff when the database fails, and spills to an append-only file when the channel would
 //!   overflow or the database stays down; the file is replayed when the database is back, and
 //!   shutdown flushes everything.
 //!
@@ -42,6 +43,18 @@ use async_trait::async_trait;
 pub enum UsageError {
     #[error("usage store failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Takes one usage record per request without waiting; [`UsageWriter`] is the production
+/// sink.
+pub trait UsageSink: Send + Sync {
+    fn record(&self, record: UsageRecord);
+}
+
+impl UsageSink for UsageWriter {
+    fn record(&self, record: UsageRecord) {
+        UsageWriter::record(self, record);
+    }
 }
 
 /// Where usage records are kept.

@@ -1,0 +1,43 @@
+//! How many usage rows per second the writer stores: 100,000 records handed to a
+//! `UsageWriter` over `SqlUsageStore` (batches of 500), timed until the last row is written.
+//! SQLite always; Postgres when `TEST_DATABASE_URL` is set.
+//!
+//! `cargo bench -p gateway-store --bench usage_writer`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gateway_store::testing::{TestDb, backends};
+use gateway_usage::{UsageRecord, UsageWriter, WriterConfig};
+
+const N: usize = 100_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        println!("| Backend | Records | Batch | Seconds | Rows/s |");
+        println!("|---|---|---|---|---|");
+        for backend in backends() {
+            let db = TestDb::migrated(backend).await;
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(gateway_store::SqlUsageStore::new(db.store.clone()));
+            let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+            config.capacity = N;
+            let batch = config.batch_size;
+            let records: Vec<_> = (0..N).map(|_| UsageRecord::example()).collect();
+            let writer = UsageWriter::start(store, config);
+            let started = Instant::now();
+            for r in records {
+                writer.record(r);
+            }
+            writer.shutdown().await;
+            let secs = started.elapsed().as_secs_f64();
+            let stats = writer.stats();
+            assert_eq!(stats.written.load(std::sync::atomic::Ordering::Relaxed), N as u64);
+            assert_eq!(stats.spilled.load(std::sync::atomic::Ordering::Relaxed), 0);
+            println!("| {backend:?} | {N} | {batch} | {secs:.2} | {:.0} |", N as f64 / secs);
+        }
+    });
+}

@@ -1,11 +1,119 @@
-//! Per-key rate limits and token quotas for the BluesMinds gateway: RPM and TPM over sliding
-//! one-minute windows, daily and monthly token quotas over calendar UTC periods.
+//! Per-key rate limits and token quotas for the BluesMinds gateway: requests and tokens per
+//! minute, tokens per calendar UTC day and month.
 //!
-//! The port is a `RateLimiter` trait: one call before forwarding checks and reserves every
-//! window atomically (one request, plus a token estimate), and one call after the response
-//! settles the reservation to the real usage. Two adapters are held to one conformance suite:
-//! Redis (one versioned Lua script, one round trip, exact across replicas) and in-memory (the
-//! embedded mode, one process).
+//! One [`RateLimiter::reserve`] call before forwarding checks every window and, only if all of
+//! them allow it, reserves one request and a token estimate in all of them at once;
+//! [`RateLimiter::settle`] replaces the estimate with the real count afterwards (refunding or
+//! charging the difference; a failed request settles to zero tokens).
 //!
-//! Status: the crate exists so the workspace has its final shape; the limiter lands with the
-//! rate-limit issue. The tier defaults it enforces are `gateway_core::Tier::limits`.
+//! Per-minute windows count one-second buckets over the last 61 seconds, so no 60-second span
+//! ever admits more than the limit; the price is that a client may be refused up to one
+//! second's worth of traffic early. Days and months are calendar periods in UTC.
+//!
+//! Adapters: [`InMemoryLimiter`] (one process) and [`RedisLimiter`] (one Lua script, one round
+//! trip, exact across any number of gateway instances sharing the Redis), held to one
+//! conformance suite.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use gateway_core::{ApiKeyId, Tier};
+//! use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter};
+//!
+//! let limiter = InMemoryLimiter::default();
+//! let key = ApiKeyId::new();
+//! let limits = Tier::Free.limits(); // 10 requests a minute
+//! let now = 1_800_000_000_000;
+//! for _ in 0..10 {
+//!     let Decision::Allowed { reservation, .. } = limiter.reserve(key, &limits, 10, now).await.unwrap() else { panic!() };
+//!     limiter.settle(&reservation, 8).await.unwrap();
+//! }
+//! assert!(matches!(limiter.reserve(key, &limits, 10, now).await.unwrap(), Decision::Refused { .. }));
+//! # });
+//! ```
+
+mod memory;
+mod redis_limiter;
+mod window;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+
+use async_trait::async_trait;
+use gateway_core::{ApiKeyId, Limits};
+
+pub use memory::InMemoryLimiter;
+pub use redis_limiter::RedisLimiter;
+
+/// Which window refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    RequestsPerMinute,
+    TokensPerMinute,
+    TokensPerDay,
+    TokensPerMonth,
+}
+
+impl Window {
+    /// Requests and tokens per minute protect capacity (`rate_limit_exceeded`); daily and
+    /// monthly tokens protect money (`insufficient_quota`).
+    pub fn is_quota(self) -> bool {
+        matches!(self, Window::TokensPerDay | Window::TokensPerMonth)
+    }
+}
+
+/// What the `x-ratelimit-*` headers report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub limit_requests: u64,
+    pub remaining_requests: u64,
+    pub limit_tokens: u64,
+    pub remaining_tokens: u64,
+    /// Seconds until the request window has room again.
+    pub reset_requests_secs: u64,
+    pub reset_tokens_secs: u64,
+}
+
+/// A reservation to settle once the real usage is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub key: ApiKeyId,
+    pub tokens: u64,
+    /// The second the reservation was counted in (unix seconds).
+    pub second: i64,
+    /// `YYYYMMDD` and `YYYYMM` of the quota periods charged.
+    pub day: u32,
+    pub month: u32,
+}
+
+/// The answer to a reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allowed { reservation: Reservation, snapshot: Snapshot },
+    Refused { window: Window, retry_after_secs: u64, snapshot: Snapshot },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// The backing store (Redis) failed or did not answer in time.
+    #[error("rate limiter unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Checks and reserves every window of a key at once.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Reserves one request and `tokens` (an estimate) in every window, or nothing if any
+    /// window would be exceeded. `now_ms`: milliseconds since the Unix epoch.
+    async fn reserve(
+        &self,
+        key: ApiKeyId,
+        limits: &Limits,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<Decision, LimitError>;
+
+    /// Replaces the reservation's estimate with `actual_tokens`.
+    async fn settle(&self, reservation: &Reservation, actual_tokens: u64)
+    -> Result<(), LimitError>;
+}

@@ -1,0 +1,55 @@
+-- BluesMinds rate limiter, reserve, version 1. One call checks every window of a key and,
+-- only if all allow it, reserves one request and ARGV[6] tokens in all of them.
+-- KEYS: requests hash, tokens hash (field: unix second, value: count), day counter, month counter
+-- ARGV: now (unix seconds), rpm, tpm, daily, monthly, tokens, seconds to midnight, seconds to month end
+-- Returns {allowed (1/0), window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used, tokens used}
+local now = tonumber(ARGV[1])
+local rpm, tpm, daily, monthly, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local window = 61
+
+-- Sum a bucket hash over the window, dropping buckets that left it; returns sum and sorted buckets.
+local function load(key)
+  local flat = redis.call('HGETALL', key)
+  local sum, buckets, stale = 0, {}, {}
+  for i = 1, #flat, 2 do
+    local s, c = tonumber(flat[i]), tonumber(flat[i + 1])
+    if s <= now - window then
+      stale[#stale + 1] = flat[i]
+    else
+      sum = sum + c
+      buckets[#buckets + 1] = {s, c}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  return sum, buckets
+end
+
+-- Seconds until `need` more fits under `limit` as the oldest buckets leave the window.
+local function wait(buckets, used, limit, need)
+  for _, b in ipairs(buckets) do
+    used = used - b[2]
+    if used + need <= limit then return math.max(1, b[1] + window - now) end
+  end
+  return window
+end
+
+local req_used, req_buckets = load(KEYS[1])
+local tok_used, tok_buckets = load(KEYS[2])
+local day_used = tonumber(redis.call('GET', KEYS[3]) or '0')
+local month_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+
+if req_used + 1 > rpm then return {0, 1, wait(req_buckets, req_used, rpm, 1), req_used, tok_used} end
+if tok_used + cost > tpm then return {0, 2, wait(tok_buckets, tok_used, tpm, cost), req_used, tok_used} end
+if day_used + cost > daily then return {0, 3, tonumber(ARGV[7]), req_used, tok_used} end
+if month_used + cost > monthly then return {0, 4, tonumber(ARGV[8]), req_used, tok_used} end
+
+redis.call('HINCRBY', KEYS[1], now, 1)
+redis.call('EXPIRE', KEYS[1], window + 1)
+redis.call('HINCRBY', KEYS[2], now, cost)
+redis.call('EXPIRE', KEYS[2], window + 1)
+redis.call('INCRBY', KEYS[3], cost)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]) + 3600)
+redis.call('INCRBY', KEYS[4], cost)
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]) + 86400)
+return {1, 0, 0, req_used + 1, tok_used + cost}

@@ -1,0 +1,108 @@
+//! The contract of every [`RateLimiter`] adapter: in memory here, Redis in `tests/redis.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
+
+use gateway_core::{ApiKeyId, Limits};
+
+use crate::{Decision, RateLimiter, Reservation, Window};
+
+const T0: i64 = 1_800_000_000_000; // a whole second, mid-month
+
+fn limits(rpm: u64, tpm: u64, daily: u64, monthly: u64) -> Limits {
+    Limits { rpm, tpm, daily_tokens: daily, monthly_tokens: monthly }
+}
+
+async fn allowed(
+    l: &dyn RateLimiter,
+    key: ApiKeyId,
+    lim: &Limits,
+    tokens: u64,
+    now: i64,
+) -> Reservation {
+    match l.reserve(key, lim, tokens, now).await.unwrap() {
+        Decision::Allowed { reservation, .. } => reservation,
+        other @ Decision::Refused { .. } => panic!("expected to be allowed, got {other:?}"),
+    }
+}
+
+async fn refused(
+    l: &dyn RateLimiter,
+    key: ApiKeyId,
+    lim: &Limits,
+    tokens: u64,
+    now: i64,
+) -> (Window, u64) {
+    match l.reserve(key, lim, tokens, now).await.unwrap() {
+        Decision::Refused { window, retry_after_secs, .. } => (window, retry_after_secs),
+        other @ Decision::Allowed { .. } => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+pub async fn limiter_contract(l: &dyn RateLimiter) {
+    // Requests per minute: the limit, then a refusal that says when to come back, then room
+    // again once the window has moved on. No 60-second span holds more than the limit.
+    let key = ApiKeyId::new();
+    let lim = limits(10, 1_000_000, 1_000_000, 1_000_000);
+    for i in 0..10 {
+        allowed(l, key, &lim, 1, T0 + i * 1000).await;
+    }
+    let (window, retry) = refused(l, key, &lim, 1, T0 + 30_000).await;
+    assert_eq!(window, Window::RequestsPerMinute);
+    assert_eq!(retry, 31, "the first request leaves the window 61 s after it came");
+    refused(l, key, &lim, 1, T0 + 60_000).await;
+    allowed(l, key, &lim, 1, T0 + 61_000).await;
+    refused(l, key, &lim, 1, T0 + 61_500).await;
+
+    // Tokens per minute; a refusal reserves nothing (the request count is untouched).
+    let key = ApiKeyId::new();
+    let lim = limits(100, 1000, 1_000_000, 1_000_000);
+    allowed(l, key, &lim, 600, T0).await;
+    let (window, _) = refused(l, key, &lim, 500, T0 + 1000).await;
+    assert_eq!(window, Window::TokensPerMinute);
+    allowed(l, key, &lim, 400, T0 + 1000).await;
+    refused(l, key, &lim, 1, T0 + 2000).await;
+
+    // Settling refunds an over-estimate and charges an under-estimate.
+    let key = ApiKeyId::new();
+    let lim = limits(100, 1_000_000, 1000, 1_000_000);
+    let r = allowed(l, key, &lim, 900, T0).await;
+    l.settle(&r, 100).await.unwrap();
+    allowed(l, key, &lim, 850, T0 + 1000).await;
+    let (window, retry) = refused(l, key, &lim, 100, T0 + 2000).await;
+    assert_eq!(window, Window::TokensPerDay);
+    assert!(window.is_quota());
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let r = allowed(l, key, &lim, 0, T0 + 3000).await;
+    l.settle(&r, 500).await.unwrap();
+    refused(l, key, &lim, 1, T0 + 4000).await;
+    // A failed request settles to zero: its whole estimate comes back.
+    let key = ApiKeyId::new();
+    let r = allowed(l, key, &lim, 1000, T0).await;
+    l.settle(&r, 0).await.unwrap();
+    allowed(l, key, &lim, 1000, T0 + 1000).await;
+
+    // The daily quota starts over at UTC midnight; the monthly one holds until the month turns.
+    let key = ApiKeyId::new();
+    let lim = limits(100, 1_000_000, 500, 700);
+    let day_end = time::macros::datetime!(2026-11-30 23:59:59 UTC).unix_timestamp() * 1000;
+    allowed(l, key, &lim, 500, day_end - 10_000).await;
+    assert_eq!(refused(l, key, &lim, 1, day_end).await, (Window::TokensPerDay, 1));
+    let next_day = day_end + 120_000; // 1 December: a new day and a new month
+    allowed(l, key, &lim, 500, next_day).await;
+    assert_eq!(refused(l, key, &lim, 1, next_day + 1000).await.0, Window::TokensPerDay);
+    let early_month = time::macros::datetime!(2026-11-02 10:00 UTC).unix_timestamp() * 1000;
+    let key = ApiKeyId::new();
+    allowed(l, key, &lim, 400, early_month).await;
+    allowed(l, key, &lim, 300, early_month + 86_400_000).await;
+    assert_eq!(
+        refused(l, key, &lim, 1, early_month + 2 * 86_400_000).await.0,
+        Window::TokensPerMonth
+    );
+
+    // Keys do not share windows.
+    let (a, b) = (ApiKeyId::new(), ApiKeyId::new());
+    let lim = limits(1, 1000, 1000, 1000);
+    allowed(l, a, &lim, 1, T0).await;
+    allowed(l, b, &lim, 1, T0).await;
+    refused(l, a, &lim, 1, T0).await;
+}

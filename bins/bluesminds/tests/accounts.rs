@@ -666,25 +666,9 @@ async fn no_key_password_or_session_reaches_the_logs() {
 /// pub/sub invalidation can make this pass.
 #[tokio::test]
 async fn revocation_reaches_a_second_instance_through_redis() {
-    let (Some(_), Some(redis)) =
-        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
-    else {
-        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: two-instance test skipped");
-        return;
-    };
-    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
-    let secret = "0123456789abcdef0123456789abcdef";
-    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-        ("JWT_SECRET", secret),
-        ("API_KEY_SECRET", secret),
-        ("BLUESMINDS_REDIS__KEY_PREFIX", prefix.as_str()),
-        ("BLUESMINDS_AUTH__KEY_CACHE_TTL_MS", "3600000"),
-        MODELS_ENV[0],
-        MODELS_ENV[1],
-    ];
+    let extra = [("BLUESMINDS_AUTH__KEY_CACHE_TTL_MS", "3600000"), MODELS_ENV[0], MODELS_ENV[1]];
+    let Some((_db, env)) = support::shared_backends(&extra).await else { return };
+    let env = support::env_refs(&env);
     let a = Gateway::start(&[], &env).await;
     let b = Gateway::start(&[], &env).await;
     let s = signup_and_login(a.addr, "multi@example.com").await;

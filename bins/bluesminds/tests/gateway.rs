@@ -361,23 +361,12 @@ async fn upstream_redirects_are_never_followed() {
 /// An admin change on one instance reaches another through Redis: the pool reloads there.
 #[tokio::test]
 async fn a_server_added_on_one_instance_is_used_by_another() {
-    let (Some(_), Some(redis)) =
-        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
+    let Some((_db, env)) =
+        support::shared_backends(&[("BLUESMINDS_HEALTH__INTERVAL_SECS", "3600")]).await
     else {
-        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: two-instance pool test skipped");
         return;
     };
-    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
-    let secret = "0123456789abcdef0123456789abcdef";
-    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REDIS_URL", redis.as_str()),
-        ("JWT_SECRET", secret),
-        ("API_KEY_SECRET", secret),
-        ("BLUESMINDS_REDIS__KEY_PREFIX", prefix.as_str()),
-        ("BLUESMINDS_HEALTH__INTERVAL_SECS", "3600"),
-    ];
+    let env = support::env_refs(&env);
     let a = Gateway::start(&[], &env).await;
     let b = Gateway::start(&[], &env).await;
     let cookie = admin_cookie_with(&a, &env).await;

@@ -36,18 +36,8 @@ async fn every_request_leaves_exactly_one_record_with_the_upstreams_tokens() {
     let key = user_with_key(gw.addr, "usage@example.com", json!({"name": "u"})).await;
     let auth = format!("Bearer {key}");
     let post = |path: &'static str, body: serde_json::Value| {
-        let auth = auth.clone();
-        let addr = gw.addr;
-        async move {
-            request_with(
-                addr,
-                "POST",
-                path,
-                &[("authorization", &auth)],
-                body.to_string().as_bytes(),
-            )
-            .await
-        }
+        let (key, addr) = (key.clone(), gw.addr);
+        async move { support::post_with_key(addr, path, &key, &body).await }
     };
     let msg = json!([{"role": "user", "content": "Hello there!"}]);
     // The mock: prompt tokens = ceil(bytes of the content JSON / 4) = ceil(14 / 4) = 4.

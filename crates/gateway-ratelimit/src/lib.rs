@@ -73,6 +73,20 @@ pub struct Snapshot {
     pub reset_tokens_secs: u64,
 }
 
+impl Snapshot {
+    /// The headers' view of `limits` with `requests` and `tokens` used in the current minute.
+    pub fn from_usage(limits: &Limits, requests: u64, tokens: u64) -> Self {
+        Self {
+            limit_requests: limits.rpm,
+            remaining_requests: limits.rpm.saturating_sub(requests),
+            limit_tokens: limits.tpm,
+            remaining_tokens: limits.tpm.saturating_sub(tokens),
+            reset_requests_secs: 0,
+            reset_tokens_secs: 0,
+        }
+    }
+}
+
 /// A reservation to settle once the real usage is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {

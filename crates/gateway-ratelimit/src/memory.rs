@@ -76,18 +76,15 @@ impl RateLimiter for InMemoryLimiter {
         let tok_used: u64 = st.tokens.iter().map(|(_, c)| c).sum();
         let reqs: Vec<_> = st.requests.iter().copied().collect();
         let toks: Vec<_> = st.tokens.iter().copied().collect();
-        let snapshot = |req_used: u64, tok_used: u64| Snapshot {
-            limit_requests: limits.rpm,
-            remaining_requests: limits.rpm.saturating_sub(req_used),
-            limit_tokens: limits.tpm,
-            remaining_tokens: limits.tpm.saturating_sub(tok_used),
-            reset_requests_secs: reqs
-                .first()
-                .map_or(0, |(s, _)| u64::try_from(s + WINDOW_SECS - now).unwrap_or(0)),
-            reset_tokens_secs: toks
-                .first()
-                .map_or(0, |(s, _)| u64::try_from(s + WINDOW_SECS - now).unwrap_or(0)),
+        let reset = |b: &[(i64, u64)]| {
+            b.first().map_or(0, |(s, _)| u64::try_from(s + WINDOW_SECS - now).unwrap_or(0))
         };
+        let snapshot = |req_used: u64, tok_used: u64| Snapshot {
+            reset_requests_secs: reset(&reqs),
+            reset_tokens_secs: reset(&toks),
+            ..Snapshot::from_usage(limits, req_used, tok_used)
+        };
+
         let refused = if req_used + 1 > limits.rpm {
             Some((Window::RequestsPerMinute, wait_secs(&reqs, now, limits.rpm, 1)))
         } else if tok_used + tokens > limits.tpm {

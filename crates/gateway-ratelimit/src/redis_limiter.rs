@@ -94,14 +94,10 @@ impl RateLimiter for RedisLimiter {
         inv.arg(tokens).arg(to_midnight).arg(to_month_end);
         let (allowed, window, retry_after, req_used, tok_used): (i64, i64, u64, u64, u64) =
             self.call(inv).await?;
-        let snapshot = Snapshot {
-            limit_requests: limits.rpm,
-            remaining_requests: limits.rpm.saturating_sub(req_used),
-            limit_tokens: limits.tpm,
-            remaining_tokens: limits.tpm.saturating_sub(tok_used),
-            reset_requests_secs: if allowed == 1 { 0 } else { retry_after },
-            reset_tokens_secs: 0,
-        };
+        let mut snapshot = Snapshot::from_usage(limits, req_used, tok_used);
+        if allowed != 1 {
+            snapshot.reset_requests_secs = retry_after;
+        }
         if allowed == 1 {
             return Ok(Decision::Allowed {
                 reservation: Reservation { key, tokens, second: now, day, month },

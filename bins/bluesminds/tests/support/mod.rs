@@ -1,7 +1,7 @@
 //! Helpers of the end-to-end tests: start the real `bluesminds` binary on port 0 in a
 //! directory of its own, and talk to it over real sockets.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test support
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -292,4 +292,45 @@ impl Relay {
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// POSTs a JSON body with a bearer key.
+pub async fn post_with_key(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> Reply {
+    let auth = format!("Bearer {key}");
+    request_with(addr, "POST", path, &[("authorization", &auth)], body.to_string().as_bytes()).await
+}
+
+/// Two or more instances on one fresh Postgres database and the test Redis, under a Redis
+/// prefix of their own: the database (dropped with it) and the environment to start them
+/// with. `None` when `TEST_DATABASE_URL` or `TEST_REDIS_URL` is not set.
+pub async fn shared_backends(
+    extra: &[(&str, &str)],
+) -> Option<(gateway_store::testing::TestDb, Vec<(String, String)>)> {
+    let (Some(_), Some(redis)) =
+        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
+    else {
+        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: multi-instance test skipped");
+        return None;
+    };
+    let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
+    let secret = "0123456789abcdef0123456789abcdef";
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("REDIS_URL".into(), redis),
+        ("JWT_SECRET".into(), secret.into()),
+        ("API_KEY_SECRET".into(), secret.into()),
+        ("BLUESMINDS_REDIS__KEY_PREFIX".into(), format!("bmtest{}", uuid::Uuid::new_v4().simple())),
+    ];
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Some((db, env))
+}
+
+/// Borrowed view of an owned environment, for `Gateway::start`.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }

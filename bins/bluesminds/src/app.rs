@@ -85,6 +85,7 @@ impl App {
                 format!("invalid redis.url ({})", redact_url(&config.redis.url))
             })?)
         };
+        let redis_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let auth_store = Arc::new(SqlAuthStore::new(store.clone()));
         let a = &config.auth;
         let verifier = Arc::new(KeyVerifier::new(
@@ -115,6 +116,7 @@ impl App {
             verifier: verifier.clone(),
             redis: redis.clone(),
             channel: crate::bus::channel(&config.redis.key_prefix),
+            errors: redis_errors.clone(),
         });
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
@@ -170,7 +172,7 @@ impl App {
             forbidden,
             usage,
             usage_queries,
-            metrics: crate::metrics::Metrics::default(),
+            metrics: crate::metrics::Metrics::with_redis_errors(redis_errors),
             in_flight,
             secure_cookies,
             public_origin,

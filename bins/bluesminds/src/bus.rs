@@ -21,6 +21,8 @@ pub struct CacheInvalidations {
     pub verifier: Arc<KeyVerifier>,
     pub redis: Option<deadpool_redis::Pool>,
     pub channel: String,
+    /// Counts failed Redis calls for `/metrics`.
+    pub errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CacheInvalidations {
@@ -32,6 +34,7 @@ impl CacheInvalidations {
     fn publish(&self, message: String) {
         let Some(pool) = self.redis.clone() else { return };
         let channel = self.channel.clone();
+        let errors = self.errors.clone();
         tokio::spawn(async move {
             let sent = tokio::time::timeout(Duration::from_secs(1), async {
                 let mut conn = pool.get().await?;
@@ -43,6 +46,9 @@ impl CacheInvalidations {
                 anyhow::Ok(())
             })
             .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -94,12 +100,17 @@ pub async fn listen(
     channel: String,
     verifier: Arc<KeyVerifier>,
     on_servers: Arc<dyn Fn() + Send + Sync>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
         match subscribe(&redis_url, &channel, &verifier, on_servers.as_ref()).await {
-            Ok(()) => tracing::warn!("invalidation channel closed; reconnecting"),
+            Ok(()) => {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("invalidation channel closed; reconnecting");
+            }
             Err(e) => {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "invalidation channel unavailable; key changes from other instances apply within the key-cache TTL");
             }
         }

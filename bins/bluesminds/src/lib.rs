@@ -47,11 +47,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 });
             }
         });
+        let errors = app.metrics.redis_errors.clone();
         background.spawn(bus::listen(
             app.config.redis.url.clone(),
             channel,
             app.verifier.clone(),
             on_servers,
+            errors,
         ));
     }
     server::serve(listener, app.clone(), shutdown).await;

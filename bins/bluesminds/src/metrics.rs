@@ -68,6 +68,8 @@ pub struct Metrics {
     pub shed: AtomicU64,
     /// Requests refused by rate limits and quotas.
     pub rate_limited: AtomicU64,
+    /// Failed Redis calls (the invalidation bus today).
+    pub redis_errors: std::sync::Arc<AtomicU64>,
 }
 
 fn escape(v: &str) -> String {
@@ -75,6 +77,11 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Metrics whose Redis error counter is shared with the code that talks to Redis.
+    pub fn with_redis_errors(redis_errors: std::sync::Arc<AtomicU64>) -> Self {
+        Self { redis_errors, ..Self::default() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -186,6 +193,11 @@ impl Metrics {
                 u8::from(s.circuit_open())
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_redis_errors_total Failed Redis calls.\n# TYPE bluesminds_redis_errors_total counter\nbluesminds_redis_errors_total {}",
+            self.redis_errors.load(Ordering::Relaxed)
+        );
         let st = usage.stats();
         let _ = writeln!(
             out,

@@ -234,6 +234,22 @@ async fn owners_read_their_logs_and_stats_and_nobody_else_does() {
         get("/api/auth/me".into(), owner.clone()).await.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(get(format!("/api/usage/logs?user_id={owner_id}"), other.clone()).await.status, 403);
     assert_eq!(get("/api/usage/logs".into(), String::new()).await.status, 401);
+    // An admin may read anyone's usage by user_id.
+    let out = support::command(
+        gw.dir.path(),
+        &["admin", "create", "--email", "root@example.com", "--password", "correct horse battery"],
+        &[],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let admin = login(gw.addr, "root@example.com").await;
+    let theirs = get(format!("/api/usage/logs?user_id={owner_id}&limit=100"), admin.clone()).await;
+    assert_eq!(theirs.json()["data"].as_array().unwrap().len(), 7);
+    let their_stats =
+        get(format!("/api/usage/stats?user_id={owner_id}&group_by=key"), admin).await.json();
+    assert_eq!(their_stats["data"][0]["requests"], 7);
 
     for (query, param) in [
         ("/api/usage/logs?limit=0", "limit"),

@@ -7,8 +7,9 @@ use gateway_usage::{
     GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries, UsageRecord,
     UsageStore,
 };
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, Statement, TryInsertResult,
 };
 
@@ -113,11 +114,12 @@ impl UsageQueries for SqlUsageStore {
         use usage_logs::Column as C;
         let mut select = usage_logs::Entity::find().filter(C::UserId.eq(q.user_id.as_uuid()));
         if let Some((t, id)) = q.before {
-            // Keyset: strictly older than the cursor, ties broken by request id.
-            select =
-                select.filter(Condition::any().add(C::CreatedAt.lt(t)).add(
-                    Condition::all().add(C::CreatedAt.eq(t)).add(C::RequestId.lt(id.as_uuid())),
-                ));
+            // Keyset as a row comparison, so the index seeks straight to the page:
+            // (created_at, request_id) < (t, id). The redundant bound on created_at alone lets
+            // Postgres prune the monthly partitions after the cursor.
+            let row = Expr::tuple([Expr::col(C::CreatedAt), Expr::col(C::RequestId)]);
+            let cursor = Expr::tuple([Expr::value(t), Expr::value(id.as_uuid())]);
+            select = select.filter(row.lt(cursor)).filter(C::CreatedAt.lte(t));
         }
         if let Some(m) = &q.model {
             select = select.filter(C::Model.eq(m.as_str()));

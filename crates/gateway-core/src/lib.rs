@@ -1,5 +1,5 @@
 //! Domain types shared by every BluesMinds crate: ids, users and tiers, API-key metadata,
-//! limits, usage, upstream servers, the OpenAI wire types the gateway reads, the error model
+//! limits, usage, upstream servers, shared pieces of OpenAI's wire format, the error model
 //! with its single mapping to the OpenAI error body, and a [`Clock`] with a test double.
 //!
 //! This crate does no I/O and knows nothing of HTTP servers or databases, so any Rust service

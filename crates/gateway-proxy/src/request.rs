@@ -376,6 +376,11 @@ mod tests {
     }
 
     #[test]
+    fn escaped_model_names_are_decoded() {
+        assert_eq!(chat(r#"{"model":"gpt\u002d4","messages":[]}"#).unwrap().model, "gpt-4");
+    }
+
+    #[test]
     fn fields_that_steer_the_upstream_are_refused_anywhere() {
         for body in [
             r#"{"model":"m","messages":[],"api_base":"http://evil"}"#,

@@ -243,15 +243,18 @@ impl Config {
             return PathBuf::from(&self.usage.spill_path);
         }
         match self.database.sqlite_path() {
-            Some(db) => {
-                let dir =
-                    db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("bluesminds");
-                dir.join(format!("{stem}.usage-spill.jsonl"))
-            }
+            Some(db) => beside_database(&db, "usage-spill.jsonl"),
             None => PathBuf::from("bluesminds-usage-spill.jsonl"),
         }
     }
+}
+
+/// A file kept next to an embedded database: `data/gw.db` and `secrets` give
+/// `data/gw.secrets`.
+pub fn beside_database(db_path: &Path, extension: &str) -> PathBuf {
+    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = db_path.file_stem().and_then(|s| s.to_str()).unwrap_or("bluesminds");
+    dir.join(format!("{stem}.{extension}"))
 }
 
 /// Active health checks and passive failure detection.

@@ -71,16 +71,13 @@ impl Body for ResBody {
 #[derive(Debug)]
 pub struct Guarded<G> {
     body: ResBody,
-    guard: G,
+    /// Held, never read: released when the body is finished or dropped.
+    _guard: G,
 }
 
 impl<G> Guarded<G> {
     pub fn new(body: ResBody, guard: G) -> Self {
-        Self { body, guard }
-    }
-
-    pub fn guard(&self) -> &G {
-        &self.guard
+        Self { body, _guard: guard }
     }
 }
 

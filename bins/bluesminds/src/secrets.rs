@@ -9,9 +9,7 @@ use crate::config::Config;
 
 /// Where the generated secrets of a SQLite database live.
 pub fn secrets_path(db_path: &Path) -> PathBuf {
-    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let stem = db_path.file_stem().and_then(|s| s.to_str()).unwrap_or("bluesminds");
-    dir.join(format!("{stem}.secrets"))
+    crate::config::beside_database(db_path, "secrets")
 }
 
 fn random_secret() -> anyhow::Result<String> {

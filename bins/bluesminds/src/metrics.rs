@@ -45,19 +45,34 @@ impl Histogram {
     }
 }
 
+/// The counters of one endpoint and model.
+#[derive(Debug, Default)]
+struct Series {
+    /// status -> requests
+    requests: BTreeMap<u16, u64>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_micros: i64,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
-    /// (endpoint, model, status) -> requests
-    requests: BTreeMap<(String, String, u16), u64>,
-    /// (endpoint, model, kind) -> tokens
-    tokens: BTreeMap<(String, String, &'static str), u64>,
-    /// (endpoint, model) -> micro-dollars
-    cost: BTreeMap<(String, String), i64>,
+    /// endpoint -> model -> series. Looked up by `&str`: once a series exists, counting a
+    /// request allocates nothing.
+    series: BTreeMap<String, BTreeMap<String, Series>>,
     /// endpoint -> total latency
     latency: BTreeMap<String, Histogram>,
     /// endpoint -> time in the gateway itself
     overhead: BTreeMap<String, Histogram>,
     disconnects: u64,
+}
+
+/// The value under `key`, created the first time (the only time the key is copied).
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 /// The gateway's metrics.
@@ -88,24 +103,20 @@ impl Metrics {
 
     /// Counts a finished request from its usage record.
     pub fn observe(&self, r: &UsageRecord, pool: &ServerPool) {
-        let model = if pool.knows_model(&r.model) { r.model.clone() } else { "other".to_owned() };
+        let model = if pool.knows_model(&r.model) { r.model.as_str() } else { "other" };
         let mut c = self.lock();
-        *c.requests.entry((r.endpoint.clone(), model.clone(), r.status_code)).or_default() += 1;
-        for (kind, n) in [("prompt", r.prompt_tokens), ("completion", r.completion_tokens)] {
-            *c.tokens.entry((r.endpoint.clone(), model.clone(), kind)).or_default() += n;
-        }
-        *c.cost.entry((r.endpoint.clone(), model)).or_default() += r.cost_micros;
-        c.latency.entry(r.endpoint.clone()).or_default().observe(f64::from(r.latency_ms) / 1000.0);
+        let series = slot(slot(&mut c.series, &r.endpoint), model);
+        *series.requests.entry(r.status_code).or_default() += 1;
+        series.prompt_tokens += r.prompt_tokens;
+        series.completion_tokens += r.completion_tokens;
+        series.cost_micros += r.cost_micros;
+        slot(&mut c.latency, &r.endpoint).observe(f64::from(r.latency_ms) / 1000.0);
         c.disconnects += u64::from(r.client_disconnected);
     }
 
     /// Records the gateway's own time for one request.
     pub fn observe_overhead(&self, endpoint: &str, overhead: Duration) {
-        self.lock()
-            .overhead
-            .entry(endpoint.to_owned())
-            .or_default()
-            .observe(overhead.as_secs_f64());
+        slot(&mut self.lock().overhead, endpoint).observe(overhead.as_secs_f64());
     }
 
     /// The text exposition format.
@@ -113,28 +124,41 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let c = self.lock();
         out.push_str("# HELP bluesminds_requests_total Gateway requests by endpoint, model and status.\n# TYPE bluesminds_requests_total counter\n");
-        for ((e, m, s), n) in &c.requests {
-            let _ = writeln!(
-                out,
-                "bluesminds_requests_total{{endpoint=\"{e}\",model=\"{}\",status=\"{s}\"}} {n}",
-                escape(m)
-            );
+        for (e, models) in &c.series {
+            for (m, series) in models {
+                for (status, n) in &series.requests {
+                    let _ = writeln!(
+                        out,
+                        "bluesminds_requests_total{{endpoint=\"{e}\",model=\"{}\",status=\"{status}\"}} {n}",
+                        escape(m)
+                    );
+                }
+            }
         }
         out.push_str("# HELP bluesminds_tokens_total Tokens by endpoint, model and kind.\n# TYPE bluesminds_tokens_total counter\n");
-        for ((e, m, k), n) in &c.tokens {
-            let _ = writeln!(
-                out,
-                "bluesminds_tokens_total{{endpoint=\"{e}\",model=\"{}\",kind=\"{k}\"}} {n}",
-                escape(m)
-            );
+        for (e, models) in &c.series {
+            for (m, series) in models {
+                for (kind, n) in
+                    [("completion", series.completion_tokens), ("prompt", series.prompt_tokens)]
+                {
+                    let _ = writeln!(
+                        out,
+                        "bluesminds_tokens_total{{endpoint=\"{e}\",model=\"{}\",kind=\"{kind}\"}} {n}",
+                        escape(m)
+                    );
+                }
+            }
         }
         out.push_str("# HELP bluesminds_cost_micro_dollars_total Cost in micro-dollars.\n# TYPE bluesminds_cost_micro_dollars_total counter\n");
-        for ((e, m), n) in &c.cost {
-            let _ = writeln!(
-                out,
-                "bluesminds_cost_micro_dollars_total{{endpoint=\"{e}\",model=\"{}\"}} {n}",
-                escape(m)
-            );
+        for (e, models) in &c.series {
+            for (m, series) in models {
+                let _ = writeln!(
+                    out,
+                    "bluesminds_cost_micro_dollars_total{{endpoint=\"{e}\",model=\"{}\"}} {}",
+                    escape(m),
+                    series.cost_micros
+                );
+            }
         }
         out.push_str("# HELP bluesminds_request_duration_seconds Total request time.\n# TYPE bluesminds_request_duration_seconds histogram\n");
         for (e, h) in &c.latency {

@@ -1,11 +1,17 @@
 -- BluesMinds rate limiter, reserve, version 1. One call checks every window of a key and,
 -- only if all allow it, reserves one request and ARGV[6] tokens in all of them.
--- KEYS: requests hash, tokens hash (field: unix second, value: count), day counter, month counter
--- ARGV: now (unix seconds), rpm, tpm, daily, monthly, tokens, seconds to midnight, seconds to month end
--- Returns {allowed (1/0), window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used, tokens used}
+-- KEYS: requests hash, tokens hash (field: unix second, value: count), day counter,
+--       month counter, restore marker
+-- ARGV: now (unix seconds), rpm, tpm, daily, monthly, tokens, seconds to midnight,
+--       seconds to month end, buckets per window (61 for a minute), check the marker (1/0)
+-- Returns {allowed (1 yes, 0 no, -1 quotas not restored since Redis started),
+--          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used, tokens used}
 local now = tonumber(ARGV[1])
 local rpm, tpm, daily, monthly, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local window = 61
+local window = tonumber(ARGV[9])
+
+-- A Redis that lost its data (a restart) must get the quotas back from the database first.
+if ARGV[10] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0, 0, 0, 0} end
 
 -- Sum a bucket hash over the window, dropping buckets that left it; returns sum and sorted buckets.
 local function load(key)

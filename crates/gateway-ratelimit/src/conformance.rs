@@ -4,7 +4,7 @@
 
 use gateway_core::{ApiKeyId, Limits};
 
-use crate::{Decision, RateLimiter, Reservation, Window};
+use crate::{Decision, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Window};
 
 const T0: i64 = 1_800_000_000_000; // a whole second, mid-month
 
@@ -105,4 +105,58 @@ pub async fn limiter_contract(l: &dyn RateLimiter) {
     allowed(l, a, &lim, 1, T0).await;
     allowed(l, b, &lim, 1, T0).await;
     refused(l, a, &lim, 1, T0).await;
+}
+
+/// The contract of every [`QuotaStore`]; `a` and `b` are keys the store accepts (a database
+/// store needs them to exist).
+pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId) {
+    let day = time::macros::date!(2026 - 11 - 28);
+    let month = time::macros::date!(2026 - 11 - 01);
+    let lim = limits(1, 1, 1000, 1500);
+    let used = |rows: &[QuotaUsage], key: ApiKeyId, period: Period| {
+        rows.iter().find(|r| r.key == key && r.period == period).map(|r| r.used)
+    };
+
+    // Conditional: within both limits it counts; beyond either, nothing changes.
+    assert_eq!(s.try_consume(a, day, month, 600, &lim).await.unwrap(), None);
+    assert_eq!(s.try_consume(a, day, month, 500, &lim).await.unwrap(), Some(Window::TokensPerDay));
+    assert_eq!(s.try_consume(a, day, month, 400, &lim).await.unwrap(), None);
+    let rows = s.current(day, month).await.unwrap();
+    assert_eq!(used(&rows, a, Period::Day), Some(1000));
+    assert_eq!(used(&rows, a, Period::Month), Some(1000));
+    let next_day = day.next_day().unwrap();
+    assert_eq!(
+        s.try_consume(a, next_day, month, 600, &lim).await.unwrap(),
+        Some(Window::TokensPerMonth)
+    );
+    assert_eq!(s.try_consume(a, next_day, month, 500, &lim).await.unwrap(), None);
+
+    // Adjustments refund or charge both counters, never below zero.
+    s.adjust(a, day, month, -300).await.unwrap();
+    s.adjust(a, next_day, month, -10_000).await.unwrap();
+    let rows = s.current(day, month).await.unwrap();
+    assert_eq!(used(&rows, a, Period::Day), Some(700));
+    assert_eq!(used(&rows, a, Period::Month), Some(0));
+    assert_eq!(rows.iter().filter(|r| r.key == a).count(), 2, "other days are not listed");
+
+    // Saving overwrites (the mirror of Redis).
+    let saved = [
+        QuotaUsage { key: b, period: Period::Day, start: day, used: 42 },
+        QuotaUsage { key: b, period: Period::Month, start: month, used: 420 },
+    ];
+    s.save(&saved).await.unwrap();
+    s.save(&saved[..1]).await.unwrap();
+    let rows = s.current(day, month).await.unwrap();
+    assert_eq!(used(&rows, b, Period::Day), Some(42));
+    assert_eq!(used(&rows, b, Period::Month), Some(420));
+
+    // Exact under contention: 40 concurrent requests of 10 tokens on 100 left admit 10.
+    let other_day = next_day.next_day().unwrap();
+    let lim = limits(1, 1, 100, 1_000_000);
+    let results = futures_util::future::join_all(
+        (0..40).map(|_| s.try_consume(b, other_day, month, 10, &lim)),
+    )
+    .await;
+    let admitted = results.into_iter().filter(|r| matches!(r, Ok(None))).count();
+    assert_eq!(admitted, 10);
 }

@@ -31,6 +31,7 @@
 //! # });
 //! ```
 
+mod fallback;
 mod memory;
 mod redis_limiter;
 mod window;
@@ -41,7 +42,10 @@ pub mod conformance;
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, Limits};
 
-pub use memory::InMemoryLimiter;
+pub use fallback::{
+    CapacityFallback, FallbackPolicy, LimiterHealth, QuotaFallback, ResilientLimiter,
+};
+pub use memory::{InMemoryLimiter, InMemoryQuotaStore};
 pub use redis_limiter::RedisLimiter;
 
 /// Which window refused a request.
@@ -97,6 +101,8 @@ pub struct Reservation {
     /// `YYYYMMDD` and `YYYYMM` of the quota periods charged.
     pub day: u32,
     pub month: u32,
+    /// Made by a [`ResilientLimiter`]'s fallback while Redis was unreachable.
+    pub fallback: bool,
 }
 
 /// The answer to a reservation.
@@ -131,3 +137,68 @@ pub trait RateLimiter: Send + Sync {
     async fn settle(&self, reservation: &Reservation, actual_tokens: u64)
     -> Result<(), LimitError>;
 }
+
+/// A daily or monthly quota period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// Tokens a key used in one quota period (`start`: the day, or the month's first day).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub key: ApiKeyId,
+    pub period: Period,
+    pub start: time::Date,
+    pub used: u64,
+}
+
+/// The durable store of daily and monthly quota usage (Postgres in the gateway): the mirror
+/// of the Redis counters, and the exact counter itself while Redis is unreachable.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Adds `tokens` to the key's counters of `day` and `month` only if both stay within
+    /// `limits.daily_tokens` and `limits.monthly_tokens`, atomically and exactly however many
+    /// processes share the store. Returns the window that would be exceeded (nothing changed).
+    async fn try_consume(
+        &self,
+        key: ApiKeyId,
+        day: time::Date,
+        month: time::Date,
+        tokens: u64,
+        limits: &Limits,
+    ) -> Result<Option<Window>, QuotaStoreError>;
+
+    /// Adds `delta` (negative: a refund) to both counters, never going below zero.
+    async fn adjust(
+        &self,
+        key: ApiKeyId,
+        day: time::Date,
+        month: time::Date,
+        delta: i64,
+    ) -> Result<(), QuotaStoreError>;
+
+    /// Every key's counters of `day` and `month`.
+    async fn current(
+        &self,
+        day: time::Date,
+        month: time::Date,
+    ) -> Result<Vec<QuotaUsage>, QuotaStoreError>;
+
+    /// Overwrites the saved counters with these values (the mirror of Redis).
+    async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("quota store unavailable")]
+pub struct QuotaStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);

@@ -6,8 +6,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, Limits};
 
-use crate::window::{WINDOW_SECS, periods};
-use crate::{Decision, LimitError, RateLimiter, Reservation, Snapshot, Window};
+use crate::window::{DEFAULT_BUCKETS, buckets_for, periods};
+use crate::{
+    Decision, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter,
+    Reservation, Snapshot, Window,
+};
 
 #[derive(Debug, Default)]
 struct KeyState {
@@ -17,8 +20,8 @@ struct KeyState {
     month: (u32, u64),
 }
 
-fn prune(buckets: &mut VecDeque<(i64, u64)>, now: i64) {
-    while buckets.front().is_some_and(|(s, _)| *s <= now - WINDOW_SECS) {
+fn prune(buckets: &mut VecDeque<(i64, u64)>, now: i64, span: i64) {
+    while buckets.front().is_some_and(|(s, _)| *s <= now - span) {
         buckets.pop_front();
     }
 }
@@ -31,7 +34,7 @@ fn add(buckets: &mut VecDeque<(i64, u64)>, now: i64, n: u64) {
 }
 
 /// Seconds until `cost` more fits under `limit`, as the oldest buckets leave the window.
-pub(crate) fn wait_secs(buckets: &[(i64, u64)], now: i64, limit: u64, cost: u64) -> u64 {
+pub(crate) fn wait_secs(buckets: &[(i64, u64)], now: i64, span: i64, limit: u64, cost: u64) -> u64 {
     let mut used: u64 = buckets.iter().map(|(_, c)| c).sum();
     for (s, c) in buckets {
         if used + cost <= limit {
@@ -39,16 +42,33 @@ pub(crate) fn wait_secs(buckets: &[(i64, u64)], now: i64, limit: u64, cost: u64)
         }
         used -= c;
         if used + cost <= limit {
-            return u64::try_from(s + WINDOW_SECS - now).unwrap_or(1).max(1);
+            return u64::try_from(s + span - now).unwrap_or(1).max(1);
         }
     }
-    if used + cost <= limit { 1 } else { WINDOW_SECS as u64 }
+    if used + cost <= limit { 1 } else { span as u64 }
 }
 
 /// Limits in process memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InMemoryLimiter {
     keys: Mutex<HashMap<ApiKeyId, KeyState>>,
+    /// One-second buckets a per-minute window spans (61 for a minute).
+    span: i64,
+}
+
+impl Default for InMemoryLimiter {
+    fn default() -> Self {
+        Self { keys: Mutex::default(), span: DEFAULT_BUCKETS }
+    }
+}
+
+impl InMemoryLimiter {
+    /// Shortens (or lengthens) the per-minute windows; for tests that cannot wait a minute.
+    #[must_use]
+    pub fn with_window(mut self, window: std::time::Duration) -> Self {
+        self.span = buckets_for(window);
+        self
+    }
 }
 
 #[async_trait]
@@ -64,8 +84,9 @@ impl RateLimiter for InMemoryLimiter {
         let (day, month, to_midnight, to_month_end) = periods(now_ms);
         let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = keys.entry(key).or_default();
-        prune(&mut st.requests, now);
-        prune(&mut st.tokens, now);
+        let span = self.span;
+        prune(&mut st.requests, now, span);
+        prune(&mut st.tokens, now, span);
         if st.day.0 != day {
             st.day = (day, 0);
         }
@@ -74,21 +95,22 @@ impl RateLimiter for InMemoryLimiter {
         }
         let req_used: u64 = st.requests.iter().map(|(_, c)| c).sum();
         let tok_used: u64 = st.tokens.iter().map(|(_, c)| c).sum();
-        let reqs: Vec<_> = st.requests.iter().copied().collect();
-        let toks: Vec<_> = st.tokens.iter().copied().collect();
-        let reset = |b: &[(i64, u64)]| {
-            b.first().map_or(0, |(s, _)| u64::try_from(s + WINDOW_SECS - now).unwrap_or(0))
+        let reset = |b: &VecDeque<(i64, u64)>| {
+            b.front().map_or(0, |(s, _)| u64::try_from(s + span - now).unwrap_or(0))
         };
+        let (reset_requests_secs, reset_tokens_secs) = (reset(&st.requests), reset(&st.tokens));
         let snapshot = |req_used: u64, tok_used: u64| Snapshot {
-            reset_requests_secs: reset(&reqs),
-            reset_tokens_secs: reset(&toks),
+            reset_requests_secs,
+            reset_tokens_secs,
             ..Snapshot::from_usage(limits, req_used, tok_used)
         };
 
         let refused = if req_used + 1 > limits.rpm {
-            Some((Window::RequestsPerMinute, wait_secs(&reqs, now, limits.rpm, 1)))
+            let reqs = st.requests.make_contiguous();
+            Some((Window::RequestsPerMinute, wait_secs(reqs, now, span, limits.rpm, 1)))
         } else if tok_used + tokens > limits.tpm {
-            Some((Window::TokensPerMinute, wait_secs(&toks, now, limits.tpm, tokens)))
+            let toks = st.tokens.make_contiguous();
+            Some((Window::TokensPerMinute, wait_secs(toks, now, span, limits.tpm, tokens)))
         } else if st.day.1 + tokens > limits.daily_tokens {
             Some((Window::TokensPerDay, to_midnight))
         } else if st.month.1 + tokens > limits.monthly_tokens {
@@ -107,7 +129,7 @@ impl RateLimiter for InMemoryLimiter {
         add(&mut st.tokens, now, tokens);
         st.day.1 += tokens;
         st.month.1 += tokens;
-        let reservation = Reservation { key, tokens, second: now, day, month };
+        let reservation = Reservation { key, tokens, second: now, day, month, fallback: false };
         Ok(Decision::Allowed { reservation, snapshot: snapshot(req_used + 1, tok_used + tokens) })
     }
 
@@ -128,10 +150,86 @@ impl RateLimiter for InMemoryLimiter {
     }
 }
 
+/// A [`QuotaStore`] in process memory: for tests, and services without a database.
+#[derive(Debug, Default)]
+pub struct InMemoryQuotaStore {
+    counters: Mutex<HashMap<(ApiKeyId, Period, time::Date), u64>>,
+}
+
+#[async_trait]
+impl QuotaStore for InMemoryQuotaStore {
+    async fn try_consume(
+        &self,
+        key: ApiKeyId,
+        day: time::Date,
+        month: time::Date,
+        tokens: u64,
+        limits: &Limits,
+    ) -> Result<Option<Window>, QuotaStoreError> {
+        let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let day_used = c.get(&(key, Period::Day, day)).copied().unwrap_or(0);
+        let month_used = c.get(&(key, Period::Month, month)).copied().unwrap_or(0);
+        if day_used + tokens > limits.daily_tokens {
+            return Ok(Some(Window::TokensPerDay));
+        }
+        if month_used + tokens > limits.monthly_tokens {
+            return Ok(Some(Window::TokensPerMonth));
+        }
+        c.insert((key, Period::Day, day), day_used + tokens);
+        c.insert((key, Period::Month, month), month_used + tokens);
+        Ok(None)
+    }
+
+    async fn adjust(
+        &self,
+        key: ApiKeyId,
+        day: time::Date,
+        month: time::Date,
+        delta: i64,
+    ) -> Result<(), QuotaStoreError> {
+        let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in [(key, Period::Day, day), (key, Period::Month, month)] {
+            let v = c.entry(id).or_default();
+            *v = v.saturating_add_signed(delta);
+        }
+        Ok(())
+    }
+
+    async fn current(
+        &self,
+        day: time::Date,
+        month: time::Date,
+    ) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
+        let c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(c.iter()
+            .filter(|((_, p, start), _)| match p {
+                Period::Day => *start == day,
+                Period::Month => *start == month,
+            })
+            .map(|(&(key, period, start), &used)| QuotaUsage { key, period, start, used })
+            .collect())
+    }
+
+    async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
+        let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in rows {
+            c.insert((r.key, r.period, r.start), r.used);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
     async fn in_memory_limiter_meets_the_contract() {
         crate::conformance::limiter_contract(&super::InMemoryLimiter::default()).await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_quota_store_meets_the_contract() {
+        let store = super::InMemoryQuotaStore::default();
+        let (a, b) = (gateway_core::ApiKeyId::new(), gateway_core::ApiKeyId::new());
+        crate::conformance::quota_store_contract(&store, a, b).await;
     }
 }

@@ -1,14 +1,28 @@
 //! The Redis limiter: exact across every gateway instance sharing the Redis. One versioned Lua
 //! script per call (`EVALSHA`, reloaded on `NOSCRIPT`), so a check and its reservation are one
 //! atomic round trip. Keys expire on their own.
+//!
+//! With a [`QuotaStore`] attached, the daily and monthly counters are durable: the keys they
+//! changed are mirrored to the store in batches ([`RedisLimiter::flush_mirror`]), and a Redis
+//! that comes back empty (a restart) gets them back before it admits anything, because the
+//! script refuses to run until a restore marker is present.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, Limits};
 
-use crate::window::periods;
-use crate::{Decision, LimitError, RateLimiter, Reservation, Snapshot, Window};
+use crate::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
+use crate::{
+    Decision, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Snapshot,
+    Window,
+};
+
+/// Counters restored per script call.
+const RESTORE_CHUNK: usize = 500;
 
 /// Limits in Redis.
 #[derive(Clone)]
@@ -16,19 +30,39 @@ pub struct RedisLimiter {
     pool: deadpool_redis::Pool,
     prefix: String,
     timeout: Duration,
+    span: i64,
     reserve: redis::Script,
     settle: redis::Script,
+    restore: redis::Script,
+    durable: Option<Durable>,
+}
+
+/// The durable side: where quotas are saved, and which keys changed since the last save.
+#[derive(Clone)]
+struct Durable {
+    store: Arc<dyn QuotaStore>,
+    dirty: Arc<std::sync::Mutex<HashMap<ApiKeyId, (u32, u32)>>>,
+    /// One restore at a time per process; `restores` tells a waiter one just finished.
+    restoring: Arc<tokio::sync::Mutex<()>>,
+    restores: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimiter").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("durable", &self.durable.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis did not answer within {0:?}")]
 struct Timeout(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis lost its quota counters and they could not be restored")]
+struct NotRestored;
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> LimitError {
     LimitError::Unavailable(Box::new(e))
@@ -42,33 +76,224 @@ impl RedisLimiter {
             pool,
             prefix: prefix.to_owned(),
             timeout,
+            span: DEFAULT_BUCKETS,
             reserve: redis::Script::new(include_str!("../lua/reserve_v1.lua")),
             settle: redis::Script::new(include_str!("../lua/settle_v1.lua")),
+            restore: redis::Script::new(include_str!("../lua/restore_v1.lua")),
+            durable: None,
         }
     }
 
-    /// The key's four counters; the `{...}` hash tag keeps them on one cluster slot.
-    fn keys(&self, key: ApiKeyId, day: u32, month: u32) -> [String; 4] {
-        let base = format!("{}:rl:v1:{{{key}}}", self.prefix);
-        [
-            format!("{base}:rpm"),
-            format!("{base}:tpm"),
-            format!("{base}:d:{day}"),
-            format!("{base}:m:{month}"),
-        ]
+    /// Shortens (or lengthens) the per-minute windows; for tests that cannot wait a minute.
+    #[must_use]
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.span = buckets_for(window);
+        self
+    }
+
+    /// Makes the daily and monthly counters durable in `store` (see the module docs).
+    #[must_use]
+    pub fn with_durable_quotas(mut self, store: Arc<dyn QuotaStore>) -> Self {
+        self.durable = Some(Durable {
+            store,
+            dirty: Arc::default(),
+            restoring: Arc::default(),
+            restores: Arc::default(),
+        });
+        self
+    }
+
+    fn base(&self, key: ApiKeyId) -> String {
+        // The `{...}` hash tag keeps a key's counters on one cluster slot.
+        format!("{}:rl:v1:{{{key}}}", self.prefix)
+    }
+
+    fn day_key(&self, key: ApiKeyId, day: u32) -> String {
+        format!("{}:d:{day}", self.base(key))
+    }
+
+    fn month_key(&self, key: ApiKeyId, month: u32) -> String {
+        format!("{}:m:{month}", self.base(key))
+    }
+
+    fn marker(&self) -> String {
+        format!("{}:rl:v1:restored", self.prefix)
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        fut: impl Future<Output = Result<T, LimitError>>,
+    ) -> Result<T, LimitError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable(Timeout(self.timeout)))?
     }
 
     async fn call<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, LimitError> {
-        let fut = async {
+        self.with_timeout(async {
             let mut conn = self.pool.get().await.map_err(unavailable)?;
             invocation.invoke_async::<T>(&mut conn).await.map_err(unavailable)
-        };
-        tokio::time::timeout(self.timeout, fut)
+        })
+        .await
+    }
+
+    async fn try_reserve(
+        &self,
+        key: ApiKeyId,
+        limits: &Limits,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<Option<Decision>, LimitError> {
+        let now = now_ms.div_euclid(1000);
+        let (day, month, to_midnight, to_month_end) = periods(now_ms);
+        let base = self.base(key);
+        let mut inv = self.reserve.prepare_invoke();
+        inv.key(format!("{base}:rpm"))
+            .key(format!("{base}:tpm"))
+            .key(format!("{base}:d:{day}"))
+            .key(format!("{base}:m:{month}"))
+            .key(self.marker());
+        inv.arg(now)
+            .arg(limits.rpm)
+            .arg(limits.tpm)
+            .arg(limits.daily_tokens)
+            .arg(limits.monthly_tokens);
+        inv.arg(tokens).arg(to_midnight).arg(to_month_end).arg(self.span);
+        inv.arg(u8::from(self.durable.is_some()));
+        let (allowed, window, retry_after, req_used, tok_used): (i64, i64, u64, u64, u64) =
+            self.call(inv).await?;
+        let mut snapshot = Snapshot::from_usage(limits, req_used, tok_used);
+        match allowed {
+            -1 => Ok(None),
+            1 => {
+                if let Some(d) = &self.durable {
+                    d.dirty
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(key, (day, month));
+                }
+                let reservation =
+                    Reservation { key, tokens, second: now, day, month, fallback: false };
+                Ok(Some(Decision::Allowed { reservation, snapshot }))
+            }
+            _ => {
+                snapshot.reset_requests_secs = retry_after;
+                let window = match window {
+                    1 => Window::RequestsPerMinute,
+                    2 => Window::TokensPerMinute,
+                    3 => Window::TokensPerDay,
+                    _ => Window::TokensPerMonth,
+                };
+                let retry_after_secs = retry_after.max(1);
+                Ok(Some(Decision::Refused { window, retry_after_secs, snapshot }))
+            }
+        }
+    }
+
+    /// Puts the quotas saved in the store back into Redis (never lowering a counter Redis
+    /// holds), then sets the restore marker. Runs when Redis is found empty, and when it comes
+    /// back after an outage during which the store counted on its own.
+    pub async fn restore(&self, now_ms: i64) -> Result<(), LimitError> {
+        let Some(d) = &self.durable else { return Ok(()) };
+        let seen = d.restores.load(Ordering::Acquire);
+        let _one_at_a_time = d.restoring.lock().await;
+        if d.restores.load(Ordering::Acquire) != seen {
+            return Ok(()); // another task restored while this one waited
+        }
+        let (day, month, to_midnight, to_month_end) = periods(now_ms);
+        let saved = d
+            .store
+            .current(date_of(day), date_of(month * 100 + 1))
             .await
-            .map_err(|_| unavailable(Timeout(self.timeout)))?
+            .map_err(|e| LimitError::Unavailable(e.0))?;
+        for chunk in saved.chunks(RESTORE_CHUNK) {
+            let mut inv = self.restore.prepare_invoke();
+            for row in chunk {
+                match row.period {
+                    Period::Day => {
+                        inv.key(self.day_key(row.key, day)).arg(row.used).arg(to_midnight + 3600);
+                    }
+                    Period::Month => {
+                        inv.key(self.month_key(row.key, month))
+                            .arg(row.used)
+                            .arg(to_month_end + 86_400);
+                    }
+                }
+            }
+            self.call::<i64>(inv).await?;
+        }
+        self.with_timeout(async {
+            let mut conn = self.pool.get().await.map_err(unavailable)?;
+            redis::cmd("SET")
+                .arg(self.marker())
+                .arg(now_ms)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+        d.restores.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Saves the current daily and monthly counters of every key that changed since the last
+    /// call to the store. Returns how many counters were saved; on failure the keys stay
+    /// pending for the next call.
+    pub async fn flush_mirror(&self) -> Result<usize, LimitError> {
+        let Some(d) = &self.durable else { return Ok(0) };
+        let pending: Vec<(ApiKeyId, (u32, u32))> =
+            d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let result = self.save(d, &pending).await;
+        if result.is_err() {
+            let mut dirty = d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, periods) in pending {
+                dirty.entry(key).or_insert(periods);
+            }
+        }
+        result
+    }
+
+    async fn save(
+        &self,
+        d: &Durable,
+        pending: &[(ApiKeyId, (u32, u32))],
+    ) -> Result<usize, LimitError> {
+        let mut rows = Vec::with_capacity(pending.len() * 2);
+        for chunk in pending.chunks(RESTORE_CHUNK) {
+            let mut cmd = redis::cmd("MGET");
+            for (key, (day, month)) in chunk {
+                cmd.arg(self.day_key(*key, *day)).arg(self.month_key(*key, *month));
+            }
+            let values: Vec<Option<u64>> = self
+                .with_timeout(async {
+                    let mut conn = self.pool.get().await.map_err(unavailable)?;
+                    cmd.query_async(&mut conn).await.map_err(unavailable)
+                })
+                .await?;
+            for ((key, (day, month)), pair) in chunk.iter().zip(values.chunks(2)) {
+                let (day_used, month_used) = (pair[0], pair.get(1).copied().flatten());
+                if let Some(used) = day_used {
+                    rows.push(QuotaUsage {
+                        key: *key,
+                        period: Period::Day,
+                        start: date_of(*day),
+                        used,
+                    });
+                }
+                if let Some(used) = month_used {
+                    let start = date_of(month * 100 + 1);
+                    rows.push(QuotaUsage { key: *key, period: Period::Month, start, used });
+                }
+            }
+        }
+        d.store.save(&rows).await.map_err(|e| LimitError::Unavailable(e.0))?;
+        Ok(rows.len())
     }
 }
 
@@ -81,36 +306,11 @@ impl RateLimiter for RedisLimiter {
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
-        let now = now_ms.div_euclid(1000);
-        let (day, month, to_midnight, to_month_end) = periods(now_ms);
-        let [rpm_key, tpm_key, day_key, month_key] = self.keys(key, day, month);
-        let mut inv = self.reserve.prepare_invoke();
-        inv.key(rpm_key).key(tpm_key).key(day_key).key(month_key);
-        inv.arg(now)
-            .arg(limits.rpm)
-            .arg(limits.tpm)
-            .arg(limits.daily_tokens)
-            .arg(limits.monthly_tokens);
-        inv.arg(tokens).arg(to_midnight).arg(to_month_end);
-        let (allowed, window, retry_after, req_used, tok_used): (i64, i64, u64, u64, u64) =
-            self.call(inv).await?;
-        let mut snapshot = Snapshot::from_usage(limits, req_used, tok_used);
-        if allowed != 1 {
-            snapshot.reset_requests_secs = retry_after;
+        if let Some(decision) = self.try_reserve(key, limits, tokens, now_ms).await? {
+            return Ok(decision);
         }
-        if allowed == 1 {
-            return Ok(Decision::Allowed {
-                reservation: Reservation { key, tokens, second: now, day, month },
-                snapshot,
-            });
-        }
-        let window = match window {
-            1 => Window::RequestsPerMinute,
-            2 => Window::TokensPerMinute,
-            3 => Window::TokensPerDay,
-            _ => Window::TokensPerMonth,
-        };
-        Ok(Decision::Refused { window, retry_after_secs: retry_after.max(1), snapshot })
+        self.restore(now_ms).await?;
+        self.try_reserve(key, limits, tokens, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
@@ -118,9 +318,20 @@ impl RateLimiter for RedisLimiter {
         if delta == 0 {
             return Ok(());
         }
-        let [_, tpm_key, day_key, month_key] = self.keys(r.key, r.day, r.month);
+        let base = self.base(r.key);
         let mut inv = self.settle.prepare_invoke();
-        inv.key(tpm_key).key(day_key).key(month_key).arg(r.second).arg(delta.to_string());
-        self.call::<i64>(inv).await.map(|_| ())
+        inv.key(format!("{base}:tpm"))
+            .key(format!("{base}:d:{}", r.day))
+            .key(format!("{base}:m:{}", r.month))
+            .arg(r.second)
+            .arg(delta.to_string());
+        self.call::<i64>(inv).await?;
+        if let Some(d) = &self.durable {
+            d.dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(r.key, (r.day, r.month));
+        }
+        Ok(())
     }
 }

@@ -2,8 +2,20 @@
 
 use time::OffsetDateTime;
 
-/// Seconds counted by a per-minute window: the current second and the 60 before it.
-pub const WINDOW_SECS: i64 = 61;
+/// One-second buckets a per-minute window counts: the current second and the 60 before it.
+pub const DEFAULT_BUCKETS: i64 = 61;
+
+/// Buckets for a window of `window` (at least one second), the current second included.
+pub fn buckets_for(window: std::time::Duration) -> i64 {
+    i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2).max(1) + 1
+}
+
+/// The first day of a `YYYYMMDD` (or, with `01` appended by the caller, `YYYYMM`) period.
+pub fn date_of(yyyymmdd: u32) -> time::Date {
+    let month = time::Month::try_from((yyyymmdd / 100 % 100) as u8).unwrap_or(time::Month::January);
+    time::Date::from_calendar_date((yyyymmdd / 10_000) as i32, month, (yyyymmdd % 100) as u8)
+        .unwrap_or(time::Date::MIN)
+}
 
 /// `YYYYMMDD`, `YYYYMM`, seconds to the next UTC midnight and to the next month.
 pub fn periods(now_ms: i64) -> (u32, u32, u64, u64) {

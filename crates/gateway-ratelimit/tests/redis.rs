@@ -2,9 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_ratelimit::RedisLimiter;
+use gateway_core::{ApiKeyId, Limits};
+use gateway_ratelimit::{
+    Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LimitError, QuotaStore,
+    QuotaStoreError, QuotaUsage, RateLimiter, RedisLimiter, ResilientLimiter, Window,
+};
 
 fn limiter() -> Option<RedisLimiter> {
     let url = std::env::var("TEST_REDIS_URL").ok().filter(|u| !u.is_empty())?;
@@ -88,4 +93,223 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
         }
     }
     assert_eq!(admitted, 10);
+}
+
+fn pool(url: &str) -> deadpool_redis::Pool {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    let mut pc = deadpool_redis::PoolConfig::new(4);
+    pc.timeouts.wait = Some(Duration::from_millis(300));
+    pc.timeouts.create = Some(Duration::from_millis(300));
+    cfg.pool = Some(pc);
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap()
+}
+
+fn quota(daily: u64) -> gateway_core::Limits {
+    gateway_core::Limits {
+        rpm: 1_000,
+        tpm: 1_000_000,
+        daily_tokens: daily,
+        monthly_tokens: 1_000_000,
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+async fn reserve(l: &dyn RateLimiter, key: ApiKeyId, limits: &Limits, tokens: u64) -> Decision {
+    l.reserve(key, limits, tokens, now_ms()).await.unwrap()
+}
+
+/// Deletes every key under `prefix`: what a Redis restart does to them.
+async fn wipe(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_anything() {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("TEST_REDIS_URL not set: Redis durability test skipped");
+        return;
+    };
+    let store = Arc::new(InMemoryQuotaStore::default());
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let l = RedisLimiter::new(pool(&url), &prefix, Duration::from_secs(2))
+        .with_durable_quotas(store.clone());
+    let key = ApiKeyId::new();
+    let Decision::Allowed { reservation, .. } = reserve(&l, key, &quota(1000), 700).await else {
+        panic!("the first request is allowed")
+    };
+    l.settle(&reservation, 600).await.unwrap();
+    assert_eq!(l.flush_mirror().await.unwrap(), 2, "the day and month counters are saved");
+    assert_eq!(l.flush_mirror().await.unwrap(), 0, "nothing changed since");
+
+    wipe(&url, &prefix).await;
+    let Decision::Refused { window, .. } = reserve(&l, key, &quota(1000), 500).await else {
+        panic!("600 of 1000 were used before the restart")
+    };
+    assert_eq!(window, Window::TokensPerDay);
+    assert!(matches!(reserve(&l, key, &quota(1000), 400).await, Decision::Allowed { .. }));
+}
+
+/// A TCP relay in front of Redis that the test can cut and restore.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let target: std::net::SocketAddr =
+            target.trim_start_matches("redis://").trim_end_matches('/').parse().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                conns2.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Relay { addr, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn resilient(
+    url: &str,
+    prefix: &str,
+    store: Arc<dyn QuotaStore>,
+    instances: u32,
+) -> ResilientLimiter {
+    let redis = RedisLimiter::new(pool(url), prefix, Duration::from_millis(300))
+        .with_durable_quotas(store.clone());
+    let policy =
+        FallbackPolicy { instances, retry_every: Duration::ZERO, ..FallbackPolicy::default() };
+    ResilientLimiter::new(redis, InMemoryLimiter::default(), Some(store), policy)
+}
+
+#[tokio::test]
+async fn while_redis_is_cut_off_quotas_stay_exact_in_the_store_and_come_back_to_redis() {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("TEST_REDIS_URL not set: Redis fallback test skipped");
+        return;
+    };
+    let relay = Relay::start(&url).await;
+    let store = Arc::new(InMemoryQuotaStore::default());
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let l = resilient(&format!("redis://{}", relay.addr), &prefix, store.clone(), 2);
+    let key = ApiKeyId::new();
+    assert!(matches!(reserve(&l, key, &quota(1000), 300).await, Decision::Allowed { .. }));
+    l.flush_mirror().await.unwrap();
+
+    relay.cut();
+    // The store counts on from the mirrored 300: exactly 700 more fit, in any order.
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if let Decision::Allowed { reservation, .. } = reserve(&l, key, &quota(1000), 100).await {
+            assert!(reservation.fallback);
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 7);
+    let health = l.health();
+    assert!(!health.redis_up);
+    assert_eq!(health.outages, 1);
+    // Requests per minute fall back to the limit divided by the instances.
+    let other = ApiKeyId::new();
+    let per_minute = gateway_core::Limits { rpm: 10, ..quota(1_000_000) };
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if matches!(reserve(&l, other, &per_minute, 1).await, Decision::Allowed { .. }) {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "10 a minute over 2 instances is 5 here");
+
+    // A refund during the outage goes to the store.
+    let Decision::Allowed { reservation, .. } = reserve(&l, other, &quota(1_000_000), 50).await
+    else {
+        panic!("allowed")
+    };
+    l.settle(&reservation, 0).await.unwrap();
+
+    relay.restore();
+    // Back on Redis, which first takes the 1000 the store counted: nothing more fits today.
+    let Decision::Refused { window, .. } = reserve(&l, key, &quota(1000), 1).await else {
+        panic!("the day's quota was used up during the outage")
+    };
+    assert_eq!(window, Window::TokensPerDay);
+    assert!(l.health().redis_up);
+}
+
+/// A store that is down.
+struct DeadStore;
+
+#[async_trait::async_trait]
+impl QuotaStore for DeadStore {
+    async fn try_consume(
+        &self,
+        _: ApiKeyId,
+        _: time::Date,
+        _: time::Date,
+        _: u64,
+        _: &Limits,
+    ) -> Result<Option<Window>, QuotaStoreError> {
+        Err(QuotaStoreError("down".into()))
+    }
+    async fn adjust(
+        &self,
+        _: ApiKeyId,
+        _: time::Date,
+        _: time::Date,
+        _: i64,
+    ) -> Result<(), QuotaStoreError> {
+        Err(QuotaStoreError("down".into()))
+    }
+    async fn current(
+        &self,
+        _: time::Date,
+        _: time::Date,
+    ) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
+        Err(QuotaStoreError("down".into()))
+    }
+    async fn save(&self, _: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
+        Err(QuotaStoreError("down".into()))
+    }
+}
+
+#[tokio::test]
+async fn with_redis_and_the_store_both_down_quota_limited_requests_fail_closed() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let l = resilient(&url, "dead", Arc::new(DeadStore), 1);
+    let r = l.reserve(ApiKeyId::new(), &quota(1000), 1, now_ms()).await;
+    assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
+    assert_eq!(l.health().unavailable, 1);
 }

@@ -17,6 +17,7 @@
 mod auth;
 pub mod entity;
 mod error;
+mod quotas;
 mod servers;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -30,6 +31,7 @@ use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
 pub use error::StoreError;
+pub use quotas::SqlQuotaStore;
 pub use servers::SqlServerStore;
 pub use usage::SqlUsageStore;
 

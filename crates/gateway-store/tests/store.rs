@@ -324,3 +324,27 @@ async fn usage_logs_page_newest_first_and_stats_group() {
         }
     }
 }
+
+/// Two keys of one user, made through the accounts service (the quota table refers to keys).
+async fn two_keys(db: &TestDb) -> (gateway_core::ApiKeyId, gateway_core::ApiKeyId) {
+    use gateway_auth::{Accounts, AccountsConfig, AuthStores, NewKey};
+    let store = std::sync::Arc::new(gateway_store::SqlAuthStore::new(db.store.clone()));
+    let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
+    let accounts =
+        Accounts::new(AuthStores::from(store), b"0123456789abcdef0123456789abcdef", config);
+    let user = accounts.signup("quota@example.com", "correct horse battery", None).await.unwrap();
+    let scopes = vec![gateway_core::Scope::ChatCompletions];
+    let a = accounts.create_key(user.id, NewKey::named("a", scopes.clone())).await.unwrap();
+    let b = accounts.create_key(user.id, NewKey::named("b", scopes)).await.unwrap();
+    (a.meta.id, b.meta.id)
+}
+
+#[tokio::test]
+async fn sql_quota_store_meets_the_quota_contract() {
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let (a, b) = two_keys(&db).await;
+        let quotas = gateway_store::SqlQuotaStore::new(db.store.clone());
+        gateway_ratelimit::conformance::quota_store_contract(&quotas, a, b).await;
+    }
+}

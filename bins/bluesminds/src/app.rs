@@ -12,7 +12,9 @@ use gateway_proxy::Forwarder;
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::ForbiddenFields;
-use gateway_store::{SqlAuthStore, SqlServerStore, SqlUsageStore, Store, StoreConfig};
+use gateway_store::{
+    SqlAuthStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
+};
 use gateway_usage::{UsageQueries, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
 
@@ -34,6 +36,8 @@ pub struct App {
     pub invalidations: Arc<CacheInvalidations>,
     pub forwarder: Forwarder,
     pub forbidden: ForbiddenFields,
+    /// Rate limits and quotas; `None` when disabled.
+    pub limits: Option<crate::limits::Limiting>,
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
     pub usage_queries: Arc<dyn UsageQueries>,
@@ -144,6 +148,11 @@ impl App {
             names: p.forbidden_fields.clone().unwrap_or(defaults.names),
             prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
         };
+        let limits = crate::limits::Limiting::build(
+            &config,
+            redis.as_ref(),
+            Arc::new(SqlQuotaStore::new(store.clone())),
+        );
         let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
         let usage_queries: Arc<dyn UsageQueries> = usage_store.clone();
         let usage = Arc::new(UsageWriter::start(
@@ -170,6 +179,7 @@ impl App {
             invalidations,
             forwarder,
             forbidden,
+            limits,
             usage,
             usage_queries,
             metrics: crate::metrics::Metrics::with_redis_errors(redis_errors),

@@ -19,6 +19,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub health: HealthConfig,
     pub usage: UsageConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -257,6 +258,64 @@ pub fn beside_database(db_path: &Path, extension: &str) -> PathBuf {
     dir.join(format!("{stem}.{extension}"))
 }
 
+/// Per-key rate limits and token quotas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Enforce limits and quotas (off: no `x-ratelimit-*` headers, nothing refused).
+    pub enabled: bool,
+    /// Completion tokens reserved for a request that names no `max_tokens`; settled to the
+    /// real count after the response.
+    pub default_completion_tokens: u64,
+    /// Length of the requests- and tokens-per-minute windows, in seconds. 60 in production;
+    /// tests shorten it.
+    pub window_secs: u64,
+    /// A limiter call to Redis that takes longer fails, and the outage policy applies.
+    pub redis_timeout_ms: u64,
+    /// Gateway instances sharing one Redis: while Redis is down, each enforces its share of
+    /// the per-minute limits.
+    pub instances: u32,
+    /// While Redis is down, per-minute limits are `local` (each instance its share), `allow`
+    /// (not enforced) or `refuse` (503).
+    pub on_redis_down_capacity: CapacityPolicy,
+    /// While Redis is down, quotas are counted in the `database` (exact; 503 when it is down
+    /// too), `allow`ed or `refuse`d (503).
+    pub on_redis_down_quota: QuotaPolicy,
+    /// How often quota counters changed in Redis are saved to the database.
+    pub mirror_interval_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_completion_tokens: 256,
+            window_secs: 60,
+            redis_timeout_ms: 100,
+            instances: 1,
+            on_redis_down_capacity: CapacityPolicy::Local,
+            on_redis_down_quota: QuotaPolicy::Database,
+            mirror_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapacityPolicy {
+    Local,
+    Allow,
+    Refuse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPolicy {
+    Database,
+    Allow,
+    Refuse,
+}
+
 /// Active health checks and passive failure detection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -407,6 +466,10 @@ impl Config {
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.batch_size", self.usage.batch_size as u64),
             ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+            ("limits.window_secs", self.limits.window_secs),
+            ("limits.redis_timeout_ms", self.limits.redis_timeout_ms),
+            ("limits.instances", u64::from(self.limits.instances)),
+            ("limits.mirror_interval_ms", self.limits.mirror_interval_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));

@@ -11,6 +11,7 @@ pub mod demo;
 mod errors;
 mod handlers;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod secrets;
@@ -35,6 +36,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     background.spawn(partition_maintenance(app.store.clone()));
     background.spawn(flush_key_use(app.verifier.clone()));
     background.spawn(health_checks(app.clone()));
+    if app.limits.as_ref().is_some_and(|l| l.resilient.is_some()) {
+        background.spawn(mirror_quotas(app.clone()));
+    }
     if !app.config.redis.url.is_empty() {
         let channel = bus::channel(&app.config.redis.key_prefix);
         let for_reload = Arc::downgrade(&app);
@@ -57,6 +61,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         ));
     }
     server::serve(listener, app.clone(), shutdown).await;
+    if let Some(limits) = &app.limits {
+        limits.shutdown(SETTLE_DEADLINE).await;
+    }
     // Every connection is finished or cut by now, so every request has left its record.
     app.usage.shutdown().await;
     let s = app.usage.stats();
@@ -92,6 +99,23 @@ pub async fn check_servers(app: &App) -> Vec<gateway_balancer::CheckReport> {
         degraded_latency: Duration::from_millis(app.config.health.degraded_latency_ms),
     };
     gateway_balancer::check_all(&app.pool, &app.prober, app.servers.as_ref(), &config).await
+}
+
+/// How long shutdown waits for rate-limit settlements still running.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Saves the quota counters changed in Redis to the database now and then, so a Redis that
+/// restarts empty gets them back.
+async fn mirror_quotas(app: Arc<App>) {
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(app.config.limits.mirror_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(limits) = &app.limits {
+            limits.flush_mirror().await;
+        }
+    }
 }
 
 /// How often the last-use times of API keys are written, in one batch.

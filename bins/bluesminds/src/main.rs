@@ -45,7 +45,9 @@ fn main() -> ExitCode {
             Command::Admin { command: AdminCommand::Create { email, password } } => {
                 admin_create(&config, &email, password).await
             }
-            Command::Demo => bluesminds::demo::run(config, bluesminds::shutdown_signal()).await,
+            Command::Demo => {
+                Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
+            }
         }
     });
     match result {

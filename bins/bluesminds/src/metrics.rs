@@ -264,3 +264,36 @@ impl Metrics {
         out
     }
 }
+
+/// The limiter's own series: whether Redis answers, outages, fallback decisions, refusals for
+/// want of any backend, and settlements that failed.
+pub fn render_limits(out: &mut String, limits: &crate::limits::Limiting) {
+    if let Some(r) = &limits.resilient {
+        let h = r.health();
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_ratelimit_redis_up Whether the rate limiter reaches Redis (0: limits are on the fallback).\n# TYPE bluesminds_ratelimit_redis_up gauge\nbluesminds_ratelimit_redis_up {}",
+            u8::from(h.redis_up)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_ratelimit_redis_outages_total Times the rate limiter lost Redis.\n# TYPE bluesminds_ratelimit_redis_outages_total counter\nbluesminds_ratelimit_redis_outages_total {}",
+            h.outages
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_ratelimit_fallback_total Reservations decided by the fallback (memory and database) while Redis was unreachable.\n# TYPE bluesminds_ratelimit_fallback_total counter\nbluesminds_ratelimit_fallback_total {}",
+            h.fallback_reservations
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_ratelimit_unavailable_total Requests refused with 503 because no backend could check their limits.\n# TYPE bluesminds_ratelimit_unavailable_total counter\nbluesminds_ratelimit_unavailable_total {}",
+            h.unavailable
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP bluesminds_ratelimit_settle_errors_total Reservations that could not be settled to the real token count.\n# TYPE bluesminds_ratelimit_settle_errors_total counter\nbluesminds_ratelimit_settle_errors_total {}",
+        limits.settle_errors()
+    );
+}

@@ -42,7 +42,7 @@ async fn setup(extra_env: &[(&str, &str)]) -> Setup {
     ];
     env.extend_from_slice(extra_env);
     let gw = Gateway::start(&[], &env).await;
-    let key = user_with_key(gw.addr, "sdk@example.com", json!({"name": "sdk"})).await;
+    let key = user_with_key(&gw, "sdk@example.com", json!({"name": "sdk"})).await;
     let client = openai(&gw, &key);
     Setup { gw, mocks, client, key }
 }
@@ -140,7 +140,7 @@ async fn unknown_models_forbidden_models_and_missing_scopes_are_refused() {
     assert_eq!((status, code.as_deref()), (404, Some("model_not_found")));
 
     let limited = user_with_key(
-        s.gw.addr,
+        &s.gw,
         "limited@example.com",
         json!({"name": "l", "allowed_models": ["gpt-3.5-turbo"], "scopes": ["chat.completions"]}),
     )
@@ -370,7 +370,7 @@ async fn a_server_added_on_one_instance_is_used_by_another() {
     let a = Gateway::start(&[], &env).await;
     let b = Gateway::start(&[], &env).await;
     let cookie = admin_cookie_with(&a, &env).await;
-    let key = user_with_key(a.addr, "two@example.com", json!({"name": "k"})).await;
+    let key = user_with_key(&a, "two@example.com", json!({"name": "k"})).await;
     let client_b = openai(&b, &key);
     let (status, _) =
         api_error(client_b.chat().create(chat_request("gpt-4", 2)).await.unwrap_err());
@@ -515,7 +515,7 @@ async fn admins_manage_the_pool_and_upstream_keys_stay_write_only() {
     );
 
     // Not for ordinary users.
-    let user = user_with_key(s.gw.addr, "plain@example.com", json!({"name": "k"})).await;
+    let user = user_with_key(&s.gw, "plain@example.com", json!({"name": "k"})).await;
     let _ = user;
     let creds =
         json!({"email": "plain@example.com", "password": "correct horse battery"}).to_string();

@@ -33,7 +33,7 @@ async fn every_request_leaves_exactly_one_record_with_the_upstreams_tokens() {
         &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
     )
     .await;
-    let key = user_with_key(gw.addr, "usage@example.com", json!({"name": "u"})).await;
+    let key = user_with_key(&gw, "usage@example.com", json!({"name": "u"})).await;
     let auth = format!("Bearer {key}");
     let post = |path: &'static str, body: serde_json::Value| {
         let (key, addr) = (key.clone(), gw.addr);
@@ -162,8 +162,8 @@ async fn owners_read_their_logs_and_stats_and_nobody_else_does() {
         &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
     )
     .await;
-    let key = user_with_key(gw.addr, "owner@example.com", json!({"name": "u"})).await;
-    user_with_key(gw.addr, "other@example.com", json!({"name": "o"})).await;
+    let key = user_with_key(&gw, "owner@example.com", json!({"name": "u"})).await;
+    user_with_key(&gw, "other@example.com", json!({"name": "o"})).await;
     let (owner, other) =
         (login(gw.addr, "owner@example.com").await, login(gw.addr, "other@example.com").await);
     let auth = format!("Bearer {key}");
@@ -277,7 +277,7 @@ async fn metrics_parse_as_prometheus_text_and_never_carry_secrets() {
         &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
     )
     .await;
-    let key = user_with_key(gw.addr, "metrics@example.com", json!({"name": "m"})).await;
+    let key = user_with_key(&gw, "metrics@example.com", json!({"name": "m"})).await;
     let auth = format!("Bearer {key}");
     for _ in 0..3 {
         let body = json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).to_string();
@@ -383,7 +383,7 @@ async fn a_database_outage_loses_no_request_and_no_record() {
         ],
     )
     .await;
-    let key = user_with_key(gw.addr, "outage@example.com", json!({"name": "o"})).await;
+    let key = user_with_key(&gw, "outage@example.com", json!({"name": "o"})).await;
     let auth = format!("Bearer {key}");
     let chat = |stream: bool| {
         let auth = auth.clone();
@@ -461,7 +461,7 @@ async fn sigterm_under_load_leaves_one_row_per_completed_request() {
         &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
     )
     .await;
-    let key = user_with_key(gw.addr, "load@example.com", json!({"name": "l"})).await;
+    let key = user_with_key(&gw, "load@example.com", json!({"name": "l"})).await;
     let completed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..8)

@@ -219,6 +219,15 @@ impl Usage {
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
     }
+
+    /// `total_tokens`, or the sum of the parts when an upstream left it out.
+    pub fn total(&self) -> u64 {
+        if self.total_tokens > 0 {
+            self.total_tokens
+        } else {
+            self.prompt_tokens + self.completion_tokens
+        }
+    }
 }
 
 /// An upstream server of the pool. The upstream API key is held apart and never serialised.

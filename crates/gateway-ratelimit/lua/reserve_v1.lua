@@ -5,13 +5,14 @@
 -- ARGV: now (unix seconds), rpm, tpm, daily, monthly, tokens, seconds to midnight,
 --       seconds to month end, buckets per window (61 for a minute), check the marker (1/0)
 -- Returns {allowed (1 yes, 0 no, -1 quotas not restored since Redis started),
---          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used, tokens used}
+--          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used,
+--          tokens used, seconds until the oldest request and the oldest tokens leave the window}
 local now = tonumber(ARGV[1])
 local rpm, tpm, daily, monthly, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local window = tonumber(ARGV[9])
 
 -- A Redis that lost its data (a restart) must get the quotas back from the database first.
-if ARGV[10] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0, 0, 0, 0} end
+if ARGV[10] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0, 0, 0, 0, 0, 0} end
 
 -- Sum a bucket hash over the window, dropping buckets that left it; returns sum and sorted buckets.
 local function load(key)
@@ -45,10 +46,19 @@ local tok_used, tok_buckets = load(KEYS[2])
 local day_used = tonumber(redis.call('GET', KEYS[3]) or '0')
 local month_used = tonumber(redis.call('GET', KEYS[4]) or '0')
 
-if req_used + 1 > rpm then return {0, 1, wait(req_buckets, req_used, rpm, 1), req_used, tok_used} end
-if tok_used + cost > tpm then return {0, 2, wait(tok_buckets, tok_used, tpm, cost), req_used, tok_used} end
-if day_used + cost > daily then return {0, 3, tonumber(ARGV[7]), req_used, tok_used} end
-if month_used + cost > monthly then return {0, 4, tonumber(ARGV[8]), req_used, tok_used} end
+-- When the oldest bucket leaves the window (a new one, counted now, leaves in `window`).
+local function reset(buckets)
+  if #buckets == 0 then return window end
+  return buckets[1][1] + window - now
+end
+local function refuse(w, retry_after)
+  return {0, w, retry_after, req_used, tok_used, reset(req_buckets), reset(tok_buckets)}
+end
+
+if req_used + 1 > rpm then return refuse(1, wait(req_buckets, req_used, rpm, 1)) end
+if tok_used + cost > tpm then return refuse(2, wait(tok_buckets, tok_used, tpm, cost)) end
+if day_used + cost > daily then return refuse(3, tonumber(ARGV[7])) end
+if month_used + cost > monthly then return refuse(4, tonumber(ARGV[8])) end
 
 redis.call('HINCRBY', KEYS[1], now, 1)
 redis.call('EXPIRE', KEYS[1], window + 1)
@@ -58,4 +68,4 @@ redis.call('INCRBY', KEYS[3], cost)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]) + 3600)
 redis.call('INCRBY', KEYS[4], cost)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]) + 86400)
-return {1, 0, 0, req_used + 1, tok_used + cost}
+return {1, 0, 0, req_used + 1, tok_used + cost, reset(req_buckets), reset(tok_buckets)}

@@ -96,7 +96,7 @@ impl RateLimiter for InMemoryLimiter {
         let req_used: u64 = st.requests.iter().map(|(_, c)| c).sum();
         let tok_used: u64 = st.tokens.iter().map(|(_, c)| c).sum();
         let reset = |b: &VecDeque<(i64, u64)>| {
-            b.front().map_or(0, |(s, _)| u64::try_from(s + span - now).unwrap_or(0))
+            b.front().map_or(span, |(s, _)| s + span - now).max(0) as u64
         };
         let (reset_requests_secs, reset_tokens_secs) = (reset(&st.requests), reset(&st.tokens));
         let snapshot = |req_used: u64, tok_used: u64| Snapshot {

@@ -21,6 +21,9 @@ use crate::{
     Window,
 };
 
+/// The reserve script's answer (see `lua/reserve_v1.lua`).
+type Answer = (i64, i64, u64, u64, u64, u64, u64);
+
 /// Counters restored per script call.
 const RESTORE_CHUNK: usize = 500;
 
@@ -163,9 +166,13 @@ impl RedisLimiter {
             .arg(limits.monthly_tokens);
         inv.arg(tokens).arg(to_midnight).arg(to_month_end).arg(self.span);
         inv.arg(u8::from(self.durable.is_some()));
-        let (allowed, window, retry_after, req_used, tok_used): (i64, i64, u64, u64, u64) =
+        let (allowed, window, retry_after, req_used, tok_used, req_reset, tok_reset): Answer =
             self.call(inv).await?;
-        let mut snapshot = Snapshot::from_usage(limits, req_used, tok_used);
+        let snapshot = Snapshot {
+            reset_requests_secs: req_reset,
+            reset_tokens_secs: tok_reset,
+            ..Snapshot::from_usage(limits, req_used, tok_used)
+        };
         match allowed {
             -1 => Ok(None),
             1 => {
@@ -180,7 +187,6 @@ impl RedisLimiter {
                 Ok(Some(Decision::Allowed { reservation, snapshot }))
             }
             _ => {
-                snapshot.reset_requests_secs = retry_after;
                 let window = match window {
                     1 => Window::RequestsPerMinute,
                     2 => Window::TokensPerMinute,

@@ -105,11 +105,7 @@ impl UsageDraft {
         r.error_message = error.map(|e| e.chars().take(500).collect());
         if let Some(u) = usage {
             (r.prompt_tokens, r.completion_tokens) = (u.prompt_tokens, u.completion_tokens);
-            r.total_tokens = if u.total_tokens > 0 {
-                u.total_tokens
-            } else {
-                u.prompt_tokens + u.completion_tokens
-            };
+            r.total_tokens = u.total();
         }
         r.latency_ms = self.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
         self.record
@@ -121,8 +117,9 @@ fn millis(d: Duration) -> u32 {
 }
 
 /// `POST /v1/chat/completions` and `POST /v1/embeddings`: authenticate, read the few fields
-/// needed in one pass, check the model, forward the client's bytes, relay the answer. Every
-/// authenticated request leaves exactly one usage record, whichever way it ends.
+/// needed in one pass, check the model, reserve against the key's limits, forward the client's
+/// bytes, relay the answer, settle the reservation. Every authenticated request leaves exactly
+/// one usage record, whichever way it ends.
 pub async fn forward(
     app: &Arc<App>,
     req: Request<Incoming>,
@@ -135,26 +132,50 @@ pub async fn forward(
     };
     let principal = authenticate(app, &req, scope).await?;
     let mut draft = UsageDraft::new(ctx, &principal, endpoint);
-    match forward_authenticated(app, req, ctx, endpoint, &principal, &mut draft).await {
+    let mut limit = LimitState::default();
+    let outcome =
+        forward_authenticated(app, req, ctx, endpoint, &principal, &mut draft, &mut limit).await;
+    let mut res = match outcome {
         Ok(Step::Done(res, usage)) => {
-            let error =
-                (!res.status().is_success()).then(|| format!("upstream answered {}", res.status()));
+            let ok = res.status().is_success();
+            if let (Some(limits), Some(reservation)) = (&app.limits, limit.reservation.take()) {
+                // A failed request refunds; an answer without usage keeps its estimate.
+                let actual = if ok { usage.map_or(reservation.tokens, |u| u.total()) } else { 0 };
+                limits.settle(reservation, actual);
+            }
+            let error = (!ok).then(|| format!("upstream answered {}", res.status()));
             app.record_usage(draft.finish(res.status(), usage, error));
-            Ok(res)
+            res
         }
-        Ok(Step::Streaming(res)) => Ok(res),
+        Ok(Step::Streaming(res)) => res,
         Err(e) => {
+            if let (Some(limits), Some(reservation)) = (&app.limits, limit.reservation.take()) {
+                limits.settle(reservation, 0);
+            }
             let status = crate::http::status_of(e.kind);
             app.record_usage(draft.finish(status, None, Some(e.message.to_string())));
-            Err(e)
+            crate::http::error_response(&e)
         }
+    };
+    if let Some(snapshot) = &limit.snapshot {
+        crate::limits::add_headers(res.headers_mut(), snapshot);
     }
+    Ok(res)
+}
+
+/// The request's standing with the limiter.
+#[derive(Default)]
+struct LimitState {
+    /// What the `x-ratelimit-*` headers report, once the limiter has been asked.
+    snapshot: Option<gateway_ratelimit::Snapshot>,
+    /// Tokens reserved, to settle when the answer is known.
+    reservation: Option<gateway_ratelimit::Reservation>,
 }
 
 enum Step {
     /// A whole response, with the usage it reported.
     Done(Response<ResBody>, Option<Usage>),
-    /// A stream: its usage record is written when it ends.
+    /// A stream: its usage record is written (and its reservation settled) when it ends.
     Streaming(Response<ResBody>),
 }
 
@@ -165,6 +186,7 @@ async fn forward_authenticated(
     endpoint: Endpoint,
     principal: &Principal,
     draft: &mut UsageDraft,
+    limit: &mut LimitState,
 ) -> Result<Step, ApiError> {
     let body = read_body(app, req).await?;
     let view = inspect(&body, endpoint, &app.forbidden)?;
@@ -180,6 +202,21 @@ async fn forward_authenticated(
     }
     if !app.pool.knows_model(&view.model) {
         return Err(ApiError::model_not_found(&view.model));
+    }
+    if let Some(limits) = &app.limits {
+        let completes = endpoint == Endpoint::ChatCompletions;
+        let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
+        match limits.reserve(principal.key_id, &principal.limits, estimate).await {
+            Ok((reservation, snapshot)) => {
+                limit.reservation = Some(reservation);
+                limit.snapshot = Some(snapshot);
+            }
+            Err((refusal, snapshot)) => {
+                limit.snapshot = snapshot;
+                app.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(refusal);
+            }
+        }
     }
     let model = view.model.clone().into_owned();
     let stream = view.stream;
@@ -221,11 +258,16 @@ async fn forward_authenticated(
             app.metrics.observe_overhead(endpoint.as_str(), overhead);
             let draft = draft.clone();
             let app = Arc::clone(app);
+            let reservation = limit.reservation.take();
             let body = body.on_end(move |end| {
                 // Without a usage chunk: the prompt estimate plus what was relayed, never zero.
                 let reported = end.usage.unwrap_or_else(|| {
                     Usage::new(draft.prompt_estimate, end.counted_completion_tokens)
                 });
+                // What was generated is charged, even to a client that left.
+                if let (Some(limits), Some(reservation)) = (&app.limits, reservation) {
+                    limits.settle(reservation, reported.total());
+                }
                 // A client that leaves is not an error; the flag says what happened.
                 let error = if end.client_disconnected { None } else { end.error };
                 let mut record = draft.finish(StatusCode::OK, Some(reported), error);

@@ -27,6 +27,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     /// Everything the process printed to stdout after the listening line is read here.
     pub stdout: Vec<String>,
+    /// The environment it was started with (for the CLI next to it).
+    pub env: Vec<(String, String)>,
 }
 
 /// A command for the binary, run in `dir`, with a clean environment of our choosing.
@@ -82,7 +84,8 @@ impl Gateway {
         .expect("bluesminds did not start in time");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Gateway { addr, child, dir, stdout: seen }
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Gateway { addr, child, dir, stdout: seen, env }
     }
 
     pub fn pid(&self) -> u32 {
@@ -227,25 +230,69 @@ impl Mock {
     }
 }
 
-/// Signs a user up, logs in and creates a key with `key_body`; returns the key.
-pub async fn user_with_key(addr: SocketAddr, email: &str, key_body: serde_json::Value) -> String {
+/// Signs a user up (free tier) and logs in; returns the session cookie.
+pub async fn signup(addr: SocketAddr, email: &str) -> String {
     let creds =
         serde_json::json!({"email": email, "password": "correct horse battery"}).to_string();
     let r = request(addr, "POST", "/api/auth/signup", creds.as_bytes()).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let r = request(addr, "POST", "/api/auth/login", creds.as_bytes()).await;
     assert_eq!(r.status, 200);
-    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+/// Creates a key with `key_body` in the session `cookie`; returns the key.
+pub async fn create_key(addr: SocketAddr, cookie: &str, key_body: &serde_json::Value) -> String {
     let r = request_with(
         addr,
         "POST",
         "/api/keys",
-        &[("cookie", &cookie)],
+        &[("cookie", cookie)],
         key_body.to_string().as_bytes(),
     )
     .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.json()["key"].as_str().unwrap().to_owned()
+}
+
+/// A free-tier user's key (10 requests a minute, 1,000 tokens a day).
+pub async fn free_user_with_key(
+    addr: SocketAddr,
+    email: &str,
+    key_body: serde_json::Value,
+) -> String {
+    let cookie = signup(addr, email).await;
+    create_key(addr, &cookie, &key_body).await
+}
+
+/// An admin session, the admin made with the CLI next to the running gateway.
+pub async fn admin_session(gw: &Gateway) -> String {
+    let args = ["admin", "create", "--email", "root@example.com", "--password", "root password 1"];
+    let out = command(gw.dir.path(), &args, &env_refs(&gw.env)).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creds =
+        serde_json::json!({"email": "root@example.com", "password": "root password 1"}).to_string();
+    let r = request(gw.addr, "POST", "/api/auth/login", creds.as_bytes()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+/// Moves the user of session `cookie` to `tier`, as an admin.
+pub async fn set_tier(gw: &Gateway, cookie: &str, tier: &str) {
+    let me = request_with(gw.addr, "GET", "/api/auth/me", &[("cookie", cookie)], b"").await;
+    let id = me.json()["id"].as_str().unwrap().to_owned();
+    let admin = admin_session(gw).await;
+    let body = serde_json::json!({ "tier": tier }).to_string();
+    let path = format!("/api/admin/users/{id}");
+    let r = request_with(gw.addr, "PATCH", &path, &[("cookie", &admin)], body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// An enterprise user's key, so that tests about something else stay clear of the limits.
+pub async fn user_with_key(gw: &Gateway, email: &str, key_body: serde_json::Value) -> String {
+    let cookie = signup(gw.addr, email).await;
+    set_tier(gw, &cookie, "enterprise").await;
+    create_key(gw.addr, &cookie, &key_body).await
 }
 
 /// A TCP relay in front of a real server that a test can cut (every connection dropped, new

@@ -1,0 +1,190 @@
+//! Rate limits and quotas on the gateway path: the limiter chosen by the configuration
+//! (in memory without Redis; Redis with its outage fallback and a durable mirror with it),
+//! reservations before forwarding and settlements after, off the response's path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_core::{ApiError, ErrorKind, Limits};
+use gateway_ratelimit::{
+    CapacityFallback, Decision, FallbackPolicy, InMemoryLimiter, QuotaFallback, QuotaStore,
+    RateLimiter, RedisLimiter, Reservation, ResilientLimiter, Snapshot, Window,
+};
+use http::HeaderMap;
+use http::header::HeaderValue;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{CapacityPolicy, Config, QuotaPolicy};
+
+/// The limiter of a running gateway.
+pub struct Limiting {
+    limiter: Arc<dyn RateLimiter>,
+    /// The Redis limiter with its fallback, when Redis is configured: its health for the
+    /// metrics, its mirror for the background task.
+    pub resilient: Option<Arc<ResilientLimiter>>,
+    /// Settlements still running; shutdown waits for them.
+    settles: TaskTracker,
+    settle_errors: Arc<std::sync::atomic::AtomicU64>,
+    default_completion_tokens: u64,
+}
+
+impl std::fmt::Debug for Limiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiting").field("resilient", &self.resilient).finish_non_exhaustive()
+    }
+}
+
+impl Limiting {
+    /// `None` when limits are disabled.
+    pub fn build(
+        config: &Config,
+        redis: Option<&deadpool_redis::Pool>,
+        quotas: Arc<dyn QuotaStore>,
+    ) -> Option<Limiting> {
+        let l = &config.limits;
+        if !l.enabled {
+            return None;
+        }
+        let window = Duration::from_secs(l.window_secs);
+        let local = InMemoryLimiter::default().with_window(window);
+        let (limiter, resilient): (Arc<dyn RateLimiter>, _) = match redis {
+            None => (Arc::new(local), None),
+            Some(pool) => {
+                let timeout = Duration::from_millis(l.redis_timeout_ms);
+                let redis = RedisLimiter::new(pool.clone(), &config.redis.key_prefix, timeout)
+                    .with_window(window)
+                    .with_durable_quotas(quotas.clone());
+                let policy = FallbackPolicy {
+                    instances: l.instances,
+                    capacity: match l.on_redis_down_capacity {
+                        CapacityPolicy::Local => CapacityFallback::Local,
+                        CapacityPolicy::Allow => CapacityFallback::Allow,
+                        CapacityPolicy::Refuse => CapacityFallback::Refuse,
+                    },
+                    quotas: match l.on_redis_down_quota {
+                        QuotaPolicy::Database => QuotaFallback::Store,
+                        QuotaPolicy::Allow => QuotaFallback::Allow,
+                        QuotaPolicy::Refuse => QuotaFallback::Refuse,
+                    },
+                    ..FallbackPolicy::default()
+                };
+                let r = Arc::new(ResilientLimiter::new(redis, local, Some(quotas), policy));
+                (r.clone(), Some(r))
+            }
+        };
+        Some(Limiting {
+            limiter,
+            resilient,
+            settles: TaskTracker::new(),
+            settle_errors: Arc::default(),
+            default_completion_tokens: l.default_completion_tokens,
+        })
+    }
+
+    /// Tokens to reserve: the prompt estimate plus the completion asked for (or the default).
+    pub fn estimate(&self, prompt: u64, max_tokens: Option<u64>, completes: bool) -> u64 {
+        if completes {
+            prompt + max_tokens.unwrap_or(self.default_completion_tokens)
+        } else {
+            prompt
+        }
+    }
+
+    /// Reserves one request and `tokens` for the key; a refusal is the error to answer with.
+    pub async fn reserve(
+        &self,
+        key: gateway_core::ApiKeyId,
+        limits: &Limits,
+        tokens: u64,
+    ) -> Result<(Reservation, Snapshot), (ApiError, Option<Snapshot>)> {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        match self.limiter.reserve(key, limits, tokens, now_ms).await {
+            Ok(Decision::Allowed { reservation, snapshot }) => Ok((reservation, snapshot)),
+            Ok(Decision::Refused { window, retry_after_secs, snapshot }) => {
+                Err((refusal(window, limits, tokens, retry_after_secs), Some(snapshot)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rate limits cannot be checked; refusing (fail closed)");
+                let err = ApiError::new(
+                    ErrorKind::ServiceUnavailable,
+                    "Rate limits cannot be checked right now. Please retry shortly.",
+                )
+                .with_retry_after(1);
+                Err((err, None))
+            }
+        }
+    }
+
+    /// Replaces the reservation's estimate with `actual` tokens, in the background.
+    pub fn settle(&self, reservation: Reservation, actual: u64) {
+        if reservation.tokens == actual {
+            return;
+        }
+        let limiter = self.limiter.clone();
+        let errors = self.settle_errors.clone();
+        self.settles.spawn(async move {
+            if let Err(e) = limiter.settle(&reservation, actual).await {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not settle a rate-limit reservation");
+            }
+        });
+    }
+
+    pub fn settle_errors(&self) -> u64 {
+        self.settle_errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (up to `deadline`) for running settlements, then saves the quota mirror.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.settles.close();
+        if tokio::time::timeout(deadline, self.settles.wait()).await.is_err() {
+            tracing::warn!(pending = self.settles.len(), "rate-limit settlements cut at shutdown");
+        }
+        self.flush_mirror().await;
+    }
+
+    /// Saves quota counters changed in Redis to the database.
+    pub async fn flush_mirror(&self) {
+        if let Some(r) = &self.resilient
+            && let Err(e) = r.flush_mirror().await
+        {
+            tracing::warn!(error = %e, "could not save quota counters to the database; retrying");
+        }
+    }
+}
+
+/// OpenAI's 429 for the window that refused.
+fn refusal(window: Window, limits: &Limits, requested: u64, retry_after: u64) -> ApiError {
+    let message = match window {
+        Window::RequestsPerMinute => format!(
+            "Rate limit reached for requests per minute (RPM): limit {}. Please try again in {retry_after}s.",
+            limits.rpm
+        ),
+        Window::TokensPerMinute => format!(
+            "Rate limit reached for tokens per minute (TPM): limit {}, requested {requested}. Please try again in {retry_after}s.",
+            limits.tpm
+        ),
+        Window::TokensPerDay => format!(
+            "You exceeded your daily token quota ({} tokens; this request needs about {requested}). It resets at midnight UTC, in {retry_after}s.",
+            limits.daily_tokens
+        ),
+        Window::TokensPerMonth => format!(
+            "You exceeded your monthly token quota ({} tokens; this request needs about {requested}). It resets on the first of the month (UTC), in {retry_after}s.",
+            limits.monthly_tokens
+        ),
+    };
+    let kind = if window.is_quota() { ErrorKind::QuotaExceeded } else { ErrorKind::RateLimited };
+    ApiError::new(kind, message).with_retry_after(retry_after)
+}
+
+/// The `x-ratelimit-*` headers, as OpenAI sends them.
+pub fn add_headers(headers: &mut HeaderMap, s: &Snapshot) {
+    let secs =
+        |n: u64| HeaderValue::from_str(&format!("{n}s")).unwrap_or(HeaderValue::from_static("0s"));
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(s.limit_requests));
+    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(s.remaining_requests));
+    headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(s.limit_tokens));
+    headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(s.remaining_tokens));
+    headers.insert("x-ratelimit-reset-requests", secs(s.reset_requests_secs));
+    headers.insert("x-ratelimit-reset-tokens", secs(s.reset_tokens_secs));
+}

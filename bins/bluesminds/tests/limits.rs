@@ -1,0 +1,415 @@
+//! Rate limits and quotas through the real binary: refusals an OpenAI client understands,
+//! exact limits across two instances sharing Redis, settlement to the real token count, and
+//! quotas that survive a Redis restart or outage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+
+mod support;
+
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs,
+};
+use serde_json::json;
+use support::{Gateway, Mock, PATIENCE, Reply, env_refs, post_with_key, request_with};
+
+const MODELS: &str = "gpt-4,text-embedding-3-small";
+
+fn chat(max_tokens: u32) -> CreateChatCompletionRequest {
+    CreateChatCompletionRequestArgs::default()
+        .model("gpt-4")
+        .max_tokens(max_tokens)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Hello there!")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap()
+}
+
+fn header_u64(r: &Reply, name: &str) -> u64 {
+    r.header(name).unwrap_or_else(|| panic!("no {name}: {:?}", r.headers)).parse().unwrap()
+}
+
+/// An embeddings body of exactly 100 tokens by the gateway's estimate and by the mock's count
+/// (a 400-byte JSON string), so reservations equal the settled usage.
+fn embedding_100() -> serde_json::Value {
+    json!({"model": "text-embedding-3-small", "input": "x".repeat(398)})
+}
+
+#[tokio::test]
+async fn a_free_key_is_refused_on_its_eleventh_request_and_passes_again_after_the_window() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    // Embedded mode (in-memory limiter) with a 5-second window instead of a minute.
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("LITELLM_SERVER_1_URL", url.as_str()),
+            ("LITELLM_SERVER_1_MODELS", MODELS),
+            ("BLUESMINDS_LIMITS__WINDOW_SECS", "5"),
+        ],
+    )
+    .await;
+    let key = support::free_user_with_key(gw.addr, "free@example.com", json!({"name": "f"})).await;
+    let config = OpenAIConfig::new().with_api_base(gw.url("/api/v1")).with_api_key(&key);
+    // An SDK client that does not retry (by default the SDK retries a 429 after Retry-After).
+    let no_retries = Client::with_config(config.clone())
+        .with_http_service(async_openai::middleware::ReqwestService::new(reqwest::Client::new()));
+
+    // One request, then nine at once, then the eleventh: well inside one window.
+    no_retries.chat().create(chat(5)).await.unwrap();
+    let nine: Vec<_> = (0..9)
+        .map(|_| {
+            let client = no_retries.clone();
+            tokio::spawn(async move { client.chat().create(chat(5)).await })
+        })
+        .collect();
+    for t in nine {
+        t.await.unwrap().unwrap();
+    }
+    let r = no_retries.chat().create(chat(5)).await;
+    let Err(OpenAIError::ApiError(e)) = r else {
+        panic!("the 11th request within the window must be refused: {r:?}")
+    };
+    assert_eq!(e.status_code.as_u16(), 429);
+    assert_eq!(e.api_error.r#type.as_deref(), Some("rate_limit_error"));
+    assert_eq!(e.api_error.code.as_deref(), Some("rate_limit_exceeded"));
+
+    // The same refusal on the wire: Retry-After and the x-ratelimit-* headers.
+    let body =
+        json!({"model": "gpt-4", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &body).await;
+    assert_eq!(r.status, 429);
+    let retry_after = header_u64(&r, "retry-after");
+    assert!((1..=6).contains(&retry_after), "a 5 s window: {retry_after}");
+    assert_eq!(header_u64(&r, "x-ratelimit-limit-requests"), 10);
+    assert_eq!(header_u64(&r, "x-ratelimit-remaining-requests"), 0);
+    assert_eq!(header_u64(&r, "x-ratelimit-limit-tokens"), 10_000);
+    assert_eq!(mock.requests(), 10, "refused requests never reach the upstream");
+
+    // The SDK's default client waits as long as Retry-After says, then gets through.
+    let retrying = Client::with_config(config);
+    retrying.chat().create(chat(5)).await.unwrap();
+    assert_eq!(mock.requests(), 11);
+    let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &body).await;
+    assert_eq!(r.status, 200, "the window has moved on: {:?}", r.body);
+    assert!(header_u64(&r, "x-ratelimit-remaining-requests") < 10);
+    assert!(r.header("x-ratelimit-reset-requests").unwrap().ends_with('s'));
+
+    // A request bigger than what is left of the daily quota (1,000 tokens) is refused as
+    // insufficient_quota, with the time to midnight UTC.
+    let big = json!({"model": "gpt-4", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &big).await;
+    assert_eq!(r.status, 429);
+    let e = r.openai_error();
+    assert_eq!(e["code"], "insufficient_quota");
+    assert_eq!(e["type"], "insufficient_quota");
+    assert!((1..=86_400).contains(&header_u64(&r, "retry-after")));
+}
+
+/// Signs a user up, moves them to `tier` and creates a key with `key_body`; returns the key
+/// and its id.
+async fn key_of_tier(
+    gw: &Gateway,
+    email: &str,
+    tier: &str,
+    key_body: serde_json::Value,
+) -> (String, String) {
+    let cookie = support::signup(gw.addr, email).await;
+    support::set_tier(gw, &cookie, tier).await;
+    let r = request_with(
+        gw.addr,
+        "POST",
+        "/api/keys",
+        &[("cookie", &cookie)],
+        key_body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let v = r.json();
+    (v["key"].as_str().unwrap().to_owned(), v["id"].as_str().unwrap().to_owned())
+}
+
+/// Fires `n` copies of `body` at once, alternating between the gateways; returns the statuses.
+async fn flood(
+    gws: &[&Gateway],
+    key: &str,
+    path: &str,
+    body: &serde_json::Value,
+    n: usize,
+) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, key, body, path) =
+                (gws[i % gws.len()].addr, key.to_owned(), body.clone(), path.to_owned());
+            tokio::spawn(async move { post_with_key(addr, &path, &key, &body).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_exactly_the_limit_of_200_simultaneous_requests() {
+    let Some((_db, env)) = support::shared_backends(&[]).await else { return };
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let mut env = env;
+    env.push(("LITELLM_SERVER_1_URL".into(), url.clone()));
+    env.push(("LITELLM_SERVER_1_MODELS".into(), MODELS.into()));
+    let a = Gateway::start(&[], &env_refs(&env)).await;
+    let b = Gateway::start(&[], &env_refs(&env)).await;
+
+    // Requests per minute: a free key allows 10.
+    let free = support::free_user_with_key(a.addr, "rpm@example.com", json!({"name": "r"})).await;
+    let statuses = flood(&[&a, &b], &free, "/api/v1/embeddings", &embedding_100(), 200).await;
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 190);
+
+    // Tokens per minute (1,000) and a daily quota (1,000), 100 tokens a request. The settled
+    // total can exceed a token limit only by the estimate errors of requests in flight
+    // (actual minus estimate, where positive); for these bodies the estimate equals the
+    // mock's count, so the bound is zero and exactly 10 pass.
+    for (email, overrides) in [
+        ("tpm@example.com", json!({"name": "t", "rate_limit_tpm": 1000})),
+        ("daily@example.com", json!({"name": "d", "quota_daily": 1000})),
+    ] {
+        let (key, _) = key_of_tier(&a, email, "enterprise", overrides).await;
+        let statuses = flood(&[&a, &b], &key, "/api/v1/embeddings", &embedding_100(), 200).await;
+        assert_eq!(count(&statuses, 200), 10, "{email}: {statuses:?}");
+        assert_eq!(count(&statuses, 429), 190, "{email}");
+    }
+    assert_eq!(mock.requests(), 30, "only admitted requests reach the upstream");
+}
+
+/// The key's daily counter in Redis (what the limiter has charged today).
+async fn charged_today(env: &[(String, String)], key_id: &str) -> Option<u64> {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+    let client = deadpool_redis::redis::Client::open(get("REDIS_URL")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let day = time::OffsetDateTime::now_utc().date();
+    let day = format!("{:04}{:02}{:02}", day.year(), u8::from(day.month()), day.day());
+    let redis_key = format!("{}:rl:v1:{{{key_id}}}:d:{day}", get("BLUESMINDS_REDIS__KEY_PREFIX"));
+    deadpool_redis::redis::cmd("GET").arg(redis_key).query_async(&mut conn).await.unwrap()
+}
+
+/// Polls until the key's daily charge is `expected` (settlement runs after the response).
+async fn wait_for_charge(env: &[(String, String)], key_id: &str, expected: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let charged = charged_today(env, key_id).await;
+        if charged == Some(expected) {
+            return;
+        }
+        assert!(started.elapsed() < PATIENCE, "charged {charged:?}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reservations_settle_to_what_was_used_and_failed_requests_are_refunded() {
+    let Some((_db, env)) = support::shared_backends(&[]).await else { return };
+    let mock = Mock::start().await;
+    let mut env = env;
+    env.push(("LITELLM_SERVER_1_URL".into(), mock.url()));
+    env.push(("LITELLM_SERVER_1_MODELS".into(), MODELS.into()));
+    let gw = Gateway::start(&[], &env_refs(&env)).await;
+    let (key, key_id) = key_of_tier(&gw, "settle@example.com", "pro", json!({"name": "s"})).await;
+
+    // A stream without max_tokens reserves the prompt plus 256 completion tokens; the mock
+    // writes 16. Once it ends, the charge is the stream's own usage.
+    let body = json!({"model": "gpt-4", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "Count to three."}]});
+    let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &body).await;
+    assert_eq!(r.status, 200);
+    let reserved =
+        header_u64(&r, "x-ratelimit-limit-tokens") - header_u64(&r, "x-ratelimit-remaining-tokens");
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let usage: serde_json::Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    let used = usage["total_tokens"].as_u64().unwrap();
+    assert!(reserved > used + 200, "the estimate ({reserved}) held 256 completion tokens");
+    wait_for_charge(&env, &key_id, used).await;
+
+    // A request every upstream fails refunds its whole reservation.
+    let failing = json!({"model": "gpt-4", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}],
+                         "mock": {"fail": "status", "status": 500}});
+    let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &failing).await;
+    assert!(r.status >= 500, "{:?}", r.body);
+    assert!(r.header("x-ratelimit-remaining-tokens").is_some(), "headers on failures too");
+    wait_for_charge(&env, &key_id, used).await;
+}
+
+/// A Redis server of the test's own, which it can stop and restart on the same port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = PrivateRedis { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (empty: it keeps nothing on disk) and waits until it answers.
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed when TEST_REDIS_URL is set");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(started.elapsed() < PATIENCE, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+/// A gateway on a fresh Postgres database and a private Redis; `None` without test services.
+async fn with_private_redis(
+    mock: &Mock,
+) -> Option<(gateway_store::testing::TestDb, PrivateRedis, Gateway, Vec<(String, String)>)> {
+    let (db, mut env) = support::shared_backends(&[]).await?;
+    let redis = PrivateRedis::start().await;
+    env.retain(|(k, _)| k != "REDIS_URL");
+    env.push(("REDIS_URL".into(), redis.url()));
+    env.push(("LITELLM_SERVER_1_URL".into(), mock.url()));
+    env.push(("LITELLM_SERVER_1_MODELS".into(), MODELS.into()));
+    env.push(("BLUESMINDS_LIMITS__MIRROR_INTERVAL_MS".into(), "50".into()));
+    let gw = Gateway::start(&[], &env_refs(&env)).await;
+    Some((db, redis, gw, env))
+}
+
+/// Sends `n` 100-token embeddings one after another; returns how many passed, and the error
+/// code of the first refusal.
+async fn spend(gw: &Gateway, key: &str, n: usize) -> (usize, Option<String>) {
+    let mut passed = 0;
+    let mut refusal = None;
+    for _ in 0..n {
+        let r = post_with_key(gw.addr, "/api/v1/embeddings", key, &embedding_100()).await;
+        match r.status {
+            200 => passed += 1,
+            429 if refusal.is_none() => {
+                refusal = r.openai_error()["code"].as_str().map(str::to_owned);
+            }
+            429 => {}
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    (passed, refusal)
+}
+
+/// Polls until the mirror has saved `expected` tokens for the key's current `kind` period.
+async fn wait_until_saved(
+    db: &gateway_store::testing::TestDb,
+    key_id: &str,
+    kind: &str,
+    expected: i64,
+) {
+    use gateway_store::entity::rate_limit_state;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let started = std::time::Instant::now();
+    loop {
+        let rows = rate_limit_state::Entity::find()
+            .filter(rate_limit_state::Column::ApiKeyId.eq(key_id.parse::<uuid::Uuid>().unwrap()))
+            .filter(rate_limit_state::Column::WindowKind.eq(kind))
+            .all(db.store.connection())
+            .await
+            .unwrap();
+        if rows.first().is_some_and(|r| r.used_tokens == expected) {
+            return;
+        }
+        assert!(started.elapsed() < PATIENCE, "the {kind} counter was not saved: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_does_not_reset_the_monthly_quota() {
+    let mock = Mock::start().await;
+    let Some((db, mut redis, gw, _env)) = with_private_redis(&mock).await else { return };
+    let (key, key_id) = key_of_tier(
+        &gw,
+        "month@example.com",
+        "enterprise",
+        json!({"name": "m", "quota_monthly": 1000}),
+    )
+    .await;
+    assert_eq!(spend(&gw, &key, 6).await, (6, None));
+
+    wait_until_saved(&db, &key_id, "month", 600).await;
+
+    redis.stop().await;
+    redis.restart().await;
+    // 400 tokens are left this month, not 1,000.
+    assert_eq!(spend(&gw, &key, 5).await, (4, Some("insufficient_quota".into())));
+}
+
+#[tokio::test]
+async fn with_redis_stopped_the_daily_quota_still_admits_exactly_what_it_allows() {
+    let mock = Mock::start().await;
+    let Some((db, mut redis, gw, _env)) = with_private_redis(&mock).await else { return };
+    let (key, key_id) = key_of_tier(
+        &gw,
+        "down@example.com",
+        "enterprise",
+        json!({"name": "d", "quota_daily": 1000}),
+    )
+    .await;
+    assert_eq!(spend(&gw, &key, 3).await, (3, None));
+    wait_until_saved(&db, &key_id, "day", 300).await;
+    redis.stop().await;
+
+    // The database counts on from what the mirror saved: 700 tokens left, 100 a request.
+    let (passed, refusal) = spend(&gw, &key, 10).await;
+    assert_eq!(refusal.as_deref(), Some("insufficient_quota"));
+    assert_eq!(passed, 7);
+
+    let metrics = support::request(gw.addr, "GET", "/metrics", b"").await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(text.contains("bluesminds_ratelimit_redis_up 0"), "{text}");
+    assert!(text.contains("bluesminds_ratelimit_redis_outages_total 1"), "{text}");
+}

@@ -36,10 +36,16 @@ migrate:
 litellm-check:
     bash scripts/litellm-check.sh
 
-# The focused benchmarks built so far (key verification, a flood of wrong keys, the usage
-# writer); the full side-by-side harness lands with the benchmarks issue. Postgres rows need
-# TEST_DATABASE_URL.
+# The benchmark harness: gateway (Postgres, Redis limits, usage) against bluesminds-mock with
+# oha, closed and open loop, streaming, memory, attribution, usage completeness; writes a dated
+# section into docs/BENCHMARKS.md. Starts Postgres and Redis as .ci/run does.
 bench:
+    bash scripts/bench.sh
+
+# The focused benchmarks of single pieces: key verification, a flood of wrong keys, the usage
+# writer (Postgres rows need TEST_DATABASE_URL), the limiter against Redis (TEST_REDIS_URL).
+bench-micro:
     cargo bench --locked -p gateway-auth --bench verify
     cargo bench --locked -p bluesminds --bench key_flood
     cargo bench --locked -p gateway-store --bench usage_writer
+    cargo bench --locked -p gateway-ratelimit --bench limiter

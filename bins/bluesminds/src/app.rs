@@ -148,9 +148,16 @@ impl App {
             names: p.forbidden_fields.clone().unwrap_or(defaults.names),
             prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
         };
+        let redis_client = if config.redis.url.is_empty() {
+            None
+        } else {
+            Some(redis::Client::open(config.redis.url.as_str()).with_context(|| {
+                format!("invalid redis.url ({})", redact_url(&config.redis.url))
+            })?)
+        };
         let limits = crate::limits::Limiting::build(
             &config,
-            redis.as_ref(),
+            redis_client.as_ref(),
             Arc::new(SqlQuotaStore::new(store.clone())),
         );
         let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
@@ -194,7 +201,9 @@ impl App {
     /// Hands a finished request's usage to the writer and counts it in the metrics.
     pub fn record_usage(&self, record: gateway_usage::UsageRecord) {
         self.metrics.observe(&record, &self.pool);
-        self.usage.record(record);
+        if self.config.usage.enabled {
+            self.usage.record(record);
+        }
     }
 
     /// Reloads the pool from the database (after an admin change, here or on another

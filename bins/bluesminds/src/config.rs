@@ -215,6 +215,9 @@ impl Default for ProxyConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UsageConfig {
+    /// Record one usage row per gateway request. Off means no usage logs and nothing to
+    /// bill: only for measuring what recording costs (`just bench`), never in production.
+    pub enabled: bool,
     /// Records waiting for the writer before they spill to the file.
     pub queue_capacity: usize,
     /// Most records in one insert.
@@ -229,6 +232,7 @@ pub struct UsageConfig {
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             queue_capacity: 10_000,
             batch_size: 500,
             flush_interval_ms: 100,

@@ -38,7 +38,7 @@ impl Limiting {
     /// `None` when limits are disabled.
     pub fn build(
         config: &Config,
-        redis: Option<&deadpool_redis::Pool>,
+        redis: Option<&redis::Client>,
         quotas: Arc<dyn QuotaStore>,
     ) -> Option<Limiting> {
         let l = &config.limits;
@@ -49,9 +49,9 @@ impl Limiting {
         let local = InMemoryLimiter::default().with_window(window);
         let (limiter, resilient): (Arc<dyn RateLimiter>, _) = match redis {
             None => (Arc::new(local), None),
-            Some(pool) => {
+            Some(client) => {
                 let timeout = Duration::from_millis(l.redis_timeout_ms);
-                let redis = RedisLimiter::new(pool.clone(), &config.redis.key_prefix, timeout)
+                let redis = RedisLimiter::new(client.clone(), &config.redis.key_prefix, timeout)
                     .with_window(window)
                     .with_durable_quotas(quotas.clone());
                 let policy = FallbackPolicy {

@@ -14,26 +14,30 @@ local window = tonumber(ARGV[9])
 -- A Redis that lost its data (a restart) must get the quotas back from the database first.
 if ARGV[10] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {-1, 0, 0, 0, 0, 0, 0} end
 
--- Sum a bucket hash over the window, dropping buckets that left it; returns sum and sorted buckets.
+-- Sum a bucket hash over the window, dropping buckets that left it. Returns the sum, the
+-- remaining buckets ({second, count}, unordered) and the oldest remaining second.
 local function load(key)
   local flat = redis.call('HGETALL', key)
-  local sum, buckets, stale = 0, {}, {}
+  local sum, buckets, stale, oldest = 0, {}, {}, nil
   for i = 1, #flat, 2 do
-    local s, c = tonumber(flat[i]), tonumber(flat[i + 1])
+    local s = tonumber(flat[i])
     if s <= now - window then
       stale[#stale + 1] = flat[i]
     else
+      local c = tonumber(flat[i + 1])
       sum = sum + c
       buckets[#buckets + 1] = {s, c}
+      if oldest == nil or s < oldest then oldest = s end
     end
   end
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  return sum, buckets
+  return sum, buckets, oldest
 end
 
--- Seconds until `need` more fits under `limit` as the oldest buckets leave the window.
+-- Seconds until `need` more fits under `limit` as the oldest buckets leave the window (only
+-- on a refusal, so the sort is off the common path).
 local function wait(buckets, used, limit, need)
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
   for _, b in ipairs(buckets) do
     used = used - b[2]
     if used + need <= limit then return math.max(1, b[1] + window - now) end
@@ -41,18 +45,18 @@ local function wait(buckets, used, limit, need)
   return window
 end
 
-local req_used, req_buckets = load(KEYS[1])
-local tok_used, tok_buckets = load(KEYS[2])
+local req_used, req_buckets, req_oldest = load(KEYS[1])
+local tok_used, tok_buckets, tok_oldest = load(KEYS[2])
 local day_used = tonumber(redis.call('GET', KEYS[3]) or '0')
 local month_used = tonumber(redis.call('GET', KEYS[4]) or '0')
 
 -- When the oldest bucket leaves the window (a new one, counted now, leaves in `window`).
-local function reset(buckets)
-  if #buckets == 0 then return window end
-  return buckets[1][1] + window - now
+local function reset(oldest)
+  if oldest == nil then return window end
+  return oldest + window - now
 end
 local function refuse(w, retry_after)
-  return {0, w, retry_after, req_used, tok_used, reset(req_buckets), reset(tok_buckets)}
+  return {0, w, retry_after, req_used, tok_used, reset(req_oldest), reset(tok_oldest)}
 end
 
 if req_used + 1 > rpm then return refuse(1, wait(req_buckets, req_used, rpm, 1)) end
@@ -68,4 +72,4 @@ redis.call('INCRBY', KEYS[3], cost)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]) + 3600)
 redis.call('INCRBY', KEYS[4], cost)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]) + 86400)
-return {1, 0, 0, req_used + 1, tok_used + cost, reset(req_buckets), reset(tok_buckets)}
+return {1, 0, 0, req_used + 1, tok_used + cost, reset(req_oldest), reset(tok_oldest)}

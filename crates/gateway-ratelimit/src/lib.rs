@@ -31,6 +31,7 @@
 //! # });
 //! ```
 
+mod connection;
 mod fallback;
 mod memory;
 mod redis_limiter;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, Limits};
 
+use crate::connection::SharedConnection;
 use crate::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
 use crate::{
     Decision, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Snapshot,
@@ -30,7 +31,7 @@ const RESTORE_CHUNK: usize = 500;
 /// Limits in Redis.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    pool: deadpool_redis::Pool,
+    conn: Arc<SharedConnection>,
     prefix: String,
     timeout: Duration,
     span: i64,
@@ -74,9 +75,9 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> LimitError 
 impl RedisLimiter {
     /// `prefix` namespaces every key (several deployments or tests can share a Redis);
     /// `timeout` bounds each call, after which the caller applies its fallback policy.
-    pub fn new(pool: deadpool_redis::Pool, prefix: &str, timeout: Duration) -> Self {
+    pub fn new(client: redis::Client, prefix: &str, timeout: Duration) -> Self {
         Self {
-            pool,
+            conn: Arc::new(SharedConnection::new(client)),
             prefix: prefix.to_owned(),
             timeout,
             span: DEFAULT_BUCKETS,
@@ -137,10 +138,31 @@ impl RedisLimiter {
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, LimitError> {
         self.with_timeout(async {
-            let mut conn = self.pool.get().await.map_err(unavailable)?;
-            invocation.invoke_async::<T>(&mut conn).await.map_err(unavailable)
+            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
+            invocation.invoke_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
         })
         .await
+        .inspect_err(|e| {
+            if matches!(e, LimitError::Unavailable(inner) if inner.is::<Timeout>()) {
+                self.conn.reset();
+            }
+        })
+    }
+
+    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimitError> {
+        self.with_timeout(async {
+            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
+            cmd.query_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
+        })
+        .await
+    }
+
+    /// A failed call: drop the connection if it may be broken, so the next call reconnects.
+    fn broken(&self, e: redis::RedisError) -> LimitError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+            self.conn.reset();
+        }
+        unavailable(e)
     }
 
     async fn try_reserve(
@@ -231,16 +253,7 @@ impl RedisLimiter {
             }
             self.call::<i64>(inv).await?;
         }
-        self.with_timeout(async {
-            let mut conn = self.pool.get().await.map_err(unavailable)?;
-            redis::cmd("SET")
-                .arg(self.marker())
-                .arg(now_ms)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)
-        })
-        .await?;
+        self.command::<()>(redis::cmd("SET").arg(self.marker()).arg(now_ms)).await?;
         d.restores.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -276,12 +289,7 @@ impl RedisLimiter {
             for (key, (day, month)) in chunk {
                 cmd.arg(self.day_key(*key, *day)).arg(self.month_key(*key, *month));
             }
-            let values: Vec<Option<u64>> = self
-                .with_timeout(async {
-                    let mut conn = self.pool.get().await.map_err(unavailable)?;
-                    cmd.query_async(&mut conn).await.map_err(unavailable)
-                })
-                .await?;
+            let values: Vec<Option<u64>> = self.command(&cmd).await?;
             for ((key, (day, month)), pair) in chunk.iter().zip(values.chunks(2)) {
                 let (day_used, month_used) = (pair[0], pair.get(1).copied().flatten());
                 if let Some(used) = day_used {

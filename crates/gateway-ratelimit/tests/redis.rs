@@ -13,11 +13,8 @@ use gateway_ratelimit::{
 
 fn limiter() -> Option<RedisLimiter> {
     let url = std::env::var("TEST_REDIS_URL").ok().filter(|u| !u.is_empty())?;
-    let pool = deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    Some(RedisLimiter::new(pool, &prefix, Duration::from_secs(2)))
+    Some(RedisLimiter::new(client(&url), &prefix, Duration::from_secs(2)))
 }
 
 #[tokio::test]
@@ -34,10 +31,7 @@ async fn an_unreachable_redis_is_reported_fast_not_waited_for() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://{}", dead.local_addr().unwrap());
     drop(dead);
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    cfg.pool = Some(deadpool_redis::PoolConfig::new(2));
-    let pool = cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap();
-    let l = RedisLimiter::new(pool, "dead", Duration::from_millis(200));
+    let l = RedisLimiter::new(client(&url), "dead", Duration::from_millis(200));
     let started = std::time::Instant::now();
     let r = gateway_ratelimit::RateLimiter::reserve(
         &l,
@@ -61,14 +55,8 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
     };
     let url = std::env::var("TEST_REDIS_URL").unwrap();
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let instances: Vec<RedisLimiter> = (0..2)
-        .map(|_| {
-            let pool = deadpool_redis::Config::from_url(url.clone())
-                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                .unwrap();
-            RedisLimiter::new(pool, &prefix, Duration::from_secs(5))
-        })
-        .collect();
+    let instances: Vec<RedisLimiter> =
+        (0..2).map(|_| RedisLimiter::new(client(&url), &prefix, Duration::from_secs(5))).collect();
     drop(first);
     let key = gateway_core::ApiKeyId::new();
     let limits = gateway_core::Limits {
@@ -95,13 +83,8 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
     assert_eq!(admitted, 10);
 }
 
-fn pool(url: &str) -> deadpool_redis::Pool {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    let mut pc = deadpool_redis::PoolConfig::new(4);
-    pc.timeouts.wait = Some(Duration::from_millis(300));
-    pc.timeouts.create = Some(Duration::from_millis(300));
-    cfg.pool = Some(pc);
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap()
+fn client(url: &str) -> redis::Client {
+    redis::Client::open(url).unwrap()
 }
 
 fn quota(daily: u64) -> gateway_core::Limits {
@@ -139,7 +122,7 @@ async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_an
     };
     let store = Arc::new(InMemoryQuotaStore::default());
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let l = RedisLimiter::new(pool(&url), &prefix, Duration::from_secs(2))
+    let l = RedisLimiter::new(client(&url), &prefix, Duration::from_secs(2))
         .with_durable_quotas(store.clone());
     let key = ApiKeyId::new();
     let Decision::Allowed { reservation, .. } = reserve(&l, key, &quota(1000), 700).await else {
@@ -206,7 +189,7 @@ fn resilient(
     store: Arc<dyn QuotaStore>,
     instances: u32,
 ) -> ResilientLimiter {
-    let redis = RedisLimiter::new(pool(url), prefix, Duration::from_millis(300))
+    let redis = RedisLimiter::new(client(url), prefix, Duration::from_millis(300))
         .with_durable_quotas(store.clone());
     let policy =
         FallbackPolicy { instances, retry_every: Duration::ZERO, ..FallbackPolicy::default() };

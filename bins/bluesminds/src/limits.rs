@@ -3,6 +3,7 @@
 //! reservations before forwarding and settlements after, off the response's path.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway_core::{ApiError, ErrorKind, Limits};
@@ -12,7 +13,7 @@ use gateway_ratelimit::{
 };
 use http::HeaderMap;
 use http::header::HeaderValue;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::{CapacityPolicy, Config, QuotaPolicy};
 
@@ -22,9 +23,12 @@ pub struct Limiting {
     /// The Redis limiter with its fallback, when Redis is configured: its health for the
     /// metrics, its mirror for the background task.
     pub resilient: Option<Arc<ResilientLimiter>>,
-    /// Settlements still running; shutdown waits for them.
-    settles: TaskTracker,
-    settle_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// Settlements go to one task that sends whatever has queued up in one batch (one
+    /// pipelined Redis round trip under load, instead of a task and a round trip each).
+    settles: mpsc::UnboundedSender<(Reservation, u64)>,
+    /// Settlements queued or being sent; shutdown waits until it is zero.
+    pending: Arc<Pending>,
+    settle_errors: Arc<AtomicU64>,
     default_completion_tokens: u64,
 }
 
@@ -72,11 +76,16 @@ impl Limiting {
                 (r.clone(), Some(r))
             }
         };
+        let (settles, queue) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending::default());
+        let settle_errors = Arc::new(AtomicU64::new(0));
+        tokio::spawn(settle_queued(limiter.clone(), queue, pending.clone(), settle_errors.clone()));
         Some(Limiting {
             limiter,
             resilient,
-            settles: TaskTracker::new(),
-            settle_errors: Arc::default(),
+            settles,
+            pending,
+            settle_errors,
             default_completion_tokens: l.default_completion_tokens,
         })
     }
@@ -120,25 +129,30 @@ impl Limiting {
         if reservation.tokens == actual {
             return;
         }
-        let limiter = self.limiter.clone();
-        let errors = self.settle_errors.clone();
-        self.settles.spawn(async move {
-            if let Err(e) = limiter.settle(&reservation, actual).await {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "could not settle a rate-limit reservation");
-            }
-        });
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
+        if self.settles.send((reservation, actual)).is_err() {
+            self.pending.done(1);
+        }
     }
 
     pub fn settle_errors(&self) -> u64 {
-        self.settle_errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.settle_errors.load(Ordering::Relaxed)
     }
 
-    /// Waits (up to `deadline`) for running settlements, then saves the quota mirror.
+    /// Waits (up to `deadline`) for queued settlements, then saves the quota mirror.
     pub async fn shutdown(&self, deadline: Duration) {
-        self.settles.close();
-        if tokio::time::timeout(deadline, self.settles.wait()).await.is_err() {
-            tracing::warn!(pending = self.settles.len(), "rate-limit settlements cut at shutdown");
+        let drained = async {
+            loop {
+                let idle = self.pending.idle.notified();
+                if self.pending.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(deadline, drained).await.is_err() {
+            let left = self.pending.count.load(Ordering::Acquire);
+            tracing::warn!(left, "rate-limit settlements cut at shutdown");
         }
         self.flush_mirror().await;
     }
@@ -150,6 +164,38 @@ impl Limiting {
         {
             tracing::warn!(error = %e, "could not save quota counters to the database; retrying");
         }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Pending {
+    fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// Settles whatever has queued since the last batch, in one call to the limiter.
+async fn settle_queued(
+    limiter: Arc<dyn RateLimiter>,
+    mut queue: mpsc::UnboundedReceiver<(Reservation, u64)>,
+    pending: Arc<Pending>,
+    errors: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        if let Err(e) = limiter.settle_many(&batch).await {
+            errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::warn!(error = %e, settlements = batch.len(), "could not settle rate-limit reservations");
+        }
+        pending.done(batch.len());
+        batch.clear();
     }
 }
 

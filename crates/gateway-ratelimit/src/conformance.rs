@@ -75,6 +75,13 @@ pub async fn limiter_contract(l: &dyn RateLimiter) {
     let r = allowed(l, key, &lim, 0, T0 + 3000).await;
     l.settle(&r, 500).await.unwrap();
     refused(l, key, &lim, 1, T0 + 4000).await;
+    // Many at once: the same as one by one.
+    let key = ApiKeyId::new();
+    let a = allowed(l, key, &lim, 600, T0).await;
+    let b = allowed(l, key, &lim, 400, T0).await;
+    l.settle_many(&[(a, 100), (b, 400)]).await.unwrap();
+    allowed(l, key, &lim, 500, T0 + 1000).await;
+    refused(l, key, &lim, 1, T0 + 1000).await;
     // A failed request settles to zero: its whole estimate comes back.
     let key = ApiKeyId::new();
     let r = allowed(l, key, &lim, 1000, T0).await;

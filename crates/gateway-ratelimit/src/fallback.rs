@@ -265,6 +265,16 @@ impl RateLimiter for ResilientLimiter {
         }
     }
 
+    async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
+        let (fallback, redis): (Vec<_>, Vec<_>) =
+            settlements.iter().cloned().partition(|(r, _)| r.fallback);
+        let redis_result = self.redis.settle_many(&redis).await;
+        for (r, actual) in &fallback {
+            self.settle(r, *actual).await?;
+        }
+        redis_result
+    }
+
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
         if !r.fallback {
             return self.redis.settle(r, actual_tokens).await;

@@ -137,6 +137,15 @@ pub trait RateLimiter: Send + Sync {
     /// Replaces the reservation's estimate with `actual_tokens`.
     async fn settle(&self, reservation: &Reservation, actual_tokens: u64)
     -> Result<(), LimitError>;
+
+    /// Settles many reservations; adapters that can (Redis: one pipelined round trip) do it
+    /// in one step. Stops at the first failure.
+    async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
+        for (reservation, actual) in settlements {
+            self.settle(reservation, *actual).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A daily or monthly quota period.

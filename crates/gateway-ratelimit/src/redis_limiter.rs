@@ -157,6 +157,14 @@ impl RedisLimiter {
         .await
     }
 
+    async fn command_pipe(&self, pipe: &redis::Pipeline) -> Result<(), LimitError> {
+        self.with_timeout(async {
+            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.broken(e))
+        })
+        .await
+    }
+
     /// A failed call: drop the connection if it may be broken, so the next call reconnects.
     fn broken(&self, e: redis::RedisError) -> LimitError {
         if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
@@ -325,6 +333,48 @@ impl RateLimiter for RedisLimiter {
         }
         self.restore(now_ms).await?;
         self.try_reserve(key, limits, tokens, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
+    }
+
+    async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
+        let mut pipe = redis::pipe();
+        let mut changed = Vec::with_capacity(settlements.len());
+        for (r, actual) in settlements {
+            let delta = i128::from(*actual) - i128::from(r.tokens);
+            if delta == 0 {
+                continue;
+            }
+            let base = self.base(r.key);
+            pipe.cmd("EVALSHA")
+                .arg(self.settle.get_hash())
+                .arg(3)
+                .arg(format!("{base}:tpm"))
+                .arg(format!("{base}:d:{}", r.day))
+                .arg(format!("{base}:m:{}", r.month))
+                .arg(r.second)
+                .arg(delta.to_string())
+                .ignore();
+            changed.push((r.key, (r.day, r.month)));
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.command_pipe(&pipe).await {
+            if !matches!(&e, LimitError::Unavailable(inner) if inner.downcast_ref::<redis::RedisError>().is_some_and(|e| e.kind() == redis::ServerErrorKind::NoScript.into()))
+            {
+                return Err(e);
+            }
+            // The script is not loaded yet (a restarted Redis): load it, then once more.
+            self.command::<String>(
+                redis::cmd("SCRIPT").arg("LOAD").arg(include_str!("../lua/settle_v1.lua")),
+            )
+            .await?;
+            self.command_pipe(&pipe).await?;
+        }
+        if let Some(d) = &self.durable {
+            let mut dirty = d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            dirty.extend(changed);
+        }
+        Ok(())
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {

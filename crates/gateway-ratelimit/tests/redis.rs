@@ -296,3 +296,21 @@ async fn with_redis_and_the_store_both_down_quota_limited_requests_fail_closed()
     assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
     assert_eq!(l.health().unavailable, 1);
 }
+
+#[tokio::test]
+async fn settling_in_a_batch_works_on_a_redis_that_lost_its_scripts() {
+    let Some(l) = limiter() else {
+        eprintln!("TEST_REDIS_URL not set: Redis settle test skipped");
+        return;
+    };
+    let key = ApiKeyId::new();
+    let Decision::Allowed { reservation, .. } = reserve(&l, key, &quota(1000), 900).await else {
+        panic!("allowed")
+    };
+    // What a restarted Redis looks like to a pipeline of EVALSHA: NOSCRIPT.
+    let client = client(&std::env::var("TEST_REDIS_URL").unwrap());
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    l.settle_many(&[(reservation, 100)]).await.unwrap();
+    assert!(matches!(reserve(&l, key, &quota(1000), 900).await, Decision::Allowed { .. }));
+}

@@ -104,7 +104,7 @@ def machine():
         mem_kib = int(f.readline().split()[1])
     return (
         f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1048576:.0f} GiB, Linux {platform.release()}; "
-        f"{sh('oha', '--version')}; PostgreSQL {sh('psql', '-V').split()[-1]}; "
+        f"{sh('oha', '--version')}; PostgreSQL {sh('psql', '-V').split()[2]}; "
         f"{sh('redis-server', '--version').split(' sha')[0]}; everything on the same machine"
     )
 
@@ -118,7 +118,7 @@ def report(out, write):
     with open(os.path.join(out, "results.jsonl")) as f:
         results = [json.loads(line) for line in f if line.strip()]
     commit = sh("git", "rev-parse", "--short", "HEAD")
-    dirty = " (with uncommitted changes)" if sh("git", "status", "--porcelain") else ""
+    dirty = ", with uncommitted changes" if sh("git", "status", "--porcelain") else ""
     today = datetime.date.today().isoformat()
     lines = [
         f"## {today} — `just bench` (commit `{commit}`{dirty})",

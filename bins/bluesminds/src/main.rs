@@ -9,12 +9,6 @@ use bluesminds::cli::{AdminCommand, Cli, Command};
 use bluesminds::config::Config;
 use clap::Parser;
 
-/// mimalloc instead of the system allocator: a profile of the gateway at peak load showed
-/// glibc's malloc and free (and their arena locks) at about 15% of its CPU; mimalloc's
-/// thread-local free lists remove most of it (docs/BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// EX_USAGE: bad command line or configuration.
 const EXIT_USAGE: u8 = 64;
 

@@ -27,9 +27,9 @@ fn arrivals(rng: &mut fastrand::Rng) -> Vec<i64> {
     out
 }
 
-#[tokio::test]
-async fn never_over_admits_and_refuses_only_within_the_stated_approximation() {
-    for seed in 0..300u64 {
+/// Runs `seeds` random arrival patterns through `limiter` (a fresh key each).
+async fn check(limiter: &dyn RateLimiter, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
         let mut rng = fastrand::Rng::with_seed(seed);
         let rpm = rng.u64(1..30);
         let limits = Limits {
@@ -38,7 +38,6 @@ async fn never_over_admits_and_refuses_only_within_the_stated_approximation() {
             daily_tokens: u64::MAX / 4,
             monthly_tokens: u64::MAX / 4,
         };
-        let limiter = InMemoryLimiter::default();
         let key = ApiKeyId::new();
         let mut admitted: Vec<i64> = Vec::new();
         for t in arrivals(&mut rng) {
@@ -65,4 +64,24 @@ async fn never_over_admits_and_refuses_only_within_the_stated_approximation() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn never_over_admits_and_refuses_only_within_the_stated_approximation() {
+    check(&InMemoryLimiter::default(), 0..300).await;
+}
+
+#[tokio::test]
+async fn the_redis_window_keeps_the_same_promise() {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("TEST_REDIS_URL not set: Redis property test skipped");
+        return;
+    };
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let limiter = gateway_ratelimit::RedisLimiter::new(
+        redis::Client::open(url).unwrap(),
+        &prefix,
+        std::time::Duration::from_secs(5),
+    );
+    check(&limiter, 0..60).await;
 }

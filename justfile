@@ -42,6 +42,11 @@ litellm-check:
 bench:
     bash scripts/bench.sh
 
+# The same closed-loop and c=1 runs against LiteLLM's proxy and Portkey's gateway, side by side
+# (outside CI: installs them from PyPI and npm on first use).
+bench-peers:
+    bash scripts/bench-peers.sh
+
 # The focused benchmarks of single pieces: key verification, a flood of wrong keys, the usage
 # writer (Postgres rows need TEST_DATABASE_URL), the limiter against Redis (TEST_REDIS_URL).
 bench-micro:

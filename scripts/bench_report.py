@@ -5,6 +5,7 @@
                                           /metrics scrapes, as JSON fields (p50_ms, p99_ms)
   bench_report.py report OUT WRITE        medians of the runs in OUT; prints the section and,
                                           when WRITE is 1, puts it on top of docs/BENCHMARKS.md
+  bench_report.py peers OUT WRITE         the same for scripts/bench-peers.sh
 """
 
 import datetime
@@ -64,7 +65,10 @@ def oha(out, name):
         d = json.load(f)
     s, p = d["summary"], d["latencyPercentiles"]
     codes = d.get("statusCodeDistribution", {})
-    errors = sum(d.get("errorDistribution", {}).values()) + sum(
+    # A timed run (-z) cancels what is in flight at its end: not an error of the server.
+    errors = sum(
+        n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e
+    ) + sum(
         n for c, n in codes.items() if c != "200"
     )
     return {
@@ -216,7 +220,10 @@ def report(out, write):
             f"Usage rows written for the production-configuration gateway: {usage['rows']:,} for {usage['served']:,} requests served ({verdict})."
         )
     lines += ["", "Reproduce: `just bench` (knobs at the top of `scripts/bench.sh`).", ""]
-    section = "\n".join(lines)
+    write_section("\n".join(lines), write)
+
+
+def write_section(section, write):
     print(section)
     if write == "1":
         with open(DOC) as f:
@@ -227,10 +234,48 @@ def report(out, write):
         print(f"written to {DOC}")
 
 
+def peers(out, write):
+    with open(os.path.join(out, "results.jsonl")) as f:
+        results = [json.loads(line) for line in f if line.strip()]
+    versions = next((r["text"] for r in results if r["phase"] == "versions"), "?")
+    commit = sh("git", "rev-parse", "--short", "HEAD")
+    lines = [
+        f"## {datetime.date.today().isoformat()} — `just bench-peers` (commit `{commit}`)",
+        "",
+        f"Machine: {machine()}; {versions}. One timed run per row, all against the same",
+        "`bluesminds-mock`. Configurations: BluesMinds as in `just bench` (Postgres, Redis limits",
+        "on, usage written, bcrypt-stored key); LiteLLM proxy with one worker, a config file and a",
+        "master key, **no database** (no key lookup, no spend logs, no limits: this flatters it);",
+        "Portkey's gateway headless with provider `openai` and a custom host (no keys, logs or",
+        "limits of its own either).",
+        "",
+        "| Path | Concurrency | Requests/s | p50 ms | p99 ms | p99.9 ms | Errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in (64, 1):
+        for name, label in [
+            ("direct", "direct to mock"),
+            ("bluesminds", "BluesMinds (full pipeline)"),
+            ("litellm", "LiteLLM proxy (no database)"),
+            ("portkey", "Portkey gateway"),
+        ]:
+            path = os.path.join(out, f"{name}-c{c}.json")
+            if not os.path.exists(path):
+                continue
+            m = oha(out, f"{name}-c{c}")
+            lines.append(
+                f"| {label} | {c} | {fmt(m['rps'], 0)} | {fmt(m['p50'], 3)} | {fmt(m['p99'], 3)} | {fmt(m['p999'], 3)} | {m['errors']} |"
+            )
+    lines += ["", "Reproduce: `just bench-peers` (outside CI).", ""]
+    write_section("\n".join(lines), write)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "overhead":
         overhead(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "report":
         report(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "peers":
+        peers(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

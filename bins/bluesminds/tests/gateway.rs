@@ -11,14 +11,11 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
-};
+use async_openai::types::chat::ChatCompletionStreamOptions;
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{Gateway, Mock, PATIENCE, request_with, user_with_key};
+use support::{Gateway, Mock, PATIENCE, chat_request, request_with, user_with_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MODELS: &str = "gpt-4,gpt-3.5-turbo,text-embedding-3-small";
@@ -49,19 +46,6 @@ async fn setup(extra_env: &[(&str, &str)]) -> Setup {
 
 fn openai(gw: &Gateway, key: &str) -> Client<OpenAIConfig> {
     Client::with_config(OpenAIConfig::new().with_api_base(gw.url("/api/v1")).with_api_key(key))
-}
-
-fn chat_request(model: &str, max_tokens: u32) -> CreateChatCompletionRequest {
-    CreateChatCompletionRequestArgs::default()
-        .model(model)
-        .max_tokens(max_tokens)
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Hello there!")
-            .build()
-            .unwrap()
-            .into()])
-        .build()
-        .unwrap()
 }
 
 /// What the mock answers to `max_tokens` words: "Hello from the BluesMinds mock ...".

@@ -11,27 +11,12 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
-};
 use serde_json::json;
-use support::{Gateway, Mock, PATIENCE, Reply, env_refs, post_with_key, request_with};
+use support::{
+    Gateway, Mock, PATIENCE, Reply, chat_request, env_refs, post_with_key, request_with,
+};
 
 const MODELS: &str = "gpt-4,text-embedding-3-small";
-
-fn chat(max_tokens: u32) -> CreateChatCompletionRequest {
-    CreateChatCompletionRequestArgs::default()
-        .model("gpt-4")
-        .max_tokens(max_tokens)
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Hello there!")
-            .build()
-            .unwrap()
-            .into()])
-        .build()
-        .unwrap()
-}
 
 fn header_u64(r: &Reply, name: &str) -> u64 {
     r.header(name).unwrap_or_else(|| panic!("no {name}: {:?}", r.headers)).parse().unwrap()
@@ -64,17 +49,17 @@ async fn a_free_key_is_refused_on_its_eleventh_request_and_passes_again_after_th
         .with_http_service(async_openai::middleware::ReqwestService::new(reqwest::Client::new()));
 
     // One request, then nine at once, then the eleventh: well inside one window.
-    no_retries.chat().create(chat(5)).await.unwrap();
+    no_retries.chat().create(chat_request("gpt-4", 5)).await.unwrap();
     let nine: Vec<_> = (0..9)
         .map(|_| {
             let client = no_retries.clone();
-            tokio::spawn(async move { client.chat().create(chat(5)).await })
+            tokio::spawn(async move { client.chat().create(chat_request("gpt-4", 5)).await })
         })
         .collect();
     for t in nine {
         t.await.unwrap().unwrap();
     }
-    let r = no_retries.chat().create(chat(5)).await;
+    let r = no_retries.chat().create(chat_request("gpt-4", 5)).await;
     let Err(OpenAIError::ApiError(e)) = r else {
         panic!("the 11th request within the window must be refused: {r:?}")
     };
@@ -96,7 +81,7 @@ async fn a_free_key_is_refused_on_its_eleventh_request_and_passes_again_after_th
 
     // The SDK's default client waits as long as Retry-After says, then gets through.
     let retrying = Client::with_config(config);
-    retrying.chat().create(chat(5)).await.unwrap();
+    retrying.chat().create(chat_request("gpt-4", 5)).await.unwrap();
     assert_eq!(mock.requests(), 11);
     let r = post_with_key(gw.addr, "/api/v1/chat/completions", &key, &body).await;
     assert_eq!(r.status, 200, "the window has moved on: {:?}", r.body);

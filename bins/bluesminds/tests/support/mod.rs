@@ -381,3 +381,24 @@ pub async fn shared_backends(
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// A chat request for the SDK: one user message, `max_tokens` (the mock answers that many
+/// words).
+pub fn chat_request(
+    model: &str,
+    max_tokens: u32,
+) -> async_openai::types::chat::CreateChatCompletionRequest {
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+    CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .max_tokens(max_tokens)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Hello there!")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap()
+}

@@ -48,9 +48,11 @@ bench-peers:
     bash scripts/bench-peers.sh
 
 # The focused benchmarks of single pieces: key verification, a flood of wrong keys, the usage
-# writer (Postgres rows need TEST_DATABASE_URL), the limiter against Redis (TEST_REDIS_URL).
+# writer (Postgres rows need TEST_DATABASE_URL), the limiter against Redis (TEST_REDIS_URL),
+# request field extraction and the SSE relay (criterion).
 bench-micro:
     cargo bench --locked -p gateway-auth --bench verify
     cargo bench --locked -p bluesminds --bench key_flood
     cargo bench --locked -p gateway-store --bench usage_writer
     cargo bench --locked -p gateway-ratelimit --bench limiter
+    cargo bench --locked -p gateway-proxy --bench hot_path

@@ -6,6 +6,8 @@ export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 . scripts/services.sh
 
+# Release binaries, wherever cargo puts them.
+BIN="${CARGO_TARGET_DIR:-target}/release"
 MOCK_ADDR=127.0.0.1:9401
 GW_ADDR=127.0.0.1:3401
 DB_NAME="bm_bench_$$"
@@ -61,7 +63,7 @@ start_gateway() { # name, extra environment assignments...
     BLUESMINDS_REDIS__KEY_PREFIX="$PREFIX" BLUESMINDS_BIND="$GW_ADDR" \
     BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 \
     LITELLM_SERVER_1_URL="http://$MOCK_ADDR" LITELLM_SERVER_1_MODELS="gpt-4" \
-    "$@" target/release/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
+    "$@" "$BIN"/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
   wait_for gateway curl -sf "http://$GW_ADDR/healthz" || die "the gateway did not start (see $OUT/gateway-$name.log)"
@@ -74,7 +76,7 @@ stop_gateway() {
 
 gateway_cli() {
   env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn DATABASE_URL="$DB_URL" \
-    JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" target/release/bluesminds "$@"
+    JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" "$BIN"/bluesminds "$@"
 }
 
 usage_rows() { psql "$DB_URL" -Atc 'SELECT count(*) FROM usage_logs'; }
@@ -109,7 +111,7 @@ setup_mock_and_database() {
   cargo build --release --locked -p bluesminds -p bluesminds-mock --bins
 
   log "mock upstream on $MOCK_ADDR"
-  target/release/bluesminds-mock --addr "$MOCK_ADDR" > "$OUT/mock.log" 2>&1 &
+  "$BIN"/bluesminds-mock --addr "$MOCK_ADDR" > "$OUT/mock.log" 2>&1 &
   PIDS+=($!)
   wait_for mock curl -sf "http://$MOCK_ADDR/health" -o /dev/null || wait_for mock curl -s "http://$MOCK_ADDR/" -o /dev/null
 

@@ -66,14 +66,14 @@ done
 
 log "streaming: time to first chunk, direct and through the gateway"
 for run in $(seq 1 "$RUNS"); do
-  d=$(target/release/bluesminds-streams ttft --addr "$MOCK_ADDR" --n 300 --body "$STREAM")
-  g=$(target/release/bluesminds-streams ttft --addr "$GW_ADDR" --key "$KEY" --n 300 --body "$STREAM")
+  d=$("$BIN"/bluesminds-streams ttft --addr "$MOCK_ADDR" --n 300 --body "$STREAM")
+  g=$("$BIN"/bluesminds-streams ttft --addr "$GW_ADDR" --key "$KEY" --n 300 --body "$STREAM")
   record "{\"phase\":\"stream\",\"run\":$run,\"direct\":$d,\"gateway\":$g}"
   SERVED=$((SERVED + 330))
 done
 
 log "memory holding 1000 open streams"
-coproc HOLDER { target/release/bluesminds-streams hold --addr "$GW_ADDR" --key "$KEY" --n 1000 --body "$HOLD"; }
+coproc HOLDER { "$BIN"/bluesminds-streams hold --addr "$GW_ADDR" --key "$KEY" --n 1000 --body "$HOLD"; }
 read -r line <&"${HOLDER[0]}" || die "the streams did not open"
 [ "$line" = "holding 1000" ] || die "unexpected: $line"
 record "{\"phase\":\"rss\",\"what\":\"streams\",\"kib\":$(rss_kib "$GW_PID")}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gateway_core::{ApiError, ErrorKind, Limits};
+use gateway_core::{ApiError, ErrorKind, Limits, Usage};
 use gateway_ratelimit::{
     CapacityFallback, Decision, FallbackPolicy, InMemoryLimiter, QuotaFallback, QuotaStore,
     RateLimiter, RedisLimiter, Reservation, ResilientLimiter, Snapshot, Window,
@@ -133,6 +133,17 @@ impl Limiting {
         if self.settles.send((reservation, actual)).is_err() {
             self.pending.done(1);
         }
+    }
+
+    /// Settles a whole (not streamed) answer: a failed request is refunded, an answer without
+    /// usage keeps its estimate, any other is charged the usage it reported.
+    pub fn settle_answer(&self, reservation: Reservation, success: bool, usage: Option<Usage>) {
+        let actual = match (success, usage) {
+            (false, _) => 0,
+            (true, Some(u)) => u.total(),
+            (true, None) => reservation.tokens,
+        };
+        self.settle(reservation, actual);
     }
 
     pub fn settle_errors(&self) -> u64 {

@@ -166,19 +166,10 @@ async fn owners_read_their_logs_and_stats_and_nobody_else_does() {
     user_with_key(&gw, "other@example.com", json!({"name": "o"})).await;
     let (owner, other) =
         (login(gw.addr, "owner@example.com").await, login(gw.addr, "other@example.com").await);
-    let auth = format!("Bearer {key}");
     for n in 1..=7u64 {
-        let body = json!({"model": "gpt-4", "max_tokens": n, "messages": [{"role": "user", "content": "Hello there!"}]}).to_string();
+        let body = json!({"model": "gpt-4", "max_tokens": n, "messages": [{"role": "user", "content": "Hello there!"}]});
         assert_eq!(
-            request_with(
-                gw.addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth)],
-                body.as_bytes()
-            )
-            .await
-            .status,
+            support::post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status,
             200
         );
     }
@@ -278,33 +269,16 @@ async fn metrics_parse_as_prometheus_text_and_never_carry_secrets() {
     )
     .await;
     let key = user_with_key(&gw, "metrics@example.com", json!({"name": "m"})).await;
-    let auth = format!("Bearer {key}");
     for _ in 0..3 {
-        let body = json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+        let body = json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(
-            request_with(
-                gw.addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth)],
-                body.as_bytes()
-            )
-            .await
-            .status,
+            support::post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status,
             200
         );
     }
-    let body = json!({"model": "made-up-model-from-a-client", "messages": []}).to_string();
+    let body = json!({"model": "made-up-model-from-a-client", "messages": []});
     assert_eq!(
-        request_with(
-            gw.addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("authorization", &auth)],
-            body.as_bytes()
-        )
-        .await
-        .status,
+        support::post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status,
         404
     );
 
@@ -384,21 +358,11 @@ async fn a_database_outage_loses_no_request_and_no_record() {
     )
     .await;
     let key = user_with_key(&gw, "outage@example.com", json!({"name": "o"})).await;
-    let auth = format!("Bearer {key}");
     let chat = |stream: bool| {
-        let auth = auth.clone();
-        let addr = gw.addr;
+        let (key, addr) = (key.clone(), gw.addr);
         async move {
-            let body = json!({"model": "gpt-4", "max_tokens": 2, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-            request_with(
-                addr,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth)],
-                body.as_bytes(),
-            )
-            .await
-            .status
+            let body = json!({"model": "gpt-4", "max_tokens": 2, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+            support::post_with_key(addr, "/v1/chat/completions", &key, &body).await.status
         }
     };
     assert_eq!(chat(false).await, 200, "the key is verified and cached");

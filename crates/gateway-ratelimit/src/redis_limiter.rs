@@ -25,6 +25,9 @@ use crate::{
 /// The reserve script's answer (see `lua/reserve_v1.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64, u64);
 
+/// The settle script, sent by hash in pipelines and loaded by hand when Redis lost it.
+const SETTLE_LUA: &str = include_str!("../lua/settle_v1.lua");
+
 /// Counters restored per script call.
 const RESTORE_CHUNK: usize = 500;
 
@@ -82,7 +85,7 @@ impl RedisLimiter {
             timeout,
             span: DEFAULT_BUCKETS,
             reserve: redis::Script::new(include_str!("../lua/reserve_v1.lua")),
-            settle: redis::Script::new(include_str!("../lua/settle_v1.lua")),
+            settle: redis::Script::new(SETTLE_LUA),
             restore: redis::Script::new(include_str!("../lua/restore_v1.lua")),
             durable: None,
         }
@@ -206,12 +209,7 @@ impl RedisLimiter {
         match allowed {
             -1 => Ok(None),
             1 => {
-                if let Some(d) = &self.durable {
-                    d.dirty
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(key, (day, month));
-                }
+                self.mark_changed([(key, (day, month))]);
                 let reservation =
                     Reservation { key, tokens, second: now, day, month, fallback: false };
                 Ok(Some(Decision::Allowed { reservation, snapshot }))
@@ -226,6 +224,13 @@ impl RedisLimiter {
                 let retry_after_secs = retry_after.max(1);
                 Ok(Some(Decision::Refused { window, retry_after_secs, snapshot }))
             }
+        }
+    }
+
+    /// Remembers keys whose quota counters changed, for the next mirror flush.
+    fn mark_changed(&self, changed: impl IntoIterator<Item = (ApiKeyId, (u32, u32))>) {
+        if let Some(d) = &self.durable {
+            d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(changed);
         }
     }
 
@@ -364,38 +369,14 @@ impl RateLimiter for RedisLimiter {
                 return Err(e);
             }
             // The script is not loaded yet (a restarted Redis): load it, then once more.
-            self.command::<String>(
-                redis::cmd("SCRIPT").arg("LOAD").arg(include_str!("../lua/settle_v1.lua")),
-            )
-            .await?;
+            self.command::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(SETTLE_LUA)).await?;
             self.command_pipe(&pipe).await?;
         }
-        if let Some(d) = &self.durable {
-            let mut dirty = d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            dirty.extend(changed);
-        }
+        self.mark_changed(changed);
         Ok(())
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
-        let delta = i128::from(actual_tokens) - i128::from(r.tokens);
-        if delta == 0 {
-            return Ok(());
-        }
-        let base = self.base(r.key);
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(format!("{base}:tpm"))
-            .key(format!("{base}:d:{}", r.day))
-            .key(format!("{base}:m:{}", r.month))
-            .arg(r.second)
-            .arg(delta.to_string());
-        self.call::<i64>(inv).await?;
-        if let Some(d) = &self.durable {
-            d.dirty
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(r.key, (r.day, r.month));
-        }
-        Ok(())
+        self.settle_many(&[(r.clone(), actual_tokens)]).await
     }
 }

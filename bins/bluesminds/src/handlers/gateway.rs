@@ -139,9 +139,7 @@ pub async fn forward(
         Ok(Step::Done(res, usage)) => {
             let ok = res.status().is_success();
             if let (Some(limits), Some(reservation)) = (&app.limits, limit.reservation.take()) {
-                // A failed request refunds; an answer without usage keeps its estimate.
-                let actual = if ok { usage.map_or(reservation.tokens, |u| u.total()) } else { 0 };
-                limits.settle(reservation, actual);
+                limits.settle_answer(reservation, ok, usage);
             }
             let error = (!ok).then(|| format!("upstream answered {}", res.status()));
             app.record_usage(draft.finish(res.status(), usage, error));
@@ -150,7 +148,7 @@ pub async fn forward(
         Ok(Step::Streaming(res)) => res,
         Err(e) => {
             if let (Some(limits), Some(reservation)) = (&app.limits, limit.reservation.take()) {
-                limits.settle(reservation, 0);
+                limits.settle_answer(reservation, false, None);
             }
             let status = crate::http::status_of(e.kind);
             app.record_usage(draft.finish(status, None, Some(e.message.to_string())));

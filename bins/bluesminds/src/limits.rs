@@ -12,7 +12,7 @@ use gateway_ratelimit::{
     RateLimiter, RedisLimiter, Reservation, ResilientLimiter, Snapshot, Window,
 };
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::{CapacityPolicy, Config, QuotaPolicy};
@@ -234,14 +234,22 @@ fn refusal(window: Window, limits: &Limits, requested: u64, retry_after: u64) ->
     ApiError::new(kind, message).with_retry_after(retry_after)
 }
 
-/// The `x-ratelimit-*` headers, as OpenAI sends them.
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// The `x-ratelimit-*` headers, as OpenAI sends them (constant names: inserting by `&str`
+/// would copy each name for every response).
 pub fn add_headers(headers: &mut HeaderMap, s: &Snapshot) {
     let secs =
-        |n: u64| HeaderValue::from_str(&format!("{n}s")).unwrap_or(HeaderValue::from_static("0s"));
-    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(s.limit_requests));
-    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(s.remaining_requests));
-    headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(s.limit_tokens));
-    headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(s.remaining_tokens));
-    headers.insert("x-ratelimit-reset-requests", secs(s.reset_requests_secs));
-    headers.insert("x-ratelimit-reset-tokens", secs(s.reset_tokens_secs));
+        |n: u64| HeaderValue::try_from(format!("{n}s")).unwrap_or(HeaderValue::from_static("0s"));
+    headers.insert(LIMIT_REQUESTS, HeaderValue::from(s.limit_requests));
+    headers.insert(REMAINING_REQUESTS, HeaderValue::from(s.remaining_requests));
+    headers.insert(LIMIT_TOKENS, HeaderValue::from(s.limit_tokens));
+    headers.insert(REMAINING_TOKENS, HeaderValue::from(s.remaining_tokens));
+    headers.insert(RESET_REQUESTS, secs(s.reset_requests_secs));
+    headers.insert(RESET_TOKENS, secs(s.reset_tokens_secs));
 }

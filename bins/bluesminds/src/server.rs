@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_core::{ApiError, ErrorKind, RequestId};
-use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue};
+use http::header::{ALLOW, CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -24,7 +24,7 @@ use crate::handlers;
 use crate::http::{Guarded, ResBody, error_response};
 use crate::router::{self, Routed};
 
-pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What a handler knows about its request besides the request itself.
 #[derive(Clone, Copy, Debug)]
@@ -142,7 +142,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
 
 fn finish(res: Response<ResBody>, permit: Option<OwnedSemaphorePermit>, ctx: Ctx) -> Resp {
     let (mut parts, body) = res.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id.to_string()) {
+    if let Ok(v) = HeaderValue::try_from(ctx.request_id.to_string()) {
         parts.headers.insert(X_REQUEST_ID, v);
     }
     Response::from_parts(parts, Guarded::new(body, permit))

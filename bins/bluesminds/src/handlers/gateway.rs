@@ -9,7 +9,9 @@ use gateway_core::{ApiError, ErrorKind, Scope, Usage};
 use gateway_proxy::request::{Endpoint, forward_body, inspect};
 use gateway_proxy::{ForwardRequest, Forwarded};
 use gateway_usage::UsageRecord;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -18,7 +20,8 @@ use crate::errors::from_verify;
 use crate::http::{ResBody, json};
 use crate::server::{Ctx, read_body};
 
-pub const OVERHEAD_HEADER: &str = "x-bluesminds-overhead-ms";
+/// A constant `HeaderName`: inserting by `&str` would copy the name for every response.
+pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-overhead-ms");
 
 /// Authenticates the bearer key and checks it may use `scope`.
 pub async fn authenticate<B>(
@@ -241,6 +244,8 @@ async fn forward_authenticated(
             app.metrics.observe_overhead(endpoint.as_str(), overhead);
             let mut res = Response::new(ResBody::full(body));
             *res.status_mut() = status;
+            // Room for every header the gateway adds, so the map never grows.
+            *res.headers_mut() = HeaderMap::with_capacity(16);
             let headers = res.headers_mut();
             headers.insert(
                 CONTENT_TYPE,

@@ -57,7 +57,7 @@ pub async fn dispatch(
     };
     let mut res = result.unwrap_or_else(|e| error_response(&e));
     if matches!(route, Route::ChatCompletions | Route::Embeddings | Route::Models)
-        && !res.headers().contains_key(gateway::OVERHEAD_HEADER)
+        && !res.headers().contains_key(&gateway::OVERHEAD_HEADER)
     {
         // Answered without an upstream (refused, or /models): all of it was the gateway's.
         res.headers_mut()

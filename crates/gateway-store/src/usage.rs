@@ -1,4 +1,9 @@
 //! SQL adapter of the usage store: multi-row inserts that skip records already stored.
+//!
+//! On Postgres a batch is one statement of fixed text whatever its size (`INSERT ... SELECT *
+//! FROM UNNEST($1, ..., $18)`, one array per column): prepared once per connection, where a
+//! multi-row `VALUES` list would be new SQL text with 18 parameters a row to build, send, parse
+//! and plan for every batch.
 
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
@@ -63,6 +68,12 @@ impl UsageStore for SqlUsageStore {
         if records.is_empty() {
             return Ok(());
         }
+        if self.store.backend() == DatabaseBackend::Postgres {
+            let pool = self.store.connection().get_postgres_connection_pool();
+            return insert_unnest(pool, records).await.map_err(|e| {
+                UsageError::Store(Box::new(StoreError::Db(sea_orm::DbErr::Custom(e.to_string()))))
+            });
+        }
         // The primary key (request_id, created_at) refuses a second copy of a record.
         let result = usage_logs::Entity::insert_many(records.iter().map(row))
             .on_conflict_do_nothing_on([
@@ -78,6 +89,46 @@ impl UsageStore for SqlUsageStore {
             Err(e) => Err(UsageError::Store(Box::new(StoreError::Db(e)))),
         }
     }
+}
+
+/// The Postgres batch insert; the primary key (request_id, created_at) refuses a second copy
+/// of a record.
+const INSERT_UNNEST: &str = "INSERT INTO usage_logs (request_id, created_at, user_id, \
+    api_key_id, server_id, endpoint, model, prompt_tokens, completion_tokens, total_tokens, \
+    cost_micros, latency_ms, upstream_latency_ms, status_code, is_error, error_message, \
+    streamed, client_disconnected) \
+    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], \
+    $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], \
+    $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[]) \
+    ON CONFLICT (request_id, created_at) DO NOTHING";
+
+async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    fn column<'a, T>(records: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
+        records.iter().map(f).collect()
+    }
+    let i32_of = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    sqlx::query(INSERT_UNNEST)
+        .bind(column(records, |r| r.request_id.as_uuid()))
+        .bind(column(records, |r| r.created_at))
+        .bind(column(records, |r| r.user_id.as_uuid()))
+        .bind(column(records, |r| r.api_key_id.map(|k| k.as_uuid())))
+        .bind(column(records, |r| r.server_id.map(|s| s.as_uuid())))
+        .bind(column(records, |r| r.endpoint.as_str()))
+        .bind(column(records, |r| r.model.as_str()))
+        .bind(column(records, |r| i64_of(r.prompt_tokens)))
+        .bind(column(records, |r| i64_of(r.completion_tokens)))
+        .bind(column(records, |r| i64_of(r.total_tokens)))
+        .bind(column(records, |r| r.cost_micros))
+        .bind(column(records, |r| i32_of(r.latency_ms)))
+        .bind(column(records, |r| r.upstream_latency_ms.map(i32_of)))
+        .bind(column(records, |r| i16::try_from(r.status_code).unwrap_or(i16::MAX)))
+        .bind(column(records, |r| r.is_error))
+        .bind(column(records, |r| r.error_message.as_deref()))
+        .bind(column(records, |r| r.streamed))
+        .bind(column(records, |r| r.client_disconnected))
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 fn record_of(row: usage_logs::Model) -> UsageRecord {

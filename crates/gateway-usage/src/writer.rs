@@ -206,14 +206,15 @@ async fn run(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.flush_every;
+        // One timer per batch, and whatever has queued taken at once (not a timer and a
+        // wake-up per record).
+        let flush = tokio::time::sleep(config.flush_every);
+        tokio::pin!(flush);
         while batch.len() < config.batch_size {
+            let room = config.batch_size - batch.len();
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                () = &mut flush => break,
             }
         }
         healthy = write_or_spill(store.as_ref(), &config, &stats, &spill, &mut batch).await;

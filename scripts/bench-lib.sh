@@ -55,23 +55,24 @@ load() {
   oha --no-tui --output-format json -m POST "${headers[@]}" -d "$CHAT" "$@" "$url" > "$OUT/$name.json"
 }
 
-start_gateway() { # name, extra environment assignments...
-  local name=$1; shift
+start_gateway() { # name, extra environment assignments... (BIND: another address)
+  local name=$1 addr=${BIND:-$GW_ADDR}; shift
   env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn \
     DATABASE_URL="$DB_URL" REDIS_URL="$TEST_REDIS_URL" \
     JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" \
-    BLUESMINDS_REDIS__KEY_PREFIX="$PREFIX" BLUESMINDS_BIND="$GW_ADDR" \
+    BLUESMINDS_REDIS__KEY_PREFIX="$PREFIX" BLUESMINDS_BIND="$addr" \
     BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 \
     LITELLM_SERVER_1_URL="http://$MOCK_ADDR" LITELLM_SERVER_1_MODELS="gpt-4" \
     "$@" "$BIN"/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
-  wait_for gateway curl -sf "http://$GW_ADDR/healthz" || die "the gateway did not start (see $OUT/gateway-$name.log)"
+  wait_for gateway curl -sf "http://$addr/healthz" || die "the gateway did not start (see $OUT/gateway-$name.log)"
 }
 
-stop_gateway() {
-  kill -TERM "$GW_PID"
-  wait "$GW_PID" || die "the gateway exited with an error at shutdown"
+stop_gateway() { # [pid]: the last one started when omitted
+  local pid=${1:-$GW_PID}
+  kill -TERM "$pid"
+  wait "$pid" || die "the gateway exited with an error at shutdown"
 }
 
 gateway_cli() {

@@ -3,7 +3,8 @@
 # hit, usage written to Postgres, a bcrypt-stored key) against `bluesminds-mock`, measured in
 # one run on this machine with `oha`: closed loop (direct and through the gateway), open loop
 # at fixed rates, streaming time to first chunk, memory idle / at peak / holding 1,000
-# streams, attribution (limits off, usage off) and usage completeness. Writes a dated section
+# streams, attribution (limits off, usage off: two more gateways, measured in turn with the
+# full one in each closed-loop round) and usage completeness. Writes a dated section
 # into docs/BENCHMARKS.md above the previous ones.
 #
 # Knobs: BENCH_RUNS (3), BENCH_REQUESTS (closed-loop requests per run, 60000),
@@ -22,22 +23,39 @@ WRITE=${BENCH_WRITE:-1}
 
 setup_mock_and_database
 
-log "gateway (production configuration)"
+log "gateway (production configuration), and two more for the attribution"
 start_gateway full
+FULL_PID=$GW_PID
 KEY=$(provision_key)
+# The same gateway with limits off and with usage off, on their own ports, measured in turn
+# with the full one in every closed-loop round: this machine's speed drifts between minutes,
+# so configurations measured one after another would not be comparable.
+LIMITS_OFF_ADDR=127.0.0.1:3402
+USAGE_OFF_ADDR=127.0.0.1:3403
+BIND=$LIMITS_OFF_ADDR start_gateway limits-off BLUESMINDS_LIMITS__ENABLED=false
+LIMITS_OFF_PID=$GW_PID
+BIND=$USAGE_OFF_ADDR start_gateway usage-off BLUESMINDS_USAGE__ENABLED=false
+USAGE_OFF_PID=$GW_PID
+GW_PID=$FULL_PID
 sleep 1
 record "{\"phase\":\"rss\",\"what\":\"idle\",\"kib\":$(rss_kib "$GW_PID")}"
 ROWS_BEFORE=$(usage_rows)
 SERVED=0
 served() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statusCodeDistribution'].get('200',0))" "$OUT/$1.json"; }
 
-log "closed loop: $RUNS x $REQUESTS requests at concurrency 64, direct and through the gateway"
+log "closed loop: $RUNS x $REQUESTS requests at concurrency 64: direct, through the gateway, limits off, usage off"
 load warmup "http://$GW_ADDR/v1/chat/completions" "$KEY" -n 5000 -c 64
 SERVED=$((SERVED + $(served warmup)))
+load warmup-limits-off "http://$LIMITS_OFF_ADDR/v1/chat/completions" "$KEY" -n 5000 -c 64
+SERVED=$((SERVED + $(served warmup-limits-off)))
+load warmup-usage-off "http://$USAGE_OFF_ADDR/v1/chat/completions" "$KEY" -n 5000 -c 64
 for run in $(seq 1 "$RUNS"); do
   load "closed-direct-c64-$run" "http://$MOCK_ADDR/v1/chat/completions" "" -n "$REQUESTS" -c 64
   load "closed-gateway-c64-$run" "http://$GW_ADDR/v1/chat/completions" "$KEY" -n "$REQUESTS" -c 64
   SERVED=$((SERVED + $(served "closed-gateway-c64-$run")))
+  load "closed-limits-off-c64-$run" "http://$LIMITS_OFF_ADDR/v1/chat/completions" "$KEY" -n "$REQUESTS" -c 64
+  SERVED=$((SERVED + $(served "closed-limits-off-c64-$run")))
+  load "closed-usage-off-c64-$run" "http://$USAGE_OFF_ADDR/v1/chat/completions" "$KEY" -n "$REQUESTS" -c 64
 done
 record "{\"phase\":\"rss\",\"what\":\"peak\",\"kib\":$(hwm_kib "$GW_PID")}"
 
@@ -81,24 +99,13 @@ echo >&"${HOLDER[1]}"
 wait "$HOLDER_PID" || true
 SERVED=$((SERVED + 1000))
 
-log "usage completeness"
-stop_gateway
+log "usage completeness (every gateway that writes usage stopped, so its queue is written)"
+stop_gateway "$USAGE_OFF_PID"
+stop_gateway "$LIMITS_OFF_PID"
+stop_gateway "$FULL_PID"
 ROWS=$(( $(usage_rows) - ROWS_BEFORE ))
 record "{\"phase\":\"usage\",\"served\":$SERVED,\"rows\":$ROWS}"
 echo "served $SERVED, usage rows $ROWS"
-
-for variant in limits-off usage-off; do
-  log "attribution: $variant"
-  case $variant in
-    limits-off) start_gateway "$variant" BLUESMINDS_LIMITS__ENABLED=false ;;
-    usage-off) start_gateway "$variant" BLUESMINDS_USAGE__ENABLED=false ;;
-  esac
-  load "warmup-$variant" "http://$GW_ADDR/v1/chat/completions" "$KEY" -n 5000 -c 64
-  for run in $(seq 1 "$RUNS"); do
-    load "closed-$variant-c64-$run" "http://$GW_ADDR/v1/chat/completions" "$KEY" -n "$REQUESTS" -c 64
-  done
-  stop_gateway
-done
 
 log "report"
 python3 scripts/bench_report.py report "$OUT" "$WRITE"

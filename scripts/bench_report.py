@@ -217,7 +217,7 @@ def report(out, write):
     if usage:
         verdict = "none lost" if usage["rows"] == usage["served"] else "**MISMATCH**"
         lines.append(
-            f"Usage rows written for the production-configuration gateway: {usage['rows']:,} for {usage['served']:,} requests served ({verdict})."
+            f"Usage rows written by the gateways that write usage (full pipeline, limits off): {usage['rows']:,} for {usage['served']:,} requests served ({verdict})."
         )
     lines += ["", "Reproduce: `just bench` (knobs at the top of `scripts/bench.sh`).", ""]
     write_section("\n".join(lines), write)

@@ -58,6 +58,8 @@ impl Default for MockConfig {
 /// Counters of what the mock saw, shared with tests that run it in-process.
 #[derive(Debug, Default)]
 pub struct MockStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
     /// Chat and embedding requests received.
     pub requests: AtomicU64,
     /// Health and model-list requests received.
@@ -117,6 +119,7 @@ pub async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let _ = stream.set_nodelay(true);
+        state.stats.connections.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {

@@ -138,6 +138,7 @@ impl App {
             first_byte_timeout: Duration::from_millis(p.first_byte_timeout_ms),
             request_timeout: Duration::from_millis(p.request_timeout_ms),
             stream_idle_timeout: Duration::from_millis(p.stream_idle_timeout_ms),
+            pool_idle_timeout: Duration::from_millis(p.pool_idle_timeout_ms),
             ..ClientConfig::default()
         });
         let prober =

@@ -188,6 +188,10 @@ pub struct ProxyConfig {
     pub request_timeout_ms: u64,
     /// Longest silence between two chunks of a stream (streams have no total limit).
     pub stream_idle_timeout_ms: u64,
+    /// An upstream connection idle this long is not reused. Keep it below the upstream's own
+    /// keep-alive timeout (LiteLLM under uvicorn closes idle connections after 5 s): a
+    /// connection the server is closing as a request goes out fails that request.
+    pub pool_idle_timeout_ms: u64,
     /// Servers tried for one request before giving up.
     pub max_attempts: usize,
     /// Request fields refused because they would steer the upstream (replaces the default
@@ -204,6 +208,7 @@ impl Default for ProxyConfig {
             first_byte_timeout_ms: 120_000,
             request_timeout_ms: 600_000,
             stream_idle_timeout_ms: 120_000,
+            pool_idle_timeout_ms: 4_000,
             max_attempts: 3,
             forbidden_fields: None,
             forbidden_prefixes: None,
@@ -463,6 +468,7 @@ impl Config {
             ("proxy.first_byte_timeout_ms", self.proxy.first_byte_timeout_ms),
             ("proxy.request_timeout_ms", self.proxy.request_timeout_ms),
             ("proxy.stream_idle_timeout_ms", self.proxy.stream_idle_timeout_ms),
+            ("proxy.pool_idle_timeout_ms", self.proxy.pool_idle_timeout_ms),
             ("proxy.max_attempts", self.proxy.max_attempts as u64),
             ("health.interval_secs", self.health.interval_secs),
             ("health.timeout_ms", self.health.timeout_ms),

@@ -596,3 +596,31 @@ async fn upstreams_that_hang_or_go_quiet_are_cut_by_the_timeouts() {
     assert!(text.contains("upstream_timeout"), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
 }
+
+/// Upstream servers close idle keep-alive connections (uvicorn, LiteLLM's server, after 5 s);
+/// a request sent on one they are closing fails. The gateway stops reusing a connection once
+/// it has been idle for `proxy.pool_idle_timeout_ms`, and keeps reusing it before that.
+#[tokio::test]
+async fn an_upstream_connection_idle_past_the_pool_timeout_is_not_reused() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let env = [
+        ("LITELLM_SERVER_1_URL", url.as_str()),
+        ("LITELLM_SERVER_1_MODELS", MODELS),
+        ("BLUESMINDS_PROXY__POOL_IDLE_TIMEOUT_MS", "300"),
+    ];
+    let gw = Gateway::start(&[], &env).await;
+    let key = user_with_key(&gw, "pool@example.com", json!({"name": "pool"})).await;
+    let client = openai(&gw, &key);
+    let connections = || mock.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
+
+    client.chat().create(chat_request("gpt-4", 2)).await.unwrap();
+    let warm = connections();
+    client.chat().create(chat_request("gpt-4", 2)).await.unwrap();
+    assert_eq!(connections(), warm, "a connection idle for less than the timeout is reused");
+
+    // Past the timeout (with a wide margin): the idle connection is dropped, a new one opened.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    client.chat().create(chat_request("gpt-4", 2)).await.unwrap();
+    assert_eq!(connections(), warm + 1, "a connection idle past the timeout is not reused");
+}

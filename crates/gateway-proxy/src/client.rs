@@ -36,7 +36,9 @@ impl Default for ClientConfig {
             first_byte_timeout: Duration::from_mins(2),
             request_timeout: Duration::from_mins(10),
             stream_idle_timeout: Duration::from_mins(2),
-            pool_idle_timeout: Duration::from_secs(90),
+            // Below uvicorn's 5 s keep-alive (LiteLLM's server): never reuse a connection the
+            // upstream may be closing.
+            pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle_per_host: 512,
             max_response_bytes: 64 * 1024 * 1024,
         }
@@ -79,6 +81,7 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(https);

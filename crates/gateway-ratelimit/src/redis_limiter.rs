@@ -25,9 +25,10 @@ use crate::{
 /// The reserve script's answer (see `lua/reserve_v2.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64);
 
-/// The hot scripts, sent by hash and loaded by hand when Redis lost them.
+/// The scripts, sent by hash and loaded when Redis lost them (see `RedisLimiter::eval`).
 const RESERVE_LUA: &str = include_str!("../lua/reserve_v2.lua");
 const SETTLE_LUA: &str = include_str!("../lua/settle_v2.lua");
+const RESTORE_LUA: &str = include_str!("../lua/restore_v1.lua");
 
 /// Settlements per settle script call (each costs about 6 µs of Redis time).
 const SETTLE_CHUNK: usize = 256;
@@ -93,7 +94,7 @@ impl RedisLimiter {
             span: DEFAULT_BUCKETS,
             reserve: redis::Script::new(RESERVE_LUA),
             settle: redis::Script::new(SETTLE_LUA),
-            restore: redis::Script::new(include_str!("../lua/restore_v1.lua")),
+            restore: redis::Script::new(RESTORE_LUA),
             durable: None,
         }
     }
@@ -130,22 +131,6 @@ impl RedisLimiter {
             .map_err(|_| unavailable(Timeout(self.timeout)))?
     }
 
-    async fn call<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, LimitError> {
-        self.with_timeout(async {
-            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
-            invocation.invoke_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
-        })
-        .await
-        .inspect_err(|e| {
-            if matches!(e, LimitError::Unavailable(inner) if inner.is::<Timeout>()) {
-                self.conn.reset();
-            }
-        })
-    }
-
     async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimitError> {
         self.with_timeout(async {
             let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
@@ -154,7 +139,7 @@ impl RedisLimiter {
         .await
     }
 
-    /// Runs a hot script's `EVALSHA` command; a Redis that lost the script (a restart or a
+    /// Runs a script's `EVALSHA` command (built in place by the caller); a Redis that lost the script (a restart or a
     /// `SCRIPT FLUSH`) gets it loaded and the command sent once more.
     async fn eval<T: redis::FromRedisValue>(
         &self,
@@ -269,23 +254,22 @@ impl RedisLimiter {
             .current(date_of(day), date_of(month * 100 + 1))
             .await
             .map_err(|e| LimitError::Unavailable(e.0))?;
+        // Each saved counter's key, and how long it lives past its period's end (a day's an
+        // hour, a month's a day), as the reserve script sets it.
+        let counter = |period: Period| match period {
+            Period::Day => (Counter::Day(day), to_midnight + 3600),
+            Period::Month => (Counter::Month(month), to_month_end + 86_400),
+        };
         for chunk in saved.chunks(RESTORE_CHUNK) {
-            let mut inv = self.restore.prepare_invoke();
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.restore.get_hash()).arg(chunk.len());
             for row in chunk {
-                match row.period {
-                    Period::Day => {
-                        inv.key(self.counter(row.key, Counter::Day(day)))
-                            .arg(row.used)
-                            .arg(to_midnight + 3600);
-                    }
-                    Period::Month => {
-                        inv.key(self.counter(row.key, Counter::Month(month)))
-                            .arg(row.used)
-                            .arg(to_month_end + 86_400);
-                    }
-                }
+                cmd.arg(self.counter(row.key, counter(row.period).0));
             }
-            self.call::<i64>(inv).await?;
+            for row in chunk {
+                cmd.arg(row.used).arg(counter(row.period).1);
+            }
+            self.eval::<i64>(RESTORE_LUA, &cmd).await?;
         }
         self.command::<()>(redis::cmd("SET").arg(&self.marker).arg(now_ms)).await?;
         d.restores.fetch_add(1, Ordering::AcqRel);

@@ -5,6 +5,8 @@
 //! multi-row `VALUES` list would be new SQL text with 18 parameters a row to build, send, parse
 //! and plan for every batch.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
 use gateway_usage::query::{StatsSample, aggregate};
@@ -33,8 +35,17 @@ impl SqlUsageStore {
     }
 }
 
+// The record's unsigned fields in the table's signed columns, saturating (both inserts).
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn i16_of(v: u16) -> i16 {
+    i16::try_from(v).unwrap_or(i16::MAX)
 }
 
 fn row(r: &UsageRecord) -> usage_logs::ActiveModel {
@@ -50,11 +61,9 @@ fn row(r: &UsageRecord) -> usage_logs::ActiveModel {
         completion_tokens: Set(i64_of(r.completion_tokens)),
         total_tokens: Set(i64_of(r.total_tokens)),
         cost_micros: Set(r.cost_micros),
-        latency_ms: Set(i32::try_from(r.latency_ms).unwrap_or(i32::MAX)),
-        upstream_latency_ms: Set(r
-            .upstream_latency_ms
-            .map(|v| i32::try_from(v).unwrap_or(i32::MAX))),
-        status_code: Set(i16::try_from(r.status_code).unwrap_or(i16::MAX)),
+        latency_ms: Set(i32_of(r.latency_ms)),
+        upstream_latency_ms: Set(r.upstream_latency_ms.map(i32_of)),
+        status_code: Set(i16_of(r.status_code)),
         is_error: Set(r.is_error),
         error_message: Set(r.error_message.clone()),
         streamed: Set(r.streamed),
@@ -71,7 +80,7 @@ impl UsageStore for SqlUsageStore {
         if self.store.backend() == DatabaseBackend::Postgres {
             let pool = self.store.connection().get_postgres_connection_pool();
             return insert_unnest(pool, records).await.map_err(|e| {
-                UsageError::Store(Box::new(StoreError::Db(sea_orm::DbErr::Custom(e.to_string()))))
+                query_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
             });
         }
         // The primary key (request_id, created_at) refuses a second copy of a record.
@@ -86,7 +95,7 @@ impl UsageStore for SqlUsageStore {
             Ok(
                 TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty,
             ) => Ok(()),
-            Err(e) => Err(UsageError::Store(Box::new(StoreError::Db(e)))),
+            Err(e) => Err(query_err(e)),
         }
     }
 }
@@ -106,7 +115,6 @@ async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(
     fn column<'a, T>(records: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
         records.iter().map(f).collect()
     }
-    let i32_of = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     sqlx::query(INSERT_UNNEST)
         .bind(column(records, |r| r.request_id.as_uuid()))
         .bind(column(records, |r| r.created_at))
@@ -121,7 +129,7 @@ async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(
         .bind(column(records, |r| r.cost_micros))
         .bind(column(records, |r| i32_of(r.latency_ms)))
         .bind(column(records, |r| r.upstream_latency_ms.map(i32_of)))
-        .bind(column(records, |r| i16::try_from(r.status_code).unwrap_or(i16::MAX)))
+        .bind(column(records, |r| i16_of(r.status_code)))
         .bind(column(records, |r| r.is_error))
         .bind(column(records, |r| r.error_message.as_deref()))
         .bind(column(records, |r| r.streamed))

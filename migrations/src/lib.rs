@@ -20,6 +20,7 @@ use time::{Date, Month, OffsetDateTime};
 pub use sea_orm_migration::MigratorTrait;
 
 mod m20261128_000001_init;
+mod m20261201_000001_usage_estimated;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -28,7 +29,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_init::Migration)]
+        vec![
+            Box::new(m20261128_000001_init::Migration),
+            Box::new(m20261201_000001_usage_estimated::Migration),
+        ]
     }
 }
 

@@ -75,8 +75,14 @@ async fn with_body(
 struct Directive {
     fail: Option<String>,
     status: Option<u16>,
+    /// Never send usage, whatever the request asked (streams and whole answers).
     omit_usage: Option<bool>,
     chunk_delay_ms: Option<u64>,
+    /// What the answer generates: `content` (default), `tool_calls` (the words as a tool
+    /// call's arguments) or `reasoning` (as `reasoning_content`, then one word of content).
+    shape: Option<String>,
+    /// Completion length when set, whatever `max_tokens` says.
+    tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -112,12 +118,62 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
-    let req: ChatRequest<'_> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return Some(error(StatusCode::BAD_REQUEST, &format!("mock: bad chat request: {e}")));
+/// About where CPython's `json` gives up (its recursion limit is 1,000 frames).
+const PYTHON_JSON_DEPTH: usize = 990;
+
+/// The deepest nesting of arrays and objects in a JSON text.
+fn depth_of(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_text, mut escaped) = (0usize, 0, false, false);
+    for &b in json {
+        match (in_text, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') | (false, _, b'"') => in_text = !in_text,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
         }
+    }
+    deepest
+}
+
+/// Reads a body as a Python upstream (LiteLLM under uvicorn) does: of a duplicated key the
+/// last copy wins, and a body its parser gives up on (too deep, not JSON) is a 500, not a 400.
+fn parse_like_python<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    normalized: &'a mut String,
+) -> Result<T, Box<Response<MockBody>>> {
+    let parser_failed = |e: &dyn std::fmt::Display| {
+        Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("mock: the JSON parser failed: {e}"),
+        ))
+    };
+    if depth_of(body) > PYTHON_JSON_DEPTH {
+        return Err(parser_failed(&"maximum recursion depth exceeded"));
+    }
+    match serde_json::from_slice(body) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            // Duplicate keys: a map keeps the last copy of each, as Python's `json` does.
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| parser_failed(&e))?;
+            *normalized = value.to_string();
+            serde_json::from_str(normalized).map_err(|e| {
+                Box::new(error(StatusCode::BAD_REQUEST, &format!("mock: bad request: {e}")))
+            })
+        }
+    }
+}
+
+fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
+    let mut normalized = String::new();
+    let req: ChatRequest<'_> = match parse_like_python(body, &mut normalized) {
+        Ok(r) => r,
+        Err(response) => return Some(*response),
     };
     let directive = req.mock.unwrap_or_default();
     match directive.fail.as_deref() {
@@ -133,11 +189,14 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
     let prompt_bytes: usize =
         req.messages.iter().filter_map(|m| m.content).map(|c| c.get().len()).sum();
     let prompt_tokens = tokens_for_bytes(prompt_bytes);
-    let completion_tokens = req
-        .max_completion_tokens
+    let completion_tokens = directive
+        .tokens
+        .or(req.max_completion_tokens)
         .or(req.max_tokens)
         .unwrap_or(DEFAULT_COMPLETION_TOKENS)
-        .clamp(1, 4096);
+        .clamp(1, 65_536);
+    let omit_usage = directive.omit_usage == Some(true);
+    let shape = directive.shape.as_deref().unwrap_or("content");
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -148,18 +207,25 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
     let words = (0..completion_tokens as usize).map(|i| WORDS[i % WORDS.len()]);
 
     if req.stream != Some(true) {
-        let content = words.collect::<Vec<_>>().join(" ");
-        let resp = json!({
+        let text = words.collect::<Vec<_>>().join(" ");
+        let message = match shape {
+            "tool_calls" => json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_mock", "type": "function", "function": {"name": "lookup", "arguments": text}}]}),
+            "reasoning" => json!({"role": "assistant", "content": "ok", "reasoning_content": text}),
+            _ => json!({"role": "assistant", "content": text}),
+        };
+        let mut resp = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": null, "finish_reason": "stop"}],
-            "usage": usage,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": "stop"}],
         });
+        if !omit_usage {
+            resp["usage"] = usage;
+        }
         return Some(json_response(StatusCode::OK, Bytes::from(resp.to_string())));
     }
 
-    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false)
-        && directive.omit_usage != Some(true);
+    let include_usage =
+        req.stream_options.and_then(|o| o.include_usage).unwrap_or(false) && !omit_usage;
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         let c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -168,11 +234,28 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
         Bytes::from(format!("data: {c}\n\n"))
     };
     let mut events = Vec::with_capacity(completion_tokens as usize + 4);
-    events.push(chunk(json!({"role": "assistant", "content": ""}), None));
+    match shape {
+        "tool_calls" => events.push(chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock",
+                "type": "function", "function": {"name": "lookup", "arguments": ""}}]}),
+            None,
+        )),
+        _ => events.push(chunk(json!({"role": "assistant", "content": ""}), None)),
+    }
     let last = completion_tokens as usize - 1;
     for (i, word) in words.enumerate() {
         let text = if i == last { word.to_owned() } else { format!("{word} ") };
-        events.push(chunk(json!({"content": text}), None));
+        let delta = match shape {
+            "tool_calls" => {
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+            }
+            "reasoning" => json!({"reasoning_content": text}),
+            _ => json!({"content": text}),
+        };
+        events.push(chunk(delta, None));
+    }
+    if shape == "reasoning" {
+        events.push(chunk(json!({"content": "ok"}), None));
     }
     events.push(chunk(json!({}), Some("stop")));
     if include_usage {
@@ -211,14 +294,10 @@ struct EmbeddingRequest<'a> {
 
 #[allow(clippy::unnecessary_wraps)] // shares the handler signature of `chat`
 fn embeddings(_state: &State, body: &[u8], _n: u64) -> Option<Response<MockBody>> {
-    let req: EmbeddingRequest<'_> = match serde_json::from_slice(body) {
+    let mut normalized = String::new();
+    let req: EmbeddingRequest<'_> = match parse_like_python(body, &mut normalized) {
         Ok(r) => r,
-        Err(e) => {
-            return Some(error(
-                StatusCode::BAD_REQUEST,
-                &format!("mock: bad embeddings request: {e}"),
-            ));
-        }
+        Err(response) => return Some(*response),
     };
     let Some(input) = req.input else {
         return Some(error(StatusCode::BAD_REQUEST, "mock: missing input"));

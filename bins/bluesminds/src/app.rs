@@ -11,7 +11,7 @@ use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_proxy::Forwarder;
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
-use gateway_proxy::request::ForbiddenFields;
+use gateway_proxy::request::{ForbiddenFields, RequestRules};
 use gateway_store::{
     SqlAuthStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
@@ -35,7 +35,8 @@ pub struct App {
     /// Tells caches here and on other instances what changed.
     pub invalidations: Arc<CacheInvalidations>,
     pub forwarder: Forwarder,
-    pub forbidden: ForbiddenFields,
+    /// What every request body is checked for before anything is forwarded.
+    pub rules: RequestRules,
     /// Rate limits and quotas; `None` when disabled.
     pub limits: Option<crate::limits::Limiting>,
     /// One usage record per gateway request, written off the hot path.
@@ -128,6 +129,7 @@ impl App {
         let pool = Arc::new(ServerPool::new(BreakerConfig {
             failure_threshold: config.health.failure_threshold,
             cooldown: Duration::from_secs(config.health.cooldown_secs),
+            max_ejected_percent: config.health.max_ejected_percent,
         }));
         let servers: Arc<dyn ServerStore> = Arc::new(SqlServerStore::new(store.clone()));
         seed_servers(servers.as_ref(), &config).await?;
@@ -145,9 +147,13 @@ impl App {
             HttpProber::new(client.clone(), Duration::from_millis(config.health.timeout_ms));
         let forwarder = Forwarder::new(client, pool.clone(), p.max_attempts);
         let defaults = ForbiddenFields::default();
-        let forbidden = ForbiddenFields {
-            names: p.forbidden_fields.clone().unwrap_or(defaults.names),
-            prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
+        let rules = RequestRules {
+            forbidden: ForbiddenFields {
+                names: p.forbidden_fields.clone().unwrap_or(defaults.names),
+                prefixes: p.forbidden_prefixes.clone().unwrap_or(defaults.prefixes),
+            },
+            max_json_depth: p.max_json_depth,
+            ..RequestRules::default()
         };
         let redis_client = if config.redis.url.is_empty() {
             None
@@ -186,7 +192,7 @@ impl App {
             prober,
             invalidations,
             forwarder,
-            forbidden,
+            rules,
             limits,
             usage,
             usage_queries,

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted, in bytes; larger ones get
+    /// 431 (HTTP/1; at least 8192). On HTTP/2, the largest header list.
+    pub max_header_bytes: usize,
     /// A client must send its request headers within this time; an idle keep-alive connection
     /// is closed after it too (HTTP/1).
     pub header_timeout_ms: u64,
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:3000".into(),
             public_url: "http://localhost:3000".into(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             h2_keepalive_ms: 30_000,
@@ -199,6 +203,8 @@ pub struct ProxyConfig {
     pub forbidden_fields: Option<Vec<String>>,
     /// Prefixes of refused request fields.
     pub forbidden_prefixes: Option<Vec<String>>,
+    /// Deepest nesting of arrays and objects accepted in a request body (400 beyond).
+    pub max_json_depth: usize,
 }
 
 impl Default for ProxyConfig {
@@ -212,6 +218,7 @@ impl Default for ProxyConfig {
             max_attempts: 3,
             forbidden_fields: None,
             forbidden_prefixes: None,
+            max_json_depth: 64,
         }
     }
 }
@@ -339,6 +346,9 @@ pub struct HealthConfig {
     pub failure_threshold: u32,
     /// How long an open circuit refuses requests before one trial.
     pub cooldown_secs: u64,
+    /// Most servers whose circuits may be open at once, in percent of the active servers (at
+    /// least one).
+    pub max_ejected_percent: u32,
 }
 
 impl Default for HealthConfig {
@@ -349,6 +359,7 @@ impl Default for HealthConfig {
             degraded_latency_ms: 2_000,
             failure_threshold: 3,
             cooldown_secs: 30,
+            max_ejected_percent: 50,
         }
     }
 }

@@ -70,6 +70,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     tracing::info!(
         written = s.written.load(std::sync::atomic::Ordering::Relaxed),
         spilled = s.spilled.load(std::sync::atomic::Ordering::Relaxed),
+        quarantined = s.quarantined.load(std::sync::atomic::Ordering::Relaxed),
         dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
         "usage flushed"
     );

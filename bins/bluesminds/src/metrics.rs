@@ -247,6 +247,11 @@ impl Metrics {
                 &st.replayed,
             ),
             (
+                "bluesminds_usage_quarantined_total",
+                "Usage records the database refused, kept in the quarantine file.",
+                &st.quarantined,
+            ),
+            (
                 "bluesminds_usage_dropped_total",
                 "Usage records lost (database and spill file both failed).",
                 &st.dropped,

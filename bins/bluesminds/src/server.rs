@@ -46,13 +46,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(s.header_timeout_ms))
+        // The read buffer bounds the request head: beyond it hyper answers 431. (hyper's
+        // floor is 8192 bytes.)
+        .max_buf_size(s.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_millis(s.h2_keepalive_ms))
         .keep_alive_timeout(Duration::from_millis(s.h2_keepalive_ms))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
     let grace = Duration::from_millis(s.shutdown_grace_ms);
 
     let graceful = GracefulShutdown::new();

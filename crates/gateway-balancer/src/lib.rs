@@ -6,8 +6,9 @@
 //! a request through; the lowest priority number first; within a priority, the power of two
 //! choices: two servers drawn by weight, the less loaded one wins (in-flight requests and
 //! latency, relative to weight), never beyond `max_concurrent_requests`. Passive detection:
-//! consecutive failures open a server's circuit for a cooldown; then one trial request closes or
-//! reopens it.
+//! consecutive failures that are the server's (see [`Outcome::Failure`]) open its circuit for a
+//! cooldown; then one trial request closes or reopens it. At most
+//! [`BreakerConfig::max_ejected_percent`] of the servers (at least one) are out at once.
 //!
 //! ```
 //! use gateway_balancer::{Outcome, ServerPool};
@@ -54,11 +55,12 @@ pub use store::{
 pub struct ServerPool {
     servers: ArcSwap<Vec<Arc<ServerState>>>,
     breaker: BreakerConfig,
+    ejections: Arc<state::Ejections>,
 }
 
 impl ServerPool {
     pub fn new(breaker: BreakerConfig) -> Self {
-        Self { servers: ArcSwap::default(), breaker }
+        Self { servers: ArcSwap::default(), breaker, ejections: Arc::default() }
     }
 
     /// Replaces the pool. Servers that stay (same id) keep their runtime state (in-flight
@@ -66,11 +68,17 @@ impl ServerPool {
     pub fn replace(&self, servers: Vec<UpstreamServer>) {
         let old: HashMap<ServerId, Arc<ServerState>> =
             self.servers.load().iter().map(|s| (s.server().id, s.clone())).collect();
+        let active = servers.iter().filter(|s| s.is_active).count();
+        self.ejections.servers.store(active, std::sync::atomic::Ordering::Relaxed);
         let next = servers
             .into_iter()
             .map(|server| match old.get(&server.id) {
                 Some(prev) => Arc::new(prev.with_server(server)),
-                None => Arc::new(ServerState::new(server, self.breaker.clone())),
+                None => Arc::new(ServerState::in_pool(
+                    server,
+                    self.breaker.clone(),
+                    self.ejections.clone(),
+                )),
             })
             .collect();
         self.servers.store(Arc::new(next));

@@ -1,10 +1,13 @@
 //! Runtime state of one upstream server, shared by every request that uses it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gateway_core::{HealthStatus, UpstreamServer};
+use gateway_core::{HealthStatus, ServerId, UpstreamServer};
 
 /// Passive failure detection.
 #[derive(Clone, Debug)]
@@ -13,11 +16,50 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     /// How long an open circuit refuses requests before letting one trial through.
     pub cooldown: Duration,
+    /// Most servers of the pool whose circuits may be open at once, in percent of the active
+    /// servers (at least one): failures beyond it leave the server in service, as Envoy's
+    /// outlier detection does, so no burst of failures can empty the pool.
+    pub max_ejected_percent: u32,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 3, cooldown: Duration::from_secs(30) }
+        Self { failure_threshold: 3, cooldown: Duration::from_secs(30), max_ejected_percent: 50 }
+    }
+}
+
+/// The open circuits of one pool, for the cap on how many servers are out at once. Only
+/// touched when a circuit opens or closes, never per request.
+#[derive(Debug, Default)]
+pub(crate) struct Ejections {
+    /// Active servers of the pool (set on every reload).
+    pub(crate) servers: AtomicUsize,
+    /// Servers whose circuit is open, with when their cooldown ends (ms).
+    open: Mutex<HashMap<ServerId, i64>>,
+}
+
+impl Ejections {
+    /// Opens `id`'s circuit until `until` unless the cap is reached; `Err(open, cap)` then.
+    fn try_open(
+        &self,
+        id: ServerId,
+        until: i64,
+        now: i64,
+        percent: u32,
+    ) -> Result<(), (usize, usize)> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|_, t| *t > now);
+        let servers = self.servers.load(Ordering::Relaxed);
+        let cap = (servers * percent as usize / 100).max(1);
+        if !open.contains_key(&id) && open.len() >= cap {
+            return Err((open.len(), cap));
+        }
+        open.insert(id, until);
+        Ok(())
+    }
+
+    fn close(&self, id: ServerId) {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
 }
 
@@ -57,6 +99,8 @@ struct Shared {
     open_until_ms: AtomicI64,
     /// A trial request is under way on a half-open circuit.
     trial_in_flight: AtomicBool,
+    /// The ejection cap kept this server in service (logged once until it recovers).
+    cap_warned: AtomicBool,
     total_requests: AtomicU64,
     total_errors: AtomicU64,
     /// Models learned from the server's `/v1/models` (for servers that declare none).
@@ -70,6 +114,7 @@ pub struct ServerState {
     server: UpstreamServer,
     breaker: BreakerConfig,
     shared: Arc<Shared>,
+    ejections: Arc<Ejections>,
 }
 
 /// How a request to a server ended, as far as its health is concerned.
@@ -78,22 +123,38 @@ pub enum Outcome {
     Success {
         latency_ms: u64,
     },
-    /// Connect error, timeout, 5xx or 429: counts toward opening the circuit.
+    /// The server's fault (connect error, timeout, broken response, 429, a 5xx that another
+    /// server did not repeat): counts toward opening the circuit.
     Failure,
     /// The request ended for reasons that say nothing about the server (client gone, 4xx).
     Neutral,
 }
 
 impl ServerState {
+    /// A server on its own (a pool of one, as far as the ejection cap goes).
     pub fn new(server: UpstreamServer, breaker: BreakerConfig) -> Self {
+        let ejections = Ejections { servers: AtomicUsize::new(1), ..Ejections::default() };
+        Self::in_pool(server, breaker, Arc::new(ejections))
+    }
+
+    pub(crate) fn in_pool(
+        server: UpstreamServer,
+        breaker: BreakerConfig,
+        ejections: Arc<Ejections>,
+    ) -> Self {
         let shared =
             Shared { health: AtomicU8::new(health_to(server.health)), ..Shared::default() };
-        Self { server, breaker, shared: Arc::new(shared) }
+        Self { server, breaker, shared: Arc::new(shared), ejections }
     }
 
     /// The same runtime state under updated settings.
     pub(crate) fn with_server(&self, server: UpstreamServer) -> Self {
-        Self { server, breaker: self.breaker.clone(), shared: self.shared.clone() }
+        Self {
+            server,
+            breaker: self.breaker.clone(),
+            shared: self.shared.clone(),
+            ejections: self.ejections.clone(),
+        }
     }
 
     pub fn server(&self) -> &UpstreamServer {
@@ -111,6 +172,7 @@ impl ServerState {
             // A passing check closes the circuit.
             self.shared.consecutive_failures.store(0, Ordering::Relaxed);
             self.shared.open_until_ms.store(0, Ordering::Relaxed);
+            self.ejections.close(self.server.id);
         }
         prev
     }
@@ -233,7 +295,9 @@ impl ServerState {
                 let next = if prev == 0 { sample } else { (prev * 7 + sample) / 8 };
                 self.shared.ewma_latency_us.store(next, Ordering::Relaxed);
                 self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+                self.shared.cap_warned.store(false, Ordering::Relaxed);
                 if self.shared.open_until_ms.swap(0, Ordering::Relaxed) > 0 {
+                    self.ejections.close(self.server.id);
                     tracing::info!(server = %self.server.name, "circuit closed: trial request succeeded");
                 }
             }
@@ -241,21 +305,47 @@ impl ServerState {
                 self.shared.total_errors.fetch_add(1, Ordering::Relaxed);
                 let failures = self.shared.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if trial || failures >= self.breaker.failure_threshold {
-                    let until = now_ms() + self.breaker.cooldown.as_millis() as i64;
-                    if self.shared.open_until_ms.swap(until, Ordering::Relaxed) <= now_ms() {
-                        tracing::warn!(
-                            server = %self.server.name,
-                            failures,
-                            cooldown_ms = self.breaker.cooldown.as_millis() as u64,
-                            "circuit opened"
-                        );
-                    }
+                    self.open_circuit(failures);
                 }
             }
             Outcome::Neutral => {}
         }
         if trial {
             self.shared.trial_in_flight.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl ServerState {
+    /// Opens the circuit for the cooldown, unless as many servers as the cap allows are out
+    /// already: then the server stays in service (said once until it recovers).
+    fn open_circuit(&self, failures: u32) {
+        let now = now_ms();
+        let until = now + self.breaker.cooldown.as_millis() as i64;
+        let id = self.server.id;
+        match self.ejections.try_open(id, until, now, self.breaker.max_ejected_percent) {
+            Ok(()) => {
+                if self.shared.open_until_ms.swap(until, Ordering::Relaxed) <= now {
+                    tracing::warn!(
+                        server = %self.server.name,
+                        failures,
+                        cooldown_ms = self.breaker.cooldown.as_millis() as u64,
+                        "circuit opened"
+                    );
+                }
+            }
+            Err((open, cap)) => {
+                self.shared.open_until_ms.store(0, Ordering::Relaxed);
+                if !self.shared.cap_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        server = %self.server.name,
+                        failures,
+                        open,
+                        cap,
+                        "circuit left closed: the most servers allowed out at once are out"
+                    );
+                }
+            }
         }
     }
 }

@@ -22,8 +22,11 @@ fn server(name: &str, priority: u32, weight: u32, models: &[&str]) -> UpstreamSe
 }
 
 fn pool(servers: Vec<UpstreamServer>) -> ServerPool {
-    let p =
-        ServerPool::new(BreakerConfig { failure_threshold: 2, cooldown: Duration::from_hours(1) });
+    let p = ServerPool::new(BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_hours(1),
+        max_ejected_percent: 100,
+    });
     p.replace(servers);
     p
 }
@@ -84,7 +87,11 @@ fn the_less_loaded_server_is_preferred_and_caps_hold() {
 
 #[test]
 fn failures_open_the_circuit_and_a_trial_closes_it() {
-    let p = ServerPool::new(BreakerConfig { failure_threshold: 2, cooldown: Duration::ZERO });
+    let p = ServerPool::new(BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::ZERO,
+        max_ejected_percent: 100,
+    });
     p.replace(vec![server("flaky", 1, 1, &[])]);
     p.select("m", &[]).unwrap().finish(Outcome::Failure);
     p.select("m", &[]).unwrap().finish(Outcome::Failure);
@@ -205,4 +212,47 @@ async fn health_checks_set_status_discover_models_and_persist() {
         let pick = p.select("gpt-4", &[]).unwrap();
         assert_eq!(pick.server().name, "slow");
     }
+}
+
+#[test]
+fn no_more_servers_than_the_cap_are_ejected_at_once() {
+    let p = ServerPool::new(BreakerConfig {
+        failure_threshold: 1,
+        cooldown: Duration::from_hours(1),
+        max_ejected_percent: 50,
+    });
+    p.replace((0..4).map(|i| server(&format!("s{i}"), 1, 1, &[])).collect());
+    let fail = |name: &str| {
+        let id = p.snapshot().iter().find(|s| s.server().name == name).unwrap().server().id;
+        let others: Vec<ServerId> =
+            p.snapshot().iter().map(|s| s.server().id).filter(|i| *i != id).collect();
+        p.select("m", &others).unwrap().finish(Outcome::Failure);
+    };
+    let open = || p.snapshot().iter().filter(|s| s.circuit_open()).count();
+    fail("s0");
+    fail("s1");
+    assert_eq!(open(), 2, "half of four may be out");
+    fail("s2");
+    fail("s2");
+    assert_eq!(open(), 2, "the third failing server stays in service");
+    assert_eq!(p.snapshot().iter().filter(|s| s.server().name == "s2").count(), 1);
+    let s2 = p.snapshot().iter().find(|s| s.server().name == "s2").unwrap().server().id;
+    let others: Vec<ServerId> =
+        p.snapshot().iter().map(|s| s.server().id).filter(|i| *i != s2).collect();
+    assert!(p.select("m", &others).is_some(), "and can still be picked");
+    // One comes back: room for another.
+    p.snapshot()
+        .iter()
+        .find(|s| s.server().name == "s0")
+        .unwrap()
+        .set_health(HealthStatus::Healthy);
+    fail("s2");
+    assert_eq!(open(), 2);
+    assert!(p.snapshot().iter().find(|s| s.server().name == "s2").unwrap().circuit_open());
+
+    // A pool of one may still lose its only server (at least one is always allowed).
+    let p = pool(vec![server("only", 1, 1, &[])]);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    p.select("m", &[]).unwrap().finish(Outcome::Failure);
+    assert!(p.snapshot()[0].circuit_open());
 }

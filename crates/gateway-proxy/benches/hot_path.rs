@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gateway_proxy::request::{Endpoint, ForbiddenFields, forward_body, inspect};
+use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect};
 use gateway_proxy::sse::SseTap;
 
 /// A chat body with `turns` user/assistant exchanges of about 200 bytes each.
@@ -45,7 +45,7 @@ fn sse_stream(chunks: usize) -> Vec<Bytes> {
 }
 
 fn request_fields(c: &mut Criterion) {
-    let forbidden = ForbiddenFields::default();
+    let rules = RequestRules::default();
     let mut group = c.benchmark_group("inspect");
     for turns in [1, 10, 100] {
         let body = chat_body(turns, false);
@@ -53,7 +53,7 @@ fn request_fields(c: &mut Criterion) {
         group.bench_function(format!("chat body {} bytes", body.len()), |b| {
             b.iter(|| {
                 let view =
-                    inspect(black_box(&body), Endpoint::ChatCompletions, &forbidden).unwrap();
+                    inspect(black_box(&body), Endpoint::ChatCompletions, &rules).unwrap();
                 black_box((view.max_tokens, view.estimated_prompt_tokens()));
             });
         });
@@ -65,7 +65,7 @@ fn request_fields(c: &mut Criterion) {
         format!("inspect + forward_body with the include_usage splice ({} bytes)", body.len());
     c.bench_function(&name, |b| {
         b.iter(|| {
-            let view = inspect(&body, Endpoint::ChatCompletions, &forbidden).unwrap();
+            let view = inspect(&body, Endpoint::ChatCompletions, &rules).unwrap();
             black_box(forward_body(body.clone(), &view).unwrap());
         });
     });

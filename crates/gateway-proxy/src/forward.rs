@@ -1,17 +1,24 @@
 //! Forwarding one request: pick a server, send, and fail over to another server on a connect
 //! error, a timeout, a 5xx or a 429 before any byte reached the client.
+//!
+//! Server health is not hostage to request content: a 4xx is the request's, and so is a 5xx
+//! that a second server repeats for the same request; either goes back to the client, counted
+//! against no server. A 5xx counts as the server's failure only once another server has
+//! answered that same request; connect errors, timeouts, broken responses and 429s count at
+//! once. A redirect (never followed) fails the attempt without blaming the server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_balancer::{Outcome, ServerPool};
+use gateway_balancer::{Outcome, Selected, ServerPool};
 use gateway_core::{ApiError, ErrorKind, ServerId, Usage};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use crate::client::UpstreamClient;
+use crate::client::{UpstreamClient, UpstreamError};
+use crate::estimate::completion_of_answer;
 use crate::relay::RelayBody;
 use crate::request::Endpoint;
 use crate::sse::SseTap;
@@ -37,7 +44,11 @@ pub enum Forwarded {
         status: StatusCode,
         content_type: Option<HeaderValue>,
         body: Bytes,
+        /// The usage the upstream reported.
         usage: Option<Usage>,
+        /// A successful answer without usage: its completion tokens, estimated from what it
+        /// generated ([`crate::estimate`]). Zero otherwise.
+        generated_tokens: u64,
         server: ServerId,
         /// From sending the request to the last byte of the response.
         upstream: Duration,
@@ -80,6 +91,10 @@ impl Forwarder {
 
     pub async fn forward(&self, req: ForwardRequest<'_>) -> Result<Forwarded, ApiError> {
         let mut tried: Vec<ServerId> = Vec::new();
+        // A server's 5xx to this request, not judged yet: the server's fault if another server
+        // answers the same request, the request's own if another server fails it too.
+        let mut suspect: Option<(Selected, Forwarded)> = None;
+        let mut redirected = false;
         let config = self.client.config();
         while tried.len() < self.max_attempts {
             let Some(pick) = self.pool.select(req.model, &tried) else { break };
@@ -99,6 +114,13 @@ impl Forwarder {
                 .await;
             let res = match sent {
                 Ok(res) => res,
+                Err(e @ UpstreamError::Redirect(_)) => {
+                    // Not followed, and no proof the server is down: a failure of this request.
+                    tracing::warn!(request_id = req.request_id, server = %server.name, error = %e, "upstream redirected; trying another server");
+                    pick.finish(Outcome::Neutral);
+                    redirected = true;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(request_id = req.request_id, server = %server.name, error = %e, "upstream attempt failed; failing over");
                     pick.finish(Outcome::Failure);
@@ -106,13 +128,16 @@ impl Forwarder {
                 }
             };
             let status = res.status();
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                tracing::warn!(request_id = req.request_id, server = %server.name, %status, "upstream answered with an error; failing over");
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                tracing::warn!(request_id = req.request_id, server = %server.name, %status, "upstream is rate limiting; failing over");
                 pick.finish(Outcome::Failure);
                 continue;
             }
             let server_id = server.id;
             if req.stream && status.is_success() {
+                if let Some((first, _)) = suspect.take() {
+                    first.finish(Outcome::Failure);
+                }
                 let body = RelayBody::new(
                     res.into_body(),
                     SseTap::new(req.strip_usage_chunk),
@@ -148,27 +173,61 @@ impl Forwarder {
                 }
             };
             let upstream = started.elapsed();
-            let usage = if status.is_success() {
-                serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage)
+            let (usage, generated_tokens) = if status.is_success() {
+                match serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage) {
+                    Some(u) => (Some(u), 0),
+                    None => (None, completion_of_answer(&body)),
+                }
             } else {
-                None
+                (None, 0)
             };
+            let answer = Forwarded::Complete {
+                status,
+                content_type,
+                body,
+                usage,
+                generated_tokens,
+                server: server_id,
+                upstream,
+            };
+            if status.is_server_error() {
+                if let Some((first, _)) = suspect.take() {
+                    // Two servers failed this same request: the request is the cause. It goes
+                    // back to its client, and no server's circuit counts it.
+                    tracing::warn!(request_id = req.request_id, server = %server.name, %status, "a second server failed this request; answering the client without blaming either server");
+                    first.finish(Outcome::Neutral);
+                    pick.finish(Outcome::Neutral);
+                    return Ok(answer);
+                }
+                tracing::warn!(request_id = req.request_id, server = %server.name, %status, "upstream answered with an error; trying another server");
+                suspect = Some((pick, answer));
+                continue;
+            }
+            if let Some((first, _)) = suspect.take() {
+                // Another server answered the request the first one failed: the first's fault.
+                first.finish(Outcome::Failure);
+            }
             pick.finish(if status.is_success() {
                 Outcome::Success { latency_ms: upstream.as_millis() as u64 }
             } else {
                 Outcome::Neutral
             });
-            return Ok(Forwarded::Complete {
-                status,
-                content_type,
-                body,
-                usage,
-                server: server_id,
-                upstream,
-            });
+            return Ok(answer);
+        }
+        if let Some((first, answer)) = suspect {
+            // No other server could tell whether the server or the request is at fault: the
+            // client gets the server's answer and no circuit counts it.
+            first.finish(Outcome::Neutral);
+            return Ok(answer);
         }
         if tried.is_empty() {
             return Err(ApiError::no_healthy_upstream());
+        }
+        if redirected {
+            return Err(ApiError::new(
+                ErrorKind::UpstreamError,
+                "The upstream answered with a redirect, which the gateway never follows.",
+            ));
         }
         if tried.len() >= self.max_attempts {
             return Err(ApiError::new(

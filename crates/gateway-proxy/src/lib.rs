@@ -4,25 +4,27 @@
 //!   and refuses fields that would steer the upstream; [`request::forward_body`] makes a
 //!   streaming request ask for the final usage chunk without re-serialising the body.
 //! - [`client`]: the pooled upstream client (HTTP and HTTPS, no redirects, timeouts).
-//! - [`sse`]: the tap that reads usage and content from a stream as it is relayed and removes
-//!   the usage chunk the client did not ask for.
+//! - [`sse`]: the tap that reads usage and everything generated from a stream as it is
+//!   relayed and removes the usage chunk the client did not ask for.
+//! - [`estimate`]: the stated estimator that charges answers arriving without usage.
 //! - [`forward`]: [`Forwarder`] picks a server from the pool and fails over to another on a
 //!   connect error, timeout, 5xx or 429 before any byte reached the client.
 //! - [`relay`]: the streaming body, bounded by idle time, ended with an error event on failure.
 //!
 //! ```
-//! use gateway_proxy::request::{inspect, Endpoint, ForbiddenFields};
+//! use gateway_proxy::request::{inspect, Endpoint, RequestRules};
 //!
 //! let body = br#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-//! let view = inspect(body, Endpoint::ChatCompletions, &ForbiddenFields::default()).unwrap();
+//! let view = inspect(body, Endpoint::ChatCompletions, &RequestRules::default()).unwrap();
 //! assert_eq!(view.model, "gpt-4");
 //! assert!(view.stream);
 //!
 //! let evil = br#"{"model":"gpt-4","messages":[],"api_base":"http://attacker"}"#;
-//! assert!(inspect(evil, Endpoint::ChatCompletions, &ForbiddenFields::default()).is_err());
+//! assert!(inspect(evil, Endpoint::ChatCompletions, &RequestRules::default()).is_err());
 //! ```
 
 pub mod client;
+pub mod estimate;
 pub mod forward;
 pub mod probe;
 pub mod relay;

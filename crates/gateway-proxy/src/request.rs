@@ -13,7 +13,6 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gateway_core::ApiError;
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -82,6 +81,23 @@ impl ForbiddenFields {
     }
 }
 
+/// What the gateway checks of every request body before anything is forwarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRules {
+    pub forbidden: ForbiddenFields,
+    /// Deepest nesting of arrays and objects accepted. Upstream parsers give up on deep bodies
+    /// with a 500 (Python's `json` near 1,000 levels), which would read as a server failure.
+    pub max_json_depth: usize,
+    /// Longest `model` accepted, in bytes.
+    pub max_model_bytes: usize,
+}
+
+impl Default for RequestRules {
+    fn default() -> Self {
+        Self { forbidden: ForbiddenFields::default(), max_json_depth: 64, max_model_bytes: 256 }
+    }
+}
+
 /// What the gateway knows about a request after one pass over its body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RequestView<'a> {
@@ -89,8 +105,9 @@ pub struct RequestView<'a> {
     pub stream: bool,
     /// The client asked for the final usage chunk itself.
     pub client_wants_usage: bool,
-    /// The body has a `stream_options` object.
-    pub has_stream_options: bool,
+    /// Where the client's `stream_options` value starts in the body, and its JSON text,
+    /// whatever it is (`null` included): the gateway replaces it in place.
+    pub stream_options: Option<(usize, &'a str)>,
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u64>,
     /// Bytes of `messages` (chat) or `input` (embeddings): the basis of the token estimate.
@@ -105,24 +122,80 @@ impl RequestView<'_> {
     }
 }
 
-/// Parses and checks a request body for `endpoint` in one pass.
+/// Client text made safe to quote in an error message, a log line or a usage row: control
+/// characters replaced, at most `max` characters.
+pub fn printable(s: &str, max: usize) -> String {
+    s.chars().take(max).map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
+}
+
+/// Whether `body` nests arrays and objects deeper than `max`. Strings are skipped with
+/// `memchr` (most of a chat body is string content), so this costs far less than the parse.
+pub fn nested_deeper_than(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // To the closing quote, stepping over escapes.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                        Some(n) if body[i + n] == b'\\' => i += n + 2,
+                        Some(n) => {
+                            i += n;
+                            break;
+                        }
+                        None => return false,
+                    }
+                    if i >= body.len() {
+                        return false;
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Parses and checks a request body for `endpoint` in one pass (after a scan for depth).
 pub fn inspect<'a>(
     body: &'a [u8],
     endpoint: Endpoint,
-    forbidden: &ForbiddenFields,
+    rules: &RequestRules,
 ) -> Result<RequestView<'a>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request("The request body is empty; expected JSON."));
     }
+    if nested_deeper_than(body, rules.max_json_depth) {
+        return Err(ApiError::invalid_request(format!(
+            "The JSON body is nested deeper than {} levels.",
+            rules.max_json_depth
+        )));
+    }
     let bad_field = RefCell::new(None);
-    let seed = Inspector { endpoint, forbidden, bad_field: &bad_field };
+    let seed = Inspector { endpoint, rules, bad_field: &bad_field };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = seed.deserialize(&mut de).and_then(|view| de.end().map(|()| view));
     match parsed {
-        Ok(view) => Ok(view),
+        Ok(mut view) => {
+            if let Some((at, raw)) = &mut view.stream_options {
+                *at = offset_in(body, raw).ok_or_else(ApiError::internal)?;
+            }
+            Ok(view)
+        }
         Err(e) => {
             let message = e.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            let message = printable(message, 300);
             Err(match bad_field.into_inner() {
                 Some(field) => ApiError::invalid_request(message).with_param(field),
                 None if e.is_syntax() || e.is_eof() => ApiError::invalid_request(format!(
@@ -136,14 +209,47 @@ pub fn inspect<'a>(
 
 struct Inspector<'f> {
     endpoint: Endpoint,
-    forbidden: &'f ForbiddenFields,
+    rules: &'f RequestRules,
     /// The field at fault, for the error's `param`.
     bad_field: &'f RefCell<Option<String>>,
 }
 
-#[derive(Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
+/// `stream_options`: an object whose `include_usage` (once at most) is a boolean or null.
+struct StreamOptionsSeed;
+
+impl<'de> DeserializeSeed<'de> for StreamOptionsSeed {
+    type Value = Option<bool>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<bool>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StreamOptionsSeed {
+    type Value = Option<bool>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<bool>, A::Error> {
+        let mut include_usage: Option<Option<bool>> = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "include_usage" {
+                if include_usage.is_some() {
+                    return Err(de::Error::custom(
+                        "'stream_options.include_usage' appears more than once",
+                    ));
+                }
+                include_usage = Some(map.next_value().map_err(|_| {
+                    de::Error::custom("'stream_options.include_usage' must be a boolean")
+                })?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(include_usage.flatten())
+    }
 }
 
 /// Checks the keys of `metadata` for forbidden fields, ignoring values.
@@ -168,7 +274,8 @@ impl<'de> Visitor<'de> for MetadataSeed<'_> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if self.0.forbids(&key) {
                 return Err(de::Error::custom(format!(
-                    "'metadata.{key}' is not allowed: the gateway chooses the upstream"
+                    "'metadata.{}' is not allowed: the gateway chooses the upstream",
+                    printable(&key, 64)
                 )));
             }
             map.next_value::<IgnoredAny>()?;
@@ -209,6 +316,19 @@ impl<'de> DeserializeSeed<'de> for Inspector<'_> {
     }
 }
 
+/// The top-level fields the gateway reads: each may appear once, so that the gateway and the
+/// upstream (whose parser may keep the first copy or the last) always read the same value.
+const READ_FIELDS: [&str; 8] = [
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "metadata",
+    "messages",
+    "input",
+];
+
 impl<'de> Visitor<'de> for Inspector<'_> {
     type Value = RequestView<'de>;
 
@@ -219,10 +339,12 @@ impl<'de> Visitor<'de> for Inspector<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut model: Option<Cow<'de, str>> = None;
         let mut stream = None;
-        let mut stream_options: Option<StreamOptions> = None;
+        let mut stream_options: Option<(usize, &'de str)> = None;
+        let mut include_usage = None;
         let mut max_tokens = None;
         let mut max_completion_tokens = None;
         let mut prompt: Option<&'de RawValue> = None;
+        let mut seen = 0u16;
         let prompt_field = match self.endpoint {
             Endpoint::ChatCompletions => "messages",
             Endpoint::Embeddings => "input",
@@ -231,52 +353,68 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             *self.bad_field.borrow_mut() = Some(field.to_owned());
         };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if let Some(i) = READ_FIELDS.iter().position(|f| *f == key) {
+                fail(READ_FIELDS[i]);
+                if seen & (1 << i) != 0 {
+                    return Err(de::Error::custom(format!(
+                        "'{}' appears more than once in the request body",
+                        READ_FIELDS[i]
+                    )));
+                }
+                seen |= 1 << i;
+            }
             match key.as_ref() {
                 "model" => {
-                    fail("model");
                     let m: Cow<'de, str> = map
                         .next_value()
                         .map_err(|_| de::Error::custom("'model' must be a string"))?;
                     model = Some(m);
                 }
                 "stream" => {
-                    fail("stream");
                     let s: Option<bool> = map
                         .next_value()
                         .map_err(|_| de::Error::custom("'stream' must be a boolean"))?;
                     stream = s;
                 }
                 "stream_options" => {
-                    fail("stream_options");
-                    let o: Option<StreamOptions> = map.next_value().map_err(|_| {
-                        de::Error::custom(
-                            "'stream_options' must be an object with a boolean 'include_usage'",
-                        )
-                    })?;
-                    stream_options = o;
+                    let raw: &'de RawValue = map.next_value()?;
+                    if raw.get() != "null" {
+                        let mut de = serde_json::Deserializer::from_str(raw.get());
+                        include_usage = StreamOptionsSeed.deserialize(&mut de).map_err(|e| {
+                            let e = e.to_string();
+                            if e.contains("stream_options") {
+                                de::Error::custom(e)
+                            } else {
+                                de::Error::custom(
+                                    "'stream_options' must be an object with a boolean 'include_usage'",
+                                )
+                            }
+                        })?;
+                    }
+                    stream_options = Some((0, raw.get()));
                 }
                 "max_tokens" => {
-                    fail("max_tokens");
                     max_tokens = map.next_value::<Option<u64>>().map_err(|_| {
                         de::Error::custom("'max_tokens' must be a non-negative integer")
                     })?;
                 }
                 "max_completion_tokens" => {
-                    fail("max_completion_tokens");
                     max_completion_tokens = map.next_value::<Option<u64>>().map_err(|_| {
                         de::Error::custom("'max_completion_tokens' must be a non-negative integer")
                     })?;
                 }
                 "metadata" => {
-                    fail("metadata");
-                    map.next_value_seed(MetadataSeed(self.forbidden))?;
+                    map.next_value_seed(MetadataSeed(&self.rules.forbidden))?;
                 }
                 k if k == prompt_field => {
-                    fail(if prompt_field == "messages" { "messages" } else { "input" });
                     prompt = Some(map.next_value()?);
                 }
-                k if self.forbidden.forbids(k) => {
-                    fail(k);
+                "messages" | "input" => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                k if self.rules.forbidden.forbids(k) => {
+                    let k = printable(k, 64);
+                    fail(&k);
                     return Err(de::Error::custom(format!(
                         "'{k}' is not allowed: the gateway chooses the upstream"
                     )));
@@ -288,18 +426,30 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             *self.bad_field.borrow_mut() = None;
         }
         let model = match model {
-            Some(m) if !m.trim().is_empty() => m,
-            Some(_) => {
+            Some(m) if m.trim().is_empty() => {
                 fail("model");
                 return Err(de::Error::custom("'model' must not be empty"));
             }
+            // The model reaches usage rows, logs and metric labels: no control characters.
+            Some(m) if m.chars().any(char::is_control) => {
+                fail("model");
+                return Err(de::Error::custom("'model' must not contain control characters"));
+            }
+            Some(m) if m.len() > self.rules.max_model_bytes => {
+                fail("model");
+                return Err(de::Error::custom(format!(
+                    "'model' is longer than {} bytes",
+                    self.rules.max_model_bytes
+                )));
+            }
+            Some(m) => m,
             None => {
                 fail("model");
                 return Err(de::Error::custom("Missing required parameter: 'model'"));
             }
         };
         let Some(prompt) = prompt else {
-            fail(if prompt_field == "messages" { "messages" } else { "input" });
+            fail(prompt_field);
             return Err(de::Error::custom(format!("Missing required parameter: '{prompt_field}'")));
         };
         if self.endpoint == Endpoint::ChatCompletions && !prompt.get().starts_with('[') {
@@ -314,27 +464,34 @@ impl<'de> Visitor<'de> for Inspector<'_> {
         Ok(RequestView {
             model,
             stream,
-            client_wants_usage: stream_options
-                .as_ref()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
-            has_stream_options: stream_options.is_some(),
+            client_wants_usage: include_usage.unwrap_or(false),
+            stream_options,
             max_tokens: max_completion_tokens.or(max_tokens),
             prompt_bytes: prompt.get().len(),
         })
     }
 }
 
+/// Where `part` (a slice borrowed from `body`) starts in `body`, if it is one.
+fn offset_in(body: &[u8], part: &str) -> Option<usize> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= body.len() && &body[start..end] == part.as_bytes()).then_some(start)
+}
+
 /// The body to forward: the client's bytes, except that a streaming request is made to ask
-/// for the final usage chunk. Without `stream_options` that is one splice after the opening
-/// brace (a copy, no re-serialisation); a `stream_options` without `include_usage: true` is
-/// rewritten through a JSON value, which only such requests pay for.
+/// for the final usage chunk whatever the client sent. Without `stream_options` that is one
+/// splice after the opening brace; with one (`null`, `{}`, `include_usage: false`, ...) its
+/// value is replaced in place by the same object with `include_usage: true`. Either way it is
+/// a copy of the client's bytes, never a re-serialisation of the body, and since the fields
+/// the gateway reads appear once (see [`inspect`]) no other copy of the field can undo it.
 pub fn forward_body(body: Bytes, view: &RequestView<'_>) -> Result<Bytes, ApiError> {
     const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    const VALUE: &[u8] = br#"{"include_usage":true}"#;
     if !view.stream || view.client_wants_usage {
         return Ok(body);
     }
-    if !view.has_stream_options {
+    let Some((start, raw)) = view.stream_options else {
         let open = body
             .iter()
             .position(|b| *b == b'{')
@@ -344,11 +501,26 @@ pub fn forward_body(body: Bytes, view: &RequestView<'_>) -> Result<Bytes, ApiErr
         out.put_slice(FIELD);
         out.put_slice(&body[open + 1..]);
         return Ok(out.freeze());
+    };
+    let end = start + raw.len();
+    if body.get(start..end) != Some(raw.as_bytes()) {
+        // Not the body that was inspected.
+        return Err(ApiError::internal());
     }
-    let mut value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))?;
-    value["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
-    serde_json::to_vec(&value).map(Bytes::from).map_err(|_| ApiError::internal())
+    let value = if raw == "null" {
+        VALUE.to_vec()
+    } else {
+        // The client's other options are kept; `include_usage` is set.
+        let mut options: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(raw).map_err(|_| ApiError::internal())?;
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        serde_json::to_vec(&options).map_err(|_| ApiError::internal())?
+    };
+    let mut out = BytesMut::with_capacity(body.len() + value.len());
+    out.put_slice(&body[..start]);
+    out.put_slice(&value);
+    out.put_slice(&body[end..]);
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -356,7 +528,7 @@ mod tests {
     use super::*;
 
     fn chat(body: &str) -> Result<RequestView<'_>, ApiError> {
-        inspect(body.as_bytes(), Endpoint::ChatCompletions, &ForbiddenFields::default())
+        inspect(body.as_bytes(), Endpoint::ChatCompletions, &RequestRules::default())
     }
 
     #[test]
@@ -365,7 +537,7 @@ mod tests {
             "max_tokens":7,"temperature":0.2,"tools":[{"x":{"y":[1,2]}}],"metadata":{"trace":"a"}}"#)
         .unwrap();
         assert_eq!(v.model, "gpt-4");
-        assert!(v.stream && !v.client_wants_usage && !v.has_stream_options);
+        assert!(v.stream && !v.client_wants_usage && v.stream_options.is_none());
         assert_eq!(v.max_tokens, Some(7));
         assert_eq!(v.prompt_bytes, r#"[{"role":"user","content":"hi"}]"#.len());
         let v = chat(
@@ -400,7 +572,10 @@ mod tests {
                 err.param
             );
         }
-        let custom = ForbiddenFields { names: vec!["seed".into()], prefixes: vec![] };
+        let custom = RequestRules {
+            forbidden: ForbiddenFields { names: vec!["seed".into()], prefixes: vec![] },
+            ..RequestRules::default()
+        };
         assert!(
             inspect(br#"{"model":"m","messages":[],"seed":1}"#, Endpoint::ChatCompletions, &custom)
                 .is_err()
@@ -441,10 +616,10 @@ mod tests {
         let e = inspect(
             br#"{"model":"e","input":"x","stream":true}"#,
             Endpoint::Embeddings,
-            &ForbiddenFields::default(),
+            &RequestRules::default(),
         );
         assert_eq!(e.unwrap_err().param.as_deref(), Some("stream"));
-        let e = inspect(br#"{"model":"e"}"#, Endpoint::Embeddings, &ForbiddenFields::default());
+        let e = inspect(br#"{"model":"e"}"#, Endpoint::Embeddings, &RequestRules::default());
         assert_eq!(e.unwrap_err().param.as_deref(), Some("input"));
     }
 
@@ -473,5 +648,130 @@ mod tests {
             let view = chat(std::str::from_utf8(unchanged).unwrap()).unwrap();
             assert_eq!(forward_body(b.clone(), &view).unwrap(), b);
         }
+    }
+
+    /// Whatever the client sent as `stream_options`, the forwarded body asks for usage once,
+    /// keeps the client's other options, and passes the gateway's own checks (no duplicate).
+    #[test]
+    fn the_gateways_include_usage_wins_whatever_the_client_sent() {
+        for options in [
+            "null",
+            "{}",
+            r#"{"include_usage":false}"#,
+            r#"{"include_usage":null}"#,
+            r#"{"include_usage":false,"continuous_usage_stats":true}"#,
+            r#"{ "include_usage" : false }"#,
+        ] {
+            for body in [
+                format!(
+                    r#"{{"model":"m","messages":[],"stream":true,"stream_options":{options}}}"#
+                ),
+                format!(
+                    r#"{{"stream_options":{options},"model":"m","stream":true,"messages":[]}}"#
+                ),
+            ] {
+                let view = chat(&body).unwrap();
+                assert!(!view.client_wants_usage, "{body}");
+                let out = forward_body(Bytes::from(body.clone()), &view).unwrap();
+                let again = chat(std::str::from_utf8(&out).unwrap())
+                    .unwrap_or_else(|e| panic!("{body} -> {out:?}: {}", e.message));
+                assert!(again.client_wants_usage, "{body} -> {out:?}");
+                let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                assert_eq!(v["stream_options"]["include_usage"], true);
+                if options.contains("continuous") {
+                    assert_eq!(v["stream_options"]["continuous_usage_stats"], true);
+                }
+                assert_eq!(v["messages"], serde_json::json!([]));
+            }
+        }
+    }
+
+    #[test]
+    fn fields_the_gateway_reads_may_appear_only_once() {
+        for (body, field) in [
+            (
+                r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"stream_options":null}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream_options":null,"stream":true,"stream_options":{"include_usage":true}}"#,
+                "stream_options",
+            ),
+            (r#"{"model":"cheap","messages":[],"model":"expensive"}"#, "model"),
+            (r#"{"model":"m","mod\u0065l":"x","messages":[]}"#, "model"),
+            (r#"{"model":"m","messages":[],"stream":false,"stream":true}"#, "stream"),
+            (r#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":100000}"#, "max_tokens"),
+            (
+                r#"{"model":"m","messages":[],"messages":[{"role":"user","content":"x"}]}"#,
+                "messages",
+            ),
+            (r#"{"model":"m","messages":[],"metadata":{},"metadata":{"a":1}}"#, "metadata"),
+        ] {
+            let err = chat(body).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(field), "{body}: {}", err.message);
+            assert!(err.message.contains("more than once"), "{body}: {}", err.message);
+        }
+        let err = chat(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true,"include_usage":false}}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("stream_options"));
+        assert!(err.message.contains("more than once"), "{}", err.message);
+        // Fields the gateway does not read pass through as the client wrote them.
+        assert!(chat(r#"{"model":"m","messages":[],"temperature":1,"temperature":0}"#).is_ok());
+    }
+
+    #[test]
+    fn control_characters_and_overlong_names_in_model_are_refused() {
+        for model in ["gpt-4\\u0000", "\\u0000", "gpt\\n4", "gpt\\u007f", "a\\u0085b", "x\\ty"] {
+            let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+            let err = chat(&body).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("model"), "{body}");
+            assert!(err.message.contains("control characters"), "{}", err.message);
+        }
+        let long = "m".repeat(257);
+        let err = chat(&format!(r#"{{"model":"{long}","messages":[]}}"#)).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("model"));
+        assert!(chat(&format!(r#"{{"model":"{}","messages":[]}}"#, "m".repeat(256))).is_ok());
+        assert!(chat(r#"{"model":"Qwen/Qwen2.5-7B:free ü","messages":[]}"#).is_ok());
+    }
+
+    #[test]
+    fn client_text_in_error_messages_has_no_control_characters() {
+        let err = chat(r#"{"model":"m","messages":[],"litellm_\u0000\n":1}"#).unwrap_err();
+        assert!(err.message.contains("not allowed"), "{}", err.message);
+        assert!(!err.message.chars().any(char::is_control), "{:?}", err.message);
+        assert!(!err.param.unwrap().chars().any(char::is_control));
+        let err = chat(r#"{"model":"m","messages":[],"metadata":{"api_key\u0000":1,"api_key":1}}"#)
+            .unwrap_err();
+        assert!(!err.message.chars().any(char::is_control), "{:?}", err.message);
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            r#"{{"model":"m","messages":[],"x":{}1{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn bodies_nested_deeper_than_the_limit_are_refused() {
+        let rules = RequestRules::default();
+        assert!(inspect(nested(64).as_bytes(), Endpoint::ChatCompletions, &rules).is_ok());
+        let err = inspect(nested(65).as_bytes(), Endpoint::ChatCompletions, &rules).unwrap_err();
+        assert!(err.message.contains("nested deeper than 64"), "{}", err.message);
+        let err = inspect(nested(1200).as_bytes(), Endpoint::ChatCompletions, &rules).unwrap_err();
+        assert_eq!(err.kind, gateway_core::ErrorKind::InvalidRequest);
+        // Brackets inside strings, escaped quotes and backslashes are text, not nesting.
+        let text = format!(
+            r#"{{"model":"m","messages":[{{"content":"{}\"\\{}"}}]}}"#,
+            "[{".repeat(500),
+            "[[["
+        );
+        assert!(inspect(text.as_bytes(), Endpoint::ChatCompletions, &rules).is_ok());
+        // `"\\"` is a string holding one backslash: the brackets after it are nesting.
+        assert!(nested_deeper_than(br#""\\"[[[["#, 3));
+        assert!(!nested_deeper_than(br#""\\"[[[["#, 4));
+        assert!(nested_deeper_than(br#"{"a\"":[[[1]]]}"#, 3));
+        assert!(!nested_deeper_than(br#"{"a\"":[[[1]]]}"#, 4));
+        assert!(!nested_deeper_than(br#""unterminated \"#, 1));
     }
 }

@@ -1,12 +1,12 @@
-//! Reading an SSE stream as it is relayed: the usage of the final chunk, the content relayed
-//! (to count tokens when upstream sends no usage), whether `[DONE]` arrived, and removing the
-//! usage chunk the gateway asked for when the client did not.
-
-use std::borrow::Cow;
+//! Reading an SSE stream as it is relayed: the usage of the final chunk, everything generated
+//! (to estimate tokens when upstream sends no usage: content, reasoning, refusals and tool
+//! calls, see [`crate::estimate`]), whether `[DONE]` arrived, and removing the usage chunk the
+//! gateway asked for when the client did not.
 
 use bytes::{Bytes, BytesMut};
 use gateway_core::Usage;
-use serde::Deserialize;
+
+use crate::estimate::{TextTally, read_answer};
 
 /// Watches the events of one stream.
 #[derive(Debug)]
@@ -14,21 +14,9 @@ pub struct SseTap {
     carry: BytesMut,
     strip_usage_chunk: bool,
     usage: Option<Usage>,
-    content_bytes: usize,
+    generated: TextTally,
     events: usize,
     done: bool,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow)]
-    delta: Option<Delta<'a>>,
 }
 
 /// What to relay of one event.
@@ -65,13 +53,6 @@ fn usage_free(data: &[u8]) -> Relay {
     }
 }
 
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    usage: Option<Usage>,
-}
-
 /// Where the event starting at the front of `buf` ends, and the delimiter's length.
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
@@ -89,7 +70,7 @@ impl SseTap {
             carry: BytesMut::new(),
             strip_usage_chunk,
             usage: None,
-            content_bytes: 0,
+            generated: TextTally::default(),
             events: 0,
             done: false,
         }
@@ -148,19 +129,17 @@ impl SseTap {
                 self.done = true;
                 continue;
             }
-            let has_usage = memfind(data, b"\"usage\"");
-            if !has_usage && !memfind(data, b"\"content\"") {
-                continue;
-            }
-            let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else { continue };
-            if let Some(choices) = &chunk.choices {
-                for c in choices {
-                    if let Some(content) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                        self.content_bytes += content.len();
-                    }
+            // Every event is read: what it generated may be content, reasoning, a refusal or
+            // tool-call arguments, and all of it is charged when no usage arrives.
+            let usage = match read_answer(data, &mut self.generated) {
+                Ok(usage) => usage,
+                Err(_) => {
+                    // Not a chunk we know: what it carries counts all the same.
+                    self.generated.add(&String::from_utf8_lossy(data));
+                    None
                 }
-            }
-            if let Some(usage) = chunk.usage {
+            };
+            if let Some(usage) = usage {
                 self.usage = Some(usage);
                 if self.strip_usage_chunk {
                     relay = usage_free(data);
@@ -175,10 +154,10 @@ impl SseTap {
         self.usage
     }
 
-    /// Completion tokens counted from the content relayed (4 bytes a token), for streams
-    /// that end without a usage chunk.
+    /// Completion tokens estimated from everything relayed (see [`crate::estimate`]), for
+    /// streams that end without a usage chunk.
     pub fn counted_completion_tokens(&self) -> u64 {
-        (self.content_bytes as u64).div_ceil(4)
+        self.generated.tokens()
     }
 
     /// Whether `data: [DONE]` arrived.
@@ -190,10 +169,6 @@ impl SseTap {
     pub fn events(&self) -> usize {
         self.events
     }
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// An OpenAI-style error event, to end a stream that failed after its first byte.
@@ -302,5 +277,24 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
         assert_eq!(v["error"]["code"], "upstream_error");
+    }
+
+    #[test]
+    fn tool_calls_reasoning_and_refusals_count_when_no_usage_arrives() {
+        let args = "{\\\"q\\\":\\\"".to_owned() + &"x".repeat(96) + "\\\"}";
+        let tool = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":\"{args}\"}}}}]}}}}]}}\n\n"
+        );
+        let reasoning =
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"abcdefgh\"}}]}\n\n";
+        let refusal = "data: {\"choices\":[{\"delta\":{\"refusal\":\"abcd\"}}]}\n\n";
+        let mut tap = SseTap::new(true);
+        let parts = [tool.as_str(), tool.as_str(), reasoning, refusal, DONE];
+        let out = feed_all(&mut tap, &parts);
+        assert_eq!(out, parts.concat(), "relayed untouched");
+        assert_eq!(tap.usage(), None);
+        // Each arguments text is 108 bytes of JSON text (escapes included); reasoning 8 and
+        // refusal 4: 228 ASCII bytes in all, four to a token.
+        assert_eq!(tap.counted_completion_tokens(), (2 * 108 + 8 + 4) / 4);
     }
 }

@@ -1,7 +1,7 @@
 //! SQL adapter of the usage store: multi-row inserts that skip records already stored.
 //!
 //! On Postgres a batch is one statement of fixed text whatever its size (`INSERT ... SELECT *
-//! FROM UNNEST($1, ..., $18)`, one array per column): prepared once per connection, where a
+//! FROM UNNEST($1, ..., $19)`, one array per column): prepared once per connection, where a
 //! multi-row `VALUES` list would be new SQL text with 18 parameters a row to build, send, parse
 //! and plan for every batch.
 
@@ -68,6 +68,7 @@ fn row(r: &UsageRecord) -> usage_logs::ActiveModel {
         error_message: Set(r.error_message.clone()),
         streamed: Set(r.streamed),
         client_disconnected: Set(r.client_disconnected),
+        usage_estimated: Set(r.usage_estimated),
     }
 }
 
@@ -80,7 +81,15 @@ impl UsageStore for SqlUsageStore {
         if self.store.backend() == DatabaseBackend::Postgres {
             let pool = self.store.connection().get_postgres_connection_pool();
             return insert_unnest(pool, records).await.map_err(|e| {
-                query_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
+                let refused = refuses_data(&e);
+                let e = StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+                    Arc::new(e),
+                )));
+                if refused {
+                    UsageError::Rejected(Box::new(e))
+                } else {
+                    UsageError::Store(Box::new(e))
+                }
             });
         }
         // The primary key (request_id, created_at) refuses a second copy of a record.
@@ -95,8 +104,36 @@ impl UsageStore for SqlUsageStore {
             Ok(
                 TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty,
             ) => Ok(()),
-            Err(e) => Err(query_err(e)),
+            Err(e) => {
+                let refused = match &e {
+                    sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(inner))
+                    | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(inner)) => {
+                        refuses_data(inner)
+                    }
+                    _ => false,
+                };
+                if refused {
+                    Err(UsageError::Rejected(Box::new(StoreError::Db(e))))
+                } else {
+                    Err(query_err(e))
+                }
+            }
         }
+    }
+}
+
+/// Whether the database refused the data itself (so the same records fail again however often
+/// they are sent), not failed to run the statement: Postgres's SQLSTATE classes 22 (data
+/// exception, e.g. a NUL in text) and 23 (integrity constraint), or a constraint on SQLite.
+fn refuses_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        {
+            Some(pg) => pg.code().starts_with("22") || pg.code().starts_with("23"),
+            None => !matches!(db.kind(), sqlx::error::ErrorKind::Other),
+        },
+        sqlx::Error::Encode(_) => true,
+        _ => false,
     }
 }
 
@@ -105,10 +142,11 @@ impl UsageStore for SqlUsageStore {
 const INSERT_UNNEST: &str = "INSERT INTO usage_logs (request_id, created_at, user_id, \
     api_key_id, server_id, endpoint, model, prompt_tokens, completion_tokens, total_tokens, \
     cost_micros, latency_ms, upstream_latency_ms, status_code, is_error, error_message, \
-    streamed, client_disconnected) \
+    streamed, client_disconnected, usage_estimated) \
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], \
     $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], \
-    $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[]) \
+    $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[], \
+    $19::bool[]) \
     ON CONFLICT (request_id, created_at) DO NOTHING";
 
 async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
@@ -134,6 +172,7 @@ async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(
         .bind(column(records, |r| r.error_message.as_deref()))
         .bind(column(records, |r| r.streamed))
         .bind(column(records, |r| r.client_disconnected))
+        .bind(column(records, |r| r.usage_estimated))
         .execute(pool)
         .await?;
     Ok(())
@@ -160,6 +199,7 @@ fn record_of(row: usage_logs::Model) -> UsageRecord {
         error_message: row.error_message,
         streamed: row.streamed,
         client_disconnected: row.client_disconnected,
+        usage_estimated: row.usage_estimated,
     }
 }
 

@@ -43,7 +43,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 1, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 2, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -99,6 +99,7 @@ fn usage_row(request_id: uuid::Uuid, created_at: OffsetDateTime) -> usage_logs::
         error_message: Set(None),
         streamed: Set(false),
         client_disconnected: Set(false),
+        usage_estimated: Set(false),
     }
 }
 
@@ -204,6 +205,53 @@ async fn sql_usage_store_inserts_batches_once() {
         assert_eq!(rows.len(), 301, "{backend:?}");
         let first = rows.iter().find(|r| r.request_id == records[0].request_id.as_uuid()).unwrap();
         assert_eq!((first.prompt_tokens, first.completion_tokens, first.total_tokens), (3, 5, 8));
+    }
+}
+
+/// Postgres refuses text holding NUL (SQLSTATE 22021): the adapter says the data was refused,
+/// not that the database failed, and the writer then writes every other record of the batch
+/// and quarantines that one. SQLite stores it.
+#[tokio::test]
+async fn a_record_the_database_refuses_is_quarantined_and_its_batch_written() {
+    use gateway_usage::{UsageError, UsageRecord, UsageStore, UsageWriter, WriterConfig};
+    use std::sync::atomic::Ordering;
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = std::sync::Arc::new(gateway_store::SqlUsageStore::new(db.store.clone()));
+        let mut bad = UsageRecord::example();
+        bad.model = "gpt-4\0".into();
+        let refused = store.insert_batch(std::slice::from_ref(&bad)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        // One batch of all 50 records (none is flushed early).
+        config.batch_size = 50;
+        config.flush_every = std::time::Duration::from_hours(1);
+        let writer = UsageWriter::start(store.clone(), config);
+        let good: Vec<_> = (0..49).map(|_| UsageRecord::example()).collect();
+        for r in &good[..20] {
+            writer.record(r.clone());
+        }
+        writer.record(bad.clone());
+        for r in &good[20..] {
+            writer.record(r.clone());
+        }
+        writer.shutdown().await;
+        let rows = usage_logs::Entity::find().all(db.store.connection()).await.unwrap();
+        let quarantined = writer.stats().quarantined.load(Ordering::Relaxed);
+        match backend {
+            Backend::Postgres => {
+                assert!(matches!(refused, Err(UsageError::Rejected(_))), "{refused:?}");
+                assert_eq!(rows.len(), 49);
+                assert_eq!(quarantined, 1);
+                let kept = std::fs::read_to_string(writer.quarantine_path()).unwrap();
+                assert!(kept.contains(&bad.request_id.to_string()), "{kept}");
+            }
+            Backend::Sqlite => {
+                refused.unwrap();
+                assert_eq!((rows.len(), quarantined), (50, 0));
+            }
+        }
+        assert_eq!(writer.stats().spilled.load(Ordering::Relaxed), 0, "{backend:?}");
     }
 }
 

@@ -9,7 +9,9 @@
 //!   waits: it puts the record on a bounded channel; a task writes batches (by size or every
 //!   100 ms), retries with backoff when the database fails, and spills to an append-only file when the channel would
 //!   overflow or the database stays down; the file is replayed when the database is back, and
-//!   shutdown flushes everything.
+//!   shutdown flushes everything. A record the database refuses never blocks others: a refused
+//!   batch is split until the record at fault is found, which goes to a quarantine file
+//!   (counted, logged once) while the rest are written.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -41,8 +43,13 @@ use async_trait::async_trait;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageError {
+    /// The store could not be reached or failed: the same records may be written later.
     #[error("usage store failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store refused the data itself (a value it cannot hold, a constraint): retrying the
+    /// same records fails the same way, so the writer isolates and quarantines the one at fault.
+    #[error("usage store refused a record")]
+    Rejected(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Takes one usage record per request without waiting; [`UsageWriter`] is the production

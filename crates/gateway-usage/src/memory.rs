@@ -8,11 +8,14 @@ use gateway_core::RequestId;
 
 use crate::{UsageError, UsageRecord, UsageStore};
 
-/// Records in process memory, keyed by request id. Can be told to fail, to test the writer.
+/// Records in process memory, keyed by request id. Can be told to fail, to test the writer;
+/// like Postgres, it refuses text holding a NUL character (the whole batch).
 #[derive(Debug, Default)]
 pub struct InMemoryUsageStore {
     records: Mutex<HashMap<RequestId, UsageRecord>>,
     failing: std::sync::atomic::AtomicBool,
+    /// Calls to `insert_batch`, for tests of the writer.
+    inserts: std::sync::atomic::AtomicU64,
 }
 
 impl InMemoryUsageStore {
@@ -38,17 +41,38 @@ impl InMemoryUsageStore {
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Calls to `insert_batch` so far.
+    pub fn inserts(&self) -> u64 {
+        self.inserts.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("simulated outage")]
 struct Outage;
 
+#[derive(Debug, thiserror::Error)]
+#[error("invalid byte sequence: text cannot hold NUL (0x00)")]
+struct NulInText;
+
+/// As Postgres refuses it: `text` cannot hold a NUL character.
+fn holds_nul(r: &UsageRecord) -> bool {
+    [r.model.as_str(), r.endpoint.as_str(), r.error_message.as_deref().unwrap_or("")]
+        .iter()
+        .any(|s| s.contains('\0'))
+}
+
 #[async_trait]
 impl UsageStore for InMemoryUsageStore {
     async fn insert_batch(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+        self.inserts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(UsageError::Store(Box::new(Outage)));
+        }
+        // All or nothing, as one INSERT statement is.
+        if records.iter().any(holds_nul) {
+            return Err(UsageError::Rejected(Box::new(NulInText)));
         }
         let mut map = self.lock();
         for r in records {

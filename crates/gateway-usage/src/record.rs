@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 /// What one gateway request used and how it ended. `request_id` and `created_at` are fixed
 /// when the record is made, so every retry of it is the same row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // independent facts, one column of usage_logs each
 pub struct UsageRecord {
     pub request_id: RequestId,
     #[serde(with = "time::serde::rfc3339")]
@@ -28,6 +29,10 @@ pub struct UsageRecord {
     pub error_message: Option<String>,
     pub streamed: bool,
     pub client_disconnected: bool,
+    /// The upstream reported no usage: the tokens are the gateway's estimate of what was sent
+    /// and generated (never zero for an answer that generated something).
+    #[serde(default)]
+    pub usage_estimated: bool,
 }
 
 impl UsageRecord {
@@ -52,6 +57,7 @@ impl UsageRecord {
             error_message: None,
             streamed: false,
             client_disconnected: false,
+            usage_estimated: false,
         }
     }
 }

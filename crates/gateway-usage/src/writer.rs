@@ -1,5 +1,6 @@
 //! The batched usage writer: nothing dropped silently, nothing written twice.
 
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::{UsageRecord, UsageStore};
+use gateway_core::RequestId;
+
+use crate::{UsageError, UsageRecord, UsageStore};
 
 /// Writer settings.
 #[derive(Clone, Debug)]
@@ -24,16 +27,23 @@ pub struct WriterConfig {
     pub attempts: u32,
     /// The append-only file of records not yet in the database (JSON lines).
     pub spill_path: PathBuf,
+    /// The append-only file of records the database refused (JSON lines, the spill file's
+    /// format): kept for an operator, never retried on their own.
+    pub quarantine_path: PathBuf,
 }
 
 impl WriterConfig {
+    /// Settings with the quarantine file beside the spill file (`<spill file>.quarantine`).
     pub fn new(spill_path: PathBuf) -> Self {
+        let mut quarantine = spill_path.clone().into_os_string();
+        quarantine.push(".quarantine");
         Self {
             capacity: 10_000,
             batch_size: 500,
             flush_every: Duration::from_millis(100),
             attempts: 3,
             spill_path,
+            quarantine_path: PathBuf::from(quarantine),
         }
     }
 }
@@ -47,6 +57,8 @@ pub struct WriterStats {
     /// Records that could be neither written nor spilled (the spill file failed too).
     pub dropped: AtomicU64,
     pub failed_batches: AtomicU64,
+    /// Records the database refused, set aside in the quarantine file.
+    pub quarantined: AtomicU64,
 }
 
 /// The spill file. Appends come from any thread; replay takes the file over by renaming it.
@@ -109,6 +121,54 @@ impl Spill {
     }
 }
 
+/// Records the database refused: appended to their own file, counted and logged once each.
+#[derive(Debug)]
+struct Quarantine {
+    file: Spill,
+    /// Ids set aside already: a spill replayed twice does not quarantine a record twice.
+    seen: Mutex<HashSet<RequestId>>,
+}
+
+impl Quarantine {
+    fn new(path: PathBuf) -> Self {
+        Self { file: Spill { path, file: Mutex::default() }, seen: Mutex::default() }
+    }
+
+    fn add(&self, record: &UsageRecord, error: &UsageError, stats: &WriterStats) {
+        let first = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(record.request_id);
+        if !first {
+            return;
+        }
+        if self.file.append(std::slice::from_ref(record)) {
+            stats.quarantined.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                request_id = %record.request_id,
+                error = %error_chain(error),
+                path = %self.file.path.display(),
+                "the database refused a usage record; it is quarantined and the others are written"
+            );
+        } else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(request_id = %record.request_id, "usage record dropped: the database refused it and the quarantine file failed");
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 fn read_spill(path: &Path) -> Vec<UsageRecord> {
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     let mut out = Vec::new();
@@ -131,6 +191,7 @@ pub struct UsageWriter {
     tx: mpsc::Sender<UsageRecord>,
     stats: Arc<WriterStats>,
     spill: Arc<Spill>,
+    quarantine_path: PathBuf,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -141,9 +202,15 @@ impl UsageWriter {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let spill = Arc::new(Spill { path: config.spill_path.clone(), file: Mutex::default() });
+        let quarantine_path = config.quarantine_path.clone();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(store, config, rx, stats.clone(), spill.clone(), stopped));
-        Self { tx, stats, spill, stop, task: Mutex::new(Some(task)) }
+        Self { tx, stats, spill, quarantine_path, stop, task: Mutex::new(Some(task)) }
+    }
+
+    /// Where records the database refused are kept.
+    pub fn quarantine_path(&self) -> &Path {
+        &self.quarantine_path
     }
 
     /// Hands a record over without waiting. If the writer is behind (or stopping), the record
@@ -188,7 +255,15 @@ async fn run(
     spill: Arc<Spill>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut healthy = replay(store.as_ref(), &config, &stats, &spill).await;
+    let quarantine = Quarantine::new(config.quarantine_path.clone());
+    let out = Out {
+        store: store.as_ref(),
+        config: &config,
+        stats: &stats,
+        spill: &spill,
+        quarantine: &quarantine,
+    };
+    let mut healthy = replay(&out).await;
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(config.batch_size);
     loop {
         // Wait for a first record (retrying a pending replay now and then), then gather more
@@ -200,7 +275,7 @@ async fn run(
                 rx.recv().await
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if !healthy || spill.path.exists() => {
-                healthy = replay(store.as_ref(), &config, &stats, &spill).await;
+                healthy = replay(&out).await;
                 continue;
             }
         };
@@ -217,51 +292,103 @@ async fn run(
                 () = &mut flush => break,
             }
         }
-        healthy = write_or_spill(store.as_ref(), &config, &stats, &spill, &mut batch).await;
+        healthy = write_or_spill(&out, &mut batch).await;
         if healthy && spill.path.exists() {
-            healthy = replay(store.as_ref(), &config, &stats, &spill).await;
+            healthy = replay(&out).await;
         }
     }
     if !batch.is_empty() {
-        write_or_spill(store.as_ref(), &config, &stats, &spill, &mut batch).await;
+        write_or_spill(&out, &mut batch).await;
     }
     if healthy {
-        replay(store.as_ref(), &config, &stats, &spill).await;
+        replay(&out).await;
     }
 }
 
-/// Writes one batch with retries and backoff; if it still fails, spills it. Returns whether the
-/// store accepted it.
-async fn write_or_spill(
-    store: &dyn UsageStore,
-    config: &WriterConfig,
-    stats: &WriterStats,
-    spill: &Spill,
-    batch: &mut Vec<UsageRecord>,
-) -> bool {
-    let mut backoff = Duration::from_millis(50);
-    for attempt in 1..=config.attempts.max(1) {
-        match store.insert_batch(batch).await {
+/// Where the writer task puts records: the store, else the spill file, else (refused records)
+/// the quarantine.
+struct Out<'a> {
+    store: &'a dyn UsageStore,
+    config: &'a WriterConfig,
+    stats: &'a WriterStats,
+    spill: &'a Spill,
+    quarantine: &'a Quarantine,
+}
+
+/// Writes `records`, which the store refused as a whole: halves are tried in turn until each
+/// refused part is a single record, which is quarantined. At most two inserts per record at
+/// fault and level of halving. Returns the records left unwritten because the store became
+/// unreachable meanwhile (to spill), empty when everything else was written.
+async fn isolate(out: &Out<'_>, records: &[UsageRecord]) -> Vec<UsageRecord> {
+    // (start, end, known to be refused); a single record is tried again for its own error.
+    let mut parts = vec![(0, records.len(), records.len() > 1)];
+    while let Some((start, end, refused)) = parts.pop() {
+        let part = &records[start..end];
+        if refused {
+            let mid = start + part.len() / 2;
+            parts.push((mid, end, false));
+            parts.push((start, mid, false));
+            continue;
+        }
+        match out.store.insert_batch(part).await {
             Ok(()) => {
-                stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                out.stats.written.fetch_add(part.len() as u64, Ordering::Relaxed);
+            }
+            Err(UsageError::Rejected(e)) if part.len() == 1 => {
+                out.quarantine.add(&part[0], &UsageError::Rejected(e), out.stats);
+            }
+            Err(UsageError::Rejected(_)) => parts.push((start, end, true)),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "usage store failed while isolating a refused record");
+                let mut left = part.to_vec();
+                for (s, e, _) in parts {
+                    left.extend_from_slice(&records[s..e]);
+                }
+                return left;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Writes one batch with retries and backoff; if it still fails, spills it. A batch the store
+/// refuses is split until the records at fault are quarantined and the rest written. Returns
+/// whether the store accepted it.
+async fn write_or_spill(out: &Out<'_>, batch: &mut Vec<UsageRecord>) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let attempts = out.config.attempts.max(1);
+    for attempt in 1..=attempts {
+        match out.store.insert_batch(batch).await {
+            Ok(()) => {
+                out.stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
                 return true;
             }
+            Err(UsageError::Rejected(e)) => {
+                out.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, records = batch.len(), "the database refused a usage batch; finding the record at fault");
+                let left = isolate(out, batch).await;
+                *batch = left;
+                if batch.is_empty() {
+                    return true;
+                }
+                break;
+            }
             Err(e) => {
-                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                out.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, attempt, records = batch.len(), "usage batch failed");
-                if attempt < config.attempts {
+                if attempt < attempts {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 4).min(Duration::from_secs(2));
                 }
             }
         }
     }
-    if spill.append(batch) {
-        stats.spilled.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        tracing::warn!(records = batch.len(), path = %spill.path.display(), "usage records spilled to disk; they are replayed when the database is back");
+    if out.spill.append(batch) {
+        out.stats.spilled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        tracing::warn!(records = batch.len(), path = %out.spill.path.display(), "usage records spilled to disk; they are replayed when the database is back");
     } else {
-        stats.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        out.stats.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::error!(
             records = batch.len(),
             "usage records dropped: the database and the spill file both failed"
@@ -271,25 +398,30 @@ async fn write_or_spill(
     false
 }
 
-/// Replays the spill file into the store. Returns whether the store is healthy.
-async fn replay(
-    store: &dyn UsageStore,
-    config: &WriterConfig,
-    stats: &WriterStats,
-    spill: &Spill,
-) -> bool {
-    let Some(path) = spill.take() else { return true };
+/// Replays the spill file into the store. Returns whether the store is healthy. A record the
+/// store refuses is quarantined like any other, so replay never stalls on one record.
+async fn replay(out: &Out<'_>) -> bool {
+    let Some(path) = out.spill.take() else { return true };
     let records = read_spill(&path);
-    for chunk in records.chunks(config.batch_size.max(1)) {
-        if let Err(e) = store.insert_batch(chunk).await {
-            tracing::warn!(error = %e, pending = records.len(), "replaying spilled usage failed; will retry");
-            return false;
+    for chunk in records.chunks(out.config.batch_size.max(1)) {
+        match out.store.insert_batch(chunk).await {
+            Ok(()) => {}
+            Err(UsageError::Rejected(e)) => {
+                tracing::warn!(error = %e, records = chunk.len(), "the database refused spilled usage; finding the record at fault");
+                if !isolate(out, chunk).await.is_empty() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pending = records.len(), "replaying spilled usage failed; will retry");
+                return false;
+            }
         }
     }
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(error = %e, "cannot remove the replayed spill file; its records may be replayed again (harmless)");
     }
-    stats.replayed.fetch_add(records.len() as u64, Ordering::Relaxed);
+    out.stats.replayed.fetch_add(records.len() as u64, Ordering::Relaxed);
     if !records.is_empty() {
         tracing::info!(records = records.len(), "spilled usage replayed into the database");
     }
@@ -403,5 +535,59 @@ mod tests {
             21,
             "after shutdown, records still go to disk"
         );
+    }
+
+    fn poisoned() -> UsageRecord {
+        let mut r = UsageRecord::example();
+        r.model = "gpt-4\0".into();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_refused_record_is_quarantined_and_the_rest_of_its_batch_written() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        config.batch_size = 256;
+        config.flush_every = Duration::from_hours(1);
+        let w = UsageWriter::start(store.clone(), config);
+        let bad = poisoned();
+        let good: Vec<_> = (0..255).map(|_| UsageRecord::example()).collect();
+        for r in &good[..100] {
+            w.record(r.clone());
+        }
+        w.record(bad.clone());
+        for r in &good[100..] {
+            w.record(r.clone());
+        }
+        w.shutdown().await;
+        assert_eq!(store.len(), 255, "every other record is written");
+        assert_eq!(w.stats().quarantined.load(Ordering::Relaxed), 1);
+        assert_eq!(w.stats().spilled.load(Ordering::Relaxed), 0);
+        assert_eq!(read_spill(w.quarantine_path()), vec![bad]);
+        // One batch of 256: the whole, then two halves per level down to the record (8 levels).
+        assert!(store.inserts() <= 1 + 2 * 8, "{} inserts", store.inserts());
+    }
+
+    #[tokio::test]
+    async fn a_spill_holding_a_refused_record_is_replayed_without_it_and_never_again() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill { path: dir.path().join("spill.jsonl"), file: Mutex::default() };
+        let mut old: Vec<_> = (0..20).map(|_| UsageRecord::example()).collect();
+        old.insert(7, poisoned());
+        assert!(spill.append(&old));
+        let w = writer(&store, &dir, 10);
+        w.record(UsageRecord::example());
+        w.shutdown().await;
+        assert_eq!(store.len(), 21, "the spilled records and the new one");
+        assert_eq!(w.stats().quarantined.load(Ordering::Relaxed), 1);
+        assert!(!dir.path().join("spill.jsonl").exists());
+        assert!(!dir.path().join("spill.jsonl.replaying").exists());
+        // A restart finds nothing left to replay: the record is only in the quarantine file.
+        let w = writer(&store, &dir, 10);
+        w.shutdown().await;
+        assert_eq!(w.stats().quarantined.load(Ordering::Relaxed), 0);
+        assert_eq!(read_spill(&dir.path().join("spill.jsonl.quarantine")).len(), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use gateway_auth::Principal;
 use gateway_core::openai::{List, Model};
 use gateway_core::{ApiError, ErrorKind, Scope, Usage};
-use gateway_proxy::request::{Endpoint, forward_body, inspect};
+use gateway_proxy::request::{Endpoint, forward_body, inspect, printable};
 use gateway_proxy::{ForwardRequest, Forwarded};
 use gateway_usage::UsageRecord;
 use http::header::{
@@ -92,6 +92,7 @@ impl UsageDraft {
             error_message: None,
             streamed: false,
             client_disconnected: false,
+            usage_estimated: false,
         };
         Self { record, started: ctx.started, prompt_estimate: 0 }
     }
@@ -105,7 +106,8 @@ impl UsageDraft {
         let r = &mut self.record;
         r.status_code = status.as_u16();
         r.is_error = error.is_some() || !status.is_success();
-        r.error_message = error.map(|e| e.chars().take(500).collect());
+        // Error texts may quote the client: no control character reaches the row or a log.
+        r.error_message = error.map(|e| printable(&e, 500));
         if let Some(u) = usage {
             (r.prompt_tokens, r.completion_tokens) = (u.prompt_tokens, u.completion_tokens);
             r.total_tokens = u.total();
@@ -190,7 +192,7 @@ async fn forward_authenticated(
     limit: &mut LimitState,
 ) -> Result<Step, ApiError> {
     let body = read_body(app, req).await?;
-    let view = inspect(&body, endpoint, &app.forbidden)?;
+    let view = inspect(&body, endpoint, &app.rules)?;
     draft.record.model = view.model.chars().take(200).collect();
     draft.record.streamed = view.stream;
     draft.prompt_estimate = view.estimated_prompt_tokens();
@@ -237,7 +239,23 @@ async fn forward_authenticated(
         })
         .await?;
     match forwarded {
-        Forwarded::Complete { status, content_type, body, usage, upstream, server } => {
+        Forwarded::Complete {
+            status,
+            content_type,
+            body,
+            usage,
+            generated_tokens,
+            upstream,
+            server,
+        } => {
+            // An answer without usage is charged the estimate of what it generated, never zero.
+            let usage = match usage {
+                None if status.is_success() => {
+                    draft.record.usage_estimated = true;
+                    Some(Usage::new(draft.prompt_estimate, generated_tokens))
+                }
+                reported => reported,
+            };
             draft.record.server_id = Some(server);
             draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
@@ -263,7 +281,9 @@ async fn forward_authenticated(
             let app = Arc::clone(app);
             let reservation = limit.reservation.take();
             let body = body.on_end(move |end| {
-                // Without a usage chunk: the prompt estimate plus what was relayed, never zero.
+                // Without a usage chunk (the gateway always asks for one, but an upstream may not
+                // send it, or the stream may end first): the prompt estimate plus everything
+                // relayed (content, reasoning, refusals, tool calls), never zero.
                 let reported = end.usage.unwrap_or_else(|| {
                     Usage::new(draft.prompt_estimate, end.counted_completion_tokens)
                 });
@@ -275,6 +295,7 @@ async fn forward_authenticated(
                 let error = if end.client_disconnected { None } else { end.error };
                 let mut record = draft.finish(StatusCode::OK, Some(reported), error);
                 record.client_disconnected = end.client_disconnected;
+                record.usage_estimated = end.usage.is_none();
                 app.record_usage(record);
             });
             let mut res = Response::new(ResBody::Stream(Box::pin(body)));

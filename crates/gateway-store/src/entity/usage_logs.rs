@@ -4,6 +4,7 @@ use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "usage_logs")]
+#[allow(clippy::struct_excessive_bools)] // the table's boolean columns
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub request_id: Uuid,
@@ -25,6 +26,7 @@ pub struct Model {
     pub error_message: Option<String>,
     pub streamed: bool,
     pub client_disconnected: bool,
+    pub usage_estimated: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,10 +6,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Run every test of the workspace (Postgres and Redis suites run when TEST_DATABASE_URL and
-# TEST_REDIS_URL are set; .ci/run sets both).
+# Run every test of the workspace, bringing Postgres and Redis up first (scripts/test.sh).
 test:
-    cargo test --workspace --locked
+    bash scripts/test.sh
 
 # Run the tests of one crate, e.g. `just test-crate gateway-auth`.
 test-crate NAME:

@@ -312,6 +312,14 @@ async fn request_content_cannot_take_servers_away_from_others() {
         assert_eq!(forwarded() - before, 2, "round {round}: tried on two servers, not all");
         polite(&gw, &other, 2, round % 2 == 0).await;
     }
+    // An upstream's 4xx is the request's: answered as is, after one attempt.
+    for status in [400, 422] {
+        let before = forwarded();
+        let body = chat("gpt-4", &json!({"mock": {"fail": "status", "status": status}}));
+        let r = post_with_key(gw.addr, "/v1/chat/completions", &attacker, &body).await;
+        assert_eq!(r.status, status);
+        assert_eq!(forwarded() - before, 1, "a 4xx is not retried elsewhere");
+    }
     let admin = support::admin_session(&gw).await;
     let health = admin_health(&gw, &admin).await;
     assert_eq!(health.len(), 3);

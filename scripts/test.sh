@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every test of the workspace, the Postgres and Redis suites included: brings both up first
+# (starting them, or installing them from Debian's packages, as .ci/run does), exports
+# TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable. Extra
+# arguments go to `cargo test` (e.g. `bash scripts/test.sh -p gateway-proxy`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}"
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+
+. scripts/services.sh
+log "services"
+ensure_postgres
+ensure_redis
+
+log "cargo test --workspace"
+if [ "$#" -gt 0 ]; then
+  exec cargo test --locked "$@"
+fi
+exec cargo test --workspace --locked

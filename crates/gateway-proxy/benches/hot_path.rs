@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect};
+use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, nested_deeper_than};
 use gateway_proxy::sse::SseTap;
 
 /// A chat body with `turns` user/assistant exchanges of about 200 bytes each.
@@ -52,13 +52,21 @@ fn request_fields(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("chat body {} bytes", body.len()), |b| {
             b.iter(|| {
-                let view =
-                    inspect(black_box(&body), Endpoint::ChatCompletions, &rules).unwrap();
+                let view = inspect(black_box(&body), Endpoint::ChatCompletions, &rules).unwrap();
                 black_box((view.max_tokens, view.estimated_prompt_tokens()));
             });
         });
     }
     group.finish();
+
+    // The nesting check alone (part of `inspect` above): bodies with fewer opening brackets
+    // than the limit are settled by counting them, others are scanned.
+    for turns in [10, 100] {
+        let body = chat_body(turns, false);
+        c.bench_function(&format!("depth check {} bytes", body.len()), |b| {
+            b.iter(|| black_box(nested_deeper_than(black_box(&body), 64)));
+        });
+    }
 
     let body = chat_body(10, true);
     let name =

@@ -128,9 +128,13 @@ pub fn printable(s: &str, max: usize) -> String {
     s.chars().take(max).map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
 }
 
-/// Whether `body` nests arrays and objects deeper than `max`. Strings are skipped with
-/// `memchr` (most of a chat body is string content), so this costs far less than the parse.
+/// Whether `body` nests arrays and objects deeper than `max`. Nesting deeper than `max` takes
+/// more than `max` opening brackets, and most bodies have fewer: looking for them with
+/// `memchr` settles those. Others are scanned, strings skipped with `memchr`.
 pub fn nested_deeper_than(body: &[u8], max: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', body).nth(max).is_none() {
+        return false;
+    }
     let mut depth = 0usize;
     let mut i = 0;
     while i < body.len() {

@@ -281,8 +281,8 @@ async fn request_content_cannot_take_servers_away_from_others() {
         ],
     )
     .await;
-    let attacker =
-        support::free_user_with_key(gw.addr, "deep@example.com", json!({"name": "a"})).await;
+    // On the enterprise tier: its requests reach the servers instead of its rate limits.
+    let attacker = user_with_key(&gw, "deep@example.com", json!({"name": "a"})).await;
     let other = user_with_key(&gw, "bystander@example.com", json!({"name": "b"})).await;
     let forwarded = || mocks.iter().map(Mock::requests).sum::<u64>();
 
@@ -397,6 +397,24 @@ async fn oversized_request_headers_get_431() {
     assert!(send(15 * 1024).await.starts_with("HTTP/1.1 200"), "a big but allowed head");
     assert!(send(17 * 1024).await.starts_with("HTTP/1.1 431"));
     assert!(send(400 * 1024).await.starts_with("HTTP/1.1 431"));
+
+    // HTTP/2 (h2c): the header list is capped alike.
+    let h2 = |size: usize| async move {
+        let io =
+            hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{}/healthz", gw.addr))
+            .header("x-filler", "a".repeat(size))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.map(|r| r.status().as_u16())
+    };
+    assert_eq!(h2(10 * 1024).await.unwrap(), 200);
+    assert_eq!(h2(20 * 1024).await.unwrap(), 431);
 }
 
 /// One hostile body, of the kinds a tenant could try against the gateway or its upstreams.

@@ -4,7 +4,7 @@
 //! Server health is not hostage to request content: a 4xx is the request's, and so is a 5xx
 //! that a second server repeats for the same request; either goes back to the client, counted
 //! against no server. A 5xx counts as the server's failure only once another server has
-//! answered that same request; connect errors, timeouts, broken responses and 429s count at
+//! answered that same request successfully; connect errors, timeouts, broken responses and 429s count at
 //! once. A redirect (never followed) fails the attempt without blaming the server.
 
 use std::sync::Arc;
@@ -205,7 +205,8 @@ impl Forwarder {
             }
             if let Some((first, _)) = suspect.take() {
                 // Another server answered the request the first one failed: the first's fault.
-                first.finish(Outcome::Failure);
+                // A 4xx from it says the request was bad, which may be why the first failed.
+                first.finish(if status.is_success() { Outcome::Failure } else { Outcome::Neutral });
             }
             pick.finish(if status.is_success() {
                 Outcome::Success { latency_ms: upstream.as_millis() as u64 }

@@ -11,13 +11,7 @@ pub fn internal(
     what: &str,
     e: &(dyn std::error::Error + 'static),
 ) -> ApiError {
-    let mut chain = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
+    let chain = gateway_core::error_chain(e);
     tracing::error!(request_id = %request_id, error = %chain, "{what} failed");
     ApiError::internal()
 }

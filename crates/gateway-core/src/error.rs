@@ -207,6 +207,19 @@ impl ApiError {
     }
 }
 
+/// An error and its sources in one line (`outer: inner: ...`), for a log. Adapters never put
+/// secrets in errors, so the chain carries none.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        chain.push_str(": ");
+        chain.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

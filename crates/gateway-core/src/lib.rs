@@ -27,5 +27,5 @@ pub use domain::{
     ApiKeyMeta, HealthStatus, LimitOverrides, Limits, Role, Scope, Tier, UnknownVariant,
     UpstreamServer, Usage, User, UserStatus,
 };
-pub use error::{ApiError, ErrorKind};
+pub use error::{ApiError, ErrorKind, error_chain};
 pub use id::{ApiKeyId, RequestId, ServerId, UserId};

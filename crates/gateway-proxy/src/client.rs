@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_core::error_chain;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::Full;
@@ -124,15 +125,4 @@ impl UpstreamClient {
         }
         Ok(res)
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

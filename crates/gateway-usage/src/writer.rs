@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use gateway_core::RequestId;
+use gateway_core::{RequestId, error_chain};
 
 use crate::{UsageError, UsageRecord, UsageStore};
 
@@ -156,17 +156,6 @@ impl Quarantine {
             tracing::error!(request_id = %record.request_id, "usage record dropped: the database refused it and the quarantine file failed");
         }
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 fn read_spill(path: &Path) -> Vec<UsageRecord> {

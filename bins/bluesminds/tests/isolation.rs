@@ -269,7 +269,7 @@ async fn admin_health(gw: &Gateway, admin: &str) -> Vec<serde_json::Value> {
 async fn request_content_cannot_take_servers_away_from_others() {
     let mocks = [Mock::start().await, Mock::start().await, Mock::start().await];
     let urls: Vec<String> = mocks.iter().map(Mock::url).collect();
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         &[],
         &[
             ("LITELLM_SERVER_1_URL", urls[0].as_str()),
@@ -285,6 +285,7 @@ async fn request_content_cannot_take_servers_away_from_others() {
     let attacker = user_with_key(&gw, "deep@example.com", json!({"name": "a"})).await;
     let other = user_with_key(&gw, "bystander@example.com", json!({"name": "b"})).await;
     let forwarded = || mocks.iter().map(Mock::requests).sum::<u64>();
+    let mut theirs = Vec::new();
 
     // 1,200 levels deep: a 400 from the gateway, nothing forwarded.
     let deep = format!(
@@ -297,7 +298,7 @@ async fn request_content_cannot_take_servers_away_from_others() {
         let r = raw(&gw, &attacker, deep.as_bytes()).await;
         assert_eq!(r.status, 400, "{:?}", r.body);
         assert!(r.openai_error()["message"].as_str().unwrap().contains("nested deeper"));
-        polite(&gw, &other, 2, false).await;
+        theirs.push(polite(&gw, &other, 2, false).await);
     }
     assert_eq!(forwarded() - before, 5, "only the other tenant's requests were forwarded");
 
@@ -310,7 +311,7 @@ async fn request_content_cannot_take_servers_away_from_others() {
         let r = post_with_key(gw.addr, "/v1/chat/completions", &attacker, &poison).await;
         assert_eq!(r.status, 500, "the upstream's answer goes back: {:?}", r.body);
         assert_eq!(forwarded() - before, 2, "round {round}: tried on two servers, not all");
-        polite(&gw, &other, 2, round % 2 == 0).await;
+        theirs.push(polite(&gw, &other, 2, round % 2 == 0).await);
     }
     // An upstream's 4xx is the request's: answered as is, after one attempt.
     for status in [400, 422] {
@@ -325,6 +326,18 @@ async fn request_content_cannot_take_servers_away_from_others() {
     assert_eq!(health.len(), 3);
     assert!(health.iter().all(|s| s["health"]["circuit_open"] == false), "{health:#?}");
     assert!(health.iter().all(|s| s["health"]["consecutive_failures"] == 0), "{health:#?}");
+
+    // The other tenant's requests are all recorded, with the mock's counts.
+    gw.terminate().await;
+    let (code, logs) = gw.wait().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let rows = sqlite_rows(&gw).await;
+    for r in &theirs {
+        let id = r.header("x-request-id").unwrap();
+        let row = rows.iter().find(|row| row.request_id.to_string() == id).unwrap();
+        assert_eq!((row.status_code, row.completion_tokens, row.usage_estimated), (200, 2, false));
+    }
+    assert_eq!(theirs.len(), 15);
 }
 
 /// What is the server's fault still opens its circuit: three of four servers fail every

@@ -667,7 +667,7 @@ async fn no_key_password_or_session_reaches_the_logs() {
 #[tokio::test]
 async fn revocation_reaches_a_second_instance_through_redis() {
     let extra = [("BLUESMINDS_AUTH__KEY_CACHE_TTL_MS", "3600000"), MODELS_ENV[0], MODELS_ENV[1]];
-    let Some((_db, env)) = support::shared_backends(&extra).await else { return };
+    let (_db, env) = support::shared_backends(&extra).await;
     let env = support::env_refs(&env);
     let a = Gateway::start(&[], &env).await;
     let b = Gateway::start(&[], &env).await;

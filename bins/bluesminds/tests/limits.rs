@@ -150,7 +150,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[tokio::test]
 async fn two_instances_sharing_redis_admit_exactly_the_limit_of_200_simultaneous_requests() {
-    let Some((_db, env)) = support::shared_backends(&[]).await else { return };
+    let (_db, env) = support::shared_backends(&[]).await;
     let mock = Mock::start().await;
     let url = mock.url();
     let mut env = env;
@@ -207,7 +207,7 @@ async fn wait_for_charge(env: &[(String, String)], key_id: &str, expected: u64) 
 
 #[tokio::test]
 async fn reservations_settle_to_what_was_used_and_failed_requests_are_refunded() {
-    let Some((_db, env)) = support::shared_backends(&[]).await else { return };
+    let (_db, env) = support::shared_backends(&[]).await;
     let mock = Mock::start().await;
     let mut env = env;
     env.push(("LITELLM_SERVER_1_URL".into(), mock.url()));
@@ -293,11 +293,11 @@ impl PrivateRedis {
     }
 }
 
-/// A gateway on a fresh Postgres database and a private Redis; `None` without test services.
+/// A gateway on a fresh Postgres database and a private Redis.
 async fn with_private_redis(
     mock: &Mock,
-) -> Option<(gateway_store::testing::TestDb, PrivateRedis, Gateway, Vec<(String, String)>)> {
-    let (db, mut env) = support::shared_backends(&[]).await?;
+) -> (gateway_store::testing::TestDb, PrivateRedis, Gateway, Vec<(String, String)>) {
+    let (db, mut env) = support::shared_backends(&[]).await;
     let redis = PrivateRedis::start().await;
     env.retain(|(k, _)| k != "REDIS_URL");
     env.push(("REDIS_URL".into(), redis.url()));
@@ -305,7 +305,7 @@ async fn with_private_redis(
     env.push(("LITELLM_SERVER_1_MODELS".into(), MODELS.into()));
     env.push(("BLUESMINDS_LIMITS__MIRROR_INTERVAL_MS".into(), "50".into()));
     let gw = Gateway::start(&[], &env_refs(&env)).await;
-    Some((db, redis, gw, env))
+    (db, redis, gw, env)
 }
 
 /// Sends `n` 100-token embeddings one after another; returns how many passed, and the error
@@ -355,7 +355,7 @@ async fn wait_until_saved(
 #[tokio::test]
 async fn a_redis_restart_does_not_reset_the_monthly_quota() {
     let mock = Mock::start().await;
-    let Some((db, mut redis, gw, _env)) = with_private_redis(&mock).await else { return };
+    let (db, mut redis, gw, _env) = with_private_redis(&mock).await;
     let (key, key_id) = key_of_tier(
         &gw,
         "month@example.com",
@@ -376,7 +376,7 @@ async fn a_redis_restart_does_not_reset_the_monthly_quota() {
 #[tokio::test]
 async fn with_redis_stopped_the_daily_quota_still_admits_exactly_what_it_allows() {
     let mock = Mock::start().await;
-    let Some((db, mut redis, gw, _env)) = with_private_redis(&mock).await else { return };
+    let (db, mut redis, gw, _env) = with_private_redis(&mock).await;
     let (key, key_id) = key_of_tier(
         &gw,
         "down@example.com",

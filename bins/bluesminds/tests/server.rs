@@ -346,10 +346,6 @@ async fn migrate_twice_on_sqlite_is_a_no_op_the_second_time() {
 async fn migrate_on_postgres_creates_partitions_for_this_and_next_month() {
     use gateway_store::testing::{Backend, TestDb};
     use sea_orm::{ConnectionTrait, Statement};
-    if gateway_store::testing::postgres_url().is_none() {
-        eprintln!("TEST_DATABASE_URL not set: Postgres migrate test skipped");
-        return;
-    }
     let db = TestDb::empty(Backend::Postgres).await;
     let secret = "s".repeat(32);
     let env = [
@@ -473,10 +469,7 @@ async fn demo_prints_a_key_and_curl_lines_that_work() {
 
 #[tokio::test]
 async fn readyz_checks_redis_when_configured() {
-    let Some(redis_url) = std::env::var("TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("TEST_REDIS_URL not set: Redis readiness test skipped");
-        return;
-    };
+    let redis_url = gateway_store::testing::require_redis();
     let gw = Gateway::start(&[], &[("REDIS_URL", redis_url.as_str())]).await;
     let ready = request(gw.addr, "GET", "/readyz", b"").await;
     assert_eq!(ready.status, 200, "{:?}", ready.body);

@@ -333,10 +333,7 @@ fn pg_addr(url: &str) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn a_database_outage_loses_no_request_and_no_record() {
-    let Some(pg) = gateway_store::testing::postgres_url() else {
-        eprintln!("TEST_DATABASE_URL not set: database outage test skipped");
-        return;
-    };
+    let pg = gateway_store::testing::require_postgres();
     let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
     let relay = support::Relay::start(pg_addr(&pg)).await;
     let host = pg_addr(&pg).to_string();

@@ -34,14 +34,25 @@ pub fn postgres_url() -> Option<String> {
     std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())
 }
 
-/// The backends to run a conformance test against: SQLite always, Postgres when
-/// `TEST_DATABASE_URL` is set.
+/// `TEST_DATABASE_URL`, or a panic saying how to run the suite: a test that needs Postgres
+/// never passes without it.
+pub fn require_postgres() -> String {
+    postgres_url().unwrap_or_else(|| panic!("TEST_DATABASE_URL is not set: run `bash scripts/test.sh`, which brings Postgres up and sets it"))
+}
+
+/// `TEST_REDIS_URL`, or a panic saying how to run the suite.
+pub fn require_redis() -> String {
+    std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| panic!("TEST_REDIS_URL is not set: run `bash scripts/test.sh`, which brings Redis up and sets it"))
+}
+
+/// The backends every conformance test runs against: SQLite and Postgres (`TEST_DATABASE_URL`
+/// must be set; see [`require_postgres`]).
 pub fn backends() -> Vec<Backend> {
-    let mut b = vec![Backend::Sqlite];
-    if postgres_url().is_some() {
-        b.push(Backend::Postgres);
-    }
-    b
+    require_postgres();
+    vec![Backend::Sqlite, Backend::Postgres]
 }
 
 /// Replaces the database name (the URL's path) of a Postgres URL.

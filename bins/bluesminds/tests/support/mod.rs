@@ -354,16 +354,12 @@ pub async fn post_with_key(
 
 /// Two or more instances on one fresh Postgres database and the test Redis, under a Redis
 /// prefix of their own: the database (dropped with it) and the environment to start them
-/// with. `None` when `TEST_DATABASE_URL` or `TEST_REDIS_URL` is not set.
+/// with. Fails, saying how to run it, when `TEST_DATABASE_URL` or `TEST_REDIS_URL` is not set.
 pub async fn shared_backends(
     extra: &[(&str, &str)],
-) -> Option<(gateway_store::testing::TestDb, Vec<(String, String)>)> {
-    let (Some(_), Some(redis)) =
-        (gateway_store::testing::postgres_url(), std::env::var("TEST_REDIS_URL").ok())
-    else {
-        eprintln!("TEST_DATABASE_URL or TEST_REDIS_URL not set: multi-instance test skipped");
-        return None;
-    };
+) -> (gateway_store::testing::TestDb, Vec<(String, String)>) {
+    gateway_store::testing::require_postgres();
+    let redis = gateway_store::testing::require_redis();
     let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
     let secret = "0123456789abcdef0123456789abcdef";
     let mut env: Vec<(String, String)> = vec![
@@ -374,7 +370,7 @@ pub async fn shared_backends(
         ("BLUESMINDS_REDIS__KEY_PREFIX".into(), format!("bmtest{}", uuid::Uuid::new_v4().simple())),
     ];
     env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    Some((db, env))
+    (db, env)
 }
 
 /// Borrowed view of an owned environment, for `Gateway::start`.

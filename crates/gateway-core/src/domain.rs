@@ -117,7 +117,7 @@ pub struct LimitOverrides {
 }
 
 impl Tier {
-    /// The tier table of DESIGN.md section 7.
+    /// The tier table of docs/LIMITS.md.
     pub const fn limits(self) -> Limits {
         match self {
             Tier::Free => {

@@ -1,4 +1,4 @@
-//! SeaORM entities, one module per table of DESIGN.md section 7. They are the store's private
+//! SeaORM entities, one module per table of the schema (`migrations/sql`). They are the store's private
 //! vocabulary: the domain crates see their own types, converted at the adapter boundary.
 
 pub mod api_keys;

@@ -135,8 +135,9 @@ impl Limiting {
         }
     }
 
-    /// Settles a whole (not streamed) answer: a failed request is refunded, an answer without
-    /// usage keeps its estimate, any other is charged the usage it reported.
+    /// Settles a whole (not streamed) answer: a failed request is refunded, a successful one is
+    /// charged its usage (reported, or estimated by the handler); without any, the reservation
+    /// stands.
     pub fn settle_answer(&self, reservation: Reservation, success: bool, usage: Option<Usage>) {
         let actual = match (success, usage) {
             (false, _) => 0,

@@ -62,6 +62,26 @@ struct FunctionPart<'a> {
     arguments: Option<&'a RawValue>,
 }
 
+impl FunctionPart<'_> {
+    fn tally(&self, t: &mut TextTally) {
+        for part in self.name.into_iter().chain(self.arguments) {
+            t.add_json(part);
+        }
+    }
+}
+
+/// Tallies `raw` read as `T` with `each`; a shape of its own counts whole.
+fn tally_as<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    t: &mut TextTally,
+    each: impl FnOnce(&T, &mut TextTally),
+) {
+    match serde_json::from_str::<T>(raw.get()) {
+        Ok(value) => each(&value, t),
+        Err(_) => t.add_json(raw),
+    }
+}
+
 #[derive(Deserialize)]
 struct ToolCall<'a> {
     #[serde(borrow)]
@@ -94,21 +114,12 @@ impl Generated<'_> {
             t.add_json(part);
         }
         if let Some(calls) = self.tool_calls {
-            match serde_json::from_str::<Vec<ToolCall<'_>>>(calls.get()) {
-                Ok(calls) => {
-                    for f in calls.iter().filter_map(|c| c.function.as_ref()) {
-                        f.name.into_iter().chain(f.arguments).for_each(|p| t.add_json(p));
-                    }
-                }
-                // A shape of its own: all of it counts.
-                Err(_) => t.add_json(calls),
-            }
+            tally_as(calls, t, |calls: &Vec<ToolCall<'_>>, t| {
+                calls.iter().filter_map(|c| c.function.as_ref()).for_each(|f| f.tally(t));
+            });
         }
         if let Some(call) = self.function_call {
-            match serde_json::from_str::<FunctionPart<'_>>(call.get()) {
-                Ok(f) => f.name.into_iter().chain(f.arguments).for_each(|p| t.add_json(p)),
-                Err(_) => t.add_json(call),
-            }
+            tally_as(call, t, FunctionPart::tally);
         }
     }
 }
@@ -144,6 +155,20 @@ pub fn read_answer(json: &[u8], tally: &mut TextTally) -> Result<Option<Usage>, 
         }
     }
     Ok(answer.usage)
+}
+
+/// What a request is charged: the usage the upstream reported, else the estimate (the prompt's
+/// and `generated_tokens`); `true` when it is the estimate. One rule for whole answers and
+/// streams alike.
+pub fn charged(
+    reported: Option<Usage>,
+    prompt_estimate: u64,
+    generated_tokens: u64,
+) -> (Usage, bool) {
+    match reported {
+        Some(usage) => (usage, false),
+        None => (Usage::new(prompt_estimate, generated_tokens), true),
+    }
 }
 
 /// Completion tokens of a whole answer that reported no usage.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use gateway_auth::Principal;
 use gateway_core::openai::{List, Model};
 use gateway_core::{ApiError, ErrorKind, Scope, Usage};
+use gateway_proxy::estimate::charged;
 use gateway_proxy::request::{Endpoint, forward_body, inspect, printable};
 use gateway_proxy::{ForwardRequest, Forwarded};
 use gateway_usage::UsageRecord;
@@ -248,14 +249,12 @@ async fn forward_authenticated(
             upstream,
             server,
         } => {
-            // An answer without usage is charged the estimate of what it generated, never zero.
-            let usage = match usage {
-                None if status.is_success() => {
-                    draft.record.usage_estimated = true;
-                    Some(Usage::new(draft.prompt_estimate, generated_tokens))
-                }
-                reported => reported,
-            };
+            // A successful answer without usage is charged the estimate of what it generated.
+            let usage = status.is_success().then(|| {
+                let (usage, estimated) = charged(usage, draft.prompt_estimate, generated_tokens);
+                draft.record.usage_estimated = estimated;
+                usage
+            });
             draft.record.server_id = Some(server);
             draft.record.upstream_latency_ms = Some(millis(upstream));
             let overhead = ctx.started.elapsed().saturating_sub(upstream);
@@ -284,9 +283,8 @@ async fn forward_authenticated(
                 // Without a usage chunk (the gateway always asks for one, but an upstream may not
                 // send it, or the stream may end first): the prompt estimate plus everything
                 // relayed (content, reasoning, refusals, tool calls), never zero.
-                let reported = end.usage.unwrap_or_else(|| {
-                    Usage::new(draft.prompt_estimate, end.counted_completion_tokens)
-                });
+                let (reported, estimated) =
+                    charged(end.usage, draft.prompt_estimate, end.counted_completion_tokens);
                 // What was generated is charged, even to a client that left.
                 if let (Some(limits), Some(reservation)) = (&app.limits, reservation) {
                     limits.settle(reservation, reported.total());
@@ -295,7 +293,7 @@ async fn forward_authenticated(
                 let error = if end.client_disconnected { None } else { end.error };
                 let mut record = draft.finish(StatusCode::OK, Some(reported), error);
                 record.client_disconnected = end.client_disconnected;
-                record.usage_estimated = end.usage.is_none();
+                record.usage_estimated = estimated;
                 app.record_usage(record);
             });
             let mut res = Response::new(ResBody::Stream(Box::pin(body)));

@@ -8,14 +8,15 @@ use anyhow::Context as _;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
 use gateway_balancer::{BreakerConfig, ServerPool, ServerStore, ServerStoreError};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
-use gateway_proxy::Forwarder;
+use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::{ForbiddenFields, RequestRules};
+use gateway_ratelimit::ResilientLimiter;
 use gateway_store::{
     SqlAuthStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
-use gateway_usage::{UsageQueries, UsageWriter, WriterConfig};
+use gateway_usage::{UsageQueries, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
 
 use crate::bus::CacheInvalidations;
@@ -34,15 +35,14 @@ pub struct App {
     pub prober: HttpProber,
     /// Tells caches here and on other instances what changed.
     pub invalidations: Arc<CacheInvalidations>,
-    pub forwarder: Forwarder,
-    /// What every request body is checked for before anything is forwarded.
-    pub rules: RequestRules,
-    /// Rate limits and quotas; `None` when disabled.
-    pub limits: Option<crate::limits::Limiting>,
+    /// The gateway requests' use case: authenticate, reserve, forward, charge, record.
+    pub pipeline: Arc<Pipeline>,
+    /// The Redis limiter with its fallback, when limits are on and Redis is configured.
+    pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
     pub usage_queries: Arc<dyn UsageQueries>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
     /// `Secure` on cookies: the public URL is https.
@@ -145,7 +145,6 @@ impl App {
         });
         let prober =
             HttpProber::new(client.clone(), Duration::from_millis(config.health.timeout_ms));
-        let forwarder = Forwarder::new(client, pool.clone(), p.max_attempts);
         let defaults = ForbiddenFields::default();
         let rules = RequestRules {
             forbidden: ForbiddenFields {
@@ -162,7 +161,7 @@ impl App {
                 format!("invalid redis.url ({})", redact_url(&config.redis.url))
             })?)
         };
-        let limits = crate::limits::Limiting::build(
+        let limiter = crate::limits::build(
             &config,
             redis_client.as_ref(),
             Arc::new(SqlQuotaStore::new(store.clone())),
@@ -178,6 +177,23 @@ impl App {
                 ..WriterConfig::new(config.usage_spill_path())
             },
         ));
+        let metrics = Arc::new(crate::metrics::Metrics::with_redis_errors(redis_errors));
+        let resilient = limiter.as_ref().and_then(|l| l.resilient.clone());
+        let pipeline = Arc::new(Pipeline::new(
+            Ports {
+                keys: verifier.clone(),
+                pool: pool.clone(),
+                upstream: Arc::new(client),
+                limits: limiter
+                    .map(|l| Limiting::new(l.limiter, config.limits.default_completion_tokens)),
+                usage: Arc::new(RecordedUsage {
+                    metrics: metrics.clone(),
+                    pool: pool.clone(),
+                    writer: config.usage.enabled.then(|| usage.clone()),
+                }),
+            },
+            PipelineConfig { rules, max_attempts: p.max_attempts },
+        ));
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -191,12 +207,11 @@ impl App {
             servers,
             prober,
             invalidations,
-            forwarder,
-            rules,
-            limits,
+            pipeline,
+            resilient,
             usage,
             usage_queries,
-            metrics: crate::metrics::Metrics::with_redis_errors(redis_errors),
+            metrics,
             in_flight,
             secure_cookies,
             public_origin,
@@ -204,15 +219,24 @@ impl App {
     }
 }
 
-impl App {
-    /// Hands a finished request's usage to the writer and counts it in the metrics.
-    pub fn record_usage(&self, record: gateway_usage::UsageRecord) {
+/// Where the pipeline hands each request's usage: counted in the metrics, then written
+/// (unless usage recording is off).
+struct RecordedUsage {
+    metrics: Arc<crate::metrics::Metrics>,
+    pool: Arc<ServerPool>,
+    writer: Option<Arc<UsageWriter>>,
+}
+
+impl UsageSink for RecordedUsage {
+    fn record(&self, record: UsageRecord) {
         self.metrics.observe(&record, &self.pool);
-        if self.config.usage.enabled {
-            self.usage.record(record);
+        if let Some(writer) = &self.writer {
+            writer.record(record);
         }
     }
+}
 
+impl App {
     /// Reloads the pool from the database (after an admin change, here or on another
     /// instance). Servers that stay keep their runtime state.
     pub async fn reload_pool(&self) -> Result<(), ServerStoreError> {

@@ -1,7 +1,7 @@
 //! Conversions from the domain crates' errors into [`ApiError`]. Internal failures are logged
 //! here with the request id and shown to the client only as a generic message.
 
-use gateway_auth::{AuthError, VerifyError};
+use gateway_auth::AuthError;
 use gateway_core::{ApiError, ErrorKind, RequestId};
 
 /// Logs an internal error chain (never containing secrets: adapters do not put them in
@@ -45,33 +45,5 @@ pub fn from_auth(request_id: RequestId, e: AuthError) -> ApiError {
         )
         .with_retry_after(retry_after_secs),
         other => internal(request_id, "account operation", &other),
-    }
-}
-
-pub fn from_verify(e: VerifyError) -> ApiError {
-    let invalid = |m: &'static str| ApiError::new(ErrorKind::InvalidApiKey, m);
-    match e {
-        VerifyError::Missing => invalid(
-            "You didn't provide an API key. Provide it in an Authorization header using Bearer \
-             auth (Authorization: Bearer bm_...).",
-        ),
-        VerifyError::Revoked => invalid("This API key has been revoked."),
-        VerifyError::Inactive => invalid("This API key is disabled."),
-        VerifyError::Expired => invalid("This API key has expired."),
-        VerifyError::Suspended => {
-            ApiError::new(ErrorKind::AccountSuspended, "The account of this API key is suspended.")
-        }
-        VerifyError::Busy => ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            "Too many API keys are being verified at once; retry shortly.",
-        )
-        .with_retry_after(1),
-        VerifyError::Unavailable => ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            "API keys cannot be verified right now; retry shortly.",
-        )
-        .with_retry_after(5),
-        // Malformed, unknown prefix and wrong secret: one answer.
-        _ => invalid("Incorrect API key provided."),
     }
 }

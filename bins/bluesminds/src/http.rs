@@ -122,28 +122,9 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResB
     }
 }
 
-/// The HTTP status of an error kind. The only place that knows it.
+/// The HTTP status of an error kind (decided by [`ErrorKind::http_status`]).
 pub fn status_of(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::InvalidApiKey | ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorKind::PermissionDenied | ErrorKind::AccountSuspended => StatusCode::FORBIDDEN,
-        ErrorKind::NotFound | ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
-        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorKind::RateLimited | ErrorKind::QuotaExceeded | ErrorKind::TooManyAttempts => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        ErrorKind::UpstreamError => StatusCode::BAD_GATEWAY,
-        ErrorKind::Overloaded | ErrorKind::NoHealthyUpstream | ErrorKind::ServiceUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Turns an error into its HTTP response: status, OpenAI body, `Retry-After` where it applies.

@@ -36,8 +36,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     background.spawn(partition_maintenance(app.store.clone()));
     background.spawn(flush_key_use(app.verifier.clone()));
     background.spawn(health_checks(app.clone()));
-    if app.limits.as_ref().is_some_and(|l| l.resilient.is_some()) {
-        background.spawn(mirror_quotas(app.clone()));
+    if let Some(resilient) = app.resilient.clone() {
+        let every = Duration::from_millis(app.config.limits.mirror_interval_ms);
+        background.spawn(mirror_quotas(resilient, every));
     }
     if !app.config.redis.url.is_empty() {
         let channel = bus::channel(&app.config.redis.key_prefix);
@@ -61,8 +62,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         ));
     }
     server::serve(listener, app.clone(), shutdown).await;
-    if let Some(limits) = &app.limits {
-        limits.shutdown(SETTLE_DEADLINE).await;
+    if let Some(limits) = app.pipeline.limits() {
+        limits.drain(SETTLE_DEADLINE).await;
+    }
+    if let Some(resilient) = &app.resilient {
+        limits::flush_mirror(resilient).await;
     }
     // Every connection is finished or cut by now, so every request has left its record.
     app.usage.shutdown().await;
@@ -107,15 +111,12 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Saves the quota counters changed in Redis to the database now and then, so a Redis that
 /// restarts empty gets them back.
-async fn mirror_quotas(app: Arc<App>) {
-    let mut tick =
-        tokio::time::interval(Duration::from_millis(app.config.limits.mirror_interval_ms));
+async fn mirror_quotas(resilient: Arc<gateway_ratelimit::ResilientLimiter>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(limits) = &app.limits {
-            limits.flush_mirror().await;
-        }
+        limits::flush_mirror(&resilient).await;
     }
 }
 

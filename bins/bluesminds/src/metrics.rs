@@ -83,8 +83,6 @@ pub struct Metrics {
     counters: Mutex<Counters>,
     /// Requests refused by the in-flight cap.
     pub shed: AtomicU64,
-    /// Requests refused by rate limits and quotas.
-    pub rate_limited: AtomicU64,
     /// Failed Redis calls (the invalidation bus today).
     pub redis_errors: std::sync::Arc<AtomicU64>,
 }
@@ -181,11 +179,6 @@ impl Metrics {
             "# HELP bluesminds_shed_requests_total Requests refused by the in-flight cap.\n# TYPE bluesminds_shed_requests_total counter\nbluesminds_shed_requests_total {}",
             self.shed.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP bluesminds_rate_limited_requests_total Requests refused by rate limits or quotas.\n# TYPE bluesminds_rate_limited_requests_total counter\nbluesminds_rate_limited_requests_total {}",
-            self.rate_limited.load(Ordering::Relaxed)
-        );
 
         out.push_str("# HELP bluesminds_upstream_healthy Whether an upstream server is healthy (1), degraded (0.5) or not (0).\n# TYPE bluesminds_upstream_healthy gauge\n");
         let servers = pool.snapshot();
@@ -274,8 +267,18 @@ impl Metrics {
 
 /// The limiter's own series: whether Redis answers, outages, fallback decisions, refusals for
 /// want of any backend, and settlements that failed.
-pub fn render_limits(out: &mut String, limits: &crate::limits::Limiting) {
-    if let Some(r) = &limits.resilient {
+pub fn render_pipeline(
+    out: &mut String,
+    pipeline: &gateway_pipeline::Pipeline,
+    resilient: Option<&gateway_ratelimit::ResilientLimiter>,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP bluesminds_rate_limited_requests_total Requests refused by rate limits or quotas.\n# TYPE bluesminds_rate_limited_requests_total counter\nbluesminds_rate_limited_requests_total {}",
+        pipeline.rate_limited()
+    );
+    let Some(limits) = pipeline.limits() else { return };
+    if let Some(r) = resilient {
         let h = r.health();
         let _ = writeln!(
             out,

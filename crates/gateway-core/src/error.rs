@@ -1,8 +1,7 @@
 //! The error model every layer reports in, and its single mapping to OpenAI's error body.
 //!
-//! Domain crates keep their own `thiserror` enums; the binary converts them into an
-//! [`ApiError`], whose [`ErrorKind`] decides the OpenAI `type` and `code` here and the HTTP
-//! status in exactly one function of the binary.
+//! Domain crates keep their own `thiserror` enums; they are converted into an [`ApiError`],
+//! whose [`ErrorKind`] decides the OpenAI `type`, `code` and HTTP status here, and nowhere else.
 
 use std::borrow::Cow;
 
@@ -79,6 +78,28 @@ impl ErrorKind {
             | ErrorKind::NoHealthyUpstream
             | ErrorKind::ServiceUnavailable
             | ErrorKind::UpstreamTimeout => "server_error",
+        }
+    }
+
+    /// The HTTP status an OpenAI SDK expects for this kind. The only place that knows it.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidApiKey | ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied | ErrorKind::AccountSuspended => 403,
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded | ErrorKind::TooManyAttempts => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::UpstreamError => 502,
+            ErrorKind::Overloaded
+            | ErrorKind::NoHealthyUpstream
+            | ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::UpstreamTimeout => 504,
         }
     }
 

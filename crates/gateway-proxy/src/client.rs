@@ -1,8 +1,19 @@
 //! The upstream HTTP client: pooled connections, HTTP and HTTPS (rustls with the bundled
 //! webpki roots), the server's own API key, connect and first-byte timeouts. Redirects are
 //! never followed: a 3xx from an upstream is an error.
+//!
+//! [`Upstream`] is the port the request pipeline forwards through; [`UpstreamClient`] is its
+//! production adapter, and tests answer with any [`http_body::Body`] through
+//! [`UpstreamBody::boxed`], without a socket.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use async_trait::async_trait;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 
 use bytes::Bytes;
 use gateway_core::error_chain;
@@ -58,6 +69,97 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the upstream answered with a redirect ({0}); redirects are never followed")]
     Redirect(u16),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of an upstream response: hyper's own (production, not boxed), or any body.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl UpstreamBody {
+    /// Any body, for adapters other than hyper's client and for tests.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        UpstreamBody::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::Hyper(_) => "UpstreamBody::Hyper",
+            UpstreamBody::Boxed(_) => "UpstreamBody::Boxed",
+        })
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Where requests are sent: one POST to one server, answered with the response head.
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    /// Sends `body` to `url` with the server's key; waits for the response head only.
+    async fn post(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamError>;
+
+    /// The timeouts and size bounds the caller applies to the rest of the response.
+    fn config(&self) -> &ClientConfig;
+}
+
+#[async_trait]
+impl Upstream for UpstreamClient {
+    async fn post(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let res = self.send(Method::POST, url, api_key, request_id, body).await?;
+        Ok(res.map(UpstreamBody::Hyper))
+    }
+
+    fn config(&self) -> &ClientConfig {
+        &self.config
+    }
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -157,20 +157,6 @@ pub fn read_answer(json: &[u8], tally: &mut TextTally) -> Result<Option<Usage>, 
     Ok(answer.usage)
 }
 
-/// What a request is charged: the usage the upstream reported, else the estimate (the prompt's
-/// and `generated_tokens`); `true` when it is the estimate. One rule for whole answers and
-/// streams alike.
-pub fn charged(
-    reported: Option<Usage>,
-    prompt_estimate: u64,
-    generated_tokens: u64,
-) -> (Usage, bool) {
-    match reported {
-        Some(usage) => (usage, false),
-        None => (Usage::new(prompt_estimate, generated_tokens), true),
-    }
-}
-
 /// Completion tokens of a whole answer that reported no usage.
 pub fn completion_of_answer(body: &[u8]) -> u64 {
     let mut tally = TextTally::default();

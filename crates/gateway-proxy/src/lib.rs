@@ -1,14 +1,15 @@
-//! Forwarding for the BluesMinds gateway.
+//! The upstream side of the BluesMinds gateway: what a request body says, how it is sent, and
+//! how an answer or stream is read and relayed. Failover across servers is the pipeline's
+//! (`gateway-pipeline`).
 //!
 //! - [`request`]: one pass over a request body that extracts the few fields the gateway needs
 //!   and refuses fields that would steer the upstream; [`request::forward_body`] makes a
 //!   streaming request ask for the final usage chunk without re-serialising the body.
-//! - [`client`]: the pooled upstream client (HTTP and HTTPS, no redirects, timeouts).
+//! - [`client`]: the [`client::Upstream`] port and its adapter, the pooled upstream client
+//!   (HTTP and HTTPS, no redirects, timeouts).
 //! - [`sse`]: the tap that reads usage and everything generated from a stream as it is
 //!   relayed and removes the usage chunk the client did not ask for.
 //! - [`estimate`]: the stated estimator that charges answers arriving without usage.
-//! - [`forward`]: [`Forwarder`] picks a server from the pool and fails over to another on a
-//!   connect error, timeout, 5xx or 429 before any byte reached the client.
 //! - [`relay`]: the streaming body, bounded by idle time, ended with an error event on failure.
 //!
 //! ```
@@ -25,10 +26,7 @@
 
 pub mod client;
 pub mod estimate;
-pub mod forward;
 pub mod probe;
 pub mod relay;
 pub mod request;
 pub mod sse;
-
-pub use forward::{ForwardRequest, Forwarded, Forwarder};

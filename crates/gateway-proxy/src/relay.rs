@@ -11,11 +11,9 @@ use bytes::Bytes;
 use gateway_balancer::{Outcome, Selected};
 use gateway_core::Usage;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use crate::client::{BoxError, UpstreamBody};
 use crate::sse::{SseTap, error_event};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a relayed stream ended, handed to the `on_end` callback exactly once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +33,7 @@ type OnEnd = Box<dyn FnOnce(StreamEnd) + Send>;
 
 /// The body of a streamed response.
 pub struct RelayBody {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     tap: SseTap,
     pick: Option<Selected>,
     idle: Duration,
@@ -61,7 +59,7 @@ impl std::fmt::Debug for RelayBody {
 }
 
 impl RelayBody {
-    pub fn new(upstream: Incoming, tap: SseTap, pick: Selected, idle: Duration) -> Self {
+    pub fn new(upstream: UpstreamBody, tap: SseTap, pick: Selected, idle: Duration) -> Self {
         Self {
             upstream,
             tap,

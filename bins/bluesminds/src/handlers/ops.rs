@@ -65,9 +65,7 @@ async fn redis_ping(pool: &deadpool_redis::Pool) -> anyhow::Result<()> {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(app: &App) -> Response<ResBody> {
     let mut text = app.metrics.render(&app.pool, &app.usage);
-    if let Some(limits) = &app.limits {
-        crate::metrics::render_limits(&mut text, limits);
-    }
+    crate::metrics::render_pipeline(&mut text, &app.pipeline, app.resilient.as_deref());
     let mut res = Response::new(ResBody::full(text));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gateway_balancer::{Outcome, Selected, ServerPool};
 use gateway_core::{ApiError, ErrorKind, ServerId, Usage};
-use http::{HeaderValue, Method, StatusCode};
+use gateway_proxy::client::{Upstream, UpstreamError};
+use gateway_proxy::estimate::completion_of_answer;
+use gateway_proxy::relay::RelayBody;
+use gateway_proxy::request::Endpoint;
+use gateway_proxy::sse::SseTap;
+use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
-
-use crate::client::{UpstreamClient, UpstreamError};
-use crate::estimate::completion_of_answer;
-use crate::relay::RelayBody;
-use crate::request::Endpoint;
-use crate::sse::SseTap;
 
 /// What to forward.
 #[derive(Debug)]
@@ -64,11 +63,18 @@ pub enum Forwarded {
 }
 
 /// Forwards requests to the pool's servers.
-#[derive(Debug)]
 pub struct Forwarder {
-    client: UpstreamClient,
+    upstream: Arc<dyn Upstream>,
     pool: Arc<ServerPool>,
     max_attempts: usize,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,16 +83,8 @@ struct UsageOnly {
 }
 
 impl Forwarder {
-    pub fn new(client: UpstreamClient, pool: Arc<ServerPool>, max_attempts: usize) -> Self {
-        Self { client, pool, max_attempts: max_attempts.max(1) }
-    }
-
-    pub fn pool(&self) -> &Arc<ServerPool> {
-        &self.pool
-    }
-
-    pub fn client(&self) -> &UpstreamClient {
-        &self.client
+    pub fn new(upstream: Arc<dyn Upstream>, pool: Arc<ServerPool>, max_attempts: usize) -> Self {
+        Self { upstream, pool, max_attempts: max_attempts.max(1) }
     }
 
     pub async fn forward(&self, req: ForwardRequest<'_>) -> Result<Forwarded, ApiError> {
@@ -95,7 +93,7 @@ impl Forwarder {
         // answers the same request, the request's own if another server fails it too.
         let mut suspect: Option<(Selected, Forwarded)> = None;
         let mut redirected = false;
-        let config = self.client.config();
+        let config = self.upstream.config();
         while tried.len() < self.max_attempts {
             let Some(pick) = self.pool.select(req.model, &tried) else { break };
             let server = pick.server();
@@ -103,14 +101,8 @@ impl Forwarder {
             let url = server.endpoint_url(req.endpoint.path());
             let started = Instant::now();
             let sent = self
-                .client
-                .send(
-                    Method::POST,
-                    &url,
-                    server.api_key.as_deref(),
-                    req.request_id,
-                    req.body.clone(),
-                )
+                .upstream
+                .post(&url, server.api_key.as_deref(), req.request_id, req.body.clone())
                 .await;
             let res = match sent {
                 Ok(res) => res,

@@ -1,0 +1,380 @@
+//! One gateway request, from its API key and body to its answer and its one usage record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_auth::Principal;
+use gateway_balancer::ServerPool;
+use gateway_core::{ApiError, ErrorKind, RequestId, Scope};
+use gateway_proxy::client::Upstream;
+use gateway_proxy::relay::RelayBody;
+use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, printable};
+use gateway_ratelimit::{Reservation, Snapshot};
+use gateway_usage::{UsageRecord, UsageSink};
+use http::{HeaderValue, StatusCode};
+
+use crate::charge::{Ending, charge};
+use crate::forward::{ForwardRequest, Forwarded, Forwarder};
+use crate::limits::Limiting;
+use crate::ports::{KeyCheck, from_verify};
+
+/// What the pipeline is built from: every port it calls.
+pub struct Ports {
+    /// Verifies API keys (`gateway_auth::KeyVerifier` in production).
+    pub keys: Arc<dyn KeyCheck>,
+    /// The upstream servers, their health and circuits.
+    pub pool: Arc<ServerPool>,
+    /// Sends a request to one server (`gateway_proxy::client::UpstreamClient` in production).
+    pub upstream: Arc<dyn Upstream>,
+    /// Rate limits and quotas; `None` when disabled.
+    pub limits: Option<Limiting>,
+    /// Takes every request's usage record without waiting.
+    pub usage: Arc<dyn UsageSink>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+/// How the pipeline treats requests.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineConfig {
+    /// What every request body is checked for before anything is forwarded.
+    pub rules: RequestRules,
+    /// Servers tried per request (at least one).
+    pub max_attempts: usize,
+}
+
+/// The request pipeline of a running gateway, shared by every request.
+pub struct Pipeline {
+    keys: Arc<dyn KeyCheck>,
+    pool: Arc<ServerPool>,
+    forwarder: Forwarder,
+    limits: Option<Limiting>,
+    usage: Arc<dyn UsageSink>,
+    rules: RequestRules,
+    rate_limited: AtomicU64,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("forwarder", &self.forwarder)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to one request, for the HTTP layer to write.
+#[derive(Debug)]
+pub struct Reply {
+    pub answer: Answer,
+    /// The key's standing with the limiter (the `x-ratelimit-*` headers), once it was asked.
+    pub limits: Option<Snapshot>,
+}
+
+/// What the client gets.
+#[derive(Debug)]
+pub enum Answer {
+    /// The upstream's whole answer (success or error status), relayed as it came.
+    Whole {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+        /// The gateway's own time: everything but the upstream's.
+        overhead: Duration,
+    },
+    /// A stream being relayed; its usage record is written when it ends.
+    Stream { status: StatusCode, body: RelayBody, overhead: Duration },
+    /// The gateway's own error: a refusal, or no upstream could answer.
+    Error(ApiError),
+}
+
+impl Pipeline {
+    pub fn new(ports: Ports, config: PipelineConfig) -> Self {
+        let forwarder = Forwarder::new(ports.upstream, ports.pool.clone(), config.max_attempts);
+        Self {
+            keys: ports.keys,
+            pool: ports.pool,
+            forwarder,
+            limits: ports.limits,
+            usage: ports.usage,
+            rules: config.rules,
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// The limiter, when limits are on.
+    pub fn limits(&self) -> Option<&Limiting> {
+        self.limits.as_ref()
+    }
+
+    /// Requests refused by rate limits or quotas (or because limits could not be checked).
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Verifies the `Authorization` header's key and checks it may use `scope`. A request
+    /// refused here leaves no usage record: it belongs to nobody.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        scope: Scope,
+    ) -> Result<Arc<Principal>, ApiError> {
+        let principal = self.keys.verify(authorization).await.map_err(from_verify)?;
+        if !principal.has_scope(scope) {
+            return Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("This API key does not have the '{scope}' scope."),
+            ));
+        }
+        Ok(principal)
+    }
+
+    /// The models of active servers that the key may use.
+    pub fn models(&self, principal: &Principal) -> Vec<String> {
+        self.pool.models().into_iter().filter(|m| principal.may_use_model(m)).collect()
+    }
+
+    /// Starts an authenticated request: from here on it leaves exactly one usage record,
+    /// whichever way it ends. `started` is when the gateway received it.
+    pub fn start(
+        self: &Arc<Self>,
+        principal: &Principal,
+        endpoint: Endpoint,
+        request_id: RequestId,
+        started: Instant,
+    ) -> Call {
+        Call { pipeline: self.clone(), draft: Draft::new(request_id, started, principal, endpoint) }
+    }
+
+    /// Settles the reservation and records the usage of a request that ended as `ending`.
+    /// Every way a request ends comes here: the one place that decides what it is charged.
+    fn conclude(&self, draft: Draft, reservation: Option<Reservation>, ending: Ending, end: End) {
+        let charge = charge(ending, draft.prompt_estimate);
+        if let (Some(limits), Some(reservation)) = (&self.limits, reservation) {
+            limits.settle(reservation, charge.tokens);
+        }
+        let mut r = draft.record;
+        r.status_code = end.status;
+        r.is_error = end.error.is_some() || !(200..300).contains(&end.status);
+        // Error texts may quote the client: no control character reaches the row or a log.
+        r.error_message = end.error.map(|e| printable(&e, 500));
+        r.client_disconnected = end.client_disconnected;
+        if let Some(u) = charge.usage {
+            (r.prompt_tokens, r.completion_tokens) = (u.prompt_tokens, u.completion_tokens);
+            r.total_tokens = u.total();
+        }
+        r.usage_estimated = charge.estimated;
+        r.latency_ms = millis(draft.started.elapsed());
+        self.usage.record(r);
+    }
+}
+
+/// How a request ended, besides what it is charged.
+struct End {
+    status: u16,
+    error: Option<String>,
+    client_disconnected: bool,
+}
+
+/// An authenticated request under way.
+#[derive(Debug)]
+pub struct Call {
+    pipeline: Arc<Pipeline>,
+    draft: Draft,
+}
+
+impl Call {
+    /// Ends a request that could not be read (too large, too slow): `error` is the answer, and
+    /// the request is recorded.
+    pub fn refuse(self, error: ApiError) -> Reply {
+        let end = End {
+            status: error.kind.http_status(),
+            error: Some(error.message.to_string()),
+            client_disconnected: false,
+        };
+        self.pipeline.conclude(self.draft, None, Ending::NothingServed, end);
+        Reply { answer: Answer::Error(error), limits: None }
+    }
+
+    /// Runs the request: checks the body, the model and the key's limits, forwards with
+    /// failover, and relays the answer. The usage record of a whole answer or an error is
+    /// written before this returns; a stream's when it ends.
+    pub async fn run(self, principal: &Principal, body: Bytes) -> Reply {
+        let Call { pipeline, mut draft } = self;
+        let mut reservation = None;
+        let mut limits = None;
+        let answer = match pipeline
+            .forward(principal, &mut draft, body, &mut reservation, &mut limits)
+            .await
+        {
+            Ok(Forwarded::Complete {
+                status,
+                content_type,
+                body,
+                usage,
+                generated_tokens,
+                upstream,
+                server,
+            }) => {
+                let ending = if status.is_success() {
+                    Ending::Served { reported: usage, generated: generated_tokens }
+                } else {
+                    Ending::NothingServed
+                };
+                draft.record.server_id = Some(server);
+                draft.record.upstream_latency_ms = Some(millis(upstream));
+                let overhead = draft.started.elapsed().saturating_sub(upstream);
+                let error = (!status.is_success()).then(|| format!("upstream answered {status}"));
+                let end = End { status: status.as_u16(), error, client_disconnected: false };
+                pipeline.conclude(draft, reservation, ending, end);
+                Answer::Whole { status, content_type, body, overhead }
+            }
+            Ok(Forwarded::Stream { status, body, upstream, server }) => {
+                draft.record.server_id = Some(server);
+                draft.record.upstream_latency_ms = Some(millis(upstream));
+                let overhead = draft.started.elapsed().saturating_sub(upstream);
+                let pipeline = pipeline.clone();
+                let body = body.on_end(move |end| {
+                    // Whatever was generated is charged, even to a client that left; a client
+                    // that leaves is not an error, the flag says what happened.
+                    let ending = Ending::Served {
+                        reported: end.usage,
+                        generated: end.counted_completion_tokens,
+                    };
+                    let error = if end.client_disconnected { None } else { end.error };
+                    let end = End {
+                        status: status.as_u16(),
+                        error,
+                        client_disconnected: end.client_disconnected,
+                    };
+                    pipeline.conclude(draft, reservation, ending, end);
+                });
+                Answer::Stream { status, body, overhead }
+            }
+            Err(e) => {
+                let end = End {
+                    status: e.kind.http_status(),
+                    error: Some(e.message.to_string()),
+                    client_disconnected: false,
+                };
+                pipeline.conclude(draft, reservation, Ending::NothingServed, end);
+                Answer::Error(e)
+            }
+        };
+        Reply { answer, limits }
+    }
+}
+
+impl Pipeline {
+    /// Everything between the body and the upstream's answer; an error is the client's answer.
+    async fn forward(
+        &self,
+        principal: &Principal,
+        draft: &mut Draft,
+        body: Bytes,
+        reservation: &mut Option<Reservation>,
+        snapshot: &mut Option<Snapshot>,
+    ) -> Result<Forwarded, ApiError> {
+        let endpoint = draft.endpoint;
+        let view = inspect(&body, endpoint, &self.rules)?;
+        draft.record.model = view.model.chars().take(200).collect();
+        draft.record.streamed = view.stream;
+        draft.prompt_estimate = view.estimated_prompt_tokens();
+        if !principal.may_use_model(&view.model) {
+            return Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("This API key may not use the model `{}`.", view.model),
+            )
+            .with_param("model"));
+        }
+        if !self.pool.knows_model(&view.model) {
+            return Err(ApiError::model_not_found(&view.model));
+        }
+        if let Some(limits) = &self.limits {
+            let completes = endpoint == Endpoint::ChatCompletions;
+            let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
+            match limits.reserve(principal.key_id, &principal.limits, estimate).await {
+                Ok((r, s)) => {
+                    *reservation = Some(r);
+                    *snapshot = Some(s);
+                }
+                Err((refusal, s)) => {
+                    *snapshot = s;
+                    self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return Err(refusal);
+                }
+            }
+        }
+        let model = view.model.clone().into_owned();
+        let stream = view.stream;
+        let strip_usage_chunk = stream && !view.client_wants_usage;
+        let outgoing = forward_body(body.clone(), &view)?;
+        drop(view);
+        let request_id = draft.record.request_id.to_string();
+        self.forwarder
+            .forward(ForwardRequest {
+                endpoint,
+                model: &model,
+                body: outgoing,
+                stream,
+                strip_usage_chunk,
+                request_id: &request_id,
+            })
+            .await
+    }
+}
+
+/// The usage record of one request, filled in as the request goes.
+#[derive(Debug)]
+struct Draft {
+    record: UsageRecord,
+    endpoint: Endpoint,
+    started: Instant,
+    /// Prompt tokens estimated from the body, for answers without usage.
+    prompt_estimate: u64,
+}
+
+impl Draft {
+    fn new(
+        request_id: RequestId,
+        started: Instant,
+        principal: &Principal,
+        endpoint: Endpoint,
+    ) -> Self {
+        // Microseconds, as Postgres stores them: the log's cursor is then exact on every backend.
+        let now = time::OffsetDateTime::now_utc();
+        let created_at = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
+        let record = UsageRecord {
+            request_id,
+            created_at,
+            user_id: principal.user_id,
+            api_key_id: Some(principal.key_id),
+            server_id: None,
+            endpoint: endpoint.as_str().to_owned(),
+            model: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cost_micros: 0,
+            latency_ms: 0,
+            upstream_latency_ms: None,
+            status_code: 0,
+            is_error: false,
+            error_message: None,
+            streamed: false,
+            client_disconnected: false,
+            usage_estimated: false,
+        };
+        Self { record, endpoint, started, prompt_estimate: 0 }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}

@@ -53,5 +53,5 @@ bench-micro:
     cargo bench --locked -p gateway-auth --bench verify
     cargo bench --locked -p bluesminds --bench key_flood
     cargo bench --locked -p gateway-store --bench usage_writer
-    cargo bench --locked -p gateway-ratelimit --bench limiter
+    cargo bench --locked -p gateway-redis --bench limiter
     cargo bench --locked -p gateway-proxy --bench hot_path

@@ -6,17 +6,21 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
-use gateway_balancer::{BreakerConfig, ServerPool, ServerStore, ServerStoreError};
+use gateway_balancer::{
+    BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
+};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::{ForbiddenFields, RequestRules};
 use gateway_ratelimit::ResilientLimiter;
+use gateway_redis::RedisConn;
+use gateway_redis::bus::Bus;
 use gateway_store::{
     SqlAuthStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
-use gateway_usage::{UsageQueries, UsageRecord, UsageSink, UsageWriter, WriterConfig};
+use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
 
 use crate::bus::CacheInvalidations;
@@ -26,12 +30,16 @@ use crate::config::Config;
 pub struct App {
     pub config: Config,
     pub store: Store,
-    pub redis: Option<deadpool_redis::Pool>,
+    /// The shared Redis connection, when Redis is configured.
+    pub redis: Option<RedisConn>,
+    /// The invalidation channel between instances, when Redis is configured.
+    pub bus: Option<Bus>,
     pub accounts: Accounts,
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
     pub pool: Arc<ServerPool>,
-    pub servers: Arc<dyn ServerStore>,
+    /// The admin rules of the pool (and its reload from the database).
+    pub servers: ServerAdmin,
     pub prober: HttpProber,
     /// Tells caches here and on other instances what changed.
     pub invalidations: Arc<CacheInvalidations>,
@@ -41,7 +49,7 @@ pub struct App {
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
-    pub usage_queries: Arc<dyn UsageQueries>,
+    pub usage_reader: UsageReader,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
@@ -77,20 +85,15 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = open_store(&config, config.database.migrate_on_start).await?;
+        // One Redis connection for every Redis adapter (limiter, bus, readiness).
         let redis = if config.redis.url.is_empty() {
             None
         } else {
-            let mut cfg = deadpool_redis::Config::from_url(config.redis.url.clone());
-            let mut pool = deadpool_redis::PoolConfig::new(config.redis.pool_size.max(1));
-            pool.timeouts.wait = Some(Duration::from_millis(500));
-            pool.timeouts.create = Some(Duration::from_millis(500));
-            pool.timeouts.recycle = Some(Duration::from_millis(500));
-            cfg.pool = Some(pool);
-            Some(cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).with_context(|| {
+            Some(RedisConn::open(&config.redis.url).with_context(|| {
                 format!("invalid redis.url ({})", redact_url(&config.redis.url))
             })?)
         };
-        let redis_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bus = redis.as_ref().map(|r| Bus::new(r.clone(), &config.redis.key_prefix));
         let auth_store = Arc::new(SqlAuthStore::new(store.clone()));
         let a = &config.auth;
         let verifier = Arc::new(KeyVerifier::new(
@@ -117,12 +120,8 @@ impl App {
                 ..gateway_auth::throttle::ThrottleConfig::default()
             },
         };
-        let invalidations = Arc::new(CacheInvalidations {
-            verifier: verifier.clone(),
-            redis: redis.clone(),
-            channel: crate::bus::channel(&config.redis.key_prefix),
-            errors: redis_errors.clone(),
-        });
+        let invalidations =
+            Arc::new(CacheInvalidations { verifier: verifier.clone(), bus: bus.clone() });
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
                 .with_invalidations(invalidations.clone());
@@ -131,9 +130,10 @@ impl App {
             cooldown: Duration::from_secs(config.health.cooldown_secs),
             max_ejected_percent: config.health.max_ejected_percent,
         }));
-        let servers: Arc<dyn ServerStore> = Arc::new(SqlServerStore::new(store.clone()));
-        seed_servers(servers.as_ref(), &config).await?;
-        pool.replace(servers.list_servers().await.context("cannot load the upstream servers")?);
+        let server_store: Arc<dyn ServerStore> = Arc::new(SqlServerStore::new(store.clone()));
+        seed_servers(server_store.as_ref(), &config).await?;
+        let servers = ServerAdmin::new(server_store, pool.clone(), invalidations.clone());
+        servers.reload().await.context("cannot load the upstream servers")?;
         let p = &config.proxy;
         let client = UpstreamClient::new(ClientConfig {
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
@@ -154,16 +154,9 @@ impl App {
             max_json_depth: p.max_json_depth,
             ..RequestRules::default()
         };
-        let redis_client = if config.redis.url.is_empty() {
-            None
-        } else {
-            Some(redis::Client::open(config.redis.url.as_str()).with_context(|| {
-                format!("invalid redis.url ({})", redact_url(&config.redis.url))
-            })?)
-        };
         let limiter = crate::limits::build(
             &config,
-            redis_client.as_ref(),
+            redis.as_ref(),
             Arc::new(SqlQuotaStore::new(store.clone())),
         );
         let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
@@ -177,7 +170,7 @@ impl App {
                 ..WriterConfig::new(config.usage_spill_path())
             },
         ));
-        let metrics = Arc::new(crate::metrics::Metrics::with_redis_errors(redis_errors));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let resilient = limiter.as_ref().and_then(|l| l.resilient.clone());
         let pipeline = Arc::new(Pipeline::new(
             Ports {
@@ -201,6 +194,7 @@ impl App {
             config,
             store,
             redis,
+            bus,
             accounts,
             verifier,
             pool,
@@ -210,7 +204,7 @@ impl App {
             pipeline,
             resilient,
             usage,
-            usage_queries,
+            usage_reader: UsageReader::new(usage_queries),
             metrics,
             in_flight,
             secure_cookies,
@@ -240,8 +234,14 @@ impl App {
     /// Reloads the pool from the database (after an admin change, here or on another
     /// instance). Servers that stay keep their runtime state.
     pub async fn reload_pool(&self) -> Result<(), ServerStoreError> {
-        self.pool.replace(self.servers.list_servers().await?);
-        Ok(())
+        self.servers.reload().await
+    }
+
+    /// The active health checks' settings.
+    pub fn health_config(&self) -> HealthConfig {
+        HealthConfig {
+            degraded_latency: Duration::from_millis(self.config.health.degraded_latency_ms),
+        }
     }
 }
 

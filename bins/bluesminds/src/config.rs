@@ -111,14 +111,13 @@ impl DatabaseConfig {
 pub struct RedisConfig {
     /// `redis://...` (`REDIS_URL`); empty keeps limits in memory.
     pub url: String,
-    pub pool_size: usize,
     /// Prefix of every Redis key and channel, so deployments can share one Redis.
     pub key_prefix: String,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: String::new(), pool_size: 16, key_prefix: "bluesminds".into() }
+        Self { url: String::new(), key_prefix: "bluesminds".into() }
     }
 }
 

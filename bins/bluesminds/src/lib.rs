@@ -40,8 +40,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         let every = Duration::from_millis(app.config.limits.mirror_interval_ms);
         background.spawn(mirror_quotas(resilient, every));
     }
-    if !app.config.redis.url.is_empty() {
-        let channel = bus::channel(&app.config.redis.key_prefix);
+    if let Some(bus) = app.bus.clone() {
         let for_reload = Arc::downgrade(&app);
         let on_servers: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(app) = for_reload.upgrade() {
@@ -52,14 +51,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 });
             }
         });
-        let errors = app.metrics.redis_errors.clone();
-        background.spawn(bus::listen(
-            app.config.redis.url.clone(),
-            channel,
-            app.verifier.clone(),
-            on_servers,
-            errors,
-        ));
+        background.spawn(bus::listen(bus, app.verifier.clone(), on_servers));
     }
     server::serve(listener, app.clone(), shutdown).await;
     if let Some(limits) = app.pipeline.limits() {
@@ -94,16 +86,8 @@ async fn health_checks(app: Arc<App>) {
         if let Err(e) = app.reload_pool().await {
             tracing::warn!(error = %e, "could not reload the server pool; checking the servers known");
         }
-        check_servers(&app).await;
+        app.servers.check(&app.prober, &app.health_config()).await;
     }
-}
-
-/// One round of active health checks.
-pub async fn check_servers(app: &App) -> Vec<gateway_balancer::CheckReport> {
-    let config = gateway_balancer::HealthConfig {
-        degraded_latency: Duration::from_millis(app.config.health.degraded_latency_ms),
-    };
-    gateway_balancer::check_all(&app.pool, &app.prober, app.servers.as_ref(), &config).await
 }
 
 /// How long shutdown waits for rate-limit settlements still running.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use gateway_ratelimit::{
     CapacityFallback, FallbackPolicy, InMemoryLimiter, QuotaFallback, QuotaStore, RateLimiter,
-    RedisLimiter, ResilientLimiter, Snapshot,
+    ResilientLimiter, Snapshot,
 };
+use gateway_redis::{RedisConn, RedisLimiter};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
@@ -30,7 +31,7 @@ impl std::fmt::Debug for Limiter {
 /// `None` when limits are disabled.
 pub fn build(
     config: &Config,
-    redis: Option<&redis::Client>,
+    redis: Option<&RedisConn>,
     quotas: Arc<dyn QuotaStore>,
 ) -> Option<Limiter> {
     let l = &config.limits;
@@ -39,11 +40,11 @@ pub fn build(
     }
     let window = Duration::from_secs(l.window_secs);
     let local = InMemoryLimiter::default().with_window(window);
-    let Some(client) = redis else {
+    let Some(conn) = redis else {
         return Some(Limiter { limiter: Arc::new(local), resilient: None });
     };
     let timeout = Duration::from_millis(l.redis_timeout_ms);
-    let redis = RedisLimiter::new(client.clone(), &config.redis.key_prefix, timeout)
+    let redis = RedisLimiter::new(conn.clone(), &config.redis.key_prefix, timeout)
         .with_window(window)
         .with_durable_quotas(quotas.clone());
     let policy = FallbackPolicy {

@@ -69,12 +69,14 @@ struct Counters {
     disconnects: u64,
 }
 
-/// The value under `key`, created the first time (the only time the key is copied).
-fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+/// The value under `key`, created the first time (the only time the key is copied). Always
+/// `Some`: the `Option` only spares a panic path (a borrow of `map` cannot be returned
+/// conditionally before inserting).
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> Option<&'a mut V> {
     if !map.contains_key(key) {
         map.insert(key.to_owned(), V::default());
     }
-    map.get_mut(key).unwrap_or_else(|| unreachable!("inserted above"))
+    map.get_mut(key)
 }
 
 /// The gateway's metrics.
@@ -83,8 +85,6 @@ pub struct Metrics {
     counters: Mutex<Counters>,
     /// Requests refused by the in-flight cap.
     pub shed: AtomicU64,
-    /// Failed Redis calls (the invalidation bus today).
-    pub redis_errors: std::sync::Arc<AtomicU64>,
 }
 
 fn escape(v: &str) -> String {
@@ -92,11 +92,6 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    /// Metrics whose Redis error counter is shared with the code that talks to Redis.
-    pub fn with_redis_errors(redis_errors: std::sync::Arc<AtomicU64>) -> Self {
-        Self { redis_errors, ..Self::default() }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -105,22 +100,28 @@ impl Metrics {
     pub fn observe(&self, r: &UsageRecord, pool: &ServerPool) {
         let model = if pool.knows_model(&r.model) { r.model.as_str() } else { "other" };
         let mut c = self.lock();
-        let series = slot(slot(&mut c.series, &r.endpoint), model);
-        *series.requests.entry(r.status_code).or_default() += 1;
-        series.prompt_tokens += r.prompt_tokens;
-        series.completion_tokens += r.completion_tokens;
-        series.cost_micros += r.cost_micros;
-        slot(&mut c.latency, &r.endpoint).observe(f64::from(r.latency_ms) / 1000.0);
+        if let Some(series) = slot(&mut c.series, &r.endpoint).and_then(|m| slot(m, model)) {
+            *series.requests.entry(r.status_code).or_default() += 1;
+            series.prompt_tokens += r.prompt_tokens;
+            series.completion_tokens += r.completion_tokens;
+            series.cost_micros += r.cost_micros;
+        }
+        if let Some(h) = slot(&mut c.latency, &r.endpoint) {
+            h.observe(f64::from(r.latency_ms) / 1000.0);
+        }
         c.disconnects += u64::from(r.client_disconnected);
     }
 
     /// Records the gateway's own time for one request.
     pub fn observe_overhead(&self, endpoint: &str, overhead: Duration) {
-        slot(&mut self.lock().overhead, endpoint).observe(overhead.as_secs_f64());
+        if let Some(h) = slot(&mut self.lock().overhead, endpoint) {
+            h.observe(overhead.as_secs_f64());
+        }
     }
 
     /// The text exposition format.
-    pub fn render(&self, pool: &ServerPool, usage: &UsageWriter) -> String {
+    /// `bus_errors`: failed Redis calls of the invalidation bus.
+    pub fn render(&self, pool: &ServerPool, usage: &UsageWriter, bus_errors: u64) -> String {
         let mut out = String::with_capacity(4096);
         let c = self.lock();
         out.push_str("# HELP bluesminds_requests_total Gateway requests by endpoint, model and status.\n# TYPE bluesminds_requests_total counter\n");
@@ -214,8 +215,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP bluesminds_redis_errors_total Failed Redis calls.\n# TYPE bluesminds_redis_errors_total counter\nbluesminds_redis_errors_total {}",
-            self.redis_errors.load(Ordering::Relaxed)
+            "# HELP bluesminds_redis_errors_total Failed Redis calls of the invalidation bus.\n# TYPE bluesminds_redis_errors_total counter\nbluesminds_redis_errors_total {bus_errors}"
         );
         let st = usage.stats();
         let _ = writeln!(

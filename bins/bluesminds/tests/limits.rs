@@ -184,12 +184,12 @@ async fn two_instances_sharing_redis_admit_exactly_the_limit_of_200_simultaneous
 /// The key's daily counter in Redis (what the limiter has charged today).
 async fn charged_today(env: &[(String, String)], key_id: &str) -> Option<u64> {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
-    let client = deadpool_redis::redis::Client::open(get("REDIS_URL")).unwrap();
+    let client = redis::Client::open(get("REDIS_URL")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let day = time::OffsetDateTime::now_utc().date();
     let day = format!("{:04}{:02}{:02}", day.year(), u8::from(day.month()), day.day());
     let redis_key = format!("{}:rl:v1:{{{key_id}}}:d:{day}", get("BLUESMINDS_REDIS__KEY_PREFIX"));
-    deadpool_redis::redis::cmd("GET").arg(redis_key).query_async(&mut conn).await.unwrap()
+    redis::cmd("GET").arg(redis_key).query_async(&mut conn).await.unwrap()
 }
 
 /// Polls until the key's daily charge is `expected` (settlement runs after the response).

@@ -33,6 +33,7 @@
 //! assert!(pool.select("claude-3", &[]).is_none());
 //! ```
 
+pub mod admin;
 pub mod health;
 mod state;
 pub mod store;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway_core::{ServerId, UpstreamServer};
 
+pub use admin::{AdminError, NewServer, PoolChanged, ServerAdmin, ServerHealth, ServerReport};
 pub use health::{CheckReport, HealthConfig, ProbeResult, Prober, check_all};
 pub use state::{BreakerConfig, Outcome, Selected, ServerState};
 pub use store::{

@@ -71,6 +71,8 @@ pub struct HealthRecord {
 pub trait ServerStore: Send + Sync {
     /// Every server, active or not, oldest first.
     async fn list_servers(&self) -> Result<Vec<UpstreamServer>, ServerStoreError>;
+    /// One server, active or not.
+    async fn get_server(&self, id: ServerId) -> Result<Option<UpstreamServer>, ServerStoreError>;
     async fn insert_server(&self, server: UpstreamServer) -> Result<(), ServerStoreError>;
     async fn update_server(
         &self,
@@ -105,6 +107,10 @@ impl InMemoryServerStore {
 impl ServerStore for InMemoryServerStore {
     async fn list_servers(&self) -> Result<Vec<UpstreamServer>, ServerStoreError> {
         Ok(self.lock().0.clone())
+    }
+
+    async fn get_server(&self, id: ServerId) -> Result<Option<UpstreamServer>, ServerStoreError> {
+        Ok(self.lock().0.iter().find(|s| s.id == id).cloned())
     }
 
     async fn insert_server(&self, server: UpstreamServer) -> Result<(), ServerStoreError> {
@@ -191,6 +197,8 @@ pub mod conformance {
         dup.name = "dup".into();
         assert!(matches!(store.insert_server(dup).await, Err(ServerStoreError::Conflict)));
         assert_eq!(store.list_servers().await.unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(store.get_server(b.id).await.unwrap(), Some(b.clone()));
+        assert_eq!(store.get_server(ServerId::new()).await.unwrap(), None);
 
         let update = ServerUpdate {
             name: Some("renamed".into()),

@@ -1,4 +1,10 @@
-//! The contract of every [`RateLimiter`] adapter: in memory here, Redis in `tests/redis.rs`.
+//! The contract of every [`RateLimiter`] adapter, run against each: in memory here, Redis and
+//! the outage fallback in `gateway-redis`.
+//!
+//! [`window_property`] holds the per-minute window to its stated approximation: a request is
+//! refused only if the last 61 whole seconds (the current second and the 60 before it) already
+//! hold the limit, so no 60-second span admits more than the limit, and at most one second's
+//! worth of traffic is refused early.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
 
@@ -166,4 +172,61 @@ pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId) 
     .await;
     let admitted = results.into_iter().filter(|r| matches!(r, Ok(None))).count();
     assert_eq!(admitted, 10);
+}
+
+const SPAN_MS: i64 = 60_000;
+
+/// Arrival times (ms) of bursts and lulls over about five minutes.
+fn arrivals(rng: &mut fastrand::Rng) -> Vec<i64> {
+    let mut t = 1_800_000_000_000 + rng.i64(0..1000);
+    let mut out = Vec::new();
+    while out.len() < 400 {
+        // Mostly short gaps, now and then a long lull, sometimes a burst in one millisecond.
+        t += match rng.u8(0..10) {
+            0 => rng.i64(5_000..40_000),
+            1 => 0,
+            _ => rng.i64(1..1_500),
+        };
+        out.push(t);
+    }
+    out
+}
+
+/// Runs `seeds` random arrival patterns through `limiter` (a fresh key each).
+pub async fn window_property(limiter: &dyn RateLimiter, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let rpm = rng.u64(1..30);
+        let limits = Limits {
+            rpm,
+            tpm: u64::MAX / 4,
+            daily_tokens: u64::MAX / 4,
+            monthly_tokens: u64::MAX / 4,
+        };
+        let key = ApiKeyId::new();
+        let mut admitted: Vec<i64> = Vec::new();
+        for t in arrivals(&mut rng) {
+            match limiter.reserve(key, &limits, 0, t).await.unwrap() {
+                Decision::Allowed { .. } => admitted.push(t),
+                Decision::Refused { .. } => {
+                    // Justified: the 61 whole seconds up to t already hold the limit.
+                    let from = (t.div_euclid(1000) - 60) * 1000;
+                    let held = admitted.iter().filter(|&&a| a >= from && a <= t).count() as u64;
+                    assert!(
+                        held >= rpm,
+                        "seed {seed}: refused at {t} with only {held} of {rpm} in the last 61 s"
+                    );
+                }
+            }
+        }
+        // No 60-second span holds more than the limit (spans starting at each admission cover
+        // every maximal case).
+        for (i, &start) in admitted.iter().enumerate() {
+            let in_span = admitted[i..].iter().take_while(|&&a| a < start + SPAN_MS).count() as u64;
+            assert!(
+                in_span <= rpm,
+                "seed {seed}: {in_span} admitted in the 60 s from {start}, limit {rpm}"
+            );
+        }
+    }
 }

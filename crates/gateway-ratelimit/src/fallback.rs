@@ -17,7 +17,7 @@ use gateway_core::{ApiKeyId, Limits};
 
 use crate::window::{date_of, periods};
 use crate::{
-    Decision, InMemoryLimiter, LimitError, QuotaStore, RateLimiter, RedisLimiter, Reservation,
+    Decision, InMemoryLimiter, LimitError, QuotaStore, RateLimiter, Reservation, SharedLimiter,
     Window,
 };
 
@@ -78,9 +78,9 @@ pub struct LimiterHealth {
     pub unavailable: u64,
 }
 
-/// Redis, with the fallback policy when it does not answer.
+/// The shared limiter (Redis), with the fallback policy when it does not answer.
 pub struct ResilientLimiter {
-    redis: RedisLimiter,
+    redis: Box<dyn SharedLimiter>,
     local: InMemoryLimiter,
     store: Option<Arc<dyn QuotaStore>>,
     policy: FallbackPolicy,
@@ -110,13 +110,13 @@ impl ResilientLimiter {
     /// `local` should have the same window length as `redis`; `store` is where quotas go
     /// while Redis is down (and should be the one `redis` mirrors to).
     pub fn new(
-        redis: RedisLimiter,
+        redis: impl SharedLimiter + 'static,
         local: InMemoryLimiter,
         store: Option<Arc<dyn QuotaStore>>,
         policy: FallbackPolicy,
     ) -> Self {
         Self {
-            redis,
+            redis: Box::new(redis),
             local,
             store,
             policy,

@@ -10,9 +10,11 @@
 //! ever admits more than the limit; the price is that a client may be refused up to one
 //! second's worth of traffic early. Days and months are calendar periods in UTC.
 //!
-//! Adapters: [`InMemoryLimiter`] (one process) and [`RedisLimiter`] (one Lua script, one round
-//! trip, exact across any number of gateway instances sharing the Redis), held to one
-//! conformance suite.
+//! Adapters: [`InMemoryLimiter`] (one process) here; `gateway_redis::RedisLimiter` (one Lua
+//! script, one round trip, exact across any number of gateway instances sharing the Redis), a
+//! [`SharedLimiter`], in the Redis adapter crate. [`ResilientLimiter`] puts a shared limiter
+//! and the in-memory one behind the outage policy. Every adapter is held to one conformance
+//! suite. This crate does no I/O.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -31,11 +33,9 @@
 //! # });
 //! ```
 
-mod connection;
 mod fallback;
 mod memory;
-mod redis_limiter;
-mod window;
+pub mod window;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
@@ -47,7 +47,6 @@ pub use fallback::{
     CapacityFallback, FallbackPolicy, LimiterHealth, QuotaFallback, ResilientLimiter,
 };
 pub use memory::{InMemoryLimiter, InMemoryQuotaStore};
-pub use redis_limiter::RedisLimiter;
 
 /// Which window refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +145,20 @@ pub trait RateLimiter: Send + Sync {
         }
         Ok(())
     }
+}
+
+/// A limiter whose counters several gateway instances share (Redis), and which can lose them
+/// (a restarted Redis): [`ResilientLimiter`] restores them before using it again after an
+/// outage, and mirrors its quotas to the durable [`QuotaStore`].
+#[async_trait]
+pub trait SharedLimiter: RateLimiter + std::fmt::Debug {
+    /// Brings quota counters the backend lost back from the durable store, before it admits
+    /// anything.
+    async fn restore(&self, now_ms: i64) -> Result<(), LimitError>;
+
+    /// Saves the quota counters changed since the last call to the durable store; returns how
+    /// many keys were saved.
+    async fn flush_mirror(&self) -> Result<usize, LimitError>;
 }
 
 /// A daily or monthly quota period.

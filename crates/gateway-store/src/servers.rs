@@ -70,6 +70,15 @@ impl ServerStore for SqlServerStore {
             .collect()
     }
 
+    async fn get_server(&self, id: ServerId) -> Result<Option<UpstreamServer>, ServerStoreError> {
+        litellm_servers::Entity::find_by_id(id.as_uuid())
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .map(from_row)
+            .transpose()
+    }
+
     async fn insert_server(&self, s: UpstreamServer) -> Result<(), ServerStoreError> {
         let now = OffsetDateTime::now_utc();
         let row = litellm_servers::ActiveModel {

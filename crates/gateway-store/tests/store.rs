@@ -186,22 +186,11 @@ async fn sql_server_store_meets_the_pool_contract() {
 }
 
 #[tokio::test]
-async fn sql_usage_store_inserts_batches_once() {
-    use gateway_usage::{UsageRecord, UsageStore};
+async fn sql_usage_store_meets_the_usage_contract() {
     for backend in backends() {
         let db = TestDb::migrated(backend).await;
         let store = gateway_store::SqlUsageStore::new(db.store.clone());
-        let records: Vec<_> = (0..300).map(|_| UsageRecord::example()).collect();
-        store.insert_batch(&records).await.unwrap();
-        // A retried batch, partly new: only the new record is added.
-        let mut retry = records[..10].to_vec();
-        retry.push(UsageRecord::example());
-        store.insert_batch(&retry).await.unwrap();
-        store.insert_batch(&records[..5]).await.unwrap();
-        let rows = usage_logs::Entity::find().all(db.store.connection()).await.unwrap();
-        assert_eq!(rows.len(), 301, "{backend:?}");
-        let first = rows.iter().find(|r| r.request_id == records[0].request_id.as_uuid()).unwrap();
-        assert_eq!((first.prompt_tokens, first.completion_tokens, first.total_tokens), (3, 5, 8));
+        gateway_usage::conformance::usage_store_contract(&store, &store).await;
     }
 }
 
@@ -252,125 +241,6 @@ async fn a_record_the_database_refuses_is_quarantined_and_its_batch_written() {
     }
 }
 
-#[tokio::test]
-async fn usage_logs_page_newest_first_and_stats_group() {
-    use gateway_core::UserId;
-    use gateway_usage::{
-        GroupBy, LogQuery, StatsQuery, StatusFilter, UsageQueries, UsageRecord, UsageStore,
-    };
-    for backend in backends() {
-        let db = TestDb::migrated(backend).await;
-        let store = gateway_store::SqlUsageStore::new(db.store.clone());
-        let user = UserId::new();
-        let base = OffsetDateTime::now_utc() - time::Duration::hours(1);
-        let mut records = Vec::new();
-        for i in 0..25i64 {
-            let mut r = UsageRecord::example();
-            r.user_id = user;
-            // Several records share a timestamp: the cursor must break ties by request id.
-            r.created_at = base + time::Duration::seconds(i / 3);
-            r.model = if i % 2 == 0 { "gpt-4".into() } else { "gpt-3.5-turbo".into() };
-            r.is_error = i % 5 == 0;
-            r.status_code = if r.is_error { 503 } else { 200 };
-            records.push(r);
-        }
-        let mut other = UsageRecord::example();
-        other.created_at = base;
-        records.push(other);
-        store.insert_batch(&records).await.unwrap();
-
-        let mut seen = Vec::new();
-        let mut q = LogQuery {
-            user_id: user,
-            before: None,
-            limit: 10,
-            model: None,
-            key_id: None,
-            status: None,
-        };
-        loop {
-            let page = store.logs(&q).await.unwrap();
-            if page.is_empty() {
-                break;
-            }
-            q.before = page.last().map(|r| (r.created_at, r.request_id));
-            seen.extend(page);
-        }
-        assert_eq!(seen.len(), 25, "{backend:?}: every record of the user once, none of others");
-        assert!(
-            seen.windows(2)
-                .all(|w| (w[0].created_at, w[0].request_id) > (w[1].created_at, w[1].request_id)),
-            "newest first"
-        );
-        let errors = store
-            .logs(&LogQuery {
-                status: Some(StatusFilter::Error),
-                limit: 100,
-                before: None,
-                ..q.clone()
-            })
-            .await
-            .unwrap();
-        assert_eq!(errors.len(), 5);
-        let gpt4 = store
-            .logs(&LogQuery {
-                model: Some("gpt-4".into()),
-                limit: 100,
-                before: None,
-                status: None,
-                ..q.clone()
-            })
-            .await
-            .unwrap();
-        assert_eq!(gpt4.len(), 13);
-
-        let stats = store
-            .stats(&StatsQuery {
-                user_id: user,
-                from: base,
-                to: base + time::Duration::hours(1),
-                group_by: GroupBy::Model,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            stats.iter().map(|s| (s.group.as_str(), s.requests)).collect::<Vec<_>>(),
-            vec![("gpt-3.5-turbo", 12), ("gpt-4", 13)]
-        );
-        assert_eq!(stats.iter().map(|s| s.errors).sum::<u64>(), 5);
-        assert_eq!(stats[1].total_tokens, 13 * 8);
-        // Every grouping agrees with the reference aggregation, whichever way the backend
-        // computes it (SQL on Postgres, in process on SQLite).
-        let mine: Vec<_> = records
-            .iter()
-            .filter(|r| r.user_id == user)
-            .map(gateway_usage::query::StatsSample::from)
-            .collect();
-        for group_by in [GroupBy::Day, GroupBy::Model, GroupBy::Key] {
-            let got = store
-                .stats(&StatsQuery {
-                    user_id: user,
-                    from: base,
-                    to: base + time::Duration::hours(1),
-                    group_by,
-                })
-                .await
-                .unwrap();
-            let want = gateway_usage::query::aggregate(mine.clone(), group_by);
-            assert_eq!(got.len(), want.len(), "{backend:?} {group_by:?}");
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(
-                    (&g.group, g.requests, g.total_tokens, g.errors, g.p95_latency_ms),
-                    (&w.group, w.requests, w.total_tokens, w.errors, w.p95_latency_ms),
-                    "{backend:?} {group_by:?}"
-                );
-                assert!((g.avg_latency_ms - w.avg_latency_ms).abs() < 1e-9);
-            }
-        }
-    }
-}
-
-/// Two keys of one user, made through the accounts service (the quota table refers to keys).
 async fn two_keys(db: &TestDb) -> (gateway_core::ApiKeyId, gateway_core::ApiKeyId) {
     use gateway_auth::{Accounts, AccountsConfig, AuthStores, NewKey};
     let store = std::sync::Arc::new(gateway_store::SqlAuthStore::new(db.store.clone()));

@@ -5,6 +5,8 @@
 //! - [`UsageStore`]: the persistence port (idempotent on `request_id`), with
 //!   [`InMemoryUsageStore`]; `gateway-store` implements it on Postgres and SQLite.
 //! - [`UsageSink`]: where the gateway hands each request's record, without waiting.
+//! - [`UsageReader`]: reading usage back under its rules (whose usage, page sizes, cursors,
+//!   ranges) through the [`UsageQueries`] port.
 //! - [`UsageWriter`]: the batched writer, the production sink. [`UsageWriter::record`] never
 //!   waits: it puts the record on a bounded channel; a task writes batches (by size or every
 //!   100 ms), retries with backoff when the database fails, and spills to an append-only file when the channel would
@@ -27,13 +29,17 @@
 //! # });
 //! ```
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
 mod memory;
 pub mod query;
+pub mod read;
 mod record;
 mod writer;
 
 pub use memory::InMemoryUsageStore;
 pub use query::{GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageQueries};
+pub use read::UsageReader;
 pub use record::UsageRecord;
 pub use writer::{UsageWriter, WriterConfig, WriterStats};
 

@@ -1,10 +1,9 @@
-//! The admin server API: the upstream pool and its health. Admins only.
+//! The admin server API: the upstream pool and its health. Admins only. The rules are
+//! [`gateway_balancer::ServerAdmin`]'s; this module reads and writes JSON.
 
-use gateway_balancer::{
-    HealthRecord, ServerState, ServerStoreError, ServerUpdate, validate_server,
-};
+use gateway_balancer::{AdminError, NewServer, ServerReport, ServerUpdate};
 use gateway_core::openai::List;
-use gateway_core::{ApiError, ErrorKind, HealthStatus, RequestId, ServerId, UpstreamServer};
+use gateway_core::{ApiError, ErrorKind, HealthStatus, RequestId, ServerId};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -31,6 +30,8 @@ struct ServerBody<'a> {
     supported_models: &'a [String],
     is_active: bool,
     health: HealthBody,
+    /// After a check: why it failed, if it did.
+    detail: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -46,74 +47,54 @@ struct HealthBody {
     total_errors: u64,
 }
 
-fn health_of(
-    state: Option<&ServerState>,
-    record: Option<&HealthRecord>,
-    server: &UpstreamServer,
-) -> HealthBody {
-    let last = state.and_then(ServerState::last_check).or_else(|| record.cloned());
-    let (total_requests, total_errors) = state.map(ServerState::totals).unwrap_or_default();
-    HealthBody {
-        status: state.map_or(server.health, ServerState::health),
-        last_check_at: last.as_ref().map(|r| r.checked_at),
-        latency_ms: last.as_ref().and_then(|r| r.latency_ms),
-        consecutive_failures: state.map_or(0, ServerState::consecutive_failures),
-        in_flight: state.map_or(0, ServerState::in_flight),
-        circuit_open: state.is_some_and(ServerState::circuit_open),
-        total_requests,
-        total_errors,
-    }
-}
-
-fn body_of<'a>(
-    app: &App,
-    server: &'a UpstreamServer,
-    record: Option<&HealthRecord>,
-) -> ServerBody<'a> {
-    let snapshot = app.pool.snapshot();
-    let state = snapshot.iter().find(|s| s.server().id == server.id).map(AsRef::as_ref);
+fn body_of(r: &ServerReport) -> ServerBody<'_> {
+    let (s, h) = (&r.server, &r.health);
     ServerBody {
-        id: server.id,
-        name: &server.name,
-        base_url: &server.base_url,
-        has_api_key: server.api_key.is_some(),
-        priority: server.priority,
-        weight: server.weight,
-        max_concurrent_requests: server.max_concurrent_requests,
-        supported_models: &server.supported_models,
-        is_active: server.is_active,
-        health: health_of(state, record, server),
+        id: s.id,
+        name: &s.name,
+        base_url: &s.base_url,
+        has_api_key: s.api_key.is_some(),
+        priority: s.priority,
+        weight: s.weight,
+        max_concurrent_requests: s.max_concurrent_requests,
+        supported_models: &s.supported_models,
+        is_active: s.is_active,
+        health: HealthBody {
+            status: h.status,
+            last_check_at: h.last_check_at,
+            latency_ms: h.latency_ms,
+            consecutive_failures: h.consecutive_failures,
+            in_flight: h.in_flight,
+            circuit_open: h.circuit_open,
+            total_requests: h.total_requests,
+            total_errors: h.total_errors,
+        },
+        detail: r.detail.as_deref(),
     }
 }
 
-fn store_err(request_id: RequestId, e: ServerStoreError) -> ApiError {
+fn list_of(reports: &[ServerReport]) -> Response<ResBody> {
+    json(StatusCode::OK, &List::new(reports.iter().map(body_of).collect::<Vec<_>>()))
+}
+
+fn admin_err(request_id: RequestId, e: AdminError) -> ApiError {
     match e {
-        ServerStoreError::Conflict => {
+        AdminError::Invalid(e) => {
+            ApiError::invalid_param(e.field, format!("Invalid '{}': {}.", e.field, e.message))
+        }
+        AdminError::NotFound => ApiError::not_found("server"),
+        AdminError::Conflict => {
             ApiError::new(ErrorKind::Conflict, "A server with this base_url already exists.")
                 .with_param("base_url")
         }
-        other => internal(request_id, "server store", &other),
+        other => internal(request_id, "server administration", &other),
     }
-}
-
-fn invalid(e: &gateway_balancer::InvalidServer) -> ApiError {
-    ApiError::invalid_param(e.field, format!("Invalid '{}': {}.", e.field, e.message))
-}
-
-/// Applies a change everywhere: this instance's pool now, other instances through the bus.
-async fn changed(app: &App, ctx: Ctx) -> Result<(), ApiError> {
-    app.reload_pool().await.map_err(|e| store_err(ctx.request_id, e))?;
-    app.invalidations.servers_changed();
-    Ok(())
 }
 
 pub async fn list_servers(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     require_admin(app, &req, ctx).await?;
-    let servers = app.servers.list_servers().await.map_err(|e| store_err(ctx.request_id, e))?;
-    let records = app.servers.health_records().await.map_err(|e| store_err(ctx.request_id, e))?;
-    let data: Vec<ServerBody<'_>> =
-        servers.iter().map(|s| body_of(app, s, records.get(&s.id))).collect();
-    Ok(json(StatusCode::OK, &List::new(data)))
+    let reports = app.servers.list().await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(list_of(&reports))
 }
 
 #[derive(Deserialize)]
@@ -132,23 +113,18 @@ struct CreateServerBody {
 pub async fn create_server(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     require_admin(app, &req, ctx).await?;
     let b: CreateServerBody = json_body(app, req).await?;
-    let server = UpstreamServer {
-        id: ServerId::new(),
-        name: b.name.trim().to_owned(),
-        base_url: b.base_url.trim().to_owned(),
-        api_key: b.api_key.filter(|k| !k.is_empty()),
-        priority: b.priority.unwrap_or(1),
-        weight: b.weight.unwrap_or(1),
+    let new = NewServer {
+        name: b.name,
+        base_url: b.base_url,
+        api_key: b.api_key,
+        priority: b.priority,
+        weight: b.weight,
         max_concurrent_requests: b.max_concurrent_requests,
-        supported_models: b.supported_models.unwrap_or_default(),
-        is_active: b.is_active.unwrap_or(true),
-        health: HealthStatus::Unknown,
+        supported_models: b.supported_models,
+        is_active: b.is_active,
     };
-    validate_server(&server).map_err(|e| invalid(&e))?;
-    app.servers.insert_server(server.clone()).await.map_err(|e| store_err(ctx.request_id, e))?;
-    changed(app, ctx).await?;
-    tracing::info!(server = %server.name, base_url = %server.base_url, "upstream server added");
-    Ok(json(StatusCode::CREATED, &body_of(app, &server, None)))
+    let report = app.servers.create(new).await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(StatusCode::CREATED, &body_of(&report)))
 }
 
 #[derive(Deserialize)]
@@ -175,70 +151,40 @@ pub async fn update_server(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str
     let id = server_id(id)?;
     let b: UpdateServerBody = json_body(app, req).await?;
     let update = ServerUpdate {
-        name: b.name.map(|n| n.trim().to_owned()),
-        base_url: b.base_url.map(|u| u.trim().to_owned()),
-        api_key: b.api_key.map(|k| k.filter(|k| !k.is_empty())),
+        name: b.name,
+        base_url: b.base_url,
+        api_key: b.api_key,
         priority: b.priority,
         weight: b.weight,
         max_concurrent_requests: b.max_concurrent_requests,
         supported_models: b.supported_models,
         is_active: b.is_active,
     };
-    // Check the result before writing anything.
-    let current = app.servers.list_servers().await.map_err(|e| store_err(ctx.request_id, e))?;
-    let mut preview =
-        current.into_iter().find(|s| s.id == id).ok_or_else(|| ApiError::not_found("server"))?;
-    update.apply(&mut preview);
-    validate_server(&preview).map_err(|e| invalid(&e))?;
-    let server = app
-        .servers
-        .update_server(id, update)
-        .await
-        .map_err(|e| store_err(ctx.request_id, e))?
-        .ok_or_else(|| ApiError::not_found("server"))?;
-    changed(app, ctx).await?;
-    Ok(json(StatusCode::OK, &body_of(app, &server, None)))
+    let report = app.servers.update(id, update).await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(StatusCode::OK, &body_of(&report)))
 }
 
 pub async fn delete_server(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
     require_admin(app, &req, ctx).await?;
     let id = server_id(id)?;
-    if !app.servers.delete_server(id).await.map_err(|e| store_err(ctx.request_id, e))? {
-        return Err(ApiError::not_found("server"));
-    }
-    changed(app, ctx).await?;
+    app.servers.delete(id).await.map_err(|e| admin_err(ctx.request_id, e))?;
     Ok(json(StatusCode::OK, &serde_json::json!({"id": id, "object": "server", "deleted": true})))
 }
 
 /// `GET /api/admin/health`: the state of every server as this instance sees it.
 pub async fn health(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     require_admin(app, &req, ctx).await?;
-    let records = app.servers.health_records().await.map_err(|e| store_err(ctx.request_id, e))?;
-    let snapshot = app.pool.snapshot();
-    let data: Vec<ServerBody<'_>> =
-        snapshot.iter().map(|s| body_of(app, s.server(), records.get(&s.server().id))).collect();
-    Ok(json(StatusCode::OK, &List::new(data)))
-}
-
-/// One server after a check, with why it failed if it did.
-#[derive(Serialize)]
-struct Checked<'a> {
-    #[serde(flatten)]
-    server: ServerBody<'a>,
-    detail: Option<&'a str>,
+    let reports = app.servers.health().await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(list_of(&reports))
 }
 
 /// `POST /api/admin/health`: check every server now and answer with the results.
 pub async fn check_now(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     require_admin(app, &req, ctx).await?;
-    app.reload_pool().await.map_err(|e| store_err(ctx.request_id, e))?;
-    let reports = crate::check_servers(app).await;
-    let data: Vec<Checked<'_>> = reports
-        .iter()
-        .map(|r| Checked {
-            server: body_of(app, &r.server, Some(&r.record)),
-            detail: r.detail.as_deref(),
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &List::new(data)))
+    let reports = app
+        .servers
+        .check_now(&app.prober, &app.health_config())
+        .await
+        .map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(list_of(&reports))
 }

@@ -28,13 +28,13 @@ pub async fn readyz(app: &App) -> Response<ResBody> {
     };
     let redis = match &app.redis {
         None => "not configured",
-        Some(pool) => match tokio::time::timeout(CHECK_TIMEOUT, redis_ping(pool)).await {
-            Ok(Ok(())) => "ok",
-            Ok(Err(e)) => {
+        Some(conn) => match conn.ping(CHECK_TIMEOUT).await {
+            Ok(()) => "ok",
+            Err(gateway_redis::RedisError::Timeout(_)) => "timeout",
+            Err(e) => {
                 tracing::warn!(error = %e, "readiness: redis ping failed");
                 "unreachable"
             }
-            Err(_) => "timeout",
         },
     };
     let ready = database == "ok" && matches!(redis, "ok" | "not configured");
@@ -55,16 +55,10 @@ pub async fn readyz(app: &App) -> Response<ResBody> {
     }
 }
 
-async fn redis_ping(pool: &deadpool_redis::Pool) -> anyhow::Result<()> {
-    let mut conn = pool.get().await?;
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-    anyhow::ensure!(pong == "PONG", "unexpected PING reply");
-    Ok(())
-}
-
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(app: &App) -> Response<ResBody> {
-    let mut text = app.metrics.render(&app.pool, &app.usage);
+    let bus_errors = app.bus.as_ref().map_or(0, gateway_redis::bus::Bus::errors);
+    let mut text = app.metrics.render(&app.pool, &app.usage, bus_errors);
     crate::metrics::render_pipeline(&mut text, &app.pipeline, app.resilient.as_deref());
     let mut res = Response::new(ResBody::full(text));
     res.headers_mut().insert(

@@ -3,7 +3,7 @@
 //! (latency) and 64 callers at once (throughput: the time per request when 64 share the
 //! limiter).
 //!
-//! `cargo bench -p gateway-ratelimit --bench limiter`
+//! `cargo bench -p gateway-redis --bench limiter`
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::print_stderr, missing_docs)]
 
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway_core::{ApiKeyId, Limits};
-use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter, RedisLimiter};
+use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter};
+use gateway_redis::{RedisConn, RedisLimiter};
 
 const LIMITS: Limits = Limits {
     rpm: u64::MAX / 4,
@@ -77,8 +78,7 @@ fn limiter(c: &mut Criterion) {
         return;
     };
     let prefix = format!("bmbench{}", std::process::id());
-    let redis =
-        RedisLimiter::new(redis::Client::open(url).unwrap(), &prefix, Duration::from_secs(2));
+    let redis = RedisLimiter::new(RedisConn::open(&url).unwrap(), &prefix, Duration::from_secs(2));
     let redis: Arc<dyn RateLimiter> = Arc::new(redis);
     bench(c, "redis", &rt, &redis);
 }

@@ -15,12 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, Limits};
 
-use crate::connection::SharedConnection;
-use crate::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
-use crate::{
-    Decision, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Snapshot,
-    Window,
+use gateway_ratelimit::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
+use gateway_ratelimit::{
+    Decision, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, SharedLimiter,
+    Snapshot, Window,
 };
+
+use crate::RedisConn;
 
 /// The reserve script's answer (see `lua/reserve_v2.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64);
@@ -39,7 +40,7 @@ const RESTORE_CHUNK: usize = 500;
 /// Limits in Redis.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    conn: Arc<SharedConnection>,
+    conn: RedisConn,
     prefix: String,
     /// Set once the daily and monthly counters are in Redis (see [`RedisLimiter::restore`]).
     marker: String,
@@ -85,9 +86,9 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> LimitError 
 impl RedisLimiter {
     /// `prefix` namespaces every key (several deployments or tests can share a Redis);
     /// `timeout` bounds each call, after which the caller applies its fallback policy.
-    pub fn new(client: redis::Client, prefix: &str, timeout: Duration) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> Self {
         Self {
-            conn: Arc::new(SharedConnection::new(client)),
+            conn,
             prefix: prefix.to_owned(),
             marker: format!("{prefix}:rl:v1:restored"),
             timeout,
@@ -173,9 +174,7 @@ impl RedisLimiter {
 
     /// A failed call: drop the connection if it may be broken, so the next call reconnects.
     fn broken(&self, e: redis::RedisError) -> LimitError {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-            self.conn.reset();
-        }
+        self.conn.check(&e);
         unavailable(e)
     }
 
@@ -407,5 +406,16 @@ impl std::fmt::Display for CounterKey<'_> {
 impl redis::ToRedisArgs for CounterKey<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         out.write_arg_fmt(self);
+    }
+}
+
+#[async_trait]
+impl SharedLimiter for RedisLimiter {
+    async fn restore(&self, now_ms: i64) -> Result<(), LimitError> {
+        RedisLimiter::restore(self, now_ms).await
+    }
+
+    async fn flush_mirror(&self) -> Result<usize, LimitError> {
+        RedisLimiter::flush_mirror(self).await
     }
 }

@@ -1,4 +1,6 @@
-//! The Redis limiter against a real Redis (`TEST_REDIS_URL`), under a prefix of its own.
+//! The Redis adapters against a real Redis (`TEST_REDIS_URL`), each test under a key prefix of
+//! its own: the limiter (the port's contract, the window property, exactness across
+//! instances, outages and restarts), the outage fallback, the bus and the readiness ping.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,8 +10,10 @@ use std::time::Duration;
 use gateway_core::{ApiKeyId, Limits};
 use gateway_ratelimit::{
     Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LimitError, QuotaStore,
-    QuotaStoreError, QuotaUsage, RateLimiter, RedisLimiter, ResilientLimiter, Window,
+    QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Window,
 };
+use gateway_redis::bus::{Bus, Heard, Invalidation};
+use gateway_redis::{RedisConn, RedisLimiter};
 
 /// `TEST_REDIS_URL`; without it the test fails saying how to run it, never passes.
 fn redis_url() -> String {
@@ -21,7 +25,7 @@ fn redis_url() -> String {
 
 fn limiter() -> RedisLimiter {
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    RedisLimiter::new(client(&redis_url()), &prefix, Duration::from_secs(2))
+    RedisLimiter::new(conn(&redis_url()), &prefix, Duration::from_secs(2))
 }
 
 #[tokio::test]
@@ -35,7 +39,7 @@ async fn an_unreachable_redis_is_reported_fast_not_waited_for() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("redis://{}", dead.local_addr().unwrap());
     drop(dead);
-    let l = RedisLimiter::new(client(&url), "dead", Duration::from_millis(200));
+    let l = RedisLimiter::new(conn(&url), "dead", Duration::from_millis(200));
     let started = std::time::Instant::now();
     let r = gateway_ratelimit::RateLimiter::reserve(
         &l,
@@ -57,7 +61,7 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
     let url = redis_url();
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
     let instances: Vec<RedisLimiter> =
-        (0..2).map(|_| RedisLimiter::new(client(&url), &prefix, Duration::from_secs(5))).collect();
+        (0..2).map(|_| RedisLimiter::new(conn(&url), &prefix, Duration::from_secs(5))).collect();
     drop(first);
     let key = gateway_core::ApiKeyId::new();
     let limits = gateway_core::Limits {
@@ -86,6 +90,10 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
 
 fn client(url: &str) -> redis::Client {
     redis::Client::open(url).unwrap()
+}
+
+fn conn(url: &str) -> RedisConn {
+    RedisConn::open(url).unwrap()
 }
 
 fn quota(daily: u64) -> gateway_core::Limits {
@@ -120,7 +128,7 @@ async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_an
     let url = redis_url();
     let store = Arc::new(InMemoryQuotaStore::default());
     let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let l = RedisLimiter::new(client(&url), &prefix, Duration::from_secs(2))
+    let l = RedisLimiter::new(conn(&url), &prefix, Duration::from_secs(2))
         .with_durable_quotas(store.clone());
     let key = ApiKeyId::new();
     let Decision::Allowed { reservation, .. } = reserve(&l, key, &quota(1000), 700).await else {
@@ -187,7 +195,7 @@ fn resilient(
     store: Arc<dyn QuotaStore>,
     instances: u32,
 ) -> ResilientLimiter {
-    let redis = RedisLimiter::new(client(url), prefix, Duration::from_millis(300))
+    let redis = RedisLimiter::new(conn(url), prefix, Duration::from_millis(300))
         .with_durable_quotas(store.clone());
     let policy =
         FallbackPolicy { instances, retry_every: Duration::ZERO, ..FallbackPolicy::default() };
@@ -305,4 +313,63 @@ async fn settling_in_a_batch_works_on_a_redis_that_lost_its_scripts() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
     l.settle_many(&[(reservation, 100)]).await.unwrap();
     assert!(matches!(reserve(&l, key, &quota(1000), 900).await, Decision::Allowed { .. }));
+}
+
+#[tokio::test]
+async fn the_redis_window_keeps_the_promise_of_the_in_memory_one() {
+    gateway_ratelimit::conformance::window_property(&limiter(), 0..60).await;
+}
+
+/// The fallback alone (Redis unreachable): per-minute limits in memory, quotas in the store,
+/// held to the same contract as every limiter.
+#[tokio::test]
+async fn the_fallback_meets_the_contract_while_redis_is_unreachable() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let store: Arc<dyn QuotaStore> = Arc::new(InMemoryQuotaStore::default());
+    let redis = RedisLimiter::new(conn(&url), "dead", Duration::from_millis(200))
+        .with_durable_quotas(store.clone());
+    // Redis is not tried again for the test's length: every decision is the fallback's.
+    let policy =
+        FallbackPolicy { retry_every: Duration::from_hours(1), ..FallbackPolicy::default() };
+    let l = ResilientLimiter::new(redis, InMemoryLimiter::default(), Some(store), policy);
+    gateway_ratelimit::conformance::limiter_contract(&l).await;
+    assert!(!l.health().redis_up);
+    assert!(l.health().fallback_reservations > 0);
+}
+
+/// A message published by one instance reaches a listener of another (the same channel,
+/// another connection), after the listener has said it (re)subscribed.
+#[tokio::test]
+async fn invalidations_reach_every_listener_of_the_deployment() {
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let url = redis_url();
+    let listener = Bus::new(conn(&url), &prefix);
+    let publisher = Bus::new(conn(&url), &prefix);
+    let other_deployment = Bus::new(conn(&url), &format!("{prefix}x"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listening = tokio::spawn(async move {
+        listener
+            .listen(move |heard| {
+                let _ = tx.send(heard);
+            })
+            .await;
+    });
+    assert_eq!(rx.recv().await, Some(Heard::Subscribed));
+    let key = ApiKeyId::new();
+    other_deployment.publish(Invalidation::Servers).await.unwrap();
+    publisher.publish(Invalidation::Key(key)).await.unwrap();
+    assert_eq!(rx.recv().await, Some(Heard::Changed(Invalidation::Key(key))));
+    assert_eq!(publisher.errors(), 0);
+    listening.abort();
+}
+
+#[tokio::test]
+async fn readiness_pings_answer_and_a_dead_redis_is_reported_within_the_timeout() {
+    conn(&redis_url()).ping(Duration::from_secs(2)).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    assert!(conn(&url).ping(Duration::from_millis(500)).await.is_err());
 }

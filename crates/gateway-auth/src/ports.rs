@@ -194,7 +194,6 @@ pub trait KeyStore: Send + Sync {
 }
 
 /// Login sessions, found by the keyed hash of their token.
-#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     async fn insert_session(&self, session: SessionRecord) -> Result<(), AuthError>;

@@ -1,6 +1,22 @@
-//! Billing for the BluesMinds gateway: subscription plans (the tier table, seeded into
-//! `billing_plans`), model prices per million tokens, the credits ledger and monthly invoices.
-//! Money is integer micro-dollars everywhere, never floating point.
+//! Billing for the BluesMinds gateway: model prices and the cost of a request (this part is
+//! built), then subscription plans, spend caps, the credits ledger and monthly invoices (to
+//! come, on the tables that exist). Money is integer micro-dollars everywhere, never floating
+//! point.
 //!
-//! Status: the crate exists so the workspace has its final shape; the tables it works on
-//! already exist. Tier prices and limits are `gateway_core::Tier`.
+//! - [`price`]: prices per million tokens with the time they apply from, the [`PriceBook`]
+//!   read on the request path, and [`cost_micros`], the one rounding rule.
+//! - [`litellm`]: LiteLLM's `model_prices_and_context_window.json`, read as prices.
+//!
+//! ```
+//! use gateway_billing::{PriceBook, Tokens};
+//!
+//! let book = PriceBook::seeded();
+//! let t = Tokens { prompt: 1000, cached_prompt: 0, completion: 500 };
+//! // gpt-4: $0.03 per 1K prompt tokens, $0.06 per 1K completion tokens.
+//! assert_eq!(book.cost("gpt-4", time::OffsetDateTime::now_utc(), t), 60_000);
+//! ```
+
+pub mod litellm;
+pub mod price;
+
+pub use price::{DEFAULT_PRICE, ModelPrice, Price, PriceBook, SEED_PRICES, Tokens, cost_micros};

@@ -21,6 +21,7 @@ pub use sea_orm_migration::MigratorTrait;
 
 mod m20261128_000001_init;
 mod m20261201_000001_usage_estimated;
+mod m20261201_000002_model_prices;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_init::Migration),
             Box::new(m20261201_000001_usage_estimated::Migration),
+            Box::new(m20261201_000002_model_prices::Migration),
         ]
     }
 }

@@ -9,6 +9,7 @@ use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierCo
 use gateway_balancer::{
     BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
 };
+use gateway_billing::Prices;
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
@@ -18,7 +19,7 @@ use gateway_ratelimit::ResilientLimiter;
 use gateway_redis::RedisConn;
 use gateway_redis::bus::Bus;
 use gateway_store::{
-    SqlAuthStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
+    SqlAuthStore, SqlPriceStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
 use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
@@ -45,6 +46,8 @@ pub struct App {
     pub invalidations: Arc<CacheInvalidations>,
     /// The gateway requests' use case: authenticate, reserve, forward, charge, record.
     pub pipeline: Arc<Pipeline>,
+    /// Model prices in memory (reloaded with the pool).
+    pub prices: Arc<Prices>,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
@@ -170,6 +173,11 @@ impl App {
                 ..WriterConfig::new(config.usage_spill_path())
             },
         ));
+        let prices = Arc::new(Prices::new(
+            Arc::new(SqlPriceStore::new(store.clone())),
+            config.billing.default_price(),
+        ));
+        prices.reload().await.context("cannot load the model prices")?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let resilient = limiter.as_ref().and_then(|l| l.resilient.clone());
         let pipeline = Arc::new(Pipeline::new(
@@ -184,6 +192,7 @@ impl App {
                     pool: pool.clone(),
                     writer: config.usage.enabled.then(|| usage.clone()),
                 }),
+                prices: prices.clone(),
             },
             PipelineConfig { rules, max_attempts: p.max_attempts },
         ));
@@ -202,6 +211,7 @@ impl App {
             prober,
             invalidations,
             pipeline,
+            prices,
             resilient,
             usage,
             usage_reader: UsageReader::new(usage_queries),

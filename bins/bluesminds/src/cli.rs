@@ -30,8 +30,24 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Manage model prices.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
     /// Run the gateway with an in-process mock upstream, a demo user and an API key.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Load LiteLLM's model_prices_and_context_window.json (it ships in the litellm Python
+    /// package); every price that is new or changed applies from now, older requests keep
+    /// theirs. Running gateways pick the prices up within `health.interval_secs`.
+    Import {
+        /// The JSON file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

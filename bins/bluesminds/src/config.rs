@@ -20,6 +20,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub usage: UsageConfig,
     pub limits: LimitsConfig,
+    pub billing: BillingConfig,
     pub log: LogConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -365,6 +366,36 @@ impl Default for HealthConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct BillingConfig {
+    /// The input price of models without one of their own, in micro-dollars per million
+    /// tokens ($0.001 per 1K tokens by default).
+    pub default_input_micros_per_million: i64,
+    /// Their output price ($0.002 per 1K tokens by default).
+    pub default_output_micros_per_million: i64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        let p = gateway_billing::DEFAULT_PRICE;
+        Self {
+            default_input_micros_per_million: p.input,
+            default_output_micros_per_million: p.output,
+        }
+    }
+}
+
+impl BillingConfig {
+    /// The price of models without one of their own.
+    pub fn default_price(&self) -> gateway_billing::Price {
+        gateway_billing::Price::new(
+            self.default_input_micros_per_million,
+            self.default_output_micros_per_million,
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter, e.g. `info` or `bluesminds=debug,info`; `RUST_LOG` wins.
     pub level: String,
@@ -508,6 +539,23 @@ impl Config {
                 "redis.key_prefix",
                 "must be a non-empty word without spaces",
             ));
+        }
+        for (key, price) in [
+            (
+                "billing.default_input_micros_per_million",
+                self.billing.default_input_micros_per_million,
+            ),
+            (
+                "billing.default_output_micros_per_million",
+                self.billing.default_output_micros_per_million,
+            ),
+        ] {
+            if price < 0 {
+                return Err(ConfigError::key(
+                    key,
+                    "must be 0 or more (micro-dollars per million tokens)",
+                ));
+            }
         }
         if self.auth.login_lockout_after == 0 {
             return Err(ConfigError::key("auth.login_lockout_after", "must be greater than 0"));

@@ -76,8 +76,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     }
 }
 
-/// Checks every upstream server now and then (and reloads the pool, so changes made on
-/// another instance arrive even without Redis).
+/// Checks every upstream server now and then (and reloads the pool and the prices, so changes
+/// made on another instance arrive even without Redis).
 async fn health_checks(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(app.config.health.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,6 +85,9 @@ async fn health_checks(app: Arc<App>) {
         tick.tick().await;
         if let Err(e) = app.reload_pool().await {
             tracing::warn!(error = %e, "could not reload the server pool; checking the servers known");
+        }
+        if let Err(e) = app.prices.reload().await {
+            tracing::warn!(error = %e, "could not reload the model prices; keeping those known");
         }
         app.servers.check(&app.prober, &app.health_config()).await;
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bluesminds::cli::{AdminCommand, Cli, Command};
+use bluesminds::cli::{AdminCommand, Cli, Command, PricesCommand};
 use bluesminds::config::Config;
 use clap::Parser;
 
@@ -44,6 +44,9 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&config).await,
             Command::Admin { command: AdminCommand::Create { email, password } } => {
                 admin_create(&config, &email, password).await
+            }
+            Command::Prices { command: PricesCommand::Import { file } } => {
+                prices_import(&config, &file).await
             }
             Command::Demo => {
                 Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
@@ -128,4 +131,29 @@ async fn admin_create(
         }
         Err(e) => Err(e).context("cannot create the admin"),
     }
+}
+
+#[allow(clippy::print_stdout)]
+async fn prices_import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let parsed = gateway_billing::litellm::parse(&bytes)
+        .with_context(|| format!("cannot import {}", file.display()))?;
+    let store = bluesminds::app::open_store(config, config.database.migrate_on_start).await?;
+    let prices = gateway_billing::Prices::new(
+        Arc::new(gateway_store::SqlPriceStore::new(store)),
+        config.billing.default_price(),
+    );
+    let report = prices
+        .import(&parsed.prices, time::OffsetDateTime::now_utc())
+        .await
+        .context("cannot store the prices")?;
+    println!(
+        "{} model prices read from {}: {} new or changed (applying from now), {} unchanged; entries without chat prices skipped: {}",
+        parsed.prices.len(),
+        file.display(),
+        report.added,
+        report.unchanged,
+        parsed.skipped
+    );
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //!
 //! - [`price`]: prices per million tokens with the time they apply from, the [`PriceBook`]
 //!   read on the request path, and [`cost_micros`], the one rounding rule.
+//! - [`prices`]: the [`PriceStore`] port (`gateway-store` implements it on `model_prices`) and
+//!   [`Prices`], the book in memory for the request path, reloaded after a change.
 //! - [`litellm`]: LiteLLM's `model_prices_and_context_window.json`, read as prices.
 //!
 //! ```
@@ -18,5 +20,7 @@
 
 pub mod litellm;
 pub mod price;
+pub mod prices;
 
 pub use price::{DEFAULT_PRICE, ModelPrice, Price, PriceBook, SEED_PRICES, Tokens, cost_micros};
+pub use prices::{ImportReport, InMemoryPriceStore, PriceStore, PriceStoreError, Prices};

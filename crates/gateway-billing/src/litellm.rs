@@ -16,6 +16,9 @@ pub enum ImportError {
     Format(#[from] serde_json::Error),
     #[error("model {model:?}: {field} is not a price ({value})")]
     BadPrice { model: String, field: &'static str, value: f64 },
+    /// Not one entry has input and output prices per token: surely not the price table.
+    #[error("no model with input and output prices per token ({skipped} entries without)")]
+    Empty { skipped: usize },
 }
 
 /// The prices read, and the entries skipped.
@@ -70,6 +73,9 @@ pub fn parse(json: &[u8]) -> Result<Imported, ImportError> {
         };
         out.prices.push((model, price));
     }
+    if out.prices.is_empty() {
+        return Err(ImportError::Empty { skipped: out.skipped });
+    }
     Ok(out)
 }
 
@@ -105,6 +111,7 @@ mod tests {
     #[test]
     fn a_file_that_is_not_the_price_table_is_refused_with_the_reason() {
         assert!(matches!(parse(b"[1, 2]"), Err(ImportError::Format(_))));
+        assert!(matches!(parse(br#"{"x": 1}"#), Err(ImportError::Empty { skipped: 1 })));
         let negative =
             br#"{"m": {"input_cost_per_token": -1e-06, "output_cost_per_token": 1e-06}}"#;
         let e = parse(negative).unwrap_err();

@@ -62,9 +62,13 @@ pub struct Tokens {
 }
 
 impl From<gateway_core::Usage> for Tokens {
-    /// Usage as the upstream reported it (or the gateway estimated it), without cached tokens.
+    /// Usage as the upstream reported it (or the gateway estimated it).
     fn from(u: gateway_core::Usage) -> Self {
-        Self { prompt: u.prompt_tokens, cached_prompt: 0, completion: u.completion_tokens }
+        Self {
+            prompt: u.prompt_tokens,
+            cached_prompt: u.cached_prompt_tokens(),
+            completion: u.completion_tokens,
+        }
     }
 }
 
@@ -162,6 +166,15 @@ mod tests {
         // A gemini flash prompt token is 0.125: rounds to nothing alone.
         assert_eq!(cost_micros(SEED_PRICES[5].1, one), 0);
         assert_eq!(cost_micros(GPT4, Tokens::default()), 0);
+    }
+
+    #[test]
+    fn the_worked_example_of_docs_billing_holds() {
+        let gpt4 = Price { cached_input: Some(15_000_000), ..GPT4 };
+        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567 };
+        assert_eq!(cost_micros(gpt4, t), 65_040);
+        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567 };
+        assert_eq!(cost_micros(SEED_PRICES[1].1, t), 1_468, "1,467.5 rounds half up");
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub mod openai;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use domain::{
-    ApiKeyMeta, HealthStatus, LimitOverrides, Limits, Role, Scope, Tier, UnknownVariant,
-    UpstreamServer, Usage, User, UserStatus,
+    ApiKeyMeta, HealthStatus, LimitOverrides, Limits, PromptTokensDetails, Role, Scope, Tier,
+    UnknownVariant, UpstreamServer, Usage, User, UserStatus,
 };
 pub use error::{ApiError, ErrorKind, error_chain};
 pub use id::{ApiKeyId, RequestId, ServerId, UserId};

@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn reported_usage_is_charged_as_reported() {
-        let reported = Usage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 0 };
+        let reported = Usage { total_tokens: 0, ..Usage::new(12, 30) };
         let c = charge(Ending::Served { reported: Some(reported), generated: 999 }, 500);
         assert_eq!(c.usage, Some(reported));
         assert_eq!(c.tokens, 42);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gateway_auth::Principal;
 use gateway_balancer::ServerPool;
+use gateway_billing::{Prices, Tokens};
 use gateway_core::{ApiError, ErrorKind, RequestId, Scope};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
@@ -32,6 +33,8 @@ pub struct Ports {
     pub limits: Option<Limiting>,
     /// Takes every request's usage record without waiting.
     pub usage: Arc<dyn UsageSink>,
+    /// Model prices, read from memory: the cost of every request.
+    pub prices: Arc<Prices>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -56,6 +59,7 @@ pub struct Pipeline {
     forwarder: Forwarder,
     limits: Option<Limiting>,
     usage: Arc<dyn UsageSink>,
+    prices: Arc<Prices>,
     rules: RequestRules,
     rate_limited: AtomicU64,
 }
@@ -75,6 +79,9 @@ pub struct Reply {
     pub answer: Answer,
     /// The key's standing with the limiter (the `x-ratelimit-*` headers), once it was asked.
     pub limits: Option<Snapshot>,
+    /// What the request cost, in micro-dollars, when it is known as the reply leaves (not for
+    /// streams, which are charged when they end).
+    pub cost_micros: Option<i64>,
 }
 
 /// What the client gets.
@@ -103,6 +110,7 @@ impl Pipeline {
             forwarder,
             limits: ports.limits,
             usage: ports.usage,
+            prices: ports.prices,
             rules: config.rules,
             rate_limited: AtomicU64::new(0),
         }
@@ -152,9 +160,16 @@ impl Pipeline {
         Call { pipeline: self.clone(), draft: Draft::new(request_id, started, principal, endpoint) }
     }
 
-    /// Settles the reservation and records the usage of a request that ended as `ending`.
-    /// Every way a request ends comes here: the one place that decides what it is charged.
-    fn conclude(&self, draft: Draft, reservation: Option<Reservation>, ending: Ending, end: End) {
+    /// Settles the reservation and records the usage of a request that ended as `ending`;
+    /// returns its cost. Every way a request ends comes here: the one place that decides what
+    /// it is charged.
+    fn conclude(
+        &self,
+        draft: Draft,
+        reservation: Option<Reservation>,
+        ending: Ending,
+        end: End,
+    ) -> i64 {
         let charge = charge(ending, draft.prompt_estimate);
         if let (Some(limits), Some(reservation)) = (&self.limits, reservation) {
             limits.settle(reservation, charge.tokens);
@@ -168,10 +183,14 @@ impl Pipeline {
         if let Some(u) = charge.usage {
             (r.prompt_tokens, r.completion_tokens) = (u.prompt_tokens, u.completion_tokens);
             r.total_tokens = u.total();
+            // At the price of the moment the request was made.
+            r.cost_micros = self.prices.cost(&r.model, r.created_at, Tokens::from(u));
         }
+        let cost = r.cost_micros;
         r.usage_estimated = charge.estimated;
         r.latency_ms = millis(draft.started.elapsed());
         self.usage.record(r);
+        cost
     }
 }
 
@@ -198,8 +217,8 @@ impl Call {
             error: Some(error.message.to_string()),
             client_disconnected: false,
         };
-        self.pipeline.conclude(self.draft, None, Ending::NothingServed, end);
-        Reply { answer: Answer::Error(error), limits: None }
+        let cost = self.pipeline.conclude(self.draft, None, Ending::NothingServed, end);
+        Reply { answer: Answer::Error(error), limits: None, cost_micros: Some(cost) }
     }
 
     /// Runs the request: checks the body, the model and the key's limits, forwards with
@@ -209,6 +228,7 @@ impl Call {
         let Call { pipeline, mut draft } = self;
         let mut reservation = None;
         let mut limits = None;
+        let mut cost_micros = None;
         let answer = match pipeline
             .forward(principal, &mut draft, body, &mut reservation, &mut limits)
             .await
@@ -232,7 +252,7 @@ impl Call {
                 let overhead = draft.started.elapsed().saturating_sub(upstream);
                 let error = (!status.is_success()).then(|| format!("upstream answered {status}"));
                 let end = End { status: status.as_u16(), error, client_disconnected: false };
-                pipeline.conclude(draft, reservation, ending, end);
+                cost_micros = Some(pipeline.conclude(draft, reservation, ending, end));
                 Answer::Whole { status, content_type, body, overhead }
             }
             Ok(Forwarded::Stream { status, body, upstream, server }) => {
@@ -253,7 +273,7 @@ impl Call {
                         error,
                         client_disconnected: end.client_disconnected,
                     };
-                    pipeline.conclude(draft, reservation, ending, end);
+                    let _ = pipeline.conclude(draft, reservation, ending, end);
                 });
                 Answer::Stream { status, body, overhead }
             }
@@ -263,11 +283,12 @@ impl Call {
                     error: Some(e.message.to_string()),
                     client_disconnected: false,
                 };
-                pipeline.conclude(draft, reservation, Ending::NothingServed, end);
+                cost_micros =
+                    Some(pipeline.conclude(draft, reservation, Ending::NothingServed, end));
                 Answer::Error(e)
             }
         };
-        Reply { answer, limits }
+        Reply { answer, limits, cost_micros }
     }
 }
 

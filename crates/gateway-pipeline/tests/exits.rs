@@ -15,6 +15,7 @@ use gateway_auth::{
     VerifyError,
 };
 use gateway_balancer::{BreakerConfig, ServerPool};
+use gateway_billing::{DEFAULT_PRICE, InMemoryPriceStore, Price, Prices, SEED_PRICES};
 use gateway_core::{
     ApiKeyId, ErrorKind, HealthStatus, LimitOverrides, Limits, RequestId, Scope, ServerId,
     SystemClock, UpstreamServer,
@@ -187,6 +188,8 @@ struct World {
     upstream: Arc<ScriptedUpstream>,
     records: Arc<Records>,
     limiter: Arc<SettleLog>,
+    prices: Arc<Prices>,
+    pool: Arc<ServerPool>,
     key: String,
 }
 
@@ -230,17 +233,23 @@ async fn world(overrides: LimitOverrides) -> World {
     let upstream = Arc::new(ScriptedUpstream::default());
     let records = Arc::new(Records::default());
     let limiter = Arc::new(SettleLog::default());
+    let prices = Arc::new(Prices::new(Arc::new(InMemoryPriceStore::default()), DEFAULT_PRICE));
+    let since = time::OffsetDateTime::UNIX_EPOCH;
+    let seed: Vec<(String, Price)> =
+        SEED_PRICES.iter().map(|(m, p)| ((*m).to_owned(), *p)).collect();
+    prices.import(&seed, since).await.unwrap();
     let pipeline = Arc::new(Pipeline::new(
         Ports {
             keys: Arc::new(verifier),
-            pool,
+            pool: pool.clone(),
             upstream: upstream.clone(),
             limits: Some(Limiting::new(limiter.clone(), DEFAULT_COMPLETION)),
             usage: records.clone(),
+            prices: prices.clone(),
         },
         PipelineConfig { max_attempts: 2, ..PipelineConfig::default() },
     ));
-    World { pipeline, upstream, records, limiter, key }
+    World { pipeline, upstream, records, limiter, prices, pool, key }
 }
 
 impl World {
@@ -313,6 +322,8 @@ async fn a_whole_answer_is_relayed_and_charged_its_reported_usage() {
     let r = w.records.only();
     assert_eq!((r.prompt_tokens, r.completion_tokens, r.total_tokens), (9, 3, 12));
     assert_eq!((r.status_code, r.is_error, r.usage_estimated), (200, false, false));
+    // gpt-4 at $0.03 / $0.06 per 1K tokens: 9 × 30 + 3 × 60 micro-dollars.
+    assert_eq!((r.cost_micros, reply.cost_micros), (450, Some(450)));
     assert_eq!(r.model, "gpt-4");
     assert!(r.server_id.is_some() && r.upstream_latency_ms.is_some());
     assert_eq!(w.settled().await, vec![(reserved_for_chat(), 12)]);
@@ -354,6 +365,7 @@ async fn a_stream_is_relayed_and_charged_its_usage_chunk_when_it_ends() {
     let r = w.records.only();
     assert_eq!((r.prompt_tokens, r.completion_tokens, r.total_tokens), (9, 4, 13));
     assert!(r.streamed && !r.is_error && !r.client_disconnected && !r.usage_estimated);
+    assert_eq!(r.cost_micros, 9 * 30 + 4 * 60, "a stream is priced when it ends");
     assert_eq!(w.settled().await, vec![(reserved_for_chat(), 13)]);
 }
 
@@ -407,10 +419,11 @@ async fn no_upstream_answering_is_a_502_refunded_in_full() {
     w.upstream.script(A, Script::Down);
     w.upstream.script(B, Script::Down);
     let reply = w.chat(CHAT).await;
+    assert_eq!(reply.cost_micros, Some(0));
     let Answer::Error(e) = reply.answer else { panic!("an error") };
     assert_eq!(e.kind, ErrorKind::UpstreamError);
     let r = w.records.only();
-    assert_eq!((r.status_code, r.is_error, r.total_tokens), (502, true, 0));
+    assert_eq!((r.status_code, r.is_error, r.total_tokens, r.cost_micros), (502, true, 0, 0));
     assert_eq!(
         w.settled().await,
         vec![(reserved_for_chat(), 0)],
@@ -521,10 +534,36 @@ async fn a_verifier_that_cannot_reach_its_store_answers_503_with_retry_after() {
             upstream: Arc::new(ScriptedUpstream::default()),
             limits: None,
             usage: records.clone(),
+            prices: Arc::new(Prices::new(Arc::new(InMemoryPriceStore::default()), DEFAULT_PRICE)),
         },
         PipelineConfig::default(),
     );
     let e = pipeline.authenticate(Some("Bearer bm_x"), Scope::ChatCompletions).await.unwrap_err();
     assert_eq!((e.kind, e.retry_after_secs), (ErrorKind::ServiceUnavailable, Some(5)));
     assert!(records.all().is_empty());
+}
+
+#[tokio::test]
+async fn cached_prompt_tokens_are_billed_at_the_cached_price_from_when_it_applies() {
+    let w = world(LimitOverrides::default()).await;
+    let cached = Price { cached_input: Some(15_000_000), ..SEED_PRICES[0].1 };
+    let now = time::OffsetDateTime::now_utc();
+    w.prices.import(&[("gpt-4".to_owned(), cached)], now).await.unwrap();
+    let answer = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}}"#;
+    w.upstream.script(A, Script::Answer(200, answer));
+    let reply = w.chat(CHAT).await;
+    // 5 uncached × 30 + 4 cached × 15 + 3 × 60.
+    assert_eq!(reply.cost_micros, Some(150 + 60 + 180));
+    assert_eq!(w.records.only().cost_micros, 390);
+}
+
+#[tokio::test]
+async fn models_without_a_price_are_charged_the_default() {
+    let w = world(LimitOverrides::default()).await;
+    w.pool
+        .replace(vec![UpstreamServer { supported_models: vec!["llama-9".into()], ..server(A, 1) }]);
+    w.upstream.script(A, Script::Answer(200, ANSWER));
+    let reply = w.chat(r#"{"model":"llama-9","messages":[{"role":"user","content":"hi"}]}"#).await;
+    // $0.001 / $0.002 per 1K: 9 × 1 + 3 × 2.
+    assert_eq!(reply.cost_micros, Some(15));
 }

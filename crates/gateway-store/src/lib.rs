@@ -17,6 +17,7 @@
 mod auth;
 pub mod entity;
 mod error;
+mod prices;
 mod quotas;
 mod servers;
 #[cfg(feature = "test-util")]
@@ -31,6 +32,7 @@ use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
 pub use error::StoreError;
+pub use prices::SqlPriceStore;
 pub use quotas::SqlQuotaStore;
 pub use servers::SqlServerStore;
 pub use usage::SqlUsageStore;

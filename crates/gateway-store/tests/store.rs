@@ -44,7 +44,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 2, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 3, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -182,6 +182,26 @@ async fn sql_server_store_meets_the_pool_contract() {
         let db = TestDb::migrated(backend).await;
         let store = gateway_store::SqlServerStore::new(db.store.clone());
         gateway_balancer::store::conformance::server_store_contract(&store).await;
+    }
+}
+
+#[tokio::test]
+async fn sql_price_store_meets_the_price_contract_and_is_seeded() {
+    use gateway_billing::{PriceStore, SEED_PRICES};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlPriceStore::new(db.store.clone());
+        // The migration seeds the original product's table, applying since the epoch.
+        let seeded = store.list_prices().await.unwrap();
+        for (model, price) in SEED_PRICES {
+            let p = seeded.iter().find(|p| p.model == model).unwrap();
+            assert_eq!(
+                (p.price, p.effective_from),
+                (price, OffsetDateTime::UNIX_EPOCH),
+                "{backend:?}"
+            );
+        }
+        gateway_billing::prices::conformance::price_store_contract(&store).await;
     }
 }
 

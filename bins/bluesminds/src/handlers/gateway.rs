@@ -19,6 +19,8 @@ use crate::server::{Ctx, read_body};
 
 /// A constant `HeaderName`: inserting by `&str` would copy the name for every response.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-overhead-ms");
+/// What a non-streamed request cost, in micro-dollars.
+pub const COST_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-cost-micros");
 
 fn authorization<B>(req: &Request<B>) -> Option<&str> {
     req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""))
@@ -93,6 +95,9 @@ fn respond(app: &App, endpoint: Endpoint, reply: Reply) -> Response<ResBody> {
     };
     if let Some(snapshot) = &reply.limits {
         crate::limits::add_headers(res.headers_mut(), snapshot);
+    }
+    if let Some(cost) = reply.cost_micros {
+        res.headers_mut().insert(COST_HEADER, HeaderValue::from(cost));
     }
     res
 }

@@ -46,7 +46,7 @@ pub enum Forwarded {
         /// The usage the upstream reported.
         usage: Option<Usage>,
         /// A successful answer without usage: its completion tokens, estimated from what it
-        /// generated ([`crate::estimate`]). Zero otherwise.
+        /// generated ([`gateway_proxy::estimate`]). Zero otherwise.
         generated_tokens: u64,
         server: ServerId,
         /// From sending the request to the last byte of the response.

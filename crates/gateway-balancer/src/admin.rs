@@ -194,18 +194,18 @@ impl ServerAdmin {
         config: &HealthConfig,
     ) -> Result<Vec<ServerReport>, AdminError> {
         self.reload().await?;
-        Ok(self.check(prober, config).await)
-    }
-
-    /// One round of active health checks, results persisted.
-    pub async fn check(&self, prober: &dyn Prober, config: &HealthConfig) -> Vec<ServerReport> {
-        let reports = check_all(&self.pool, prober, self.store.as_ref(), config).await;
-        reports
+        let checked = self.check(prober, config).await;
+        Ok(checked
             .into_iter()
             .map(|CheckReport { server, record, detail }| {
                 self.report(server, Some(&record), detail)
             })
-            .collect()
+            .collect())
+    }
+
+    /// One round of active health checks, results persisted (the periodic round).
+    pub async fn check(&self, prober: &dyn Prober, config: &HealthConfig) -> Vec<CheckReport> {
+        check_all(&self.pool, prober, self.store.as_ref(), config).await
     }
 
     /// Applies a change here now and on other instances through `announce`.

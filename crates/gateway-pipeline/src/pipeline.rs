@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gateway_auth::Principal;
 use gateway_balancer::ServerPool;
 use gateway_billing::{Prices, Tokens};
-use gateway_core::{ApiError, ErrorKind, RequestId, Scope};
+use gateway_core::{ApiError, ErrorKind, RequestId, Scope, ServerId};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, printable};
@@ -152,12 +152,13 @@ impl Pipeline {
     /// whichever way it ends. `started` is when the gateway received it.
     pub fn start(
         self: &Arc<Self>,
-        principal: &Principal,
+        principal: Arc<Principal>,
         endpoint: Endpoint,
         request_id: RequestId,
         started: Instant,
     ) -> Call {
-        Call { pipeline: self.clone(), draft: Draft::new(request_id, started, principal, endpoint) }
+        let draft = Draft::new(request_id, started, &principal, endpoint);
+        Call { pipeline: self.clone(), principal, draft }
     }
 
     /// Settles the reservation and records the usage of a request that ended as `ending`;
@@ -201,10 +202,22 @@ struct End {
     client_disconnected: bool,
 }
 
+impl End {
+    /// The gateway answered with `e` itself.
+    fn with(e: &ApiError) -> Self {
+        Self {
+            status: e.kind.http_status(),
+            error: Some(e.message.to_string()),
+            client_disconnected: false,
+        }
+    }
+}
+
 /// An authenticated request under way.
 #[derive(Debug)]
 pub struct Call {
     pipeline: Arc<Pipeline>,
+    principal: Arc<Principal>,
     draft: Draft,
 }
 
@@ -212,11 +225,7 @@ impl Call {
     /// Ends a request that could not be read (too large, too slow): `error` is the answer, and
     /// the request is recorded.
     pub fn refuse(self, error: ApiError) -> Reply {
-        let end = End {
-            status: error.kind.http_status(),
-            error: Some(error.message.to_string()),
-            client_disconnected: false,
-        };
+        let end = End::with(&error);
         let cost = self.pipeline.conclude(self.draft, None, Ending::NothingServed, end);
         Reply { answer: Answer::Error(error), limits: None, cost_micros: Some(cost) }
     }
@@ -224,13 +233,13 @@ impl Call {
     /// Runs the request: checks the body, the model and the key's limits, forwards with
     /// failover, and relays the answer. The usage record of a whole answer or an error is
     /// written before this returns; a stream's when it ends.
-    pub async fn run(self, principal: &Principal, body: Bytes) -> Reply {
-        let Call { pipeline, mut draft } = self;
+    pub async fn run(self, body: Bytes) -> Reply {
+        let Call { pipeline, principal, mut draft } = self;
         let mut reservation = None;
         let mut limits = None;
         let mut cost_micros = None;
         let answer = match pipeline
-            .forward(principal, &mut draft, body, &mut reservation, &mut limits)
+            .forward(&principal, &mut draft, body, &mut reservation, &mut limits)
             .await
         {
             Ok(Forwarded::Complete {
@@ -247,18 +256,14 @@ impl Call {
                 } else {
                     Ending::NothingServed
                 };
-                draft.record.server_id = Some(server);
-                draft.record.upstream_latency_ms = Some(millis(upstream));
-                let overhead = draft.started.elapsed().saturating_sub(upstream);
+                let overhead = draft.answered_by(server, upstream);
                 let error = (!status.is_success()).then(|| format!("upstream answered {status}"));
                 let end = End { status: status.as_u16(), error, client_disconnected: false };
                 cost_micros = Some(pipeline.conclude(draft, reservation, ending, end));
                 Answer::Whole { status, content_type, body, overhead }
             }
             Ok(Forwarded::Stream { status, body, upstream, server }) => {
-                draft.record.server_id = Some(server);
-                draft.record.upstream_latency_ms = Some(millis(upstream));
-                let overhead = draft.started.elapsed().saturating_sub(upstream);
+                let overhead = draft.answered_by(server, upstream);
                 let pipeline = pipeline.clone();
                 let body = body.on_end(move |end| {
                     // Whatever was generated is charged, even to a client that left; a client
@@ -278,11 +283,7 @@ impl Call {
                 Answer::Stream { status, body, overhead }
             }
             Err(e) => {
-                let end = End {
-                    status: e.kind.http_status(),
-                    error: Some(e.message.to_string()),
-                    client_disconnected: false,
-                };
+                let end = End::with(&e);
                 cost_micros =
                     Some(pipeline.conclude(draft, reservation, Ending::NothingServed, end));
                 Answer::Error(e)
@@ -393,6 +394,15 @@ impl Draft {
             usage_estimated: false,
         };
         Self { record, endpoint, started, prompt_estimate: 0 }
+    }
+}
+
+impl Draft {
+    /// Notes the server that answered and its time; returns the gateway's own time so far.
+    fn answered_by(&mut self, server: ServerId, upstream: Duration) -> Duration {
+        self.record.server_id = Some(server);
+        self.record.upstream_latency_ms = Some(millis(upstream));
+        self.started.elapsed().saturating_sub(upstream)
     }
 }
 

@@ -260,8 +260,8 @@ impl World {
         };
         let header = format!("Bearer {}", self.key);
         let principal = self.pipeline.authenticate(Some(&header), scope).await.unwrap();
-        let call = self.pipeline.start(&principal, endpoint, RequestId::new(), Instant::now());
-        call.run(&principal, Bytes::from(body.to_owned())).await
+        let call = self.pipeline.start(principal, endpoint, RequestId::new(), Instant::now());
+        call.run(Bytes::from(body.to_owned())).await
     }
 
     async fn chat(&self, body: &str) -> Reply {
@@ -491,13 +491,14 @@ async fn a_body_that_cannot_be_read_is_recorded_against_its_key() {
     let w = world(LimitOverrides::default()).await;
     let header = format!("Bearer {}", w.key);
     let principal = w.pipeline.authenticate(Some(&header), Scope::ChatCompletions).await.unwrap();
+    let key_id = principal.key_id;
     let call =
-        w.pipeline.start(&principal, Endpoint::ChatCompletions, RequestId::new(), Instant::now());
+        w.pipeline.start(principal, Endpoint::ChatCompletions, RequestId::new(), Instant::now());
     let too_large = gateway_core::ApiError::new(ErrorKind::PayloadTooLarge, "too large");
     let reply = call.refuse(too_large);
     assert!(matches!(reply.answer, Answer::Error(ref e) if e.kind == ErrorKind::PayloadTooLarge));
     let r = w.records.only();
-    assert_eq!((r.status_code, r.api_key_id), (413, Some(principal.key_id)));
+    assert_eq!((r.status_code, r.api_key_id), (413, Some(key_id)));
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use gateway_ratelimit::{
     Snapshot, Window,
 };
 
-use crate::RedisConn;
+use crate::{RedisConn, RedisError};
 
 /// The reserve script's answer (see `lua/reserve_v2.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64);
@@ -72,10 +72,6 @@ impl std::fmt::Debug for RedisLimiter {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("redis did not answer within {0:?}")]
-struct Timeout(Duration);
-
-#[derive(Debug, thiserror::Error)]
 #[error("redis lost its quota counters and they could not be restored")]
 struct NotRestored;
 
@@ -123,21 +119,8 @@ impl RedisLimiter {
         CounterKey { prefix: &self.prefix, key, counter }
     }
 
-    async fn with_timeout<T>(
-        &self,
-        fut: impl Future<Output = Result<T, LimitError>>,
-    ) -> Result<T, LimitError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| unavailable(Timeout(self.timeout)))?
-    }
-
     async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimitError> {
-        self.with_timeout(async {
-            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
-            cmd.query_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
-        })
-        .await
+        self.conn.query(cmd, self.timeout).await.map_err(unavailable)
     }
 
     /// Runs a script's `EVALSHA` command (built in place by the caller); a Redis that lost the script (a restart or a
@@ -147,29 +130,29 @@ impl RedisLimiter {
         source: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, LimitError> {
-        let result = self
-            .with_timeout(async {
-                let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
-                match cmd.query_async::<T>(&mut conn).await {
-                    Err(e) if e.kind() == redis::ServerErrorKind::NoScript.into() => {
-                        redis::cmd("SCRIPT")
-                            .arg("LOAD")
-                            .arg(source)
-                            .query_async::<String>(&mut conn)
-                            .await
-                            .map_err(|e| self.broken(e))?;
-                        cmd.query_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
-                    }
-                    other => other.map_err(|e| self.broken(e)),
+        let run = async {
+            let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.kind() == redis::ServerErrorKind::NoScript.into() => {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(source)
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map_err(|e| self.broken(e))?;
+                    cmd.query_async::<T>(&mut conn).await.map_err(|e| self.broken(e))
                 }
-            })
-            .await;
-        if let Err(LimitError::Unavailable(inner)) = &result
-            && inner.is::<Timeout>()
-        {
-            self.conn.reset();
+                other => other.map_err(|e| self.broken(e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A call cut short may leave its answer on the connection: start a new one.
+                self.conn.reset();
+                Err(unavailable(RedisError::Timeout(self.timeout)))
+            }
         }
-        result
     }
 
     /// A failed call: drop the connection if it may be broken, so the next call reconnects.

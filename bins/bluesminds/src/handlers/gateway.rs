@@ -56,9 +56,9 @@ pub async fn forward(
         Endpoint::Embeddings => Scope::Embeddings,
     };
     let principal = app.pipeline.authenticate(authorization(&req), scope).await?;
-    let call = app.pipeline.start(&principal, endpoint, ctx.request_id, ctx.started);
+    let call = app.pipeline.start(principal, endpoint, ctx.request_id, ctx.started);
     let reply = match read_body(app, req).await {
-        Ok(body) => call.run(&principal, body).await,
+        Ok(body) => call.run(body).await,
         Err(e) => call.refuse(e),
     };
     Ok(respond(app, endpoint, reply))

@@ -22,6 +22,7 @@ pub use sea_orm_migration::MigratorTrait;
 mod m20261128_000001_init;
 mod m20261201_000001_usage_estimated;
 mod m20261201_000002_model_prices;
+mod m20261201_000003_billing;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_init::Migration),
             Box::new(m20261201_000001_usage_estimated::Migration),
             Box::new(m20261201_000002_model_prices::Migration),
+            Box::new(m20261201_000003_billing::Migration),
         ]
     }
 }

@@ -9,7 +9,7 @@ use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierCo
 use gateway_balancer::{
     BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
 };
-use gateway_billing::Prices;
+use gateway_billing::{Plans, Prices};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
@@ -19,7 +19,8 @@ use gateway_ratelimit::ResilientLimiter;
 use gateway_redis::RedisConn;
 use gateway_redis::bus::Bus;
 use gateway_store::{
-    SqlAuthStore, SqlPriceStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
+    SqlAuthStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store,
+    StoreConfig,
 };
 use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
@@ -48,6 +49,8 @@ pub struct App {
     pub pipeline: Arc<Pipeline>,
     /// Model prices in memory (reloaded with the pool).
     pub prices: Arc<Prices>,
+    /// Plans in memory (reloaded with the pool).
+    pub plans: Arc<Plans>,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
@@ -125,9 +128,12 @@ impl App {
         };
         let invalidations =
             Arc::new(CacheInvalidations { verifier: verifier.clone(), bus: bus.clone() });
+        let plans = Arc::new(Plans::new(Arc::new(SqlPlanStore::new(store.clone()))));
+        plans.reload().await.context("cannot load the plans")?;
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
-                .with_invalidations(invalidations.clone());
+                .with_invalidations(invalidations.clone())
+                .with_plans(plans.clone());
         let pool = Arc::new(ServerPool::new(BreakerConfig {
             failure_threshold: config.health.failure_threshold,
             cooldown: Duration::from_secs(config.health.cooldown_secs),
@@ -193,6 +199,7 @@ impl App {
                     writer: config.usage.enabled.then(|| usage.clone()),
                 }),
                 prices: prices.clone(),
+                plans: plans.clone(),
             },
             PipelineConfig { rules, max_attempts: p.max_attempts },
         ));
@@ -212,6 +219,7 @@ impl App {
             invalidations,
             pipeline,
             prices,
+            plans,
             resilient,
             usage,
             usage_reader: UsageReader::new(usage_queries),
@@ -245,6 +253,16 @@ impl App {
     /// instance). Servers that stay keep their runtime state.
     pub async fn reload_pool(&self) -> Result<(), ServerStoreError> {
         self.servers.reload().await
+    }
+
+    /// Reloads the plans and the model prices; a failure keeps those known (and is logged).
+    pub async fn reload_billing(&self) {
+        if let Err(e) = self.plans.reload().await {
+            tracing::warn!(error = %e, "could not reload the plans; keeping those known");
+        }
+        if let Err(e) = self.prices.reload().await {
+            tracing::warn!(error = %e, "could not reload the model prices; keeping those known");
+        }
     }
 
     /// The active health checks' settings.

@@ -24,6 +24,11 @@ impl PoolChanged for CacheInvalidations {
 }
 
 impl CacheInvalidations {
+    /// Tells the other instances that plans or prices changed (this one has reloaded them).
+    pub fn billing_changed(&self) {
+        self.publish(Invalidation::Billing);
+    }
+
     /// Publishes in the background: the change is applied here already, and a failure only
     /// delays other instances to the key-cache TTL.
     fn publish(&self, what: Invalidation) {
@@ -48,15 +53,25 @@ impl Invalidations for CacheInvalidations {
     }
 }
 
+/// What to reload when the bus says so.
+pub struct Reloads {
+    pub servers: Arc<dyn Fn() + Send + Sync>,
+    /// Plans and prices.
+    pub billing: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// Applies what the bus says for as long as the process runs. After every (re)subscription
-/// the whole key cache is dropped and the pool reloaded, since messages may have been missed.
-pub async fn listen(bus: Bus, verifier: Arc<KeyVerifier>, on_servers: Arc<dyn Fn() + Send + Sync>) {
+/// the whole key cache is dropped and the pool, plans and prices reloaded, since messages may
+/// have been missed.
+pub async fn listen(bus: Bus, verifier: Arc<KeyVerifier>, reloads: Reloads) {
     bus.listen(move |heard| match heard {
         Heard::Subscribed => {
             verifier.clear();
-            on_servers();
+            (reloads.servers)();
+            (reloads.billing)();
         }
-        Heard::Changed(Invalidation::Servers) => on_servers(),
+        Heard::Changed(Invalidation::Servers) => (reloads.servers)(),
+        Heard::Changed(Invalidation::Billing) => (reloads.billing)(),
         Heard::Changed(Invalidation::Key(id)) => verifier.invalidate_key(id),
         Heard::Changed(Invalidation::User(id)) => verifier.invalidate_user(id),
     })

@@ -25,9 +25,12 @@ pub fn from_auth(request_id: RequestId, e: AuthError) -> ApiError {
             ApiError::new(ErrorKind::Conflict, format!("This {what} is already registered."))
         }
         AuthError::NotFound(what) => ApiError::not_found(what),
-        AuthError::KeyLimit(n) => ApiError::new(
+        AuthError::KeyLimit { plan, max } => ApiError::new(
             ErrorKind::PermissionDenied,
-            format!("Your plan allows at most {n} active API keys."),
+            format!(
+                "Your {plan} plan allows at most {max} active API key{}. Revoke a key or upgrade your plan.",
+                if max == 1 { "" } else { "s" }
+            ),
         ),
         AuthError::InvalidCredentials => {
             ApiError::new(ErrorKind::Unauthenticated, "Invalid email or password.")

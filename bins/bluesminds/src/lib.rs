@@ -42,7 +42,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     }
     if let Some(bus) = app.bus.clone() {
         let for_reload = Arc::downgrade(&app);
-        let on_servers: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let servers: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(app) = for_reload.upgrade() {
                 tokio::spawn(async move {
                     if let Err(e) = app.reload_pool().await {
@@ -51,7 +51,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 });
             }
         });
-        background.spawn(bus::listen(bus, app.verifier.clone(), on_servers));
+        let for_reload = Arc::downgrade(&app);
+        let billing: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(app) = for_reload.upgrade() {
+                tokio::spawn(async move { app.reload_billing().await });
+            }
+        });
+        background.spawn(bus::listen(bus, app.verifier.clone(), bus::Reloads { servers, billing }));
     }
     server::serve(listener, app.clone(), shutdown).await;
     if let Some(limits) = app.pipeline.limits() {
@@ -76,8 +82,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     }
 }
 
-/// Checks every upstream server now and then (and reloads the pool and the prices, so changes
-/// made on another instance arrive even without Redis).
+/// Checks every upstream server now and then (and reloads the pool, the plans and the prices,
+/// so changes made on another instance arrive even without Redis).
 async fn health_checks(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(app.config.health.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,9 +92,7 @@ async fn health_checks(app: Arc<App>) {
         if let Err(e) = app.reload_pool().await {
             tracing::warn!(error = %e, "could not reload the server pool; checking the servers known");
         }
-        if let Err(e) = app.prices.reload().await {
-            tracing::warn!(error = %e, "could not reload the model prices; keeping those known");
-        }
+        app.reload_billing().await;
         app.servers.check(&app.prober, &app.health_config()).await;
     }
 }

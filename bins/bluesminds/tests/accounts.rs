@@ -578,6 +578,8 @@ async fn cookie_requests_from_a_foreign_origin_are_refused() {
     let s = signup_and_login(gw.addr, "csrf@example.com").await;
     let body = json!({"name": "k"}).to_string();
     let cookie = format!("bm_session={}", s.cookie);
+    // Room for the two keys this test creates.
+    support::set_tier(&gw, &cookie, "starter").await;
     let foreign = request_with(
         gw.addr,
         "POST",
@@ -673,6 +675,12 @@ async fn revocation_reaches_a_second_instance_through_redis() {
     let b = Gateway::start(&[], &env).await;
     let s = signup_and_login(a.addr, "multi@example.com").await;
     let (id, key) = create_key(a.addr, &s, json!({"name": "k"})).await;
+    // The Free plan allows one key: a second is refused, naming the plan and its limit.
+    let second = call(a.addr, "POST", "/api/keys", Some(&s.cookie), &json!({"name": "k2"})).await;
+    assert_eq!(second.status, 403, "{:?}", second.body);
+    let message = second.openai_error()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("Free plan allows at most 1 active API key"), "{message}");
+    support::set_tier(&a, &format!("bm_session={}", s.cookie), "starter").await;
     let (id2, key2) = create_key(a.addr, &s, json!({"name": "k2"})).await;
     assert_eq!(with_key(b.addr, "/api/v1/models", &key).await.status, 200, "b caches the key");
     assert_eq!(with_key(b.addr, "/api/v1/models", &key2).await.status, 200);

@@ -192,7 +192,10 @@ async fn charged_today(env: &[(String, String)], key_id: &str) -> Option<u64> {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let day = time::OffsetDateTime::now_utc().date();
     let day = format!("{:04}{:02}{:02}", day.year(), u8::from(day.month()), day.day());
-    let redis_key = format!("{}:rl:v1:{{{key_id}}}:d:{day}", get("BLUESMINDS_REDIS__KEY_PREFIX"));
+    // The key's counters are filed under its owner: `<prefix>:rl:v2:{<user>}:<key>:d:<day>`.
+    let pattern = format!("{}:rl:v2:*:{key_id}:d:{day}", get("BLUESMINDS_REDIS__KEY_PREFIX"));
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+    let redis_key = keys.first()?;
     redis::cmd("GET").arg(redis_key).query_async(&mut conn).await.unwrap()
 }
 

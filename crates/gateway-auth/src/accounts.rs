@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::{
-    ApiKeyId, ApiKeyMeta, Clock, LimitOverrides, Role, Scope, SystemClock, Tier, User, UserId,
-    UserStatus,
+    ApiKeyId, ApiKeyMeta, Clock, DefaultPlans, LimitOverrides, PlanSource, Role, Scope,
+    SystemClock, Tier, User, UserId, UserStatus,
 };
 use time::OffsetDateTime;
 
@@ -186,6 +186,8 @@ pub struct Accounts {
     session_hasher: KeyedHasher,
     config: AccountsConfig,
     invalidations: Arc<dyn Invalidations>,
+    /// The plans: how many keys a user may hold, and the limits a key may not exceed.
+    plans: Arc<dyn PlanSource>,
     throttle: Arc<LoginThrottle>,
     /// A hash checked when the email is unknown, so such logins take as long as wrong passwords.
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
@@ -208,8 +210,16 @@ impl Accounts {
             session_hasher: KeyedHasher::new(session_secret),
             config,
             invalidations: Arc::new(NoInvalidations),
+            plans: Arc::new(DefaultPlans::default()),
             dummy_hash: Arc::default(),
         }
+    }
+
+    /// Reads the plans from `plans` (by default, the seeded ones).
+    #[must_use]
+    pub fn with_plans(mut self, plans: Arc<dyn PlanSource>) -> Self {
+        self.plans = plans;
+        self
     }
 
     #[must_use]
@@ -404,6 +414,25 @@ impl Accounts {
         self.open_session(user_id).await
     }
 
+    /// Sets a user's own spend cap: from 0 to ten times their plan's monthly price, or `None`
+    /// for the plan's price. (An admin sets any cap through [`Accounts::admin_update_user`].)
+    pub async fn set_overage_cap(&self, id: UserId, cap: Option<i64>) -> Result<User, AuthError> {
+        let owner = self.owner(id).await?;
+        let plan = self.plans.plan(owner.tier);
+        let max = plan.price_monthly_micros.saturating_mul(10);
+        if cap.is_some_and(|cap| !(0..=max).contains(&cap)) {
+            return Err(AuthError::invalid(
+                "overage_cap_micros",
+                format!("must be from 0 to {max} (ten times the {} plan's price)", plan.name),
+            ));
+        }
+        let update =
+            AdminUserUpdate { overage_cap_micros: Some(cap), ..AdminUserUpdate::default() };
+        let user = self.stores.users.update_admin_fields(id, update).await?;
+        self.invalidations.user_changed(id);
+        Ok(user)
+    }
+
     /// Changes role, tier or status (admins only, checked by the caller's role). Suspension
     /// ends the user's sessions, and every change reaches the key caches.
     pub async fn admin_update_user(
@@ -411,6 +440,9 @@ impl Accounts {
         id: UserId,
         update: AdminUserUpdate,
     ) -> Result<User, AuthError> {
+        if update.overage_cap_micros.flatten().is_some_and(|c| c < 0) {
+            return Err(AuthError::invalid("overage_cap_micros", "must not be negative"));
+        }
         let suspend = update.status == Some(UserStatus::Suspended);
         let user = self.stores.users.update_admin_fields(id, update).await?;
         if suspend {
@@ -432,9 +464,9 @@ impl Accounts {
             .user)
     }
 
-    /// Checks limit overrides: positive, and for non-admins at most the tier's value.
-    fn check_overrides(owner: &User, o: &LimitOverrides) -> Result<(), AuthError> {
-        let tier = owner.tier.limits();
+    /// Checks limit overrides: positive, and for non-admins at most the plan's value.
+    fn check_overrides(&self, owner: &User, o: &LimitOverrides) -> Result<(), AuthError> {
+        let tier = self.plans.plan(owner.tier).limits;
         for (field, value, cap) in [
             ("rate_limit_rpm", o.rate_limit_rpm, tier.rpm),
             ("rate_limit_tpm", o.rate_limit_tpm, tier.tpm),
@@ -451,6 +483,15 @@ impl Accounts {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses one more active key when the owner's plan's limit is reached.
+    async fn check_key_count(&self, owner: &User) -> Result<(), AuthError> {
+        let plan = self.plans.plan(owner.tier);
+        if self.stores.keys.count_active_keys(owner.id).await? >= plan.max_api_keys {
+            return Err(AuthError::KeyLimit { plan: plan.name.clone(), max: plan.max_api_keys });
         }
         Ok(())
     }
@@ -484,15 +525,14 @@ impl Accounts {
             .map_err(|e| AuthError::Hashing(Box::new(e)))
     }
 
-    /// Issues a new key for `user_id`, enforcing the tier's key count and limits.
+    /// Issues a new key for `user_id`, enforcing the plan's key count and limits.
     pub async fn create_key(&self, user_id: UserId, new: NewKey) -> Result<IssuedKey, AuthError> {
         let name = validate_key_name(&new.name)?;
         self.check_key_fields(&new.scopes, new.allowed_models.as_ref(), new.expires_at)?;
         let owner = self.owner(user_id).await?;
-        Self::check_overrides(&owner, &new.overrides)?;
-        let max = owner.tier.max_api_keys();
-        if owner.role != Role::Admin && self.stores.keys.count_active_keys(user_id).await? >= max {
-            return Err(AuthError::KeyLimit(max));
+        self.check_overrides(&owner, &new.overrides)?;
+        if owner.role != Role::Admin {
+            self.check_key_count(&owner).await?;
         }
         let generated = apikey::generate()?;
         let key_hash = self.hash_secret(generated.secret.clone()).await?;
@@ -553,12 +593,9 @@ impl Accounts {
             update.expires_at.flatten(),
         )?;
         let owner = self.owner(user_id).await?;
-        Self::check_overrides(&owner, &preview.overrides)?;
+        self.check_overrides(&owner, &preview.overrides)?;
         if reactivates && owner.role != Role::Admin {
-            let max = owner.tier.max_api_keys();
-            if self.stores.keys.count_active_keys(user_id).await? >= max {
-                return Err(AuthError::KeyLimit(max));
-            }
+            self.check_key_count(&owner).await?;
         }
         let meta = self
             .stores
@@ -710,13 +747,16 @@ mod tests {
             a.create_key(user.id, too_high.clone()).await,
             Err(AuthError::Invalid { field: "rate_limit_rpm", .. })
         ));
-        for i in 0..Tier::Free.max_api_keys() {
+        for i in 0..Tier::Free.default_plan().max_api_keys {
             a.create_key(user.id, NewKey::named(format!("k{i}"), vec![Scope::Models]))
                 .await
                 .unwrap();
         }
         let err = a.create_key(user.id, NewKey::named("one more", vec![Scope::Models])).await;
-        assert!(matches!(err, Err(AuthError::KeyLimit(2))));
+        assert!(
+            matches!(&err, Err(AuthError::KeyLimit { plan, max: 1 }) if plan == "Free"),
+            "{err:?}"
+        );
 
         let admin = a.create_or_promote_admin("root@example.com", "password-1").await.unwrap();
         let key = a.create_key(admin.id, too_high).await.unwrap();

@@ -61,13 +61,21 @@ pub async fn user_store_contract(store: &dyn UserStore) {
     let same = store.update_profile(user.id, ProfileUpdate::default()).await.unwrap();
     assert_eq!(same.company_name.as_deref(), Some("Acme"), "absent fields are left alone");
 
-    let update =
-        AdminUserUpdate { status: Some(UserStatus::Suspended), tier: Some(Tier::Pro), role: None };
+    let update = AdminUserUpdate {
+        status: Some(UserStatus::Suspended),
+        tier: Some(Tier::Pro),
+        overage_cap_micros: Some(Some(5_000_000)),
+        ..AdminUserUpdate::default()
+    };
     let admin_changed = store.update_admin_fields(user.id, update).await.unwrap();
     assert_eq!(
         (admin_changed.status, admin_changed.tier, admin_changed.role),
         (UserStatus::Suspended, Tier::Pro, Role::Admin)
     );
+    assert_eq!(admin_changed.overage_cap_micros, Some(5_000_000));
+    let cleared = AdminUserUpdate { overage_cap_micros: Some(None), ..AdminUserUpdate::default() };
+    let admin_changed = store.update_admin_fields(user.id, cleared).await.unwrap();
+    assert_eq!(admin_changed.overage_cap_micros, None, "back to the plan's price");
     let reread = store.find_user_by_id(user.id).await.unwrap().unwrap().user;
     assert_eq!(reread, admin_changed);
     assert!(matches!(

@@ -24,9 +24,9 @@ pub enum AuthError {
     /// Too many failed logins; retry after this many seconds.
     #[error("too many failed logins")]
     Throttled { retry_after_secs: u64 },
-    /// The tier's key limit is reached.
-    #[error("key limit of {0} reached for this tier")]
-    KeyLimit(u32),
+    /// The plan's key limit is reached.
+    #[error("the {plan} plan's limit of {max} API keys is reached")]
+    KeyLimit { plan: String, max: u32 },
     /// The persistence adapter failed.
     #[error("auth store failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),

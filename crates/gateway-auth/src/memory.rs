@@ -58,6 +58,8 @@ impl UserStore for InMemoryAuthStore {
             tier: new.tier,
             status: UserStatus::Active,
             credits_micros: 0,
+            overage_cap_micros: None,
+            past_due_after: None,
             created_at: OffsetDateTime::now_utc(),
         };
         inner
@@ -114,6 +116,8 @@ impl UserStore for InMemoryAuthStore {
         rec.user.role = update.role.unwrap_or(rec.user.role);
         rec.user.tier = update.tier.unwrap_or(rec.user.tier);
         rec.user.status = update.status.unwrap_or(rec.user.status);
+        rec.user.overage_cap_micros =
+            update.overage_cap_micros.unwrap_or(rec.user.overage_cap_micros);
         Ok(rec.user.clone())
     }
 }

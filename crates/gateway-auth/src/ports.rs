@@ -61,6 +61,8 @@ pub struct AdminUserUpdate {
     pub role: Option<Role>,
     pub tier: Option<Tier>,
     pub status: Option<UserStatus>,
+    /// The user's spend cap in micro-dollars; `Some(None)` returns to the plan's price.
+    pub overage_cap_micros: Option<Option<i64>>,
 }
 
 /// Changes to a key; `None` leaves a field as it is, `Some(None)` clears an optional one.

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gateway_core::{ApiKeyId, Clock, Limits, Role, Scope, Tier, UserId, UserStatus};
+use gateway_core::{
+    ApiKeyId, Clock, LimitOverrides, Limits, Plan, Role, Scope, Tier, UserId, UserStatus,
+};
 use time::OffsetDateTime;
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -31,8 +33,12 @@ pub struct Principal {
     pub role: Role,
     pub tier: Tier,
     pub scopes: Vec<Scope>,
-    /// The tier's limits with the key's overrides applied.
-    pub limits: Limits,
+    /// The key's own limits, applied over its plan's (see [`Principal::limits`]).
+    pub overrides: LimitOverrides,
+    /// The owner's spend cap (`None`: the plan's monthly price).
+    pub overage_cap_micros: Option<i64>,
+    /// From this moment the owner is past due and gets the free tier's limits.
+    pub past_due_after: Option<OffsetDateTime>,
     /// `None`: every model.
     pub allowed_models: Option<Vec<String>>,
     last_used_ms: AtomicI64,
@@ -46,6 +52,17 @@ impl Principal {
 
     pub fn may_use_model(&self, model: &str) -> bool {
         self.allowed_models.as_ref().is_none_or(|m| m.iter().any(|a| a == model))
+    }
+
+    /// The key's limits under `plan`: the plan's, lowered by the key's overrides (an admin's
+    /// key may also raise them).
+    pub fn limits(&self, plan: &Plan) -> Limits {
+        plan.limits.with_overrides(&self.overrides, self.role == Role::Admin)
+    }
+
+    /// Whether the owner is past due at `now`: an invoice stayed open past its grace period.
+    pub fn is_past_due(&self, now: OffsetDateTime) -> bool {
+        self.past_due_after.is_some_and(|t| t <= now)
     }
 }
 
@@ -311,7 +328,9 @@ impl KeyVerifier {
             role: owner.role,
             tier: owner.tier,
             scopes: meta.scopes.clone(),
-            limits: owner.tier.limits().with_overrides(&meta.overrides, owner.role == Role::Admin),
+            overrides: meta.overrides,
+            overage_cap_micros: owner.overage_cap_micros,
+            past_due_after: owner.past_due_after,
             allowed_models: meta.allowed_models.clone(),
             last_used_ms: AtomicI64::new(now_ms),
             flushed_ms: AtomicI64::new(0),
@@ -521,6 +540,9 @@ mod tests {
             VerifierConfig { bcrypt_cost: 4, ..VerifierConfig::default() },
         );
         let user = accounts.signup("v@example.com", "password-1", None).await.unwrap().id;
+        // A plan with room for several keys.
+        let starter = crate::AdminUserUpdate { tier: Some(Tier::Starter), ..Default::default() };
+        accounts.admin_update_user(user, starter).await.unwrap();
         Fixture { accounts, verifier, clock, user }
     }
 
@@ -532,9 +554,10 @@ mod tests {
         new.overrides.rate_limit_rpm = Some(5);
         let issued = f.accounts.create_key(f.user, new).await.unwrap();
         let p = f.verifier.verify_header(Some(&format!("Bearer {}", issued.key))).await.unwrap();
-        assert_eq!((p.user_id, p.key_id, p.tier), (f.user, issued.meta.id, Tier::Free));
-        assert_eq!(p.limits.rpm, 5);
-        assert_eq!(p.limits.tpm, Tier::Free.limits().tpm);
+        assert_eq!((p.user_id, p.key_id, p.tier), (f.user, issued.meta.id, Tier::Starter));
+        let limits = p.limits(&Tier::Starter.default_plan());
+        assert_eq!(limits.rpm, 5);
+        assert_eq!(limits.tpm, Tier::Starter.limits().tpm);
         assert!(p.has_scope(Scope::ChatCompletions) && !p.has_scope(Scope::Embeddings));
         assert!(p.may_use_model("gpt-4") && !p.may_use_model("gpt-3.5-turbo"));
         assert_eq!(f.verifier.cached_entries(), 1);

@@ -18,9 +18,17 @@
 //! assert_eq!(book.cost("gpt-4", time::OffsetDateTime::now_utc(), t), 60_000);
 //! ```
 
+pub mod invoice;
+pub mod ledger;
 pub mod litellm;
+pub mod money;
+pub mod plans;
 pub mod price;
 pub mod prices;
 
+pub use plans::{
+    Ceiling, CeilingKind, InMemoryPlanStore, InvalidPlan, PlanStore, PlanStoreError, PlanUpdate,
+    Plans, UNLIMITED_TOKENS, UpdatePlanError, monthly_ceiling,
+};
 pub use price::{DEFAULT_PRICE, ModelPrice, Price, PriceBook, SEED_PRICES, Tokens, cost_micros};
 pub use prices::{ImportReport, InMemoryPriceStore, PriceStore, PriceStoreError, Prices};

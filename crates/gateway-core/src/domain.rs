@@ -62,7 +62,7 @@ string_enum!(
     UserStatus, "status" { Active => "active", Suspended => "suspended" }
 );
 string_enum!(
-    /// Subscription tier; decides default limits and how many keys a user may hold.
+    /// Subscription tier: which [`Plan`](crate::Plan) applies to a user.
     Tier, "tier" { Free => "free", Starter => "starter", Pro => "pro", Enterprise => "enterprise" }
 );
 string_enum!(
@@ -138,26 +138,6 @@ impl Tier {
         }
     }
 
-    /// How many API keys a user of this tier may hold.
-    pub const fn max_api_keys(self) -> u32 {
-        match self {
-            Tier::Free => 2,
-            Tier::Starter => 5,
-            Tier::Pro => 20,
-            Tier::Enterprise => 100,
-        }
-    }
-
-    /// Monthly subscription price in micro-dollars.
-    pub const fn price_monthly_micros(self) -> i64 {
-        match self {
-            Tier::Free => 0,
-            Tier::Starter => 19_000_000,
-            Tier::Pro => 99_000_000,
-            Tier::Enterprise => 499_000_000,
-        }
-    }
-
     pub const fn display_name(self) -> &'static str {
         match self {
             Tier::Free => "Free",
@@ -178,8 +158,15 @@ pub struct User {
     pub role: Role,
     pub tier: Tier,
     pub status: UserStatus,
-    /// Prepaid credit balance in micro-dollars.
+    /// Prepaid credit balance in micro-dollars (the sum of the user's credit ledger).
     pub credits_micros: i64,
+    /// Most overage a paid plan may run up in a month, in micro-dollars; `None`: the plan's
+    /// monthly price.
+    pub overage_cap_micros: Option<i64>,
+    /// From this moment the account is past due (its oldest open invoice's grace period
+    /// ends) and gets free-tier limits; `None` while no invoice is open.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub past_due_after: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }

@@ -66,6 +66,14 @@ uuid_id!(
     ServerId
 );
 uuid_id!(
+    /// A monthly invoice.
+    InvoiceId
+);
+uuid_id!(
+    /// One entry of a user's credits ledger.
+    LedgerEntryId
+);
+uuid_id!(
     /// One gateway request. Time-ordered, so it doubles as a sort key for usage logs, and it is
     /// the idempotency key of the usage record.
     RequestId

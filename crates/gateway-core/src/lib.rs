@@ -21,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod id;
 pub mod openai;
+pub mod plan;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use domain::{
@@ -28,4 +29,5 @@ pub use domain::{
     UnknownVariant, UpstreamServer, Usage, User, UserStatus,
 };
 pub use error::{ApiError, ErrorKind, error_chain};
-pub use id::{ApiKeyId, RequestId, ServerId, UserId};
+pub use id::{ApiKeyId, InvoiceId, LedgerEntryId, RequestId, ServerId, UserId};
+pub use plan::{DefaultPlans, Plan, PlanSource};

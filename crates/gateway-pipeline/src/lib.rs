@@ -29,7 +29,7 @@ mod ports;
 
 pub use charge::{Charge, Ending, charge};
 pub use forward::{ForwardRequest, Forwarded, Forwarder};
-pub use limits::Limiting;
+pub use limits::{Limiting, Standing};
 pub use pipeline::{Answer, Call, Pipeline, PipelineConfig, Ports, Reply};
 #[cfg(any(test, feature = "test-util"))]
 pub use ports::MockKeyCheck;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gateway_core::{ApiError, ApiKeyId, ErrorKind, Limits};
-use gateway_ratelimit::{Decision, RateLimiter, Reservation, Snapshot, Window};
+use gateway_billing::money::{thousands, usd};
+use gateway_billing::{Ceiling, CeilingKind};
+use gateway_core::{ApiError, ErrorKind, Limits, Plan};
+use gateway_ratelimit::{Decision, RateLimiter, Reservation, Snapshot, Subject, Window};
 use tokio::sync::{Notify, mpsc};
 
 /// The limiter as the pipeline uses it.
@@ -49,18 +51,20 @@ impl Limiting {
         }
     }
 
-    /// Reserves one request and `tokens` for the key; a refusal is the error to answer with.
+    /// Reserves one request and `tokens` for the key and its user; a refusal is the error to
+    /// answer with, which `standing` explains.
     pub async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
+        standing: &Standing,
         tokens: u64,
     ) -> Result<(Reservation, Snapshot), (ApiError, Option<Snapshot>)> {
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        match self.limiter.reserve(key, limits, tokens, now_ms).await {
+        match self.limiter.reserve(who, tokens, now_ms).await {
             Ok(Decision::Allowed { reservation, snapshot }) => Ok((reservation, snapshot)),
             Ok(Decision::Refused { window, retry_after_secs, snapshot }) => {
-                Err((refusal(window, limits, tokens, retry_after_secs), Some(snapshot)))
+                let err = refusal(window, &who.limits, standing, tokens, retry_after_secs);
+                Err((err, Some(snapshot)))
             }
             Err(e) => {
                 tracing::error!(error = %e, "rate limits cannot be checked; refusing (fail closed)");
@@ -142,9 +146,26 @@ async fn settle_queued(
     }
 }
 
+/// The user's billing standing, which explains a refusal by the monthly ceiling.
+#[derive(Clone, Debug)]
+pub struct Standing {
+    /// The plan whose limits apply (the free plan while past due).
+    pub plan: Arc<Plan>,
+    pub ceiling: Ceiling,
+    /// An invoice stayed open past its grace period.
+    pub past_due: bool,
+}
+
 /// OpenAI's 429 for the window that refused.
-fn refusal(window: Window, limits: &Limits, requested: u64, retry_after: u64) -> ApiError {
-    let message = match window {
+fn refusal(
+    window: Window,
+    limits: &Limits,
+    standing: &Standing,
+    requested: u64,
+    retry_after: u64,
+) -> ApiError {
+    let plan = &standing.plan;
+    let mut message = match window {
         Window::RequestsPerMinute => format!(
             "Rate limit reached for requests per minute (RPM): limit {}. Please try again in {retry_after}s.",
             limits.rpm
@@ -161,7 +182,30 @@ fn refusal(window: Window, limits: &Limits, requested: u64, retry_after: u64) ->
             "You exceeded your monthly token quota ({} tokens; this request needs about {requested}). It resets on the first of the month (UTC), in {retry_after}s.",
             limits.monthly_tokens
         ),
+        Window::UserMonth => match standing.ceiling.kind {
+            CeilingKind::SpendCap { cap_micros } => format!(
+                "Your monthly spend cap of {} is reached: your {} plan's {} included tokens and the overage the cap allows are used up (this request needs about {requested} tokens). It resets on the first of the month (UTC), in {retry_after}s. Raise your spend cap in your billing settings to continue now.",
+                usd(cap_micros),
+                plan.name,
+                thousands(plan.included_tokens),
+            ),
+            CeilingKind::Included if plan.overage_micros_per_1k.is_some() => format!(
+                "You have used the {} tokens your {} plan includes this month, and your spend cap of $0.00 allows no overage (this request needs about {requested} tokens). It resets on the first of the month (UTC), in {retry_after}s. Raise your spend cap in your billing settings to continue now.",
+                thousands(plan.included_tokens),
+                plan.name,
+            ),
+            CeilingKind::Included | CeilingKind::Unlimited => format!(
+                "You have used the {} tokens your {} plan includes this month (this request needs about {requested}). They renew on the first of the month (UTC), in {retry_after}s. Upgrade your plan to continue now.",
+                thousands(standing.ceiling.tokens),
+                plan.name,
+            ),
+        },
     };
+    if standing.past_due {
+        message = format!(
+            "Your account is past due: an invoice stayed unpaid past its grace period, so the Free plan's limits apply until it is paid. {message}"
+        );
+    }
     let kind = if window.is_quota() { ErrorKind::QuotaExceeded } else { ErrorKind::RateLimited };
     ApiError::new(kind, message).with_retry_after(retry_after)
 }

@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gateway_auth::Principal;
 use gateway_balancer::ServerPool;
-use gateway_billing::{Prices, Tokens};
-use gateway_core::{ApiError, ErrorKind, RequestId, Scope, ServerId};
+use gateway_billing::{Ceiling, CeilingKind, Prices, Tokens, UNLIMITED_TOKENS, monthly_ceiling};
+use gateway_core::{ApiError, ErrorKind, PlanSource, RequestId, Role, Scope, ServerId, Tier};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, printable};
-use gateway_ratelimit::{Reservation, Snapshot};
+use gateway_ratelimit::{Reservation, Snapshot, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
 use http::{HeaderValue, StatusCode};
 
 use crate::charge::{Ending, charge};
 use crate::forward::{ForwardRequest, Forwarded, Forwarder};
-use crate::limits::Limiting;
+use crate::limits::{Limiting, Standing};
 use crate::ports::{KeyCheck, from_verify};
 
 /// What the pipeline is built from: every port it calls.
@@ -35,6 +35,8 @@ pub struct Ports {
     pub usage: Arc<dyn UsageSink>,
     /// Model prices, read from memory: the cost of every request.
     pub prices: Arc<Prices>,
+    /// The plans, read from memory: every key's limits and every user's monthly ceiling.
+    pub plans: Arc<dyn PlanSource>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -60,6 +62,7 @@ pub struct Pipeline {
     limits: Option<Limiting>,
     usage: Arc<dyn UsageSink>,
     prices: Arc<Prices>,
+    plans: Arc<dyn PlanSource>,
     rules: RequestRules,
     rate_limited: AtomicU64,
 }
@@ -111,6 +114,7 @@ impl Pipeline {
             limits: ports.limits,
             usage: ports.usage,
             prices: ports.prices,
+            plans: ports.plans,
             rules: config.rules,
             rate_limited: AtomicU64::new(0),
         }
@@ -321,7 +325,8 @@ impl Pipeline {
         if let Some(limits) = &self.limits {
             let completes = endpoint == Endpoint::ChatCompletions;
             let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
-            match limits.reserve(principal.key_id, &principal.limits, estimate).await {
+            let (who, standing) = self.standing(principal, draft.record.created_at);
+            match limits.reserve(&who, &standing, estimate).await {
                 Ok((r, s)) => {
                     *reservation = Some(r);
                     *snapshot = Some(s);
@@ -349,6 +354,27 @@ impl Pipeline {
                 request_id: &request_id,
             })
             .await
+    }
+}
+
+impl Pipeline {
+    /// What limits the principal's request at `now`: its plan (the free plan while the owner
+    /// is past due), the key's limits under it and the owner's monthly ceiling. From memory.
+    fn standing(&self, principal: &Principal, now: time::OffsetDateTime) -> (Subject, Standing) {
+        let past_due = principal.is_past_due(now);
+        let plan = self.plans.plan(if past_due { Tier::Free } else { principal.tier });
+        let mut ceiling = monthly_ceiling(&plan, principal.overage_cap_micros);
+        if principal.role == Role::Admin {
+            // Operators run the gateway; their own keys are not billed against a ceiling.
+            ceiling = Ceiling { tokens: UNLIMITED_TOKENS, kind: CeilingKind::Unlimited };
+        }
+        let who = Subject {
+            key: principal.key_id,
+            user: principal.user_id,
+            limits: principal.limits(&plan),
+            ceiling: ceiling.tokens,
+        };
+        (who, Standing { plan, ceiling, past_due })
     }
 }
 

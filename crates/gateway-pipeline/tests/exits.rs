@@ -17,13 +17,13 @@ use gateway_auth::{
 use gateway_balancer::{BreakerConfig, ServerPool};
 use gateway_billing::{DEFAULT_PRICE, InMemoryPriceStore, Price, Prices, SEED_PRICES};
 use gateway_core::{
-    ApiKeyId, ErrorKind, HealthStatus, LimitOverrides, Limits, RequestId, Scope, ServerId,
-    SystemClock, UpstreamServer,
+    DefaultPlans, ErrorKind, HealthStatus, LimitOverrides, RequestId, Scope, ServerId, SystemClock,
+    UpstreamServer,
 };
 use gateway_pipeline::{Answer, Limiting, MockKeyCheck, Pipeline, PipelineConfig, Ports, Reply};
 use gateway_proxy::client::{ClientConfig, Upstream, UpstreamBody, UpstreamError};
 use gateway_proxy::request::Endpoint;
-use gateway_ratelimit::{Decision, InMemoryLimiter, LimitError, RateLimiter, Reservation};
+use gateway_ratelimit::{Decision, InMemoryLimiter, LimitError, RateLimiter, Reservation, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
 use http::{Response, StatusCode};
 use http_body::Frame;
@@ -164,12 +164,11 @@ struct SettleLog {
 impl RateLimiter for SettleLog {
     async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
-        self.inner.reserve(key, limits, tokens, now_ms).await
+        self.inner.reserve(who, tokens, now_ms).await
     }
 
     async fn settle(&self, reservation: &Reservation, actual: u64) -> Result<(), LimitError> {
@@ -246,6 +245,7 @@ async fn world(overrides: LimitOverrides) -> World {
             limits: Some(Limiting::new(limiter.clone(), DEFAULT_COMPLETION)),
             usage: records.clone(),
             prices: prices.clone(),
+            plans: Arc::new(DefaultPlans::default()),
         },
         PipelineConfig { max_attempts: 2, ..PipelineConfig::default() },
     ));
@@ -536,6 +536,7 @@ async fn a_verifier_that_cannot_reach_its_store_answers_503_with_retry_after() {
             limits: None,
             usage: records.clone(),
             prices: Arc::new(Prices::new(Arc::new(InMemoryPriceStore::default()), DEFAULT_PRICE)),
+            plans: Arc::new(DefaultPlans::default()),
         },
         PipelineConfig::default(),
     );

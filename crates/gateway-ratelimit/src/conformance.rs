@@ -8,14 +8,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
 
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::{ApiKeyId, Limits, UserId};
 
-use crate::{Decision, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Window};
+use crate::{
+    Decision, Holder, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Subject, Window,
+};
 
 const T0: i64 = 1_800_000_000_000; // a whole second, mid-month
 
 fn limits(rpm: u64, tpm: u64, daily: u64, monthly: u64) -> Limits {
     Limits { rpm, tpm, daily_tokens: daily, monthly_tokens: monthly }
+}
+
+/// A key of its own user, whose monthly ceiling is out of the way.
+fn alone(key: ApiKeyId, lim: &Limits) -> Subject {
+    Subject { key, user: UserId::from(key.as_uuid()), limits: *lim, ceiling: u64::MAX / 4 }
 }
 
 async fn allowed(
@@ -25,7 +32,11 @@ async fn allowed(
     tokens: u64,
     now: i64,
 ) -> Reservation {
-    match l.reserve(key, lim, tokens, now).await.unwrap() {
+    allowed_as(l, &alone(key, lim), tokens, now).await
+}
+
+async fn allowed_as(l: &dyn RateLimiter, who: &Subject, tokens: u64, now: i64) -> Reservation {
+    match l.reserve(who, tokens, now).await.unwrap() {
         Decision::Allowed { reservation, .. } => reservation,
         other @ Decision::Refused { .. } => panic!("expected to be allowed, got {other:?}"),
     }
@@ -38,7 +49,11 @@ async fn refused(
     tokens: u64,
     now: i64,
 ) -> (Window, u64) {
-    match l.reserve(key, lim, tokens, now).await.unwrap() {
+    refused_as(l, &alone(key, lim), tokens, now).await
+}
+
+async fn refused_as(l: &dyn RateLimiter, who: &Subject, tokens: u64, now: i64) -> (Window, u64) {
+    match l.reserve(who, tokens, now).await.unwrap() {
         Decision::Refused { window, retry_after_secs, .. } => (window, retry_after_secs),
         other @ Decision::Allowed { .. } => panic!("expected a refusal, got {other:?}"),
     }
@@ -118,60 +133,118 @@ pub async fn limiter_contract(l: &dyn RateLimiter) {
     allowed(l, a, &lim, 1, T0).await;
     allowed(l, b, &lim, 1, T0).await;
     refused(l, a, &lim, 1, T0).await;
+
+    // A user's keys share the monthly ceiling: what one key used, another cannot; a refusal
+    // changes nothing; a settlement moves the ceiling too; a new month starts from zero.
+    let user = UserId::new();
+    let lim = limits(100, 1_000_000, 1_000_000, 1_000_000);
+    let one = Subject { key: ApiKeyId::new(), user, limits: lim, ceiling: 1000 };
+    let two = Subject { key: ApiKeyId::new(), ..one };
+    let r = allowed_as(l, &one, 700, T0).await;
+    assert_eq!(r.user, user);
+    let (window, retry) = refused_as(l, &two, 400, T0).await;
+    assert_eq!(window, Window::UserMonth);
+    assert!(window.is_quota());
+    assert!(retry > 86_400, "the ceiling resets when the month turns: {retry}");
+    allowed_as(l, &two, 300, T0).await;
+    refused_as(l, &one, 1, T0 + 1000).await;
+    l.settle(&r, 500).await.unwrap();
+    allowed_as(l, &two, 200, T0 + 2000).await;
+    refused_as(l, &two, 1, T0 + 3000).await;
+    let month_end = time::macros::datetime!(2027-06-30 23:59:00 UTC).unix_timestamp() * 1000;
+    let three = Subject { key: ApiKeyId::new(), user: UserId::new(), ..one };
+    allowed_as(l, &three, 1000, month_end).await;
+    assert_eq!(refused_as(l, &three, 1, month_end + 1000).await, (Window::UserMonth, 59));
+    allowed_as(l, &three, 1000, month_end + 120_000).await;
 }
 
-/// The contract of every [`QuotaStore`]; `a` and `b` are keys the store accepts (a database
-/// store needs them to exist).
-pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId) {
+/// The contract of every [`QuotaStore`]; `a` and `b` are keys of `user` the store accepts (a
+/// database store needs them to exist).
+pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, user: UserId) {
     let day = time::macros::date!(2026 - 11 - 28);
     let month = time::macros::date!(2026 - 11 - 01);
     let lim = limits(1, 1, 1000, 1500);
     let used = |rows: &[QuotaUsage], key: ApiKeyId, period: Period| {
-        rows.iter().find(|r| r.key == key && r.period == period).map(|r| r.used)
+        rows.iter()
+            .find(|r| r.holder == Holder::Key { key, user } && r.period == period)
+            .map(|r| r.used)
     };
+    let user_used = |rows: &[QuotaUsage]| {
+        rows.iter().find(|r| r.holder == Holder::User(user)).map(|r| (r.period, r.start, r.used))
+    };
+    let sa = Subject { key: a, user, limits: lim, ceiling: 1_000_000 };
 
     // Conditional: within both limits it counts; beyond either, nothing changes.
-    assert_eq!(s.try_consume(a, day, month, 600, &lim).await.unwrap(), None);
-    assert_eq!(s.try_consume(a, day, month, 500, &lim).await.unwrap(), Some(Window::TokensPerDay));
-    assert_eq!(s.try_consume(a, day, month, 400, &lim).await.unwrap(), None);
+    assert_eq!(s.try_consume(&sa, day, month, 600).await.unwrap(), None);
+    assert_eq!(s.try_consume(&sa, day, month, 500).await.unwrap(), Some(Window::TokensPerDay));
+    assert_eq!(s.try_consume(&sa, day, month, 400).await.unwrap(), None);
     let rows = s.current(day, month).await.unwrap();
     assert_eq!(used(&rows, a, Period::Day), Some(1000));
     assert_eq!(used(&rows, a, Period::Month), Some(1000));
+    assert_eq!(user_used(&rows), Some((Period::Month, month, 1000)));
     let next_day = day.next_day().unwrap();
     assert_eq!(
-        s.try_consume(a, next_day, month, 600, &lim).await.unwrap(),
+        s.try_consume(&sa, next_day, month, 600).await.unwrap(),
         Some(Window::TokensPerMonth)
     );
-    assert_eq!(s.try_consume(a, next_day, month, 500, &lim).await.unwrap(), None);
+    assert_eq!(s.try_consume(&sa, next_day, month, 500).await.unwrap(), None);
 
-    // Adjustments refund or charge both counters, never below zero.
-    s.adjust(a, day, month, -300).await.unwrap();
-    s.adjust(a, next_day, month, -10_000).await.unwrap();
+    // Adjustments refund or charge every counter, never below zero.
+    s.adjust(a, user, day, month, -300).await.unwrap();
+    s.adjust(a, user, next_day, month, -10_000).await.unwrap();
     let rows = s.current(day, month).await.unwrap();
     assert_eq!(used(&rows, a, Period::Day), Some(700));
     assert_eq!(used(&rows, a, Period::Month), Some(0));
-    assert_eq!(rows.iter().filter(|r| r.key == a).count(), 2, "other days are not listed");
+    assert_eq!(user_used(&rows), Some((Period::Month, month, 0)));
+    let holders = [Holder::Key { key: a, user }, Holder::User(user)];
+    let listed = rows.iter().filter(|r| holders.contains(&r.holder)).count();
+    assert_eq!(listed, 3, "other days are not listed");
+
+    // The user's ceiling counts every key of the user.
+    let sb = Subject { key: b, ceiling: 900, ..sa };
+    let other_day = next_day.next_day().unwrap();
+    assert_eq!(s.try_consume(&sa, other_day, month, 800).await.unwrap(), None);
+    assert_eq!(s.try_consume(&sb, other_day, month, 101).await.unwrap(), Some(Window::UserMonth));
+    assert_eq!(s.try_consume(&sb, other_day, month, 100).await.unwrap(), None);
+    s.adjust(a, user, other_day, month, -800).await.unwrap();
+    s.adjust(b, user, other_day, month, -100).await.unwrap();
 
     // Saving overwrites (the mirror of Redis).
     let saved = [
-        QuotaUsage { key: b, period: Period::Day, start: day, used: 42 },
-        QuotaUsage { key: b, period: Period::Month, start: month, used: 420 },
+        QuotaUsage {
+            holder: Holder::Key { key: b, user },
+            period: Period::Day,
+            start: day,
+            used: 42,
+        },
+        QuotaUsage {
+            holder: Holder::Key { key: b, user },
+            period: Period::Month,
+            start: month,
+            used: 420,
+        },
+        QuotaUsage { holder: Holder::User(user), period: Period::Month, start: month, used: 4200 },
     ];
     s.save(&saved).await.unwrap();
     s.save(&saved[..1]).await.unwrap();
     let rows = s.current(day, month).await.unwrap();
     assert_eq!(used(&rows, b, Period::Day), Some(42));
     assert_eq!(used(&rows, b, Period::Month), Some(420));
+    assert_eq!(user_used(&rows), Some((Period::Month, month, 4200)));
+    s.save(&[QuotaUsage { used: 0, ..saved[2].clone() }]).await.unwrap();
 
-    // Exact under contention: 40 concurrent requests of 10 tokens on 100 left admit 10.
-    let other_day = next_day.next_day().unwrap();
-    let lim = limits(1, 1, 100, 1_000_000);
-    let results = futures_util::future::join_all(
-        (0..40).map(|_| s.try_consume(b, other_day, month, 10, &lim)),
-    )
-    .await;
-    let admitted = results.into_iter().filter(|r| matches!(r, Ok(None))).count();
-    assert_eq!(admitted, 10);
+    // Exact under contention: 40 concurrent requests of 10 tokens on 100 left admit 10, by
+    // the key's daily quota and by the user's ceiling.
+    let third_day = other_day.next_day().unwrap();
+    let day_limited = Subject { limits: limits(1, 1, 100, 1_000_000), ..sb };
+    let ceiling_limited = Subject { ceiling: 200, ..sa };
+    for (who, day) in [(day_limited, third_day), (ceiling_limited, third_day.next_day().unwrap())] {
+        let results =
+            futures_util::future::join_all((0..40).map(|_| s.try_consume(&who, day, month, 10)))
+                .await;
+        let admitted = results.into_iter().filter(|r| matches!(r, Ok(None))).count();
+        assert_eq!(admitted, 10, "{who:?}");
+    }
 }
 
 const SPAN_MS: i64 = 60_000;
@@ -203,10 +276,10 @@ pub async fn window_property(limiter: &dyn RateLimiter, seeds: std::ops::Range<u
             daily_tokens: u64::MAX / 4,
             monthly_tokens: u64::MAX / 4,
         };
-        let key = ApiKeyId::new();
+        let who = alone(ApiKeyId::new(), &limits);
         let mut admitted: Vec<i64> = Vec::new();
         for t in arrivals(&mut rng) {
-            match limiter.reserve(key, &limits, 0, t).await.unwrap() {
+            match limiter.reserve(&who, 0, t).await.unwrap() {
                 Decision::Allowed { .. } => admitted.push(t),
                 Decision::Refused { .. } => {
                     // Justified: the 61 whole seconds up to t already hold the limit.

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::Limits;
 
 use crate::window::{date_of, periods};
 use crate::{
     Decision, InMemoryLimiter, LimitError, QuotaStore, RateLimiter, Reservation, SharedLimiter,
-    Window,
+    Subject, Window,
 };
 
 /// What requests and tokens per minute do while Redis is unreachable.
@@ -167,11 +167,11 @@ impl ResilientLimiter {
 
     async fn fallback(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
+        let limits = &who.limits;
         self.fallback_reservations.fetch_add(1, Ordering::Relaxed);
         let n = u64::from(self.policy.instances.max(1));
         let local_limits = match self.policy.capacity {
@@ -191,11 +191,13 @@ impl ResilientLimiter {
                 return Err(self.unavailable(LimitError::Unavailable(Box::new(Refused))));
             }
         };
-        let (mut reservation, snapshot) =
-            match self.local.reserve(key, &local_limits, tokens, now_ms).await? {
-                Decision::Allowed { reservation, snapshot } => (reservation, snapshot),
-                refused @ Decision::Refused { .. } => return Ok(refused),
-            };
+        // The local limiter keeps the per-minute windows only; quotas and the ceiling are the
+        // store's.
+        let local = Subject { limits: local_limits, ceiling: u64::MAX, ..*who };
+        let (mut reservation, snapshot) = match self.local.reserve(&local, tokens, now_ms).await? {
+            Decision::Allowed { reservation, snapshot } => (reservation, snapshot),
+            refused @ Decision::Refused { .. } => return Ok(refused),
+        };
         reservation.fallback = true;
         let store = match (self.policy.quotas, &self.store) {
             (QuotaFallback::Allow, _) => None,
@@ -207,8 +209,7 @@ impl ResilientLimiter {
         };
         if let Some(store) = store {
             let (day, month, to_midnight, to_month_end) = periods(now_ms);
-            let consumed =
-                store.try_consume(key, date_of(day), date_of(month * 100 + 1), tokens, limits);
+            let consumed = store.try_consume(who, date_of(day), date_of(month * 100 + 1), tokens);
             match consumed.await {
                 Ok(None) => {}
                 Ok(Some(window)) => {
@@ -235,23 +236,22 @@ impl ResilientLimiter {
 impl RateLimiter for ResilientLimiter {
     async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
         let down = self.down.load(Ordering::Acquire);
         if down && now_ms < self.retry_at.load(Ordering::Acquire) {
-            return self.fallback(key, limits, tokens, now_ms).await;
+            return self.fallback(who, tokens, now_ms).await;
         }
         if down {
             // Coming back: whatever the store counted alone goes into Redis first.
             if let Err(e) = self.redis.restore(now_ms).await {
                 self.enter_outage(now_ms, &e);
-                return self.fallback(key, limits, tokens, now_ms).await;
+                return self.fallback(who, tokens, now_ms).await;
             }
         }
-        match self.redis.reserve(key, limits, tokens, now_ms).await {
+        match self.redis.reserve(who, tokens, now_ms).await {
             Ok(decision) => {
                 if down && self.down.swap(false, Ordering::AcqRel) {
                     tracing::warn!("rate limiter: redis answers again; limits are shared again");
@@ -260,7 +260,7 @@ impl RateLimiter for ResilientLimiter {
             }
             Err(e) => {
                 self.enter_outage(now_ms, &e);
-                self.fallback(key, limits, tokens, now_ms).await
+                self.fallback(who, tokens, now_ms).await
             }
         }
     }
@@ -284,7 +284,7 @@ impl RateLimiter for ResilientLimiter {
             - i64::try_from(r.tokens).unwrap_or(i64::MAX);
         match (&self.store, self.policy.quotas) {
             (Some(store), QuotaFallback::Store) if delta != 0 => store
-                .adjust(r.key, date_of(r.day), date_of(r.month * 100 + 1), delta)
+                .adjust(r.key, r.user, date_of(r.day), date_of(r.month * 100 + 1), delta)
                 .await
                 .map_err(|e| LimitError::Unavailable(e.0)),
             _ => Ok(()),

@@ -1,5 +1,6 @@
 //! Per-key rate limits and token quotas for the BluesMinds gateway: requests and tokens per
-//! minute, tokens per calendar UTC day and month.
+//! minute, tokens per calendar UTC day and month; and the user's monthly ceiling (tokens across
+//! all of a user's keys in a calendar month: what their plan and spend cap allow).
 //!
 //! One [`RateLimiter::reserve`] call before forwarding checks every window and, only if all of
 //! them allow it, reserves one request and a token estimate in all of them at once;
@@ -18,18 +19,18 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use gateway_core::{ApiKeyId, Tier};
-//! use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter};
+//! use gateway_core::{ApiKeyId, Tier, UserId};
+//! use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter, Subject};
 //!
 //! let limiter = InMemoryLimiter::default();
-//! let key = ApiKeyId::new();
-//! let limits = Tier::Free.limits(); // 10 requests a minute
+//! // 10 requests a minute; the user may use 10,000 tokens this month across all keys.
+//! let who = Subject { key: ApiKeyId::new(), user: UserId::new(), limits: Tier::Free.limits(), ceiling: 10_000 };
 //! let now = 1_800_000_000_000;
 //! for _ in 0..10 {
-//!     let Decision::Allowed { reservation, .. } = limiter.reserve(key, &limits, 10, now).await.unwrap() else { panic!() };
+//!     let Decision::Allowed { reservation, .. } = limiter.reserve(&who, 10, now).await.unwrap() else { panic!() };
 //!     limiter.settle(&reservation, 8).await.unwrap();
 //! }
-//! assert!(matches!(limiter.reserve(key, &limits, 10, now).await.unwrap(), Decision::Refused { .. }));
+//! assert!(matches!(limiter.reserve(&who, 10, now).await.unwrap(), Decision::Refused { .. }));
 //! # });
 //! ```
 
@@ -41,7 +42,7 @@ pub mod window;
 pub mod conformance;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::{ApiKeyId, Limits, UserId};
 
 pub use fallback::{
     CapacityFallback, FallbackPolicy, LimiterHealth, QuotaFallback, ResilientLimiter,
@@ -55,14 +56,29 @@ pub enum Window {
     TokensPerMinute,
     TokensPerDay,
     TokensPerMonth,
+    /// The user's tokens this month across all keys (the plan's included tokens, or its
+    /// spend cap).
+    UserMonth,
 }
 
 impl Window {
     /// Requests and tokens per minute protect capacity (`rate_limit_exceeded`); daily and
     /// monthly tokens protect money (`insufficient_quota`).
     pub fn is_quota(self) -> bool {
-        matches!(self, Window::TokensPerDay | Window::TokensPerMonth)
+        matches!(self, Window::TokensPerDay | Window::TokensPerMonth | Window::UserMonth)
     }
+}
+
+/// Whose request a reservation is for, and what limits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub key: ApiKeyId,
+    /// The key's owner: the monthly ceiling counts every key of the user.
+    pub user: UserId,
+    /// The key's limits.
+    pub limits: Limits,
+    /// The most tokens the user may use in the current calendar month (UTC).
+    pub ceiling: u64,
 }
 
 /// What the `x-ratelimit-*` headers report.
@@ -95,6 +111,7 @@ impl Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub key: ApiKeyId,
+    pub user: UserId,
     pub tokens: u64,
     /// The second the reservation was counted in (unix seconds).
     pub second: i64,
@@ -123,12 +140,12 @@ pub enum LimitError {
 /// Checks and reserves every window of a key at once.
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
-    /// Reserves one request and `tokens` (an estimate) in every window, or nothing if any
-    /// window would be exceeded. `now_ms`: milliseconds since the Unix epoch.
+    /// Reserves one request and `tokens` (an estimate) in every window of the key and in the
+    /// user's monthly ceiling, or nothing if any of them would be exceeded. `now_ms`:
+    /// milliseconds since the Unix epoch.
     async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError>;
@@ -177,10 +194,19 @@ impl Period {
     }
 }
 
-/// Tokens a key used in one quota period (`start`: the day, or the month's first day).
+/// Whose counter: a key's daily and monthly quotas, or a user's monthly ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A key, and its owner (a shared limiter keeps a user's counters together).
+    Key { key: ApiKeyId, user: UserId },
+    /// Counted by month only.
+    User(UserId),
+}
+
+/// Tokens a key or user used in one quota period (`start`: the day, or the month's first day).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaUsage {
-    pub key: ApiKeyId,
+    pub holder: Holder,
     pub period: Period,
     pub start: time::Date,
     pub used: u64,
@@ -190,28 +216,30 @@ pub struct QuotaUsage {
 /// of the Redis counters, and the exact counter itself while Redis is unreachable.
 #[async_trait]
 pub trait QuotaStore: Send + Sync {
-    /// Adds `tokens` to the key's counters of `day` and `month` only if both stay within
-    /// `limits.daily_tokens` and `limits.monthly_tokens`, atomically and exactly however many
-    /// processes share the store. Returns the window that would be exceeded (nothing changed).
+    /// Adds `tokens` to the key's counters of `day` and `month` and to the user's counter of
+    /// `month` only if all stay within `who.limits.daily_tokens`, `who.limits.monthly_tokens`
+    /// and `who.ceiling`, atomically and exactly however many processes share the store.
+    /// Returns the window that would be exceeded (nothing changed).
     async fn try_consume(
         &self,
-        key: ApiKeyId,
+        who: &Subject,
         day: time::Date,
         month: time::Date,
         tokens: u64,
-        limits: &Limits,
     ) -> Result<Option<Window>, QuotaStoreError>;
 
-    /// Adds `delta` (negative: a refund) to both counters, never going below zero.
+    /// Adds `delta` (negative: a refund) to the key's two counters and the user's one, never
+    /// going below zero.
     async fn adjust(
         &self,
         key: ApiKeyId,
+        user: UserId,
         day: time::Date,
         month: time::Date,
         delta: i64,
     ) -> Result<(), QuotaStoreError>;
 
-    /// Every key's counters of `day` and `month`.
+    /// Every key's counters of `day` and `month`, and every user's of `month`.
     async fn current(
         &self,
         day: time::Date,

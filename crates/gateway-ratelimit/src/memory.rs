@@ -4,13 +4,20 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::{ApiKeyId, UserId};
 
 use crate::window::{DEFAULT_BUCKETS, buckets_for, periods};
 use crate::{
-    Decision, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter,
-    Reservation, Snapshot, Window,
+    Decision, Holder, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter,
+    Reservation, Snapshot, Subject, Window,
 };
+
+#[derive(Debug, Default)]
+struct Counters {
+    keys: HashMap<ApiKeyId, KeyState>,
+    /// Each user's tokens in a `YYYYMM` month.
+    users: HashMap<UserId, (u32, u64)>,
+}
 
 #[derive(Debug, Default)]
 struct KeyState {
@@ -51,7 +58,7 @@ pub(crate) fn wait_secs(buckets: &[(i64, u64)], now: i64, span: i64, limit: u64,
 /// Limits in process memory.
 #[derive(Debug)]
 pub struct InMemoryLimiter {
-    keys: Mutex<HashMap<ApiKeyId, KeyState>>,
+    keys: Mutex<Counters>,
     /// One-second buckets a per-minute window spans (61 for a minute).
     span: i64,
 }
@@ -75,14 +82,19 @@ impl InMemoryLimiter {
 impl RateLimiter for InMemoryLimiter {
     async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
+        let (key, limits) = (who.key, &who.limits);
         let now = now_ms.div_euclid(1000);
         let (day, month, to_midnight, to_month_end) = periods(now_ms);
-        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counters = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Counters { keys, users } = &mut *counters;
+        let user = users.entry(who.user).or_default();
+        if user.0 != month {
+            *user = (month, 0);
+        }
         let st = keys.entry(key).or_default();
         let span = self.span;
         prune(&mut st.requests, now, span);
@@ -115,6 +127,8 @@ impl RateLimiter for InMemoryLimiter {
             Some((Window::TokensPerDay, to_midnight))
         } else if st.month.1 + tokens > limits.monthly_tokens {
             Some((Window::TokensPerMonth, to_month_end))
+        } else if user.1 + tokens > who.ceiling {
+            Some((Window::UserMonth, to_month_end))
         } else {
             None
         };
@@ -129,14 +143,19 @@ impl RateLimiter for InMemoryLimiter {
         add(&mut st.tokens, now, tokens);
         st.day.1 += tokens;
         st.month.1 += tokens;
-        let reservation = Reservation { key, tokens, second: now, day, month, fallback: false };
+        user.1 += tokens;
+        let reservation =
+            Reservation { key, user: who.user, tokens, second: now, day, month, fallback: false };
         Ok(Decision::Allowed { reservation, snapshot: snapshot(req_used + 1, tok_used + tokens) })
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
-        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(st) = keys.get_mut(&r.key) else { return Ok(()) };
+        let mut counters = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let adjust = |v: &mut u64| *v = (*v + actual_tokens).saturating_sub(r.tokens);
+        if let Some(user) = counters.users.get_mut(&r.user).filter(|u| u.0 == r.month) {
+            adjust(&mut user.1);
+        }
+        let Some(st) = counters.keys.get_mut(&r.key) else { return Ok(()) };
         if let Some((_, c)) = st.tokens.iter_mut().find(|(s, _)| *s == r.second) {
             adjust(c);
         }
@@ -153,42 +172,49 @@ impl RateLimiter for InMemoryLimiter {
 /// A [`QuotaStore`] in process memory: for tests, and services without a database.
 #[derive(Debug, Default)]
 pub struct InMemoryQuotaStore {
-    counters: Mutex<HashMap<(ApiKeyId, Period, time::Date), u64>>,
+    counters: Mutex<HashMap<(Holder, Period, time::Date), u64>>,
 }
 
 #[async_trait]
 impl QuotaStore for InMemoryQuotaStore {
     async fn try_consume(
         &self,
-        key: ApiKeyId,
+        who: &Subject,
         day: time::Date,
         month: time::Date,
         tokens: u64,
-        limits: &Limits,
     ) -> Result<Option<Window>, QuotaStoreError> {
         let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let day_used = c.get(&(key, Period::Day, day)).copied().unwrap_or(0);
-        let month_used = c.get(&(key, Period::Month, month)).copied().unwrap_or(0);
-        if day_used + tokens > limits.daily_tokens {
-            return Ok(Some(Window::TokensPerDay));
+        let (key, user) = (Holder::Key { key: who.key, user: who.user }, Holder::User(who.user));
+        let counters = [
+            ((key, Period::Day, day), who.limits.daily_tokens, Window::TokensPerDay),
+            ((key, Period::Month, month), who.limits.monthly_tokens, Window::TokensPerMonth),
+            ((user, Period::Month, month), who.ceiling, Window::UserMonth),
+        ];
+        for (id, limit, window) in counters {
+            if c.get(&id).copied().unwrap_or(0) + tokens > limit {
+                return Ok(Some(window));
+            }
         }
-        if month_used + tokens > limits.monthly_tokens {
-            return Ok(Some(Window::TokensPerMonth));
+        for (id, _, _) in counters {
+            *c.entry(id).or_default() += tokens;
         }
-        c.insert((key, Period::Day, day), day_used + tokens);
-        c.insert((key, Period::Month, month), month_used + tokens);
         Ok(None)
     }
 
     async fn adjust(
         &self,
         key: ApiKeyId,
+        user: UserId,
         day: time::Date,
         month: time::Date,
         delta: i64,
     ) -> Result<(), QuotaStoreError> {
         let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in [(key, Period::Day, day), (key, Period::Month, month)] {
+        let (key, user) = (Holder::Key { key, user }, Holder::User(user));
+        for id in
+            [(key, Period::Day, day), (key, Period::Month, month), (user, Period::Month, month)]
+        {
             let v = c.entry(id).or_default();
             *v = v.saturating_add_signed(delta);
         }
@@ -206,14 +232,14 @@ impl QuotaStore for InMemoryQuotaStore {
                 Period::Day => *start == day,
                 Period::Month => *start == month,
             })
-            .map(|(&(key, period, start), &used)| QuotaUsage { key, period, start, used })
+            .map(|(&(holder, period, start), &used)| QuotaUsage { holder, period, start, used })
             .collect())
     }
 
     async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
         let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in rows {
-            c.insert((r.key, r.period, r.start), r.used);
+            c.insert((r.holder, r.period, r.start), r.used);
         }
         Ok(())
     }
@@ -230,6 +256,7 @@ mod tests {
     async fn in_memory_quota_store_meets_the_contract() {
         let store = super::InMemoryQuotaStore::default();
         let (a, b) = (gateway_core::ApiKeyId::new(), gateway_core::ApiKeyId::new());
-        crate::conformance::quota_store_contract(&store, a, b).await;
+        let user = gateway_core::UserId::new();
+        crate::conformance::quota_store_contract(&store, a, b, user).await;
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gateway_core::{ApiKeyId, Limits};
-use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter};
+use gateway_core::{ApiKeyId, Limits, UserId};
+use gateway_ratelimit::{Decision, InMemoryLimiter, RateLimiter, Subject};
 use gateway_redis::{RedisConn, RedisLimiter};
 
 const LIMITS: Limits = Limits {
@@ -30,8 +30,8 @@ fn now_ms() -> i64 {
 
 /// One request's limiter work: reserve 300 tokens, settle to 250.
 async fn one(l: &dyn RateLimiter, key: ApiKeyId) {
-    let Decision::Allowed { reservation, .. } =
-        l.reserve(key, &LIMITS, 300, now_ms()).await.unwrap()
+    let who = Subject { key, user: UserId::from(key.as_uuid()), limits: LIMITS, ceiling: 1 << 53 };
+    let Decision::Allowed { reservation, .. } = l.reserve(&who, 300, now_ms()).await.unwrap()
     else {
         panic!("limits far above the load")
     };

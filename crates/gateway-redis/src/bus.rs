@@ -16,22 +16,27 @@ pub enum Invalidation {
     Key(ApiKeyId),
     User(UserId),
     Servers,
+    /// Plans or model prices changed.
+    Billing,
 }
 
 impl Invalidation {
-    /// The message on the wire: `key:<id>`, `user:<id>` or `servers`.
+    /// The message on the wire: `key:<id>`, `user:<id>`, `servers` or `billing`.
     pub fn encode(&self) -> String {
         match self {
             Invalidation::Key(id) => format!("key:{id}"),
             Invalidation::User(id) => format!("user:{id}"),
             Invalidation::Servers => "servers".to_owned(),
+            Invalidation::Billing => "billing".to_owned(),
         }
     }
 
     /// `None` for a message this version does not know.
     pub fn parse(message: &str) -> Option<Self> {
-        if message == "servers" {
-            return Some(Invalidation::Servers);
+        match message {
+            "servers" => return Some(Invalidation::Servers),
+            "billing" => return Some(Invalidation::Billing),
+            _ => {}
         }
         match message.split_once(':')? {
             ("key", id) => id.parse().ok().map(Invalidation::Key),

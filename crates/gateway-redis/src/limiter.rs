@@ -13,22 +13,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::{ApiKeyId, UserId};
 
 use gateway_ratelimit::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
 use gateway_ratelimit::{
-    Decision, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, SharedLimiter,
-    Snapshot, Window,
+    Decision, Holder, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation,
+    SharedLimiter, Snapshot, Subject, Window,
 };
 
 use crate::{RedisConn, RedisError};
 
-/// The reserve script's answer (see `lua/reserve_v2.lua`).
+/// The reserve script's answer (see `lua/reserve_v3.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64);
 
 /// The scripts, sent by hash and loaded when Redis lost them (see `RedisLimiter::eval`).
-const RESERVE_LUA: &str = include_str!("../lua/reserve_v2.lua");
-const SETTLE_LUA: &str = include_str!("../lua/settle_v2.lua");
+const RESERVE_LUA: &str = include_str!("../lua/reserve_v3.lua");
+const SETTLE_LUA: &str = include_str!("../lua/settle_v3.lua");
 const RESTORE_LUA: &str = include_str!("../lua/restore_v1.lua");
 
 /// Settlements per settle script call (each costs about 6 µs of Redis time).
@@ -56,7 +56,7 @@ pub struct RedisLimiter {
 #[derive(Clone)]
 struct Durable {
     store: Arc<dyn QuotaStore>,
-    dirty: Arc<std::sync::Mutex<HashMap<ApiKeyId, (u32, u32)>>>,
+    dirty: Arc<std::sync::Mutex<HashMap<ApiKeyId, Changed>>>,
     /// One restore at a time per process; `restores` tells a waiter one just finished.
     restoring: Arc<tokio::sync::Mutex<()>>,
     restores: Arc<AtomicU64>,
@@ -86,7 +86,7 @@ impl RedisLimiter {
         Self {
             conn,
             prefix: prefix.to_owned(),
-            marker: format!("{prefix}:rl:v1:restored"),
+            marker: format!("{prefix}:rl:v2:restored"),
             timeout,
             span: DEFAULT_BUCKETS,
             reserve: redis::Script::new(RESERVE_LUA),
@@ -115,8 +115,8 @@ impl RedisLimiter {
         self
     }
 
-    fn counter(&self, key: ApiKeyId, counter: Counter) -> CounterKey<'_> {
-        CounterKey { prefix: &self.prefix, key, counter }
+    fn counter(&self, user: UserId, counter: Counter) -> CounterKey<'_> {
+        CounterKey { prefix: &self.prefix, user, counter }
     }
 
     async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimitError> {
@@ -163,20 +163,21 @@ impl RedisLimiter {
 
     async fn try_reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Option<Decision>, LimitError> {
+        let (key, user, limits) = (who.key, who.user, &who.limits);
         let now = now_ms.div_euclid(1000);
         let (day, month, to_midnight, to_month_end) = periods(now_ms);
         // One command buffer, keys and numbers written straight into it.
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.reserve.get_hash())
-            .arg(4)
-            .arg(self.counter(key, Counter::Minute))
-            .arg(self.counter(key, Counter::Day(day)))
-            .arg(self.counter(key, Counter::Month(month)))
+            .arg(5)
+            .arg(self.counter(user, Counter::Minute(key)))
+            .arg(self.counter(user, Counter::Day(key, day)))
+            .arg(self.counter(user, Counter::Month(key, month)))
+            .arg(self.counter(user, Counter::UserMonth(month)))
             .arg(&self.marker);
         cmd.arg(now)
             .arg(limits.rpm)
@@ -184,7 +185,7 @@ impl RedisLimiter {
             .arg(limits.daily_tokens)
             .arg(limits.monthly_tokens);
         cmd.arg(tokens).arg(to_midnight).arg(to_month_end).arg(self.span);
-        cmd.arg(u8::from(self.durable.is_some()));
+        cmd.arg(u8::from(self.durable.is_some())).arg(who.ceiling);
         let (allowed, window, retry_after, req_used, tok_used, reset): Answer =
             self.eval(RESERVE_LUA, &cmd).await?;
         let snapshot = Snapshot {
@@ -195,9 +196,9 @@ impl RedisLimiter {
         match allowed {
             -1 => Ok(None),
             1 => {
-                self.mark_changed([(key, (day, month))]);
+                self.mark_changed([(key, Changed { user, day, month })]);
                 let reservation =
-                    Reservation { key, tokens, second: now, day, month, fallback: false };
+                    Reservation { key, user, tokens, second: now, day, month, fallback: false };
                 Ok(Some(Decision::Allowed { reservation, snapshot }))
             }
             _ => {
@@ -205,7 +206,8 @@ impl RedisLimiter {
                     1 => Window::RequestsPerMinute,
                     2 => Window::TokensPerMinute,
                     3 => Window::TokensPerDay,
-                    _ => Window::TokensPerMonth,
+                    4 => Window::TokensPerMonth,
+                    _ => Window::UserMonth,
                 };
                 let retry_after_secs = retry_after.max(1);
                 Ok(Some(Decision::Refused { window, retry_after_secs, snapshot }))
@@ -214,7 +216,7 @@ impl RedisLimiter {
     }
 
     /// Remembers keys whose quota counters changed, for the next mirror flush.
-    fn mark_changed(&self, changed: impl IntoIterator<Item = (ApiKeyId, (u32, u32))>) {
+    fn mark_changed(&self, changed: impl IntoIterator<Item = (ApiKeyId, Changed)>) {
         if let Some(d) = &self.durable {
             d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(changed);
         }
@@ -238,18 +240,25 @@ impl RedisLimiter {
             .map_err(|e| LimitError::Unavailable(e.0))?;
         // Each saved counter's key, and how long it lives past its period's end (a day's an
         // hour, a month's a day), as the reserve script sets it.
-        let counter = |period: Period| match period {
-            Period::Day => (Counter::Day(day), to_midnight + 3600),
-            Period::Month => (Counter::Month(month), to_month_end + 86_400),
+        let counter = |row: &QuotaUsage| match (row.holder, row.period) {
+            (Holder::Key { key, user }, Period::Day) => {
+                (self.counter(user, Counter::Day(key, day)), to_midnight + 3600)
+            }
+            (Holder::Key { key, user }, Period::Month) => {
+                (self.counter(user, Counter::Month(key, month)), to_month_end + 86_400)
+            }
+            (Holder::User(user), _) => {
+                (self.counter(user, Counter::UserMonth(month)), to_month_end + 86_400)
+            }
         };
         for chunk in saved.chunks(RESTORE_CHUNK) {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(self.restore.get_hash()).arg(chunk.len());
             for row in chunk {
-                cmd.arg(self.counter(row.key, counter(row.period).0));
+                cmd.arg(counter(row).0);
             }
             for row in chunk {
-                cmd.arg(row.used).arg(counter(row.period).1);
+                cmd.arg(row.used).arg(counter(row).1);
             }
             self.eval::<i64>(RESTORE_LUA, &cmd).await?;
         }
@@ -263,7 +272,7 @@ impl RedisLimiter {
     /// pending for the next call.
     pub async fn flush_mirror(&self) -> Result<usize, LimitError> {
         let Some(d) = &self.durable else { return Ok(0) };
-        let pending: Vec<(ApiKeyId, (u32, u32))> =
+        let pending: Vec<(ApiKeyId, Changed)> =
             d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
         if pending.is_empty() {
             return Ok(0);
@@ -281,29 +290,36 @@ impl RedisLimiter {
     async fn save(
         &self,
         d: &Durable,
-        pending: &[(ApiKeyId, (u32, u32))],
+        pending: &[(ApiKeyId, Changed)],
     ) -> Result<usize, LimitError> {
-        let mut rows = Vec::with_capacity(pending.len() * 2);
+        let mut rows = Vec::with_capacity(pending.len() * 3);
+        let mut users = std::collections::HashSet::new();
         for chunk in pending.chunks(RESTORE_CHUNK) {
             let mut cmd = redis::cmd("MGET");
-            for (key, (day, month)) in chunk {
-                cmd.arg(self.counter(*key, Counter::Day(*day)))
-                    .arg(self.counter(*key, Counter::Month(*month)));
+            for (key, c) in chunk {
+                cmd.arg(self.counter(c.user, Counter::Day(*key, c.day)))
+                    .arg(self.counter(c.user, Counter::Month(*key, c.month)))
+                    .arg(self.counter(c.user, Counter::UserMonth(c.month)));
             }
             let values: Vec<Option<u64>> = self.command(&cmd).await?;
-            for ((key, (day, month)), pair) in chunk.iter().zip(values.chunks(2)) {
-                let (day_used, month_used) = (pair[0], pair.get(1).copied().flatten());
-                if let Some(used) = day_used {
+            for ((key, c), counts) in chunk.iter().zip(values.chunks(3)) {
+                let count = |i: usize| counts.get(i).copied().flatten();
+                let (holder, month) =
+                    (Holder::Key { key: *key, user: c.user }, date_of(c.month * 100 + 1));
+                if let Some(used) = count(0) {
                     rows.push(QuotaUsage {
-                        key: *key,
+                        holder,
                         period: Period::Day,
-                        start: date_of(*day),
+                        start: date_of(c.day),
                         used,
                     });
                 }
-                if let Some(used) = month_used {
-                    let start = date_of(month * 100 + 1);
-                    rows.push(QuotaUsage { key: *key, period: Period::Month, start, used });
+                if let Some(used) = count(1) {
+                    rows.push(QuotaUsage { holder, period: Period::Month, start: month, used });
+                }
+                if let Some(used) = count(2).filter(|_| users.insert((c.user, c.month))) {
+                    let holder = Holder::User(c.user);
+                    rows.push(QuotaUsage { holder, period: Period::Month, start: month, used });
                 }
             }
         }
@@ -316,16 +332,15 @@ impl RedisLimiter {
 impl RateLimiter for RedisLimiter {
     async fn reserve(
         &self,
-        key: ApiKeyId,
-        limits: &Limits,
+        who: &Subject,
         tokens: u64,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
-        if let Some(decision) = self.try_reserve(key, limits, tokens, now_ms).await? {
+        if let Some(decision) = self.try_reserve(who, tokens, now_ms).await? {
             return Ok(decision);
         }
         self.restore(now_ms).await?;
-        self.try_reserve(key, limits, tokens, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
+        self.try_reserve(who, tokens, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
     }
 
     async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
@@ -336,17 +351,21 @@ impl RateLimiter for RedisLimiter {
             .collect();
         for chunk in changed.chunks(SETTLE_CHUNK) {
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.settle.get_hash()).arg(chunk.len() * 3);
+            cmd.arg(self.settle.get_hash()).arg(chunk.len() * 4);
             for (r, _) in chunk {
-                cmd.arg(self.counter(r.key, Counter::Minute))
-                    .arg(self.counter(r.key, Counter::Day(r.day)))
-                    .arg(self.counter(r.key, Counter::Month(r.month)));
+                cmd.arg(self.counter(r.user, Counter::Minute(r.key)))
+                    .arg(self.counter(r.user, Counter::Day(r.key, r.day)))
+                    .arg(self.counter(r.user, Counter::Month(r.key, r.month)))
+                    .arg(self.counter(r.user, Counter::UserMonth(r.month)));
             }
             for (r, delta) in chunk {
                 cmd.arg(r.second).arg(delta.to_string());
             }
             self.eval::<i64>(SETTLE_LUA, &cmd).await?;
-            self.mark_changed(chunk.iter().map(|(r, _)| (r.key, (r.day, r.month))));
+            let changed = chunk
+                .iter()
+                .map(|(r, _)| (r.key, Changed { user: r.user, day: r.day, month: r.month }));
+            self.mark_changed(changed);
         }
         Ok(())
     }
@@ -356,32 +375,44 @@ impl RateLimiter for RedisLimiter {
     }
 }
 
-/// Which counter of a key.
+/// A key whose quota counters changed since the last mirror flush.
+#[derive(Clone, Copy)]
+struct Changed {
+    user: UserId,
+    day: u32,
+    month: u32,
+}
+
+/// Which counter of a user.
 #[derive(Clone, Copy)]
 enum Counter {
-    /// Both per-minute windows, in one hash.
-    Minute,
-    /// Tokens on a `YYYYMMDD` day.
-    Day(u32),
-    /// Tokens in a `YYYYMM` month.
-    Month(u32),
+    /// Both per-minute windows of a key, in one hash.
+    Minute(ApiKeyId),
+    /// A key's tokens on a `YYYYMMDD` day.
+    Day(ApiKeyId, u32),
+    /// A key's tokens in a `YYYYMM` month.
+    Month(ApiKeyId, u32),
+    /// The user's tokens in a `YYYYMM` month, across keys (the ceiling).
+    UserMonth(u32),
 }
 
 /// A counter's Redis key, written straight into a command (no string of its own).
 struct CounterKey<'a> {
     prefix: &'a str,
-    key: ApiKeyId,
+    user: UserId,
     counter: Counter,
 }
 
 impl std::fmt::Display for CounterKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The `{...}` hash tag keeps a key's counters on one cluster slot.
-        write!(f, "{}:rl:v1:{{{}}}", self.prefix, self.key)?;
+        // The `{...}` hash tag keeps every counter of a user on one cluster slot, so a
+        // reservation touches one slot.
+        write!(f, "{}:rl:v2:{{{}}}", self.prefix, self.user)?;
         match self.counter {
-            Counter::Minute => f.write_str(":w"),
-            Counter::Day(day) => write!(f, ":d:{day}"),
-            Counter::Month(month) => write!(f, ":m:{month}"),
+            Counter::Minute(key) => write!(f, ":{key}:w"),
+            Counter::Day(key, day) => write!(f, ":{key}:d:{day}"),
+            Counter::Month(key, month) => write!(f, ":{key}:m:{month}"),
+            Counter::UserMonth(month) => write!(f, ":m:{month}"),
         }
     }
 }

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_core::{ApiKeyId, Limits};
+use gateway_core::{ApiKeyId, Limits, UserId};
 use gateway_ratelimit::{
     Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LimitError, QuotaStore,
-    QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Window,
+    QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Subject, Window,
 };
 use gateway_redis::bus::{Bus, Heard, Invalidation};
 use gateway_redis::{RedisConn, RedisLimiter};
@@ -41,14 +41,8 @@ async fn an_unreachable_redis_is_reported_fast_not_waited_for() {
     drop(dead);
     let l = RedisLimiter::new(conn(&url), "dead", Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let r = gateway_ratelimit::RateLimiter::reserve(
-        &l,
-        gateway_core::ApiKeyId::new(),
-        &gateway_core::Tier::Free.limits(),
-        1,
-        0,
-    )
-    .await;
+    let who = alone(ApiKeyId::new(), &gateway_core::Tier::Free.limits());
+    let r = gateway_ratelimit::RateLimiter::reserve(&l, &who, 1, 0).await;
     assert!(matches!(r, Err(gateway_ratelimit::LimitError::Unavailable(_))));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -71,21 +65,51 @@ async fn concurrent_reservations_across_instances_admit_exactly_the_limit() {
         monthly_tokens: 1_000_000,
     };
     let now = 1_800_000_000_000;
+    let who = alone(key, &limits);
+    assert_eq!(
+        admitted_of_200(&instances, &[who], now).await,
+        (10, vec![Window::RequestsPerMinute])
+    );
+
+    // The same for a user's monthly ceiling, across three of the user's keys: 10 requests of
+    // 5 tokens fit in 50.
+    let limits = gateway_core::Limits { rpm: 1_000, ..limits };
+    let user = UserId::new();
+    let keys: Vec<Subject> =
+        (0..3).map(|_| Subject { key: ApiKeyId::new(), user, limits, ceiling: 50 }).collect();
+    assert_eq!(admitted_of_200(&instances, &keys, now).await, (10, vec![Window::UserMonth]));
+}
+
+/// Sends 200 reservations of 5 tokens at once, spread over `instances` and `subjects`;
+/// returns how many were admitted and which windows refused the others.
+async fn admitted_of_200(
+    instances: &[RedisLimiter],
+    subjects: &[Subject],
+    now: i64,
+) -> (usize, Vec<Window>) {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
-            let l = instances[i % 2].clone();
+            let l = instances[i % instances.len()].clone();
+            let who = subjects[i % subjects.len()];
             tokio::spawn(async move {
-                gateway_ratelimit::RateLimiter::reserve(&l, key, &limits, 5, now).await.unwrap()
+                gateway_ratelimit::RateLimiter::reserve(&l, &who, 5, now).await.unwrap()
             })
         })
         .collect();
-    let mut admitted = 0;
+    let (mut admitted, mut windows) = (0, Vec::new());
     for t in tasks {
-        if matches!(t.await.unwrap(), gateway_ratelimit::Decision::Allowed { .. }) {
-            admitted += 1;
+        match t.await.unwrap() {
+            Decision::Allowed { .. } => admitted += 1,
+            Decision::Refused { window, .. } => windows.push(window),
         }
     }
-    assert_eq!(admitted, 10);
+    windows.dedup();
+    (admitted, windows)
+}
+
+/// A key of its own user, whose monthly ceiling is out of the way.
+fn alone(key: ApiKeyId, limits: &Limits) -> Subject {
+    Subject { key, user: UserId::from(key.as_uuid()), limits: *limits, ceiling: 1 << 53 }
 }
 
 fn client(url: &str) -> redis::Client {
@@ -110,7 +134,7 @@ fn now_ms() -> i64 {
 }
 
 async fn reserve(l: &dyn RateLimiter, key: ApiKeyId, limits: &Limits, tokens: u64) -> Decision {
-    l.reserve(key, limits, tokens, now_ms()).await.unwrap()
+    l.reserve(&alone(key, limits), tokens, now_ms()).await.unwrap()
 }
 
 /// Deletes every key under `prefix`: what a Redis restart does to them.
@@ -135,7 +159,11 @@ async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_an
         panic!("the first request is allowed")
     };
     l.settle(&reservation, 600).await.unwrap();
-    assert_eq!(l.flush_mirror().await.unwrap(), 2, "the day and month counters are saved");
+    assert_eq!(
+        l.flush_mirror().await.unwrap(),
+        3,
+        "the key's day and month counters and the user's month are saved"
+    );
     assert_eq!(l.flush_mirror().await.unwrap(), 0, "nothing changed since");
 
     wipe(&url, &prefix).await;
@@ -144,6 +172,10 @@ async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_an
     };
     assert_eq!(window, Window::TokensPerDay);
     assert!(matches!(reserve(&l, key, &quota(1000), 400).await, Decision::Allowed { .. }));
+    // The user's ceiling came back too: another key of the user finds 1000 used.
+    let other = Subject { key: ApiKeyId::new(), ceiling: 1500, ..alone(key, &quota(1000)) };
+    let refused = l.reserve(&other, 501, now_ms()).await.unwrap();
+    assert!(matches!(refused, Decision::Refused { window: Window::UserMonth, .. }), "{refused:?}");
 }
 
 /// A TCP relay in front of Redis that the test can cut and restore.
@@ -260,17 +292,17 @@ struct DeadStore;
 impl QuotaStore for DeadStore {
     async fn try_consume(
         &self,
-        _: ApiKeyId,
+        _: &Subject,
         _: time::Date,
         _: time::Date,
         _: u64,
-        _: &Limits,
     ) -> Result<Option<Window>, QuotaStoreError> {
         Err(QuotaStoreError("down".into()))
     }
     async fn adjust(
         &self,
         _: ApiKeyId,
+        _: UserId,
         _: time::Date,
         _: time::Date,
         _: i64,
@@ -295,7 +327,7 @@ async fn with_redis_and_the_store_both_down_quota_limited_requests_fail_closed()
     let url = format!("redis://{}", dead.local_addr().unwrap());
     drop(dead);
     let l = resilient(&url, "dead", Arc::new(DeadStore), 1);
-    let r = l.reserve(ApiKeyId::new(), &quota(1000), 1, now_ms()).await;
+    let r = l.reserve(&alone(ApiKeyId::new(), &quota(1000)), 1, now_ms()).await;
     assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
     assert_eq!(l.health().unavailable, 1);
 }

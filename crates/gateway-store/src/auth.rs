@@ -57,6 +57,8 @@ fn user_from_row(row: users::Model) -> Result<UserRecord, AuthError> {
         tier: row.tier.parse::<Tier>().map_err(|e| corrupt("users", e))?,
         status: row.status.parse::<UserStatus>().map_err(|e| corrupt("users", e))?,
         credits_micros: row.credits_micros,
+        overage_cap_micros: row.overage_cap_micros,
+        past_due_after: row.past_due_after,
         created_at: row.created_at,
     };
     Ok(UserRecord { user, password_hash: row.password_hash })
@@ -127,6 +129,8 @@ impl UserStore for SqlAuthStore {
             tier: Set(new.tier.as_str().to_owned()),
             status: Set(UserStatus::Active.as_str().to_owned()),
             credits_micros: Set(0),
+            overage_cap_micros: Set(None),
+            past_due_after: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -203,6 +207,9 @@ impl UserStore for SqlAuthStore {
         }
         if let Some(v) = update.status {
             cols.push((users::Column::Status, Expr::value(v.as_str())));
+        }
+        if let Some(v) = update.overage_cap_micros {
+            cols.push((users::Column::OverageCapMicros, Expr::value(v)));
         }
         self.update_user(id, cols).await?;
         Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)

@@ -11,4 +11,5 @@ pub mod payment_transactions;
 pub mod rate_limit_state;
 pub mod sessions;
 pub mod usage_logs;
+pub mod user_quota_state;
 pub mod users;

@@ -17,6 +17,7 @@
 mod auth;
 pub mod entity;
 mod error;
+mod plans;
 mod prices;
 mod quotas;
 mod servers;
@@ -32,6 +33,7 @@ use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
 pub use error::StoreError;
+pub use plans::SqlPlanStore;
 pub use prices::SqlPriceStore;
 pub use quotas::SqlQuotaStore;
 pub use servers::SqlServerStore;

@@ -1,9 +1,12 @@
-//! SQL adapter of the durable quota store (`rate_limit_state`): the mirror of the Redis quota
-//! counters, and the exact counter itself while Redis is unreachable.
+//! SQL adapter of the durable quota store (`rate_limit_state` for keys, `user_quota_state` for
+//! users' monthly ceilings): the mirror of the Redis quota counters, and the exact counter
+//! itself while Redis is unreachable.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, Limits};
-use gateway_ratelimit::{Period, QuotaStore, QuotaStoreError, QuotaUsage, Window};
+use gateway_core::{ApiKeyId, UserId};
+use gateway_ratelimit::{Holder, Period, QuotaStore, QuotaStoreError, QuotaUsage, Subject, Window};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
@@ -11,6 +14,7 @@ use sea_orm::{
 use time::{Date, OffsetDateTime};
 
 use crate::entity::rate_limit_state::{self, Column};
+use crate::entity::{api_keys, user_quota_state};
 use crate::{Store, StoreError};
 
 /// Quota counters in Postgres or SQLite.
@@ -50,6 +54,41 @@ fn the(key: ApiKeyId, period: Period, start: Date) -> Condition {
         .add(Column::WindowStart.eq(start))
 }
 
+fn user_row(user: UserId, month: Date, used: u64) -> user_quota_state::ActiveModel {
+    user_quota_state::ActiveModel {
+        user_id: Set(user.as_uuid()),
+        month_start: Set(month),
+        used_tokens: Set(i64_of(used)),
+        updated_at: Set(OffsetDateTime::now_utc()),
+    }
+}
+
+fn the_user(user: UserId, month: Date) -> Condition {
+    Condition::all()
+        .add(user_quota_state::Column::UserId.eq(user.as_uuid()))
+        .add(user_quota_state::Column::MonthStart.eq(month))
+}
+
+/// The user's counter: `used_tokens + n WHERE used_tokens + n <= limit`; true when it counted.
+async fn add_within_user(
+    db: &impl ConnectionTrait,
+    user: UserId,
+    month: Date,
+    tokens: u64,
+    limit: u64,
+) -> Result<bool, sea_orm::DbErr> {
+    use user_quota_state::Column as U;
+    let n = i64_of(tokens);
+    let result = user_quota_state::Entity::update_many()
+        .col_expr(U::UsedTokens, Expr::col(U::UsedTokens).add(n))
+        .col_expr(U::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
+        .filter(the_user(user, month))
+        .filter(Expr::col(U::UsedTokens).add(n).lte(i64_of(limit)))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
 /// `used_tokens = used_tokens + n WHERE used_tokens + n <= limit`: true when it counted.
 async fn add_within(
     db: &impl ConnectionTrait,
@@ -72,13 +111,21 @@ async fn add_within(
 impl QuotaStore for SqlQuotaStore {
     async fn try_consume(
         &self,
-        key: ApiKeyId,
+        who: &Subject,
         day: Date,
         month: Date,
         tokens: u64,
-        limits: &Limits,
     ) -> Result<Option<Window>, QuotaStoreError> {
+        let (key, limits) = (who.key, &who.limits);
         let txn = self.store.connection().begin().await.map_err(err)?;
+        user_quota_state::Entity::insert(user_row(who.user, month, 0))
+            .on_conflict_do_nothing_on([
+                user_quota_state::Column::UserId,
+                user_quota_state::Column::MonthStart,
+            ])
+            .exec_without_returning(&txn)
+            .await
+            .map_err(err)?;
         rate_limit_state::Entity::insert_many([
             row(key, Period::Day, day, 0),
             row(key, Period::Month, month, 0),
@@ -87,8 +134,9 @@ impl QuotaStore for SqlQuotaStore {
         .exec_without_returning(&txn)
         .await
         .map_err(err)?;
-        // Row locks make the two conditional updates exact across processes; the same order
-        // everywhere (day, then month) keeps them from deadlocking.
+        // Row locks make the conditional updates exact across processes; the same order
+        // everywhere (the key's day, its month, then the user's month) keeps them from
+        // deadlocking.
         if !add_within(&txn, the(key, Period::Day, day), tokens, limits.daily_tokens)
             .await
             .map_err(err)?
@@ -103,6 +151,10 @@ impl QuotaStore for SqlQuotaStore {
             txn.rollback().await.map_err(err)?;
             return Ok(Some(Window::TokensPerMonth));
         }
+        if !add_within_user(&txn, who.user, month, tokens, who.ceiling).await.map_err(err)? {
+            txn.rollback().await.map_err(err)?;
+            return Ok(Some(Window::UserMonth));
+        }
         txn.commit().await.map_err(err)?;
         Ok(None)
     }
@@ -110,10 +162,21 @@ impl QuotaStore for SqlQuotaStore {
     async fn adjust(
         &self,
         key: ApiKeyId,
+        user: UserId,
         day: Date,
         month: Date,
         delta: i64,
     ) -> Result<(), QuotaStoreError> {
+        use user_quota_state::Column as U;
+        let adjusted = Expr::case(Expr::col(U::UsedTokens).add(delta).lt(0), 0)
+            .finally(Expr::col(U::UsedTokens).add(delta));
+        user_quota_state::Entity::update_many()
+            .col_expr(U::UsedTokens, adjusted.into())
+            .col_expr(U::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
+            .filter(the_user(user, month))
+            .exec(self.store.connection())
+            .await
+            .map_err(err)?;
         let adjusted = Expr::case(Expr::col(Column::UsedTokens).add(delta).lt(0), 0)
             .finally(Expr::col(Column::UsedTokens).add(delta));
         rate_limit_state::Entity::update_many()
@@ -148,21 +211,95 @@ impl QuotaStore for SqlQuotaStore {
             .all(self.store.connection())
             .await
             .map_err(err)?;
-        Ok(rows
+        // Each key's owner, which the shared limiter files the key's counters under.
+        let mut owners: HashMap<uuid::Uuid, uuid::Uuid> = HashMap::new();
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.api_key_id).collect();
+        for chunk in ids.chunks(1000) {
+            let keys = api_keys::Entity::find()
+                .filter(api_keys::Column::Id.is_in(chunk.iter().copied()))
+                .all(self.store.connection())
+                .await
+                .map_err(err)?;
+            owners.extend(keys.into_iter().map(|k| (k.id, k.user_id)));
+        }
+        let mut usage: Vec<QuotaUsage> = rows
             .into_iter()
-            .map(|r| QuotaUsage {
-                key: ApiKeyId::from(r.api_key_id),
-                period: if r.window_kind == "day" { Period::Day } else { Period::Month },
-                start: r.window_start,
-                used: u64::try_from(r.used_tokens).unwrap_or(0),
+            .filter_map(|r| {
+                let user = UserId::from(*owners.get(&r.api_key_id)?);
+                Some(QuotaUsage {
+                    holder: Holder::Key { key: ApiKeyId::from(r.api_key_id), user },
+                    period: if r.window_kind == "day" { Period::Day } else { Period::Month },
+                    start: r.window_start,
+                    used: u64::try_from(r.used_tokens).unwrap_or(0),
+                })
             })
-            .collect())
+            .collect();
+        let users = user_quota_state::Entity::find()
+            .filter(user_quota_state::Column::MonthStart.eq(month))
+            .all(self.store.connection())
+            .await
+            .map_err(err)?;
+        usage.extend(users.into_iter().map(|r| QuotaUsage {
+            holder: Holder::User(UserId::from(r.user_id)),
+            period: Period::Month,
+            start: r.month_start,
+            used: u64::try_from(r.used_tokens).unwrap_or(0),
+        }));
+        Ok(usage)
     }
 
     async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
-        if rows.is_empty() {
-            return Ok(());
+        let (keys, users): (Vec<&QuotaUsage>, Vec<&QuotaUsage>) =
+            rows.iter().partition(|r| matches!(r.holder, Holder::Key { .. }));
+        self.save_keys(&keys).await?;
+        self.save_users(&users).await
+    }
+}
+
+impl SqlQuotaStore {
+    async fn save_users(&self, rows: &[&QuotaUsage]) -> Result<(), QuotaStoreError> {
+        use user_quota_state::Column as U;
+        let upsert = OnConflict::columns([U::UserId, U::MonthStart])
+            .update_columns([U::UsedTokens, U::UpdatedAt])
+            .to_owned();
+        let user_rows = |chunk: &[&QuotaUsage]| -> Vec<user_quota_state::ActiveModel> {
+            chunk
+                .iter()
+                .filter_map(|r| match r.holder {
+                    Holder::User(user) => Some(user_row(user, r.start, r.used)),
+                    Holder::Key { .. } => None,
+                })
+                .collect()
+        };
+        for chunk in rows.chunks(500) {
+            let result = user_quota_state::Entity::insert_many(user_rows(chunk))
+                .on_conflict(upsert.clone())
+                .exec_without_returning(self.store.connection())
+                .await;
+            if result.is_err() {
+                // A user deleted since the counter was read: the foreign key refuses the row.
+                for one in chunk {
+                    let single = user_quota_state::Entity::insert_many(user_rows(&[*one]))
+                        .on_conflict(upsert.clone())
+                        .exec_without_returning(self.store.connection())
+                        .await;
+                    if let Err(e) = single {
+                        if self.store.ping().await.is_err() {
+                            return Err(err(e));
+                        }
+                        tracing::debug!(error = %e, "quota counter of a deleted user not saved");
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+
+    async fn save_keys(&self, rows: &[&QuotaUsage]) -> Result<(), QuotaStoreError> {
+        let key_of = |r: &QuotaUsage| match r.holder {
+            Holder::Key { key, .. } => Some(row(key, r.period, r.start, r.used)),
+            Holder::User(_) => None,
+        };
         // A key deleted since its counters were read has no row to keep: the foreign key
         // refuses it, so each chunk is retried row by row only when the batch fails.
         let upsert =
@@ -170,18 +307,18 @@ impl QuotaStore for SqlQuotaStore {
                 .update_columns([Column::UsedTokens, Column::UpdatedAt])
                 .to_owned();
         for chunk in rows.chunks(500) {
-            let batch = chunk.iter().map(|r| row(r.key, r.period, r.start, r.used));
+            let batch = chunk.iter().filter_map(|r| key_of(r));
             let result = rate_limit_state::Entity::insert_many(batch)
                 .on_conflict(upsert.clone())
                 .exec_without_returning(self.store.connection())
                 .await;
             if result.is_err() {
                 for r in chunk {
-                    let one =
-                        rate_limit_state::Entity::insert(row(r.key, r.period, r.start, r.used))
-                            .on_conflict(upsert.clone())
-                            .exec_without_returning(self.store.connection())
-                            .await;
+                    let Some(one) = key_of(r) else { continue };
+                    let one = rate_limit_state::Entity::insert(one)
+                        .on_conflict(upsert.clone())
+                        .exec_without_returning(self.store.connection())
+                        .await;
                     if let Err(e) = one {
                         if self.store.ping().await.is_err() {
                             return Err(err(e));

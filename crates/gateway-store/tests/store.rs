@@ -11,10 +11,12 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 14] = [
     "api_keys",
     "billing_plans",
     "credit_ledger",
+    "invoice_lines",
+    "invoice_numbers",
     "invoices",
     "litellm_servers",
     "model_prices",
@@ -22,6 +24,7 @@ const TABLES: [&str; 11] = [
     "rate_limit_state",
     "sessions",
     "usage_logs",
+    "user_quota_state",
     "users",
 ];
 
@@ -44,7 +47,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 3, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 4, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -67,7 +70,7 @@ async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
                     (l.rpm as i64, l.tpm as i64, l.daily_tokens as i64, l.monthly_tokens as i64),
                     "{backend:?} {tier}"
                 );
-                assert_eq!(plan.max_api_keys, tier.max_api_keys() as i32);
+                assert_eq!(plan.max_api_keys, tier.default_plan().max_api_keys as i32);
             }
         };
         check_plans().await;
@@ -202,6 +205,8 @@ async fn sql_price_store_meets_the_price_contract_and_is_seeded() {
             );
         }
         gateway_billing::prices::conformance::price_store_contract(&store).await;
+        let plans = gateway_store::SqlPlanStore::new(db.store.clone());
+        gateway_billing::plans::conformance::plan_store_contract(&plans).await;
     }
 }
 
@@ -261,25 +266,30 @@ async fn a_record_the_database_refuses_is_quarantined_and_its_batch_written() {
     }
 }
 
-async fn two_keys(db: &TestDb) -> (gateway_core::ApiKeyId, gateway_core::ApiKeyId) {
+async fn two_keys(
+    db: &TestDb,
+) -> (gateway_core::ApiKeyId, gateway_core::ApiKeyId, gateway_core::UserId) {
     use gateway_auth::{Accounts, AccountsConfig, AuthStores, NewKey};
     let store = std::sync::Arc::new(gateway_store::SqlAuthStore::new(db.store.clone()));
     let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
     let accounts =
         Accounts::new(AuthStores::from(store), b"0123456789abcdef0123456789abcdef", config);
     let user = accounts.signup("quota@example.com", "correct horse battery", None).await.unwrap();
+    // Two keys: more than the free plan allows.
+    let pro = gateway_auth::AdminUserUpdate { tier: Some(Tier::Pro), ..Default::default() };
+    accounts.admin_update_user(user.id, pro).await.unwrap();
     let scopes = vec![gateway_core::Scope::ChatCompletions];
     let a = accounts.create_key(user.id, NewKey::named("a", scopes.clone())).await.unwrap();
     let b = accounts.create_key(user.id, NewKey::named("b", scopes)).await.unwrap();
-    (a.meta.id, b.meta.id)
+    (a.meta.id, b.meta.id, user.id)
 }
 
 #[tokio::test]
 async fn sql_quota_store_meets_the_quota_contract() {
     for backend in backends() {
         let db = TestDb::migrated(backend).await;
-        let (a, b) = two_keys(&db).await;
+        let (a, b, user) = two_keys(&db).await;
         let quotas = gateway_store::SqlQuotaStore::new(db.store.clone());
-        gateway_ratelimit::conformance::quota_store_contract(&quotas, a, b).await;
+        gateway_ratelimit::conformance::quota_store_contract(&quotas, a, b, user).await;
     }
 }

@@ -131,13 +131,21 @@ struct AdminUserBody {
     role: Option<Role>,
     tier: Option<Tier>,
     status: Option<UserStatus>,
+    /// Any cap an admin chooses; `null` returns to the plan's price.
+    #[serde(default, deserialize_with = "double_option")]
+    overage_cap_micros: Option<Option<i64>>,
 }
 
 pub async fn admin_update_user(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
     require_admin(app, &req, ctx).await?;
     let id: UserId = id.parse().map_err(|_| ApiError::not_found("user"))?;
     let input: AdminUserBody = json_body(app, req).await?;
-    let update = AdminUserUpdate { role: input.role, tier: input.tier, status: input.status };
+    let update = AdminUserUpdate {
+        role: input.role,
+        tier: input.tier,
+        status: input.status,
+        overage_cap_micros: input.overage_cap_micros,
+    };
     let user = app
         .accounts
         .admin_update_user(id, update)

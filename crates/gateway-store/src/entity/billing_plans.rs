@@ -1,4 +1,5 @@
-//! A subscription tier and its default limits (seeded by the migration).
+//! A subscription tier's plan: price, what it includes, overage, keys, retention and every
+//! key's default limits (seeded by the migrations, edited by admins).
 
 use sea_orm::entity::prelude::*;
 
@@ -15,6 +16,10 @@ pub struct Model {
     pub quota_monthly: i64,
     pub max_api_keys: i32,
     pub created_at: TimeDateTimeWithTimeZone,
+    pub included_tokens: i64,
+    pub overage_micros_per_1k: Option<i64>,
+    pub retention_days: i32,
+    pub updated_at: TimeDateTimeWithTimeZone,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,8 @@ pub struct Model {
     pub tier: String,
     pub status: String,
     pub credits_micros: i64,
+    pub overage_cap_micros: Option<i64>,
+    pub past_due_after: Option<TimeDateTimeWithTimeZone>,
     pub created_at: TimeDateTimeWithTimeZone,
     pub updated_at: TimeDateTimeWithTimeZone,
 }

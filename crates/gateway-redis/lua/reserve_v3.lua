@@ -1,15 +1,18 @@
--- BluesMinds rate limiter, reserve, version 2. One call checks every window of a key and,
--- only if all allow it, reserves one request and ARGV[6] tokens in all of them.
--- KEYS: minute hash, day counter, month counter, restore marker
+-- BluesMinds rate limiter, reserve, version 3. One call checks every window of a key and its
+-- user's monthly ceiling and, only if all allow it, reserves one request and ARGV[6] tokens in
+-- all of them.
+-- KEYS: minute hash, day counter, month counter, the user's month counter, restore marker
+--   (all but the marker share the user's hash tag: one cluster slot)
 --   The minute hash holds both per-minute windows: `r<unix second>` = requests and
 --   `t<unix second>` = tokens counted in that second, `rs` and `ts` their totals over the
 --   seconds kept, and `f` (no second before it is kept). A call touches only the seconds that
 --   just left the window: O(1), not O(window), and a handful of Redis calls (each `redis.call`
 --   costs about a microsecond, most of the script's time).
 -- ARGV: now (unix seconds), rpm, tpm, daily, monthly, tokens, seconds to midnight,
---       seconds to month end, buckets per window (61 for a minute), check the marker (1/0)
+--       seconds to month end, buckets per window (61 for a minute), check the marker (1/0),
+--       the user's monthly ceiling
 -- Returns {allowed (1 yes, 0 no, -1 quotas not restored since Redis started),
---          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month), retry_after, requests used,
+--          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month, 5 user's month), retry_after, requests used,
 --          tokens used, seconds until the oldest kept second leaves the minute windows}
 local now = tonumber(ARGV[1])
 local rpm, tpm, daily, monthly, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -18,10 +21,12 @@ local window = tonumber(ARGV[9])
 local w = KEYS[1]
 local rnow, tnow = 'r' .. now, 't' .. now
 
-local quotas = redis.call('MGET', KEYS[2], KEYS[3], KEYS[4])
+local ceiling = tonumber(ARGV[11])
+local quotas = redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 -- A Redis that lost its data (a restart) must get the quotas back from the database first.
-if ARGV[10] == '1' and not quotas[3] then return {-1, 0, 0, 0, 0, 0} end
+if ARGV[10] == '1' and not quotas[4] then return {-1, 0, 0, 0, 0, 0} end
 local day_used, month_used = tonumber(quotas[1] or '0'), tonumber(quotas[2] or '0')
+local user_used = tonumber(quotas[3] or '0')
 
 local state = redis.call('HMGET', w, 'rs', 'ts', 'f', rnow, tnow)
 local req_used, tok_used, from = tonumber(state[1]) or 0, tonumber(state[2]) or 0, tonumber(state[3])
@@ -87,6 +92,7 @@ if req_used + 1 > rpm then return refuse(1, wait('r', req_used, rpm, 1)) end
 if tok_used + cost > tpm then return refuse(2, wait('t', tok_used, tpm, cost)) end
 if day_used + cost > daily then return refuse(3, to_midnight) end
 if month_used + cost > monthly then return refuse(4, to_month_end) end
+if user_used + cost > ceiling then return refuse(5, to_month_end) end
 
 -- (an instance whose clock is behind may count a second before `from`: move `from` back)
 if from == nil or now < from then from = now end
@@ -95,4 +101,5 @@ redis.call('HSET', w, rnow, (req_now or 0) + 1, tnow, tok_now + cost, 'rs', req_
 if req_now == nil then redis.call('EXPIRE', w, window + 1) end
 if redis.call('INCRBY', KEYS[2], cost) == cost then redis.call('EXPIRE', KEYS[2], to_midnight + 3600) end
 if redis.call('INCRBY', KEYS[3], cost) == cost then redis.call('EXPIRE', KEYS[3], to_month_end + 86400) end
+if redis.call('INCRBY', KEYS[4], cost) == cost then redis.call('EXPIRE', KEYS[4], to_month_end + 86400) end
 return {1, 0, 0, req_used + 1, tok_used + cost, reset}

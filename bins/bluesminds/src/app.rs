@@ -9,7 +9,7 @@ use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierCo
 use gateway_balancer::{
     BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
 };
-use gateway_billing::{Plans, Prices};
+use gateway_billing::{Billing, Plans, Prices};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
@@ -19,8 +19,8 @@ use gateway_ratelimit::ResilientLimiter;
 use gateway_redis::RedisConn;
 use gateway_redis::bus::Bus;
 use gateway_store::{
-    SqlAuthStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore, SqlServerStore, SqlUsageStore, Store,
-    StoreConfig,
+    SqlAuthStore, SqlBillingStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore, SqlServerStore,
+    SqlUsageStore, Store, StoreConfig,
 };
 use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
@@ -51,6 +51,8 @@ pub struct App {
     pub prices: Arc<Prices>,
     /// Plans in memory (reloaded with the pool).
     pub plans: Arc<Plans>,
+    /// Credits, invoices, closing months.
+    pub billing: Billing,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
@@ -129,6 +131,7 @@ impl App {
         let invalidations =
             Arc::new(CacheInvalidations { verifier: verifier.clone(), bus: bus.clone() });
         let plans = Arc::new(Plans::new(Arc::new(SqlPlanStore::new(store.clone()))));
+        let billing_store = Arc::new(SqlBillingStore::new(store.clone()));
         plans.reload().await.context("cannot load the plans")?;
         let accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
@@ -203,6 +206,12 @@ impl App {
             },
             PipelineConfig { rules, max_attempts: p.max_attempts },
         ));
+        let billing = Billing::new(
+            plans.clone(),
+            billing_store.clone(),
+            billing_store,
+            time::Duration::days(i64::from(config.billing.grace_days)),
+        );
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -219,6 +228,7 @@ impl App {
             invalidations,
             pipeline,
             prices,
+            billing,
             plans,
             resilient,
             usage,

@@ -35,8 +35,39 @@ pub enum Command {
         #[command(subcommand)]
         command: PricesCommand,
     },
+    /// Credits and invoices.
+    Billing {
+        #[command(subcommand)]
+        command: BillingCommand,
+    },
     /// Run the gateway with an in-process mock upstream, a demo user and an API key.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Recompute every user's credit balance from the ledger; exits non-zero on any
+    /// difference.
+    Verify,
+    /// Close a month: invoice every user with a plan fee or overage (numbered
+    /// INV-YYYYMM-NNNN), apply credits. Run twice, it changes nothing.
+    ClosePeriod {
+        /// `YYYY-MM`; default the previous month.
+        #[arg(long)]
+        period: Option<String>,
+        /// Close a month that has not ended (its later usage is then never billed).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a user's invoice for a month recomputed from the usage records, next to the
+    /// stored one; exits non-zero when they differ.
+    Invoice {
+        #[arg(long)]
+        user: String,
+        /// `YYYY-MM`.
+        #[arg(long)]
+        period: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -372,6 +372,12 @@ pub struct BillingConfig {
     pub default_input_micros_per_million: i64,
     /// Their output price ($0.002 per 1K tokens by default).
     pub default_output_micros_per_million: i64,
+    /// Days an invoice may stay open before the account falls back to free-tier limits.
+    pub grace_days: u32,
+    /// Close the previous month on the first of each month (UTC): one instance does it (a
+    /// database lock), the others find it done. Off: close by hand with
+    /// `bluesminds billing close-period`.
+    pub close_periods: bool,
 }
 
 impl Default for BillingConfig {
@@ -380,6 +386,8 @@ impl Default for BillingConfig {
         Self {
             default_input_micros_per_million: p.input,
             default_output_micros_per_million: p.output,
+            grace_days: 14,
+            close_periods: true,
         }
     }
 }

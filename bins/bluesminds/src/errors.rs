@@ -2,6 +2,8 @@
 //! here with the request id and shown to the client only as a generic message.
 
 use gateway_auth::AuthError;
+use gateway_billing::invoice::InvoiceStoreError;
+use gateway_billing::{BillingError, PriceError};
 use gateway_core::{ApiError, ErrorKind, RequestId};
 
 /// Logs an internal error chain (never containing secrets: adapters do not put them in
@@ -48,5 +50,47 @@ pub fn from_auth(request_id: RequestId, e: AuthError) -> ApiError {
         )
         .with_retry_after(retry_after_secs),
         other => internal(request_id, "account operation", &other),
+    }
+}
+
+pub fn from_billing(request_id: RequestId, e: BillingError) -> ApiError {
+    use gateway_billing::ledger::LedgerError;
+    match e {
+        BillingError::Ledger(LedgerError::Invalid { field, reason }) => {
+            ApiError::invalid_param(field, format!("Invalid '{field}': {reason}."))
+        }
+        BillingError::Ledger(LedgerError::Insufficient { balance_micros }) => ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "Not enough credits: the balance is {balance_micros} micro-dollars, and a balance never goes below zero."
+            ),
+        ),
+        BillingError::Ledger(LedgerError::ReferenceReused) => ApiError::new(
+            ErrorKind::Conflict,
+            "This reference was already used for a different credit operation.",
+        )
+        .with_param("reference"),
+        BillingError::Ledger(LedgerError::UnknownUser) => ApiError::not_found("user"),
+        BillingError::PeriodNotEnded(period) => ApiError::invalid_param(
+            "period",
+            format!(
+                "The period {period} has not ended. Close it once it has, or send \"force\": true (its later usage will then not be billed)."
+            ),
+        ),
+        BillingError::Invoices(InvoiceStoreError::Busy) => ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            "Another instance is closing a billing period. Retry shortly.",
+        )
+        .with_retry_after(5),
+        other => internal(request_id, "billing operation", &other),
+    }
+}
+
+pub fn from_prices(request_id: RequestId, e: PriceError) -> ApiError {
+    match e {
+        PriceError::Invalid { field, reason } => {
+            ApiError::invalid_param(field, format!("Invalid '{field}': {reason}."))
+        }
+        PriceError::Store(e) => internal(request_id, "price operation", &e),
     }
 }

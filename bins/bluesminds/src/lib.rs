@@ -36,6 +36,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     background.spawn(partition_maintenance(app.store.clone()));
     background.spawn(flush_key_use(app.verifier.clone()));
     background.spawn(health_checks(app.clone()));
+    if app.config.billing.close_periods {
+        background.spawn(close_periods(app.clone()));
+    }
     if let Some(resilient) = app.resilient.clone() {
         let every = Duration::from_millis(app.config.limits.mirror_interval_ms);
         background.spawn(mirror_quotas(resilient, every));
@@ -94,6 +97,47 @@ async fn health_checks(app: Arc<App>) {
         }
         app.reload_billing().await;
         app.servers.check(&app.prober, &app.health_config()).await;
+    }
+}
+
+/// Closes the previous month once it has ended: at start (a month missed while no instance
+/// ran) and on the first of each month (UTC). Every instance tries; the database lock lets
+/// one close it, and the others find it closed.
+async fn close_periods(app: Arc<App>) {
+    use gateway_billing::invoice::BillingPeriod;
+    let mut closed = None;
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        let previous = BillingPeriod::containing(now).previous();
+        let mut wait = Duration::from_hours(1);
+        if closed != Some(previous) {
+            match app.billing.close_period(previous, false, now).await {
+                Ok(report) => {
+                    if report.created > 0 {
+                        tracing::info!(
+                            period = %previous, invoices = report.created,
+                            paid_by_credits = report.paid_by_credits, open_micros = report.open_micros,
+                            "billing period closed"
+                        );
+                    }
+                    for user in &report.open_users {
+                        gateway_auth::Invalidations::user_changed(
+                            app.invalidations.as_ref(),
+                            *user,
+                        );
+                    }
+                    closed = Some(previous);
+                }
+                Err(e) => {
+                    tracing::error!(period = %previous, error = %gateway_core::error_chain(&e), "could not close the billing period; retrying in five minutes");
+                    wait = Duration::from_mins(5);
+                }
+            }
+        }
+        // Wake a minute after the month turns, or sooner.
+        let next = BillingPeriod::containing(now).ends_at() + time::Duration::minutes(1);
+        let until_next = Duration::try_from(next - now).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait.min(until_next)).await;
     }
 }
 

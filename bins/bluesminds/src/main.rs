@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bluesminds::cli::{AdminCommand, Cli, Command, PricesCommand};
+use bluesminds::cli::{AdminCommand, BillingCommand, Cli, Command, PricesCommand};
 use bluesminds::config::Config;
 use clap::Parser;
 
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Prices { command: PricesCommand::Import { file } } => {
                 prices_import(&config, &file).await
             }
+            Command::Billing { command } => billing(&config, command).await,
             Command::Demo => {
                 Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
             }
@@ -130,6 +131,78 @@ async fn admin_create(
             anyhow::bail!("invalid {field}: {message}")
         }
         Err(e) => Err(e).context("cannot create the admin"),
+    }
+}
+
+/// The billing services on the configured database, for the CLI.
+async fn billing_services(
+    config: &Config,
+) -> anyhow::Result<(gateway_billing::Billing, gateway_store::Store)> {
+    let store = bluesminds::app::open_store(config, config.database.migrate_on_start).await?;
+    let plans = Arc::new(gateway_billing::Plans::new(Arc::new(gateway_store::SqlPlanStore::new(
+        store.clone(),
+    ))));
+    plans.reload().await.context("cannot load the plans")?;
+    let billing_store = Arc::new(gateway_store::SqlBillingStore::new(store.clone()));
+    let grace = time::Duration::days(i64::from(config.billing.grace_days));
+    Ok((gateway_billing::Billing::new(plans, billing_store.clone(), billing_store, grace), store))
+}
+
+#[allow(clippy::print_stdout)]
+async fn billing(config: &Config, command: BillingCommand) -> anyhow::Result<()> {
+    use gateway_billing::invoice::BillingPeriod;
+    let (billing, store) = billing_services(config).await?;
+    let now = time::OffsetDateTime::now_utc();
+    match command {
+        BillingCommand::Verify => {
+            let mismatches = billing.ledger().verify().await.context("cannot read the ledger")?;
+            if mismatches.is_empty() {
+                println!("every credit balance equals the sum of its ledger entries");
+                return Ok(());
+            }
+            for m in &mismatches {
+                println!(
+                    "user {}: stored balance {} micro-dollars, ledger sum {}",
+                    m.user_id, m.stored_micros, m.ledger_micros
+                );
+            }
+            anyhow::bail!("{} balance(s) differ from their ledgers", mismatches.len())
+        }
+        BillingCommand::ClosePeriod { period, force } => {
+            let period = match period {
+                Some(p) => BillingPeriod::parse(&p)?,
+                None => BillingPeriod::containing(now).previous(),
+            };
+            let r = billing.close_period(period, force, now).await?;
+            println!(
+                "period {period} closed: {} invoice(s) created ({} paid by credits, {} micro-dollars left open), {} user(s) invoiced before",
+                r.created, r.paid_by_credits, r.open_micros, r.already_invoiced
+            );
+            Ok(())
+        }
+        BillingCommand::Invoice { user, period } => {
+            let period = BillingPeriod::parse(&period)?;
+            let auth = gateway_store::SqlAuthStore::new(store);
+            let email = gateway_auth::normalize_email(&user).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let record = gateway_auth::UserStore::find_user_by_email(&auth, &email)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read users: {e}"))?
+                .ok_or_else(|| anyhow::anyhow!("no user {email}"))?;
+            let Some((stored, recomputed)) = billing.recompute(record.user.id, period).await?
+            else {
+                anyhow::bail!("{email} has no invoice for {period}");
+            };
+            println!("{}", serde_json::to_string_pretty(&recomputed)?);
+            if stored != recomputed {
+                println!("stored:\n{}", serde_json::to_string_pretty(&stored)?);
+                anyhow::bail!(
+                    "invoice {} differs from its recomputation from usage_logs",
+                    stored.number
+                );
+            }
+            println!("invoice {} equals its recomputation from usage_logs", stored.number);
+            Ok(())
+        }
     }
 }
 

@@ -30,6 +30,20 @@ pub enum Route<'a> {
     Models,
     UsageLogs,
     UsageStats,
+    BillingPlans,
+    BillingSummary,
+    BillingSettings,
+    BillingLedger,
+    BillingInvoices,
+    BillingInvoice(&'a str),
+    AdminPlans,
+    AdminUpdatePlan(&'a str),
+    AdminPrices,
+    AdminAddPrice,
+    AdminUpdatePrice(&'a str),
+    AdminDeletePrice(&'a str),
+    AdminCredits(&'a str),
+    AdminClosePeriod,
     ChatCompletions,
     Embeddings,
 }
@@ -98,6 +112,45 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         }
         ["api", "usage", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageLogs)]),
         ["api", "usage", "stats"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageStats)]),
+        ["api", "billing", "plans"] => pick(m, "GET, HEAD", &[(Method::GET, Route::BillingPlans)]),
+        ["api", "billing", "summary"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::BillingSummary)])
+        }
+        ["api", "billing", "settings"] => {
+            pick(m, "PATCH", &[(Method::PATCH, Route::BillingSettings)])
+        }
+        ["api", "billing", "ledger"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::BillingLedger)])
+        }
+        ["api", "billing", "invoices"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::BillingInvoices)])
+        }
+        ["api", "billing", "invoices", id] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::BillingInvoice(id))])
+        }
+        ["api", "admin", "plans"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminPlans)]),
+        ["api", "admin", "plans", tier] => {
+            pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdatePlan(tier))])
+        }
+        ["api", "admin", "model-prices"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::AdminPrices), (Method::POST, Route::AdminAddPrice)],
+        ),
+        ["api", "admin", "model-prices", id] => pick(
+            m,
+            "PATCH, DELETE",
+            &[
+                (Method::PATCH, Route::AdminUpdatePrice(id)),
+                (Method::DELETE, Route::AdminDeletePrice(id)),
+            ],
+        ),
+        ["api", "admin", "users", id, "credits"] => {
+            pick(m, "POST", &[(Method::POST, Route::AdminCredits(id))])
+        }
+        ["api", "admin", "billing", "close-period"] => {
+            pick(m, "POST", &[(Method::POST, Route::AdminClosePeriod)])
+        }
         ["api", "admin", "servers"] => pick(
             m,
             "GET, HEAD, POST",

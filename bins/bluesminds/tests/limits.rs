@@ -405,3 +405,90 @@ async fn with_redis_stopped_the_daily_quota_still_admits_exactly_what_it_allows(
     assert!(text.contains("bluesminds_ratelimit_redis_up 0"), "{text}");
     assert!(text.contains("bluesminds_ratelimit_redis_outages_total 1"), "{text}");
 }
+
+/// The user's monthly ceiling rides in the same reservation as the key's windows: 200
+/// requests at once, through two instances and two keys of one user, against a ceiling that
+/// allows 10 admit exactly 10, and the month's invoice bills exactly those.
+#[tokio::test]
+async fn a_users_spend_cap_admits_exactly_what_it_pays_for_across_instances_and_keys() {
+    let (_db, env) =
+        support::shared_backends(&[("BLUESMINDS_LIMITS__REDIS_TIMEOUT_MS", "5000")]).await;
+    let mock = Mock::start().await;
+    let mut env = env;
+    env.push(("LITELLM_SERVER_1_URL".into(), mock.url()));
+    env.push(("LITELLM_SERVER_1_MODELS".into(), MODELS.into()));
+    let a = Gateway::start(&[], &env_refs(&env)).await;
+    let b = Gateway::start(&[], &env_refs(&env)).await;
+
+    // Starter now includes nothing: every token is overage at $0.002 per 1,000 tokens. The
+    // change reaches the other instance through the bus.
+    let admin = support::admin_session(&a).await;
+    let r = support::call(
+        a.addr,
+        "PATCH",
+        "/api/admin/plans/starter",
+        &admin,
+        &json!({"included_tokens": 0}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let started = std::time::Instant::now();
+    while support::request(b.addr, "GET", "/api/billing/plans", b"").await.json()["data"][1]["included_tokens"]
+        != 0
+    {
+        assert!(started.elapsed() < PATIENCE, "the plan change never reached the second instance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cookie = support::signup(a.addr, "cap@example.com").await;
+    support::set_tier(&a, &cookie, "starter").await;
+    // A cap of $0.002 pays for 1,000 tokens: ten requests of 100.
+    let r = support::call(
+        a.addr,
+        "PATCH",
+        "/api/billing/settings",
+        &cookie,
+        &json!({"overage_cap_micros": 2000}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["ceiling_tokens"], 1000);
+    let one = support::create_key(a.addr, &cookie, &json!({"name": "one"})).await;
+    let two = support::create_key(a.addr, &cookie, &json!({"name": "two"})).await;
+
+    let (ab, ba, body) = ([&a, &b], [&b, &a], embedding_100());
+    let (first, second) = tokio::join!(
+        flood(&ab, &one, "/api/v1/embeddings", &body, 100),
+        flood(&ba, &two, "/api/v1/embeddings", &body, 100),
+    );
+    let statuses: Vec<u16> = first.into_iter().chain(second).collect();
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 190);
+    assert_eq!(mock.requests(), 10, "only admitted requests reach the upstream");
+    let r = post_with_key(b.addr, "/api/v1/embeddings", &two, &embedding_100()).await;
+    assert_eq!(r.status, 429);
+    let e = r.openai_error();
+    assert_eq!(e["code"], "insufficient_quota");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("spend cap of $0.002 is reached"), "{message}");
+    assert!(message.contains("billing settings"), "{message}");
+
+    // The month's bill: exactly the admitted tokens, as overage.
+    let summary = support::summary_when(a.addr, &cookie, |s| s["requests"] == 201).await;
+    assert_eq!(
+        (summary["tokens_used"].as_u64(), summary["overage_micros"].as_i64()),
+        (Some(1000), Some(2000))
+    );
+    let period = summary["period"].as_str().unwrap().to_owned();
+    let body = json!({"period": period, "force": true});
+    let r = support::call(a.addr, "POST", "/api/admin/billing/close-period", &admin, &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r =
+        support::call(a.addr, "GET", "/api/billing/invoices", &cookie, &serde_json::Value::Null)
+            .await;
+    let invoice = &r.json()["data"][0];
+    assert_eq!(invoice["used_tokens"], 1000);
+    assert_eq!(invoice["overage_tokens"], 1000);
+    assert_eq!(invoice["overage_micros"], 2000);
+    assert_eq!(invoice["total_micros"], 29_002_000, "{invoice}");
+}

@@ -159,6 +159,8 @@ pub struct InvoiceLine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Terms {
     pub tier: Tier,
+    /// The plan's name when the invoice was made.
+    pub plan_name: String,
     pub fee_micros: i64,
     pub included_tokens: u64,
     pub overage_micros_per_1k: Option<i64>,
@@ -168,6 +170,7 @@ impl Terms {
     pub fn of(plan: &Plan) -> Self {
         Self {
             tier: plan.tier,
+            plan_name: plan.name.clone(),
             fee_micros: plan.price_monthly_micros,
             included_tokens: plan.included_tokens,
             overage_micros_per_1k: plan.overage_micros_per_1k,
@@ -214,13 +217,23 @@ pub fn charges(terms: &Terms, used_tokens: u64, usage_cost_micros: i64) -> Charg
     }
 }
 
+/// How the plan-fee line reads; [`plan_name_of`] reads the name back.
+pub fn plan_fee_description(plan_name: &str) -> String {
+    format!("{plan_name} plan, one month")
+}
+
+/// The plan's name in a plan-fee line's description.
+pub fn plan_name_of(description: &str) -> Option<&str> {
+    description.strip_suffix(" plan, one month")
+}
+
 /// The invoice's lines: the plan fee, the overage when there is any, the credits applied.
-pub fn lines(c: &Charges, plan_name: &str, credits_applied_micros: i64) -> Vec<InvoiceLine> {
+pub fn lines(c: &Charges, credits_applied_micros: i64) -> Vec<InvoiceLine> {
     let mut lines = Vec::with_capacity(3);
     if c.terms.fee_micros > 0 {
         lines.push(InvoiceLine {
             kind: LineKind::PlanFee,
-            description: format!("{plan_name} plan, one month"),
+            description: plan_fee_description(&c.terms.plan_name),
             quantity: 1,
             unit_micros: c.terms.fee_micros,
             amount_micros: c.terms.fee_micros,
@@ -288,6 +301,9 @@ pub struct CloseReport {
     pub paid_by_credits: usize,
     /// Sum of the new invoices' totals left to pay.
     pub open_micros: i64,
+    /// Users with a new open invoice (their key caches learn of it).
+    #[serde(skip)]
+    pub open_users: Vec<UserId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,8 +327,8 @@ pub struct PeriodUsage {
 #[async_trait]
 pub trait InvoiceStore: Send + Sync {
     /// Closes `period` in one transaction, one closer at a time across instances: every user
-    /// not yet invoiced for it whose plan (from `plans`) has a fee, or who used tokens beyond
-    /// the included ones, gets an invoice numbered in sequence; credits pay what they can
+    /// (admins, the operators, excepted) not yet invoiced for it whose plan (from `plans`) has
+    /// a fee, or who used tokens beyond the included ones, gets an invoice numbered in sequence; credits pay what they can
     /// (one ledger entry per invoice); an invoice left open is due `grace` after `now`.
     /// Closing a closed period changes nothing.
     async fn close_period(
@@ -352,12 +368,12 @@ pub trait InvoiceStore: Send + Sync {
 
 /// The invoice `stored` recomputed from `usage` with its own terms and credits: equal to
 /// `stored` when the usage records still say what they said when it was closed.
-pub fn recompute(stored: &Invoice, plan_name: &str, usage: PeriodUsage) -> Invoice {
+pub fn recompute(stored: &Invoice, usage: PeriodUsage) -> Invoice {
     let c = charges(&stored.charges.terms, usage.tokens, usage.cost_micros);
     let subtotal = c.subtotal_micros();
     let credits = stored.credits_applied_micros.min(subtotal.max(0));
     Invoice {
-        lines: lines(&c, plan_name, credits),
+        lines: lines(&c, credits),
         subtotal_micros: subtotal,
         credits_applied_micros: credits,
         total_micros: subtotal - credits,
@@ -392,7 +408,7 @@ mod tests {
         let c = charges(&terms, 1_234_567, 65_040);
         assert_eq!((c.overage_tokens, c.overage_micros), (734_567, 1_469_134));
         assert_eq!(c.subtotal_micros(), 30_469_134);
-        let l = lines(&c, "Starter", 10_000_000);
+        let l = lines(&c, 10_000_000);
         assert_eq!(
             l.iter().map(|l| (l.kind, l.amount_micros)).collect::<Vec<_>>(),
             [
@@ -408,7 +424,7 @@ mod tests {
     fn free_plans_bill_nothing_and_within_included_tokens_only_the_fee() {
         let free = charges(&Terms::of(&Tier::Free.default_plan()), 10_000, 0);
         assert_eq!(free.subtotal_micros(), 0);
-        assert!(lines(&free, "Free", 0).is_empty());
+        assert!(lines(&free, 0).is_empty());
         let pro = charges(&Terms::of(&Tier::Pro.default_plan()), 2_000_000, 0);
         assert_eq!((pro.overage_tokens, pro.subtotal_micros()), (0, 99_000_000));
     }

@@ -336,7 +336,7 @@ pub mod conformance {
                 }
                 Ok(Appended::Repeated(_))
                 | Err(LedgerError::Insufficient { .. } | LedgerError::ReferenceReused) => {}
-                Err(e) => panic!("{e}"),
+                Err(e) => panic!("{e}: {:?}", std::error::Error::source(&e)),
             }
         }
         let all = store.entries(user, None, 10_000).await.unwrap();

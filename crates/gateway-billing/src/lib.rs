@@ -25,10 +25,15 @@ pub mod money;
 pub mod plans;
 pub mod price;
 pub mod prices;
+pub mod service;
 
 pub use plans::{
     Ceiling, CeilingKind, InMemoryPlanStore, InvalidPlan, PlanStore, PlanStoreError, PlanUpdate,
     Plans, UNLIMITED_TOKENS, UpdatePlanError, monthly_ceiling,
 };
 pub use price::{DEFAULT_PRICE, ModelPrice, Price, PriceBook, SEED_PRICES, Tokens, cost_micros};
-pub use prices::{ImportReport, InMemoryPriceStore, PriceStore, PriceStoreError, Prices};
+pub use prices::{
+    ImportReport, InMemoryPriceStore, PriceChange, PriceEntry, PriceError, PriceStore,
+    PriceStoreError, Prices,
+};
+pub use service::{Billing, BillingError, Moved, Summary};

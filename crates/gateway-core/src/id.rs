@@ -66,6 +66,10 @@ uuid_id!(
     ServerId
 );
 uuid_id!(
+    /// One model price from a moment on.
+    PriceId
+);
+uuid_id!(
     /// A monthly invoice.
     InvoiceId
 );

@@ -4,6 +4,8 @@
 pub mod api_keys;
 pub mod billing_plans;
 pub mod credit_ledger;
+pub mod invoice_lines;
+pub mod invoice_numbers;
 pub mod invoices;
 pub mod litellm_servers;
 pub mod model_prices;

@@ -15,6 +15,7 @@
 //! ```
 
 mod auth;
+mod billing;
 pub mod entity;
 mod error;
 mod plans;
@@ -32,6 +33,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
 use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
+pub use billing::SqlBillingStore;
 pub use error::StoreError;
 pub use plans::SqlPlanStore;
 pub use prices::SqlPriceStore;

@@ -293,3 +293,146 @@ async fn sql_quota_store_meets_the_quota_contract() {
         gateway_ratelimit::conformance::quota_store_contract(&quotas, a, b, user).await;
     }
 }
+
+/// A user of `tier`, made through the accounts service.
+async fn user_on(db: &TestDb, email: &str, tier: Tier) -> gateway_core::UserId {
+    use gateway_auth::{Accounts, AccountsConfig, AdminUserUpdate, AuthStores};
+    let store = std::sync::Arc::new(gateway_store::SqlAuthStore::new(db.store.clone()));
+    let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
+    let accounts =
+        Accounts::new(AuthStores::from(store), b"0123456789abcdef0123456789abcdef", config);
+    let user = accounts.signup(email, "correct horse battery", None).await.unwrap();
+    let update = AdminUserUpdate { tier: Some(tier), ..AdminUserUpdate::default() };
+    accounts.admin_update_user(user.id, update).await.unwrap();
+    user.id
+}
+
+#[tokio::test]
+async fn sql_ledger_meets_the_ledger_contract() {
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let user = user_on(&db, "ledger@example.com", Tier::Free).await;
+        let other = user_on(&db, "other@example.com", Tier::Free).await;
+        let store = std::sync::Arc::new(gateway_store::SqlBillingStore::new(db.store.clone()));
+        gateway_billing::ledger::conformance::ledger_store_contract(store, user, other).await;
+    }
+}
+
+#[tokio::test]
+async fn closing_a_period_invoices_fees_and_overage_once_and_credits_pay_what_they_can() {
+    use gateway_billing::invoice::{
+        BillingPeriod, InvoiceStatus, InvoiceStore, LineKind, recompute,
+    };
+    use gateway_billing::ledger::{EntryKind, LedgerStore, NewEntry};
+    use gateway_usage::{UsageRecord, UsageStore};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let alice = user_on(&db, "alice@example.com", Tier::Starter).await;
+        let bob = user_on(&db, "bob@example.com", Tier::Free).await;
+        let carol = user_on(&db, "carol@example.com", Tier::Pro).await;
+        let now = OffsetDateTime::now_utc();
+        let period = BillingPeriod::containing(now);
+        // Usage in the period: alice 100,000 tokens beyond Starter's 500,000.
+        let usage = gateway_store::SqlUsageStore::new(db.store.clone());
+        let at = period.starts_at() + time::Duration::minutes(30);
+        let record = |user, tokens: u64, cost| UsageRecord {
+            user_id: user,
+            created_at: at,
+            total_tokens: tokens,
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+            cost_micros: cost,
+            ..UsageRecord::example()
+        };
+        usage
+            .insert_batch(&[
+                record(alice, 400_000, 1_000),
+                record(alice, 200_000, 2_000),
+                record(bob, 5_000, 10),
+                record(carol, 1_000, 20),
+            ])
+            .await
+            .unwrap();
+        let billing = gateway_store::SqlBillingStore::new(db.store.clone());
+        let grant = NewEntry {
+            user: carol,
+            kind: EntryKind::Grant,
+            amount_micros: 100_000_000,
+            reference: "welcome".into(),
+            reason: "welcome credits".into(),
+        };
+        billing.append(&grant, now).await.unwrap();
+
+        let plans: Vec<_> =
+            Tier::ALL.iter().map(|t| std::sync::Arc::new(t.default_plan())).collect();
+        let grace = time::Duration::days(14);
+        let report = billing.close_period(period, &plans, grace, now).await.unwrap();
+        assert_eq!((report.created, report.paid_by_credits), (2, 1), "{backend:?} {report:?}");
+        assert_eq!(report.open_micros, 29_200_000, "{backend:?}");
+
+        let a = billing.invoice_for(alice, period).await.unwrap().unwrap();
+        assert_eq!(a.number, period.invoice_number(1), "{backend:?}");
+        assert_eq!((a.status, a.total_micros), (InvoiceStatus::Open, 29_200_000));
+        assert_eq!((a.charges.used_tokens, a.charges.overage_tokens), (600_000, 100_000));
+        assert_eq!(a.charges.usage_cost_micros, 3_000);
+        assert_eq!(
+            a.lines.iter().map(|l| (l.kind, l.amount_micros)).collect::<Vec<_>>(),
+            [(LineKind::PlanFee, 29_000_000), (LineKind::Overage, 200_000)]
+        );
+        let c = billing.invoice_for(carol, period).await.unwrap().unwrap();
+        assert_eq!(c.number, period.invoice_number(2));
+        assert_eq!(
+            (c.status, c.credits_applied_micros, c.total_micros),
+            (InvoiceStatus::Paid, 99_000_000, 0)
+        );
+        assert!(billing.invoice_for(bob, period).await.unwrap().is_none(), "free: nothing to bill");
+
+        // The unpaid invoice makes alice past due after the grace period.
+        let users = gateway_store::SqlAuthStore::new(db.store.clone());
+        let alice_row =
+            gateway_auth::UserStore::find_user_by_id(&users, alice).await.unwrap().unwrap();
+        assert_eq!(
+            alice_row.user.past_due_after.map(OffsetDateTime::unix_timestamp),
+            Some((now + grace).unix_timestamp())
+        );
+        let carol_row =
+            gateway_auth::UserStore::find_user_by_id(&users, carol).await.unwrap().unwrap();
+        assert_eq!(
+            (carol_row.user.credits_micros, carol_row.user.past_due_after),
+            (1_000_000, None)
+        );
+
+        // Twice: nothing changes.
+        let again = billing.close_period(period, &plans, grace, now).await.unwrap();
+        assert_eq!((again.created, again.already_invoiced), (0, 2), "{backend:?}");
+        assert_eq!(billing.invoice_for(alice, period).await.unwrap().unwrap(), a);
+        // Recomputed from the usage records, it is what was stored.
+        let used = billing.period_usage(alice, period).await.unwrap();
+        assert_eq!(recompute(&a, used), a, "{backend:?}");
+
+        // Credits granted later pay the open invoice and end the past-due state.
+        let top_up = NewEntry {
+            user: alice,
+            kind: EntryKind::TopUp,
+            amount_micros: 30_000_000,
+            reference: "pack-1".into(),
+            reason: "credit pack".into(),
+        };
+        billing.append(&top_up, now).await.unwrap();
+        let paid = billing.pay_open_invoices(alice, now).await.unwrap();
+        assert_eq!(paid.len(), 1);
+        assert_eq!(
+            (paid[0].status, paid[0].total_micros, paid[0].credits_applied_micros),
+            (InvoiceStatus::Paid, 0, 29_200_000)
+        );
+        assert_eq!(paid[0].lines.last().map(|l| l.amount_micros), Some(-29_200_000));
+        assert!(billing.pay_open_invoices(alice, now).await.unwrap().is_empty(), "nothing left");
+        let alice_row =
+            gateway_auth::UserStore::find_user_by_id(&users, alice).await.unwrap().unwrap();
+        assert_eq!((alice_row.user.credits_micros, alice_row.user.past_due_after), (800_000, None));
+        assert!(
+            billing.verify().await.unwrap().is_empty(),
+            "{backend:?}: balances are their ledgers' sums"
+        );
+    }
+}

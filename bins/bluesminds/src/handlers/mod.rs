@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod billing;
 mod gateway;
 mod keys;
 mod ops;
@@ -52,6 +53,20 @@ pub async fn dispatch(
         Route::Models => gateway::models(app, &req).await,
         Route::UsageLogs => usage::logs(app, req, ctx).await,
         Route::UsageStats => usage::stats(app, req, ctx).await,
+        Route::BillingPlans => Ok(billing::plans(app)),
+        Route::BillingSummary => billing::summary(app, req, ctx).await,
+        Route::BillingSettings => billing::update_settings(app, req, ctx).await,
+        Route::BillingLedger => billing::ledger(app, req, ctx).await,
+        Route::BillingInvoices => billing::invoices(app, req, ctx).await,
+        Route::BillingInvoice(id) => billing::invoice(app, req, ctx, id).await,
+        Route::AdminPlans => billing::admin_plans(app, req, ctx).await,
+        Route::AdminUpdatePlan(tier) => billing::admin_update_plan(app, req, ctx, tier).await,
+        Route::AdminPrices => billing::admin_prices(app, req, ctx).await,
+        Route::AdminAddPrice => billing::admin_add_price(app, req, ctx).await,
+        Route::AdminUpdatePrice(id) => billing::admin_update_price(app, req, ctx, id).await,
+        Route::AdminDeletePrice(id) => billing::admin_delete_price(app, req, ctx, id).await,
+        Route::AdminCredits(id) => billing::admin_credits(app, req, ctx, id).await,
+        Route::AdminClosePeriod => billing::admin_close_period(app, req, ctx).await,
         Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
         Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
     };

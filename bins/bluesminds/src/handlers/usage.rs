@@ -39,7 +39,7 @@ fn decode(s: &str) -> Option<String> {
 }
 
 /// The query parameters, refusing unknown or repeated ones.
-fn params<'a>(
+pub(super) fn params<'a>(
     req: &Request<Incoming>,
     allowed: &[&'a str],
 ) -> Result<Vec<(&'a str, String)>, ApiError> {

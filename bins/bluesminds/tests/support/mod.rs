@@ -398,3 +398,35 @@ pub fn chat_request(
         .build()
         .unwrap()
 }
+
+/// A request in the session `cookie` with a JSON body (`null`: none).
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    body: &serde_json::Value,
+) -> Reply {
+    let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    request_with(addr, method, path, &[("cookie", cookie)], &bytes).await
+}
+
+/// Polls `GET /api/billing/summary` in the session `cookie` until `done` says the usage rows
+/// it needs are written (the writer batches them off the request path).
+pub async fn summary_when(
+    addr: SocketAddr,
+    cookie: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let r = call(addr, "GET", "/api/billing/summary", cookie, &serde_json::Value::Null).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let v = r.json();
+        if done(&v) {
+            return v;
+        }
+        assert!(started.elapsed() < PATIENCE, "the usage rows never arrived: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

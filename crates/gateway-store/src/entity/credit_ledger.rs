@@ -11,8 +11,10 @@ pub struct Model {
     pub amount_micros: i64,
     pub balance_after_micros: i64,
     pub reason: String,
-    pub reference: Option<String>,
+    /// Unique for the user: the same reference is the same operation.
+    pub reference: String,
     pub created_at: TimeDateTimeWithTimeZone,
+    pub kind: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

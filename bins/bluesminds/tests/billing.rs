@@ -194,6 +194,7 @@ async fn cli(gw: &Gateway, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn plans_ceilings_credits_and_invoices_through_the_binary() {
+    use futures_util::StreamExt;
     let mock = Mock::start().await;
     let url = mock.url();
     let extra = [
@@ -301,32 +302,70 @@ async fn plans_ceilings_credits_and_invoices_through_the_binary() {
         );
     }
 
-    // Credits: 200 grants at once, each of 100 references sent twice, applied once each.
+    // Credits: 1,000 operations at once: 600 grants (300 references, each sent twice: applied
+    // once) and 400 debits, some of which may find the balance short.
     let me = support::call(gw.addr, "GET", "/api/auth/me", &paid, &none).await.json();
     let paid_id = me["id"].as_str().unwrap().to_owned();
     let path = format!("/api/admin/users/{paid_id}/credits");
-    let grants: Vec<_> = (0..200)
+    // (100 connections at a time: every operation on one user's balance waits for that row,
+    // so a thousand at once would only test the client's patience.)
+    let ops: Vec<(bool, u16)> = futures_util::stream::iter(0..1000)
         .map(|i| {
             let (addr, admin, path) = (gw.addr, admin.clone(), path.clone());
-            tokio::spawn(async move {
-                let body = json!({"amount_micros": 100_000, "reason": "goodwill", "reference": format!("g{}", i % 100)});
-                support::call(addr, "POST", &path, &admin, &body).await.status
-            })
+            async move {
+                let body = if i % 5 < 3 {
+                    // The i-th grant of 600 (i / 5 * 3 + i % 5) uses reference (that % 300).
+                    let reference = format!("g{}", (i / 5 * 3 + i % 5) % 300);
+                    json!({"amount_micros": 100_000, "reason": "goodwill", "reference": reference})
+                } else {
+                    json!({"amount_micros": -10_000, "reason": "correction", "reference": format!("d{i}")})
+                };
+                (i % 5 < 3, support::call(addr, "POST", &path, &admin, &body).await.status)
+            }
         })
-        .collect();
-    let mut statuses = Vec::new();
-    for g in grants {
-        statuses.push(g.await.unwrap());
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let (mut granted, mut repeated, mut debited, mut short) = (0i64, 0i64, 0i64, 0i64);
+    for op in ops {
+        match op {
+            (true, 201) => granted += 1,
+            (true, 200) => repeated += 1,
+            (false, 201) => debited += 1,
+            (false, 409) => short += 1,
+            other => panic!("{other:?}"),
+        }
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 100, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 100, "repeats are acknowledged");
+    assert_eq!((granted, repeated, debited + short), (300, 300, 400));
+    let balance = 300 * 100_000 - debited * 10_000;
+    let me = support::call(gw.addr, "GET", "/api/auth/me", &paid, &none).await.json();
+    assert_eq!(me["credits_micros"], balance);
+    // Every entry, page by page: they sum to the balance.
+    let (mut sum, mut entries, mut before) = (0i64, 0i64, None::<String>);
+    loop {
+        let page = match &before {
+            Some(b) => format!("/api/billing/ledger?limit=200&before={b}"),
+            None => "/api/billing/ledger?limit=200".to_owned(),
+        };
+        let ledger = support::call(gw.addr, "GET", &page, &paid, &none).await.json();
+        for e in ledger["data"].as_array().unwrap() {
+            sum += e["amount_micros"].as_i64().unwrap();
+            entries += 1;
+        }
+        match ledger["next_before"].as_str() {
+            Some(b) => before = Some(b.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!((sum, entries), (balance, 300 + debited));
+    let (ok, out) = cli(&gw, &["billing", "verify"]).await;
+    assert!(ok && out.contains("every credit balance equals"), "{out}");
+    // Down to $10 for what follows; then more than that cannot be taken.
+    let to_ten = json!({"amount_micros": 10_000_000 - balance, "reason": "set to ten dollars", "reference": "ten"});
+    assert_eq!(support::call(gw.addr, "POST", &path, &admin, &to_ten).await.status, 201);
     let over = json!({"amount_micros": -20_000_000, "reason": "too much", "reference": "take"});
     let r = support::call(gw.addr, "POST", &path, &admin, &over).await;
     assert_eq!(r.status, 409, "a balance never goes below zero: {:?}", r.body);
-    let ledger =
-        support::call(gw.addr, "GET", "/api/billing/ledger?limit=200", &paid, &none).await.json();
-    assert_eq!(ledger["balance_micros"], 10_000_000);
-    assert_eq!(ledger["data"].as_array().unwrap().len(), 100);
     let (ok, out) = cli(&gw, &["billing", "verify"]).await;
     assert!(ok && out.contains("every credit balance equals"), "{out}");
 
@@ -464,4 +503,96 @@ async fn plans_ceilings_credits_and_invoices_through_the_binary() {
     assert_eq!(r.status, 200);
     let r = support::call(gw.addr, "GET", "/api/admin/model-prices", &paid, &none).await;
     assert_eq!(r.status, 403, "admins only");
+}
+
+/// With an OpenAI client: an answer, a stream without and with `include_usage`, and a stream
+/// the client cuts short are each priced from their tokens at gpt-4's price.
+#[tokio::test]
+async fn an_openai_client_pays_for_answers_whole_streams_and_cut_streams() {
+    use async_openai::types::chat::ChatCompletionStreamOptions;
+    use futures_util::StreamExt;
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let extra = [("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)];
+    let (_db, env) = support::shared_backends(&extra).await;
+    let env = support::env_refs(&env);
+    let gw = Gateway::start(&[], &env).await;
+    let cookie = support::signup(gw.addr, "sdk@example.com").await;
+    support::set_tier(&gw, &cookie, "pro").await;
+    let key = support::create_key(gw.addr, &cookie, &json!({"name": "sdk"})).await;
+    let config = async_openai::config::OpenAIConfig::new()
+        .with_api_base(gw.url("/api/v1"))
+        .with_api_key(&key);
+    let client = async_openai::Client::with_config(config);
+
+    let answer = client.chat().create(support::chat_request("gpt-4", 6)).await.unwrap();
+    let usage = answer.usage.unwrap();
+    let answer_cost = cost(
+        GPT4,
+        &json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}),
+    );
+
+    let mut plain = client.chat().create_stream(support::chat_request("gpt-4", 5)).await.unwrap();
+    while let Some(chunk) = plain.next().await {
+        assert!(chunk.unwrap().usage.is_none(), "not asked for, not shown");
+    }
+    let mut req = support::chat_request("gpt-4", 4);
+    req.stream_options =
+        Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None });
+    let mut with_usage = client.chat().create_stream(req).await.unwrap();
+    let mut shown = None;
+    while let Some(chunk) = with_usage.next().await {
+        shown = chunk.unwrap().usage.or(shown);
+    }
+    let shown = shown.expect("asked for, shown");
+
+    // Cut: the client reads the first chunk of a slow 200-word stream and leaves.
+    let body = json!({
+        "model": "gpt-4", "stream": true, "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Hello there!"}],
+        "mock": {"chunk_delay_ms": 20}
+    });
+    let http = reqwest::Client::new();
+    let mut cut = http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 200);
+    // A few words in (the first event is the role alone), then gone.
+    let mut seen = Vec::new();
+    while seen.windows(5).filter(|w| *w == b"data:").count() < 5 {
+        seen.extend_from_slice(&cut.chunk().await.unwrap().expect("the stream goes on"));
+    }
+    drop(cut);
+
+    let rows = logs(&gw, &cookie, 4).await;
+    let row_cost = |r: &Value| {
+        cost(
+            GPT4,
+            &json!({"prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"]}),
+        )
+    };
+    let (cut_row, with_row, plain_row, answer_row) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    assert_eq!(answer_row["cost_micros"], answer_cost);
+    assert_eq!(
+        (plain_row["completion_tokens"].as_u64(), plain_row["cost_micros"].as_i64()),
+        (Some(5), Some(row_cost(plain_row)))
+    );
+    assert_eq!(with_row["completion_tokens"], shown.completion_tokens);
+    assert_eq!(
+        with_row["cost_micros"],
+        cost(
+            GPT4,
+            &json!({"prompt_tokens": shown.prompt_tokens, "completion_tokens": shown.completion_tokens})
+        )
+    );
+    assert_eq!(cut_row["client_disconnected"], true, "{cut_row}");
+    let cut_tokens = cut_row["completion_tokens"].as_u64().unwrap();
+    assert!((1..200).contains(&cut_tokens), "what was generated before the cut: {cut_row}");
+    assert_eq!(cut_row["cost_micros"], row_cost(cut_row), "what was generated is charged");
+    assert!(row_cost(cut_row) > 0);
 }

@@ -102,7 +102,11 @@ impl Billing {
         let plan = self.plans.plan(user.tier);
         let used: PeriodUsage = self.invoices.period_usage(user.id, period).await?;
         let c = charges(&Terms::of(&plan), used.tokens, used.cost_micros);
-        let Ceiling { tokens: ceiling, .. } = monthly_ceiling(&plan, user.overage_cap_micros);
+        let Ceiling { tokens: mut ceiling, .. } = monthly_ceiling(&plan, user.overage_cap_micros);
+        if user.role == gateway_core::Role::Admin {
+            // The operators' own keys have no ceiling (and they are not invoiced).
+            ceiling = crate::plans::UNLIMITED_TOKENS;
+        }
         let subtotal = c.subtotal_micros();
         Ok(Summary {
             tier: user.tier,

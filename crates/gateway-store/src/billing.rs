@@ -534,6 +534,9 @@ impl SqlBillingStore {
             .all(txn)
             .await
             .map_err(invoice_err)?;
+        if open.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut paid_into = Vec::new();
         for inv in open {
             let balance = users::Entity::find_by_id(user.as_uuid())

@@ -29,6 +29,10 @@ pub struct Gateway {
     pub stdout: Vec<String>,
     /// The environment it was started with (for the CLI next to it).
     pub env: Vec<(String, String)>,
+    /// Everything it wrote to stderr (its logs), read as it comes so that a full pipe never
+    /// stalls the process.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A command for the binary, run in `dir`, with a clean environment of our choosing.
@@ -82,10 +86,23 @@ impl Gateway {
         })
         .await
         .expect("bluesminds did not start in time");
-        // Keep draining stdout so the child never blocks on a full pipe.
+        // Keep draining stdout and stderr so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::default();
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let stderr_done = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Gateway { addr, child, dir, stdout: seen, env }
+        Gateway { addr, child, dir, stdout: seen, env, stderr, stderr_done: Some(stderr_done) }
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,11 +120,10 @@ impl Gateway {
     pub async fn wait(&mut self) -> (Option<i32>, String) {
         let status =
             tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("exit in time").unwrap();
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            stderr.read_to_string(&mut err).await.unwrap();
+        if let Some(done) = self.stderr_done.take() {
+            done.await.unwrap();
         }
+        let err = String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
         (status.code(), err)
     }
 

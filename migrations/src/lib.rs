@@ -3,8 +3,9 @@
 //! The schema is written per dialect in `sql/`: Postgres gets a `usage_logs` table
 //! range-partitioned by month (the partitions of the current and next months are created here
 //! and then daily by the gateway, through [`ensure_usage_partitions`]); SQLite, the embedded
-//! mode, gets a plain table. Every statement is idempotent, and sea-orm-migration records what
-//! ran, so migrating twice changes nothing.
+//! mode, gets a plain table. sea-orm-migration records what ran, so migrating twice changes
+//! nothing; each migration runs once (in a transaction on Postgres), and a released one is
+//! never edited: changes come as new migrations.
 //!
 //! ```no_run
 //! # async fn demo(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
@@ -38,6 +39,21 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_billing::Migration),
         ]
     }
+}
+
+/// Runs a migration's SQL for the database's dialect (`postgres` or `sqlite`).
+pub(crate) async fn run_dialect(
+    manager: &SchemaManager<'_>,
+    postgres: &str,
+    sqlite: &str,
+) -> Result<(), DbErr> {
+    let sql = match manager.get_database_backend() {
+        DatabaseBackend::Postgres => postgres,
+        DatabaseBackend::Sqlite => sqlite,
+        other => return Err(DbErr::Migration(format!("unsupported database backend {other:?}"))),
+    };
+    manager.get_connection().execute_unprepared(sql).await?;
+    Ok(())
 }
 
 /// First day of the month `months_ahead` months after the month of `day`.

@@ -24,6 +24,7 @@ mod m20261128_000001_init;
 mod m20261201_000001_usage_estimated;
 mod m20261201_000002_model_prices;
 mod m20261201_000003_billing;
+mod m20261201_000004_payments;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_usage_estimated::Migration),
             Box::new(m20261201_000002_model_prices::Migration),
             Box::new(m20261201_000003_billing::Migration),
+            Box::new(m20261201_000004_payments::Migration),
         ]
     }
 }

@@ -15,6 +15,7 @@
 //! `GET /mock/stats` reports what the mock saw.
 
 mod body;
+pub mod creem;
 mod handlers;
 
 use std::convert::Infallible;

@@ -9,6 +9,7 @@ use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierCo
 use gateway_balancer::{
     BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
 };
+use gateway_billing::payments::{Catalog, CreditPack, Payments};
 use gateway_billing::{Billing, Plans, Prices};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
@@ -19,8 +20,8 @@ use gateway_ratelimit::ResilientLimiter;
 use gateway_redis::RedisConn;
 use gateway_redis::bus::Bus;
 use gateway_store::{
-    SqlAuthStore, SqlBillingStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore, SqlServerStore,
-    SqlUsageStore, Store, StoreConfig,
+    SqlAuthStore, SqlBillingStore, SqlPaymentStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore,
+    SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
 use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
@@ -53,6 +54,8 @@ pub struct App {
     pub plans: Arc<Plans>,
     /// Credits, invoices, closing months.
     pub billing: Billing,
+    /// Payments through Creem; `None` when `[billing.creem]` is not configured.
+    pub payments: Option<Arc<Payments>>,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
@@ -212,6 +215,7 @@ impl App {
             billing_store,
             time::Duration::days(i64::from(config.billing.grace_days)),
         );
+        let payments = payments_of(&config, &store, &plans);
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -229,6 +233,7 @@ impl App {
             pipeline,
             prices,
             billing,
+            payments,
             plans,
             resilient,
             usage,
@@ -346,6 +351,46 @@ pub fn redact_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// The payments service when `[billing.creem]` has its secrets.
+fn payments_of(config: &Config, store: &Store, plans: &Arc<Plans>) -> Option<Arc<Payments>> {
+    let c = &config.billing.creem;
+    if !c.enabled() {
+        return None;
+    }
+    let catalog = Catalog {
+        tiers: c
+            .products
+            .iter()
+            .filter_map(|(tier, product)| Some((tier.parse().ok()?, product.clone())))
+            .collect(),
+        packs: c
+            .credit_packs
+            .iter()
+            .map(|(name, p)| CreditPack {
+                name: name.clone(),
+                product_id: p.product_id.clone(),
+                price_micros: p.price_micros,
+                credits_micros: p.credits_micros,
+            })
+            .collect(),
+        currency: c.currency.clone(),
+    };
+    let success_url = if c.success_url.is_empty() {
+        format!("{}/", config.server.public_url.trim_end_matches('/'))
+    } else {
+        c.success_url.clone()
+    };
+    let provider = gateway_creem::CreemClient::new(&c.api_url, &c.api_key, Duration::from_secs(10));
+    Some(Arc::new(Payments::new(
+        Arc::new(provider),
+        Arc::new(SqlPaymentStore::new(store.clone())),
+        plans.clone(),
+        catalog,
+        c.webhook_secret.as_bytes(),
+        &success_url,
+    )))
 }
 
 #[cfg(test)]

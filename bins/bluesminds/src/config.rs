@@ -378,6 +378,75 @@ pub struct BillingConfig {
     /// database lock), the others find it done. Off: close by hand with
     /// `bluesminds billing close-period`.
     pub close_periods: bool,
+    /// Payments through Creem; off while `api_key` or `webhook_secret` is empty.
+    pub creem: CreemConfig,
+}
+
+/// `[billing.creem]`: the Creem account payments go to.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreemConfig {
+    /// Secret: Creem's API key (test keys work against `https://test-api.creem.io`).
+    pub api_key: String,
+    /// Secret: the signing secret of the webhook registered at Creem.
+    pub webhook_secret: String,
+    /// Creem's API base.
+    pub api_url: String,
+    /// Where Creem sends the buyer after paying; default `<server.public_url>/`.
+    pub success_url: String,
+    /// The Creem product id of each paid tier (`starter`, `pro`, `enterprise`).
+    pub products: std::collections::BTreeMap<String, String>,
+    /// Credit packs on sale, by name.
+    pub credit_packs: std::collections::BTreeMap<String, CreditPackConfig>,
+    /// The currency the products are priced in.
+    pub currency: String,
+}
+
+impl Default for CreemConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            webhook_secret: String::new(),
+            api_url: "https://api.creem.io".to_owned(),
+            success_url: String::new(),
+            products: std::collections::BTreeMap::new(),
+            credit_packs: std::collections::BTreeMap::new(),
+            currency: "USD".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CreemConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreemConfig")
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "webhook_secret",
+                &if self.webhook_secret.is_empty() { "" } else { "<redacted>" },
+            )
+            .field("api_url", &self.api_url)
+            .field("success_url", &self.success_url)
+            .field("products", &self.products)
+            .field("credit_packs", &self.credit_packs)
+            .field("currency", &self.currency)
+            .finish()
+    }
+}
+
+impl CreemConfig {
+    /// Payments are on when both secrets are set.
+    pub fn enabled(&self) -> bool {
+        !self.api_key.is_empty() && !self.webhook_secret.is_empty()
+    }
+}
+
+/// One credit pack: what it costs and what it adds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditPackConfig {
+    pub product_id: String,
+    pub price_micros: i64,
+    pub credits_micros: i64,
 }
 
 impl Default for BillingConfig {
@@ -388,6 +457,7 @@ impl Default for BillingConfig {
             default_output_micros_per_million: p.output,
             grace_days: 14,
             close_periods: true,
+            creem: CreemConfig::default(),
         }
     }
 }
@@ -564,6 +634,26 @@ impl Config {
                     "must be 0 or more (micro-dollars per million tokens)",
                 ));
             }
+        }
+        let creem = &self.billing.creem;
+        for tier in creem.products.keys() {
+            if !matches!(tier.as_str(), "starter" | "pro" | "enterprise") {
+                return Err(ConfigError::key(
+                    "billing.creem.products",
+                    "names paid tiers only: starter, pro, enterprise",
+                ));
+            }
+        }
+        for pack in creem.credit_packs.values() {
+            if pack.product_id.is_empty() || pack.price_micros <= 0 || pack.credits_micros <= 0 {
+                return Err(ConfigError::key(
+                    "billing.creem.credit_packs",
+                    "each pack needs a product_id and positive price_micros and credits_micros",
+                ));
+            }
+        }
+        if !(creem.api_url.starts_with("https://") || creem.api_url.starts_with("http://")) {
+            return Err(ConfigError::key("billing.creem.api_url", "must be an http(s) URL"));
         }
         if self.auth.login_lockout_after == 0 {
             return Err(ConfigError::key("auth.login_lockout_after", "must be greater than 0"));

@@ -3,6 +3,7 @@
 
 use gateway_auth::AuthError;
 use gateway_billing::invoice::InvoiceStoreError;
+use gateway_billing::payments::PaymentError;
 use gateway_billing::{BillingError, PriceError};
 use gateway_core::{ApiError, ErrorKind, RequestId};
 
@@ -83,6 +84,40 @@ pub fn from_billing(request_id: RequestId, e: BillingError) -> ApiError {
         )
         .with_retry_after(5),
         other => internal(request_id, "billing operation", &other),
+    }
+}
+
+pub fn from_payments(request_id: RequestId, e: PaymentError) -> ApiError {
+    match e {
+        PaymentError::NotForSale(what) => {
+            ApiError::new(ErrorKind::NotFound, format!("{what} cannot be bought on this gateway."))
+        }
+        PaymentError::AlreadyOnTier(tier) => ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "You are on the {tier} plan already; the customer portal changes or cancels it."
+            ),
+        ),
+        PaymentError::NoCustomer => ApiError::new(
+            ErrorKind::NotFound,
+            "There is no payment account for you yet: it is made by your first checkout.",
+        ),
+        PaymentError::BadSignature => {
+            tracing::warn!(request_id = %request_id, "webhook with a missing or wrong signature refused");
+            ApiError::new(ErrorKind::Unauthenticated, "Invalid webhook signature.")
+        }
+        PaymentError::Unreadable(e) => {
+            ApiError::invalid_request(format!("Unreadable webhook event: {e}."))
+        }
+        PaymentError::Provider(e) => {
+            tracing::error!(request_id = %request_id, error = %gateway_core::error_chain(&e), "the payment provider failed");
+            ApiError::new(
+                ErrorKind::ServiceUnavailable,
+                "The payment provider could not be reached. Try again in a moment.",
+            )
+            .with_retry_after(5)
+        }
+        PaymentError::Store(e) => internal(request_id, "payment operation", &e),
     }
 }
 

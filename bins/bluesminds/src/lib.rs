@@ -39,6 +39,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     if app.config.billing.close_periods {
         background.spawn(close_periods(app.clone()));
     }
+    if app.payments.is_some() {
+        background.spawn(end_subscriptions(app.clone()));
+    }
     if let Some(resilient) = app.resilient.clone() {
         let every = Duration::from_millis(app.config.limits.mirror_interval_ms);
         background.spawn(mirror_quotas(resilient, every));
@@ -138,6 +141,28 @@ async fn close_periods(app: Arc<App>) {
         let next = BillingPeriod::containing(now).ends_at() + time::Duration::minutes(1);
         let until_next = Duration::try_from(next - now).unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait.min(until_next)).await;
+    }
+}
+
+/// Moves accounts whose canceled subscription reached the end of its paid period back to
+/// free, once a minute, and tells the key caches.
+async fn end_subscriptions(app: Arc<App>) {
+    let Some(payments) = app.payments.clone() else { return };
+    let mut tick = tokio::time::interval(Duration::from_mins(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match payments.end_due_subscriptions(time::OffsetDateTime::now_utc()).await {
+            Ok(ended) => {
+                for user in ended {
+                    tracing::info!(user = %user, "subscription ended: back to the free plan");
+                    gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %gateway_core::error_chain(&e), "could not end the subscriptions due");
+            }
+        }
     }
 }
 

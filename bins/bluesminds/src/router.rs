@@ -44,6 +44,9 @@ pub enum Route<'a> {
     AdminDeletePrice(&'a str),
     AdminCredits(&'a str),
     AdminClosePeriod,
+    BillingCheckout,
+    BillingPortal,
+    BillingWebhook,
     ChatCompletions,
     Embeddings,
 }
@@ -128,6 +131,11 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "billing", "invoices", id] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::BillingInvoice(id))])
         }
+        ["api", "billing", "checkout"] => {
+            pick(m, "POST", &[(Method::POST, Route::BillingCheckout)])
+        }
+        ["api", "billing", "portal"] => pick(m, "POST", &[(Method::POST, Route::BillingPortal)]),
+        ["api", "billing", "webhook"] => pick(m, "POST", &[(Method::POST, Route::BillingWebhook)]),
         ["api", "admin", "plans"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminPlans)]),
         ["api", "admin", "plans", tier] => {
             pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdatePlan(tier))])

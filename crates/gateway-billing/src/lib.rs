@@ -22,6 +22,7 @@ pub mod invoice;
 pub mod ledger;
 pub mod litellm;
 pub mod money;
+pub mod payments;
 pub mod plans;
 pub mod price;
 pub mod prices;

@@ -131,6 +131,10 @@ impl UserStore for SqlAuthStore {
             credits_micros: Set(0),
             overage_cap_micros: Set(None),
             past_due_after: Set(None),
+            creem_customer_id: Set(None),
+            creem_subscription_id: Set(None),
+            subscription_ends_at: Set(None),
+            subscription_event_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };

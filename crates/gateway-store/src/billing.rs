@@ -85,13 +85,13 @@ async fn find_entry(
 }
 
 /// What appending in a transaction did (the caller commits, or rolls back on `Repeated`).
-enum Step {
+pub(crate) enum Step {
     New(LedgerEntry),
     Repeated(LedgerEntry),
 }
 
 /// Moves the balance and writes the entry inside `txn`.
-async fn append_in(
+pub(crate) async fn append_in(
     txn: &DatabaseTransaction,
     e: &NewEntry,
     at: OffsetDateTime,

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod billing_plans;
+pub mod billing_webhook_events;
 pub mod credit_ledger;
 pub mod invoice_lines;
 pub mod invoice_numbers;

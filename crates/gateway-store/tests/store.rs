@@ -11,9 +11,10 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
     "api_keys",
     "billing_plans",
+    "billing_webhook_events",
     "credit_ledger",
     "invoice_lines",
     "invoice_numbers",
@@ -47,7 +48,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 4, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 5, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {

@@ -6,6 +6,7 @@ mod billing;
 mod gateway;
 mod keys;
 mod ops;
+mod payments;
 mod session;
 mod usage;
 
@@ -67,6 +68,9 @@ pub async fn dispatch(
         Route::AdminDeletePrice(id) => billing::admin_delete_price(app, req, ctx, id).await,
         Route::AdminCredits(id) => billing::admin_credits(app, req, ctx, id).await,
         Route::AdminClosePeriod => billing::admin_close_period(app, req, ctx).await,
+        Route::BillingCheckout => payments::checkout(app, req, ctx).await,
+        Route::BillingPortal => payments::portal(app, req, ctx).await,
+        Route::BillingWebhook => payments::webhook(app, req, ctx).await,
         Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
         Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
     };

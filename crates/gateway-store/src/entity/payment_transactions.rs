@@ -17,6 +17,8 @@ pub struct Model {
     pub status: String,
     pub created_at: TimeDateTimeWithTimeZone,
     pub updated_at: TimeDateTimeWithTimeZone,
+    /// What it paid for (`tier:pro`, `credits:<pack>`, `invoice:<id>`).
+    pub purpose: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,10 @@ pub struct Model {
     pub credits_micros: i64,
     pub overage_cap_micros: Option<i64>,
     pub past_due_after: Option<TimeDateTimeWithTimeZone>,
+    pub creem_customer_id: Option<String>,
+    pub creem_subscription_id: Option<String>,
+    pub subscription_ends_at: Option<TimeDateTimeWithTimeZone>,
+    pub subscription_event_at: Option<i64>,
     pub created_at: TimeDateTimeWithTimeZone,
     pub updated_at: TimeDateTimeWithTimeZone,
 }

@@ -1,0 +1,272 @@
+//! Payments through the binary against the Creem mock, on Postgres and Redis: an upgrade by
+//! checkout and webhook (limits follow at once), redeliveries, forgeries, tampering, replays
+//! under another event id, wrong amounts, events out of order, credit packs, the same event at
+//! two instances at once, and no secret in the logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use bluesminds_mock::creem::{CreemMock, CreemMockConfig, CreemProduct};
+use serde_json::{Value, json};
+use support::{Gateway, Mock, post_with_key};
+
+const API_KEY: &str = "creem_test_key_0123456789";
+const WEBHOOK_SECRET: &str = "whsec_test_secret_0123456789";
+
+fn product(id: &str, price_cents: i64, recurring: bool) -> CreemProduct {
+    CreemProduct { id: id.into(), price_cents, currency: "USD".into(), recurring }
+}
+
+async fn creem() -> CreemMock {
+    CreemMock::start(CreemMockConfig {
+        api_key: API_KEY.into(),
+        webhook_secret: WEBHOOK_SECRET.into(),
+        webhook_url: String::new(),
+        products: vec![
+            product("prod_pro", 9_900, true),
+            product("prod_enterprise", 49_900, true),
+            product("prod_small", 1_000, false),
+        ],
+    })
+    .await
+    .unwrap()
+}
+
+fn creem_env(creem: &CreemMock, mock: &Mock) -> Vec<(String, String)> {
+    [
+        ("BLUESMINDS_BILLING__CREEM__API_KEY", API_KEY.to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__API_URL", creem.url()),
+        ("BLUESMINDS_BILLING__CREEM__PRODUCTS__PRO", "prod_pro".to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__PRODUCTS__ENTERPRISE", "prod_enterprise".to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__PRODUCT_ID", "prod_small".to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__PRICE_MICROS", "10000000".to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__CREDITS_MICROS", "11000000".to_owned()),
+        ("LITELLM_SERVER_1_URL", mock.url()),
+        ("LITELLM_SERVER_1_MODELS", "gpt-4".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+async fn me(gw: &Gateway, cookie: &str) -> Value {
+    support::call(gw.addr, "GET", "/api/auth/me", cookie, &Value::Null).await.json()
+}
+
+/// Starts a checkout for `body` and returns the mock's record of it.
+async fn checkout(gw: &Gateway, creem: &CreemMock, cookie: &str, body: Value) -> String {
+    let r = support::call(gw.addr, "POST", "/api/billing/checkout", cookie, &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let url = r.json()["url"].as_str().unwrap().to_owned();
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    assert!(creem.checkouts().iter().any(|c| c.id == id), "the checkout was made at Creem");
+    id
+}
+
+async fn payments_of(db: &gateway_store::testing::TestDb) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = db.store.connection();
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM payment_transactions",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+#[tokio::test]
+async fn an_upgrade_by_checkout_survives_redeliveries_forgeries_and_disorder() {
+    let creem = creem().await;
+    let mock = Mock::start().await;
+    let (db, mut env) = support::shared_backends(&[]).await;
+    env.extend(creem_env(&creem, &mock));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let cookie = support::signup(gw.addr, "buyer@example.com").await;
+    let key = support::create_key(gw.addr, &cookie, &json!({"name": "k"})).await;
+    let chat =
+        json!({"model": "gpt-4", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+    let rpm = |r: &support::Reply| r.header("x-ratelimit-limit-requests").unwrap().to_owned();
+    assert_eq!(rpm(&post_with_key(gw.addr, "/v1/chat/completions", &key, &chat).await), "10");
+
+    // Checkout, then Creem's webhook three times: one tier change, one payment.
+    let id = checkout(&gw, &creem, &cookie, json!({"tier": "pro"})).await;
+    let recorded = &creem.checkouts()[0];
+    assert_eq!(recorded.email, "buyer@example.com");
+    assert_eq!(recorded.metadata["bluesminds_purpose"], "tier:pro");
+    let event = creem.checkout_completed(&id, None).unwrap();
+    for _ in 0..3 {
+        assert_eq!(creem.deliver(&event).await, 200);
+    }
+    assert_eq!(me(&gw, &cookie).await["tier"], "pro");
+    assert_eq!(payments_of(&db).await, 1);
+    // The limits follow at once (the key cache heard of it).
+    assert_eq!(rpm(&post_with_key(gw.addr, "/v1/chat/completions", &key, &chat).await), "200");
+
+    // Forged (another secret), missing, tampered: refused, nothing changes.
+    let body = event.to_string();
+    let forged = bluesminds_mock::creem::signature("not the secret", &body);
+    assert_eq!(creem.deliver_raw(&body, Some(&forged)).await, 401);
+    assert_eq!(creem.deliver_raw(&body, None).await, 401);
+    let good = bluesminds_mock::creem::signature(WEBHOOK_SECRET, &body);
+    let tampered = body.replace("\"amount\":9900", "\"amount\":1");
+    assert_ne!(tampered, body);
+    assert_eq!(creem.deliver_raw(&tampered, Some(&good)).await, 401);
+    // The same payment under another event id: acknowledged, nothing changes.
+    let mut replay = event.clone();
+    replay["id"] = json!("evt_replayed");
+    let r = deliver(&creem, &gw, &replay).await;
+    assert_eq!(r["outcome"], "duplicate_payment");
+    assert_eq!(payments_of(&db).await, 1);
+
+    // A wrong amount for enterprise: refused, still pro.
+    let id = checkout(&gw, &creem, &cookie, json!({"tier": "enterprise"})).await;
+    let cheap = creem.checkout_completed(&id, Some(100)).unwrap();
+    assert_eq!(deliver(&creem, &gw, &cheap).await["outcome"], "refused");
+    assert_eq!(me(&gw, &cookie).await["tier"], "pro");
+    assert_eq!(payments_of(&db).await, 1);
+
+    // Out of order: the subscription expires (newest), then an older renewal arrives: the
+    // renewal is recorded as a payment, the account stays free.
+    let sub = event["object"]["subscription"]["id"].as_str().unwrap().to_owned();
+    let customer = event["object"]["customer"]["id"].as_str().unwrap().to_owned();
+    let created = event["created_at"].as_i64().unwrap();
+    let meta = event["object"]["metadata"].clone();
+    let expired = creem.subscription_event(
+        "subscription.expired",
+        &sub,
+        &customer,
+        "prod_pro",
+        &meta,
+        created + 2,
+        created,
+        "tran_x",
+    );
+    let late_renewal = creem.subscription_event(
+        "subscription.paid",
+        &sub,
+        &customer,
+        "prod_pro",
+        &meta,
+        created + 1,
+        created + 30 * 86_400_000,
+        "tran_renewal",
+    );
+    assert_eq!(deliver(&creem, &gw, &expired).await["outcome"], "applied");
+    assert_eq!(me(&gw, &cookie).await["tier"], "free");
+    assert_eq!(deliver(&creem, &gw, &late_renewal).await["outcome"], "applied");
+    assert_eq!(me(&gw, &cookie).await["tier"], "free", "the newest event wins");
+    assert_eq!(payments_of(&db).await, 2, "the renewal's payment is recorded");
+    assert_eq!(rpm(&post_with_key(gw.addr, "/v1/chat/completions", &key, &chat).await), "10");
+
+    // A new subscription, then canceled at the end of its period: pro until then.
+    let id = checkout(&gw, &creem, &cookie, json!({"tier": "pro"})).await;
+    let again = creem.checkout_completed(&id, None).unwrap();
+    assert_eq!(deliver(&creem, &gw, &again).await["outcome"], "applied");
+    let sub = again["object"]["subscription"]["id"].as_str().unwrap().to_owned();
+    let created = again["created_at"].as_i64().unwrap();
+    let canceled = creem.subscription_event(
+        "subscription.canceled",
+        &sub,
+        &customer,
+        "prod_pro",
+        &meta,
+        created + 1_000,
+        created + 30 * 86_400_000,
+        "tran_y",
+    );
+    assert_eq!(deliver(&creem, &gw, &canceled).await["outcome"], "applied");
+    assert_eq!(me(&gw, &cookie).await["tier"], "pro", "paid until the period ends");
+
+    // The customer portal, from the customer id the first checkout stored.
+    let r = support::call(gw.addr, "POST", "/api/billing/portal", &cookie, &Value::Null).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.json()["url"].as_str().unwrap().ends_with(&format!("/portal/{customer}")));
+    // No secret reaches the logs.
+    let mut gw = gw;
+    gw.terminate().await;
+    let (_, logs) = gw.wait().await;
+    for secret in [API_KEY, WEBHOOK_SECRET, good.as_str(), forged.as_str()] {
+        assert!(!logs.contains(secret), "a secret in the logs: {secret}");
+    }
+    assert!(logs.contains("payment event REFUSED"), "a refusal is loud");
+}
+
+/// Delivers `event` and returns the gateway's answer.
+async fn deliver(creem: &CreemMock, gw: &Gateway, event: &Value) -> Value {
+    let body = event.to_string();
+    let sig = bluesminds_mock::creem::signature(creem.webhook_secret(), &body);
+    let r = support::request_with(
+        gw.addr,
+        "POST",
+        "/api/billing/webhook",
+        &[("creem-signature", &sig)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()
+}
+
+#[tokio::test]
+async fn a_credit_pack_adds_its_credits_once_even_at_two_instances_at_once() {
+    let creem = creem().await;
+    let mock = Mock::start().await;
+    let (_db, mut env) = support::shared_backends(&[]).await;
+    env.extend(creem_env(&creem, &mock));
+    let a = Gateway::start(&[], &support::env_refs(&env)).await;
+    let b = Gateway::start(&[], &support::env_refs(&env)).await;
+    creem.set_webhook_url(&a.url("/api/billing/webhook"));
+    let cookie = support::signup(a.addr, "pack@example.com").await;
+    let id = checkout(&a, &creem, &cookie, json!({"credit_pack": "small"})).await;
+    let event = creem.checkout_completed(&id, None).unwrap();
+    let (to_a, to_b) = (a.url("/api/billing/webhook"), b.url("/api/billing/webhook"));
+    let statuses = tokio::join!(creem.deliver_to(&to_a, &event), creem.deliver_to(&to_b, &event));
+    assert_eq!(statuses, (200, 200));
+    assert_eq!(creem.deliver(&event).await, 200, "a redelivery later");
+    let ledger =
+        support::call(a.addr, "GET", "/api/billing/ledger", &cookie, &Value::Null).await.json();
+    assert_eq!(ledger["balance_micros"], 11_000_000, "{ledger}");
+    assert_eq!(ledger["data"].as_array().unwrap().len(), 1);
+    assert_eq!(ledger["data"][0]["kind"], "top_up");
+
+    // Unknown packs and tiers without a product are not for sale.
+    let r = support::call(
+        a.addr,
+        "POST",
+        "/api/billing/checkout",
+        &cookie,
+        &json!({"credit_pack": "huge"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = support::call(
+        a.addr,
+        "POST",
+        "/api/billing/checkout",
+        &cookie,
+        &json!({"tier": "starter"}),
+    )
+    .await;
+    assert_eq!(r.status, 404, "no starter product is configured");
+}
+
+#[tokio::test]
+async fn without_creem_payment_endpoints_say_so_and_the_rest_works() {
+    let gw = Gateway::start(&[], &[]).await;
+    let cookie = support::signup(gw.addr, "nopay@example.com").await;
+    let r =
+        support::call(gw.addr, "POST", "/api/billing/checkout", &cookie, &json!({"tier": "pro"}))
+            .await;
+    assert_eq!(r.status, 503);
+    assert!(r.openai_error()["message"].as_str().unwrap().contains("[billing.creem]"));
+    let r = support::request(gw.addr, "POST", "/api/billing/webhook", b"{}").await;
+    assert_eq!(r.status, 503);
+    let r = support::call(gw.addr, "GET", "/api/billing/summary", &cookie, &Value::Null).await;
+    assert_eq!(r.status, 200);
+}

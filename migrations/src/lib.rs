@@ -25,6 +25,7 @@ mod m20261201_000001_usage_estimated;
 mod m20261201_000002_model_prices;
 mod m20261201_000003_billing;
 mod m20261201_000004_payments;
+mod m20261201_000005_redemption_codes;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_model_prices::Migration),
             Box::new(m20261201_000003_billing::Migration),
             Box::new(m20261201_000004_payments::Migration),
+            Box::new(m20261201_000005_redemption_codes::Migration),
         ]
     }
 }

@@ -56,6 +56,8 @@ pub struct App {
     pub billing: Billing,
     /// Payments through Creem; `None` when `[billing.creem]` is not configured.
     pub payments: Option<Arc<Payments>>,
+    /// Redemption codes.
+    pub codes: Arc<dyn gateway_billing::codes::CodeStore>,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
     /// One usage record per gateway request, written off the hot path.
@@ -216,6 +218,7 @@ impl App {
             time::Duration::days(i64::from(config.billing.grace_days)),
         );
         let payments = payments_of(&config, &store, &plans);
+        let codes = Arc::new(gateway_store::SqlCodeStore::new(store.clone()));
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
@@ -234,6 +237,7 @@ impl App {
             prices,
             billing,
             payments,
+            codes,
             plans,
             resilient,
             usage,

@@ -2,6 +2,7 @@
 //! here with the request id and shown to the client only as a generic message.
 
 use gateway_auth::AuthError;
+use gateway_billing::codes::CodeError;
 use gateway_billing::invoice::InvoiceStoreError;
 use gateway_billing::payments::PaymentError;
 use gateway_billing::{BillingError, PriceError};
@@ -118,6 +119,31 @@ pub fn from_payments(request_id: RequestId, e: PaymentError) -> ApiError {
             .with_retry_after(5)
         }
         PaymentError::Store(e) => internal(request_id, "payment operation", &e),
+    }
+}
+
+pub fn from_codes(request_id: RequestId, e: CodeError) -> ApiError {
+    match e {
+        CodeError::Invalid { field, reason } => {
+            ApiError::invalid_param(field, format!("Invalid '{field}': {reason}."))
+        }
+        CodeError::Unknown => {
+            ApiError::new(ErrorKind::NotFound, "This code is not valid.").with_param("code")
+        }
+        CodeError::Expired => {
+            ApiError::new(ErrorKind::Conflict, "This code has expired.").with_param("code")
+        }
+        CodeError::UsedUp => {
+            ApiError::new(ErrorKind::Conflict, "This code has been used up.").with_param("code")
+        }
+        CodeError::AlreadyRedeemed => {
+            ApiError::new(ErrorKind::Conflict, "You have redeemed this code already.")
+                .with_param("code")
+        }
+        CodeError::Taken => {
+            ApiError::new(ErrorKind::Conflict, "A code with this text exists.").with_param("code")
+        }
+        CodeError::Store(e) => internal(request_id, "redemption code operation", e.as_ref()),
     }
 }
 

@@ -45,6 +45,10 @@ pub enum Route<'a> {
     AdminCredits(&'a str),
     AdminClosePeriod,
     BillingCheckout,
+    BillingRedeem,
+    AdminCodes,
+    AdminCreateCode,
+    AdminRevokeCode(&'a str),
     BillingPortal,
     BillingWebhook,
     ChatCompletions,
@@ -133,6 +137,15 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         }
         ["api", "billing", "checkout"] => {
             pick(m, "POST", &[(Method::POST, Route::BillingCheckout)])
+        }
+        ["api", "billing", "redeem"] => pick(m, "POST", &[(Method::POST, Route::BillingRedeem)]),
+        ["api", "admin", "codes"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::AdminCodes), (Method::POST, Route::AdminCreateCode)],
+        ),
+        ["api", "admin", "codes", id] => {
+            pick(m, "DELETE", &[(Method::DELETE, Route::AdminRevokeCode(id))])
         }
         ["api", "billing", "portal"] => pick(m, "POST", &[(Method::POST, Route::BillingPortal)]),
         ["api", "billing", "webhook"] => pick(m, "POST", &[(Method::POST, Route::BillingWebhook)]),

@@ -270,3 +270,82 @@ async fn without_creem_payment_endpoints_say_so_and_the_rest_works() {
     let r = support::call(gw.addr, "GET", "/api/billing/summary", &cookie, &Value::Null).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_single_use_code_goes_to_one_of_fifty_users_racing_for_it() {
+    let (_db, env) = support::shared_backends(&[]).await;
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    let admin = support::admin_session(&gw).await;
+    let r = support::call(
+        gw.addr,
+        "POST",
+        "/api/admin/codes",
+        &admin,
+        &json!({"credits_micros": 5_000_000}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let code = r.json()["code"].as_str().unwrap().to_owned();
+    assert!(code.starts_with("BM-"));
+
+    let mut cookies = Vec::new();
+    for i in 0..50 {
+        cookies.push(support::signup(gw.addr, &format!("racer{i}@example.com")).await);
+    }
+    let tasks: Vec<_> = cookies
+        .iter()
+        .map(|cookie| {
+            let (addr, cookie, body) =
+                (gw.addr, cookie.clone(), json!({"code": code.to_lowercase()}));
+            tokio::spawn(async move {
+                support::call(addr, "POST", "/api/billing/redeem", &cookie, &body).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 49);
+    let mut total = 0;
+    for cookie in &cookies {
+        total += me(&gw, cookie).await["credits_micros"].as_i64().unwrap();
+    }
+    assert_eq!(total, 5_000_000, "one credit in all");
+
+    // A multi-use code: once per user; expired, revoked and unknown codes are refused.
+    let body = json!({"code": "team-2027", "credits_micros": 1_000_000, "max_uses": 10});
+    assert_eq!(support::call(gw.addr, "POST", "/api/admin/codes", &admin, &body).await.status, 201);
+    assert_eq!(
+        support::call(gw.addr, "POST", "/api/admin/codes", &admin, &body).await.status,
+        409,
+        "taken"
+    );
+    let redeem = |cookie: String, code: &'static str| async move {
+        let r =
+            support::call(gw.addr, "POST", "/api/billing/redeem", &cookie, &json!({"code": code}))
+                .await;
+        (r.status, r.json())
+    };
+    assert_eq!(redeem(cookies[0].clone(), "TEAM-2027").await.0, 200);
+    let (status, again) = redeem(cookies[0].clone(), "TEAM-2027").await;
+    assert_eq!(status, 409);
+    assert!(again["error"]["message"].as_str().unwrap().contains("already"));
+    assert_eq!(redeem(cookies[1].clone(), "NO-SUCH-CODE").await.0, 404);
+    let list = support::call(gw.addr, "GET", "/api/admin/codes", &admin, &Value::Null).await.json();
+    let team =
+        list["data"].as_array().unwrap().iter().find(|c| c["code"] == "TEAM-2027").unwrap().clone();
+    assert_eq!(team["uses"], 1);
+    let id = team["id"].as_str().unwrap();
+    let r =
+        support::call(gw.addr, "DELETE", &format!("/api/admin/codes/{id}"), &admin, &Value::Null)
+            .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(redeem(cookies[1].clone(), "TEAM-2027").await.0, 404, "revoked");
+    let past = json!({"credits_micros": 1, "expires_at": "2020-01-01T00:00:00Z"});
+    let r = support::call(gw.addr, "POST", "/api/admin/codes", &admin, &past).await;
+    assert_eq!((r.status, r.openai_error()["param"].as_str()), (400, Some("expires_at")));
+    let r = support::call(gw.addr, "GET", "/api/admin/codes", &cookies[2], &Value::Null).await;
+    assert_eq!(r.status, 403, "admins only");
+}

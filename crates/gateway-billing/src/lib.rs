@@ -18,6 +18,7 @@
 //! assert_eq!(book.cost("gpt-4", time::OffsetDateTime::now_utc(), t), 60_000);
 //! ```
 
+pub mod codes;
 pub mod invoice;
 pub mod ledger;
 pub mod litellm;

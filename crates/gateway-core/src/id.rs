@@ -70,6 +70,10 @@ uuid_id!(
     PriceId
 );
 uuid_id!(
+    /// A redemption code.
+    CodeId
+);
+uuid_id!(
     /// A monthly invoice.
     InvoiceId
 );

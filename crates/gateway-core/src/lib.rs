@@ -29,5 +29,5 @@ pub use domain::{
     UnknownVariant, UpstreamServer, Usage, User, UserStatus,
 };
 pub use error::{ApiError, ErrorKind, error_chain};
-pub use id::{ApiKeyId, InvoiceId, LedgerEntryId, PriceId, RequestId, ServerId, UserId};
+pub use id::{ApiKeyId, CodeId, InvoiceId, LedgerEntryId, PriceId, RequestId, ServerId, UserId};
 pub use plan::{DefaultPlans, Plan, PlanSource};

@@ -12,6 +12,8 @@ pub mod litellm_servers;
 pub mod model_prices;
 pub mod payment_transactions;
 pub mod rate_limit_state;
+pub mod redemption_codes;
+pub mod redemptions;
 pub mod sessions;
 pub mod usage_logs;
 pub mod user_quota_state;

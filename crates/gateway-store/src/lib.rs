@@ -16,6 +16,7 @@
 
 mod auth;
 mod billing;
+mod codes;
 pub mod entity;
 mod error;
 mod payments;
@@ -35,6 +36,7 @@ use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
 pub use billing::SqlBillingStore;
+pub use codes::SqlCodeStore;
 pub use error::StoreError;
 pub use payments::SqlPaymentStore;
 pub use plans::SqlPlanStore;

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 17] = [
     "api_keys",
     "billing_plans",
     "billing_webhook_events",
@@ -23,6 +23,8 @@ const TABLES: [&str; 15] = [
     "model_prices",
     "payment_transactions",
     "rate_limit_state",
+    "redemption_codes",
+    "redemptions",
     "sessions",
     "usage_logs",
     "user_quota_state",
@@ -48,7 +50,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 5, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 6, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {

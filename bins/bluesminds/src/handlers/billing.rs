@@ -21,7 +21,7 @@ use super::session::{require_admin, require_user};
 use super::usage::params;
 use super::{double_option, json_body};
 use crate::app::App;
-use crate::errors::{from_auth, from_billing, from_prices, internal};
+use crate::errors::{from_auth, from_billing, from_codes, from_prices, internal};
 use crate::http::{ResBody, json};
 use crate::server::Ctx;
 
@@ -471,4 +471,94 @@ pub async fn admin_close_period(app: &App, req: Request<Incoming>, ctx: Ctx) -> 
         gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), *user);
     }
     Ok(json(StatusCode::OK, &report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    code: String,
+}
+
+/// `POST /api/billing/redeem` `{"code": "..."}`: adds the code's credits to the caller's
+/// ledger (once per user and code; a single-use code goes to one user), and credits pay open
+/// invoices.
+pub async fn redeem(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let user = require_user(app, &req, ctx).await?;
+    let b: RedeemBody = json_body(app, req).await?;
+    let now = OffsetDateTime::now_utc();
+    let entry =
+        app.codes.redeem(&b.code, user.id, now).await.map_err(|e| from_codes(ctx.request_id, e))?;
+    let paid = app
+        .billing
+        .invoices()
+        .pay_open_invoices(user.id, now)
+        .await
+        .map_err(|e| internal(ctx.request_id, "paying open invoices", &e))?;
+    if !paid.is_empty() {
+        gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({"entry": entry, "balance_micros": entry.balance_after_micros, "paid_invoices": paid}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    /// Default: a random code.
+    code: Option<String>,
+    credits_micros: i64,
+    #[serde(default = "one")]
+    max_uses: u32,
+    /// RFC 3339.
+    expires_at: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /api/admin/codes`: a code worth `credits_micros`, for `max_uses` users (default 1),
+/// optionally expiring.
+pub async fn admin_create_code(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let b: CodeBody = json_body(app, req).await?;
+    let expires_at =
+        b.expires_at.map(|t| OffsetDateTime::parse(&t, &Rfc3339)).transpose().map_err(|_| {
+            ApiError::invalid_param("expires_at", "'expires_at' must be an RFC 3339 time.")
+        })?;
+    let now = OffsetDateTime::now_utc();
+    let new = gateway_billing::codes::NewCode {
+        code: b.code,
+        credits_micros: b.credits_micros,
+        max_uses: b.max_uses,
+        expires_at,
+    };
+    let new =
+        gateway_billing::codes::prepare(&new, now).map_err(|e| from_codes(ctx.request_id, e))?;
+    let code = app.codes.create(&new, now).await.map_err(|e| from_codes(ctx.request_id, e))?;
+    Ok(json(StatusCode::CREATED, &code))
+}
+
+/// `GET /api/admin/codes`: every code, newest first, with its uses.
+pub async fn admin_codes(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let all = app.codes.list().await.map_err(|e| from_codes(ctx.request_id, e))?;
+    Ok(json(StatusCode::OK, &List::new(all)))
+}
+
+/// `DELETE /api/admin/codes/{id}`: the code redeems no more (its uses stay in the ledgers).
+pub async fn admin_revoke_code(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let id: gateway_core::CodeId = id.parse().map_err(|_| ApiError::not_found("code"))?;
+    let found = app
+        .codes
+        .revoke(id, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| from_codes(ctx.request_id, e))?;
+    if !found {
+        return Err(ApiError::not_found("code"));
+    }
+    Ok(json(StatusCode::OK, &json!({"id": id, "revoked": true})))
 }

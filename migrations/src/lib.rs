@@ -26,6 +26,7 @@ mod m20261201_000002_model_prices;
 mod m20261201_000003_billing;
 mod m20261201_000004_payments;
 mod m20261201_000005_redemption_codes;
+mod m20261201_000006_subscription_lines;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_billing::Migration),
             Box::new(m20261201_000004_payments::Migration),
             Box::new(m20261201_000005_redemption_codes::Migration),
+            Box::new(m20261201_000006_subscription_lines::Migration),
         ]
     }
 }

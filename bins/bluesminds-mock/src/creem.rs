@@ -53,6 +53,8 @@ pub struct Checkout {
     pub success_url: String,
     pub email: String,
     pub metadata: Value,
+    /// Units bought (1 unless the checkout said).
+    pub units: i64,
 }
 
 #[derive(Default)]
@@ -177,7 +179,7 @@ impl CreemMock {
             "id": c.id, "object": "checkout", "request_id": c.request_id, "status": "completed",
             "order": {
                 "id": next_id(&self.state, "ord"), "object": "order", "customer": customer,
-                "product": product.id, "amount": amount_cents.unwrap_or(product.price_cents),
+                "product": product.id, "amount": amount_cents.unwrap_or(product.price_cents * c.units),
                 "currency": product.currency, "status": "paid",
                 "type": if product.recurring { "recurring" } else { "onetime" },
             },
@@ -225,6 +227,21 @@ impl CreemMock {
                 "current_period_start_date": rfc3339(period_end_ms - 30 * 86_400_000),
                 "current_period_end_date": rfc3339(period_end_ms),
                 "metadata": metadata,
+            }
+        })
+    }
+
+    /// A `refund.created` event refunding `amount_cents` of order `order_id` (a checkout's
+    /// payment) to `customer_id`, without metadata, as Creem sends it.
+    pub fn refund_event(&self, order_id: &str, customer_id: &str, amount_cents: i64) -> Value {
+        json!({
+            "id": next_id(&self.state, "evt"), "eventType": "refund.created", "created_at": now_ms(),
+            "object": {
+                "id": next_id(&self.state, "ref"), "object": "refund", "status": "succeeded",
+                "refund_amount": amount_cents, "refund_currency": "USD", "reason": "requested_by_customer",
+                "transaction": {"id": next_id(&self.state, "tran"), "object": "transaction", "order": order_id},
+                "order": {"id": order_id, "object": "order"},
+                "customer": {"id": customer_id, "object": "customer"},
             }
         })
     }
@@ -352,6 +369,7 @@ async fn serve(
                 success_url: input["success_url"].as_str().unwrap_or_default().to_owned(),
                 email: input["customer"]["email"].as_str().unwrap_or_default().to_owned(),
                 metadata: input["metadata"].clone(),
+                units: input["units"].as_i64().unwrap_or(1),
             };
             state
                 .lock()

@@ -379,6 +379,7 @@ fn payments_of(config: &Config, store: &Store, plans: &Arc<Plans>) -> Option<Arc
                 credits_micros: p.credits_micros,
             })
             .collect(),
+        invoice_product: (!c.invoice_product_id.is_empty()).then(|| c.invoice_product_id.clone()),
         currency: c.currency.clone(),
     };
     let success_url = if c.success_url.is_empty() {

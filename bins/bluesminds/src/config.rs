@@ -398,6 +398,9 @@ pub struct CreemConfig {
     pub products: std::collections::BTreeMap<String, String>,
     /// Credit packs on sale, by name.
     pub credit_packs: std::collections::BTreeMap<String, CreditPackConfig>,
+    /// A one-time product priced at $0.01: an open invoice is paid by buying as many units as
+    /// it has cents left to pay. Empty: invoices are paid with credits only.
+    pub invoice_product_id: String,
     /// The currency the products are priced in.
     pub currency: String,
 }
@@ -411,6 +414,7 @@ impl Default for CreemConfig {
             success_url: String::new(),
             products: std::collections::BTreeMap::new(),
             credit_packs: std::collections::BTreeMap::new(),
+            invoice_product_id: String::new(),
             currency: "USD".to_owned(),
         }
     }
@@ -428,6 +432,7 @@ impl std::fmt::Debug for CreemConfig {
             .field("success_url", &self.success_url)
             .field("products", &self.products)
             .field("credit_packs", &self.credit_packs)
+            .field("invoice_product_id", &self.invoice_product_id)
             .field("currency", &self.currency)
             .finish()
     }

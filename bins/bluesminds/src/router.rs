@@ -46,6 +46,7 @@ pub enum Route<'a> {
     AdminClosePeriod,
     BillingCheckout,
     BillingRedeem,
+    BillingPayInvoice(&'a str),
     AdminCodes,
     AdminCreateCode,
     AdminRevokeCode(&'a str),
@@ -131,6 +132,9 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         }
         ["api", "billing", "invoices"] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::BillingInvoices)])
+        }
+        ["api", "billing", "invoices", id, "pay"] => {
+            pick(m, "POST", &[(Method::POST, Route::BillingPayInvoice(id))])
         }
         ["api", "billing", "invoices", id] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::BillingInvoice(id))])

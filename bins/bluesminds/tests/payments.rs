@@ -27,6 +27,7 @@ async fn creem() -> CreemMock {
             product("prod_pro", 9_900, true),
             product("prod_enterprise", 49_900, true),
             product("prod_small", 1_000, false),
+            product("prod_invoice", 1, false),
         ],
     })
     .await
@@ -43,6 +44,7 @@ fn creem_env(creem: &CreemMock, mock: &Mock) -> Vec<(String, String)> {
         ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__PRODUCT_ID", "prod_small".to_owned()),
         ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__PRICE_MICROS", "10000000".to_owned()),
         ("BLUESMINDS_BILLING__CREEM__CREDIT_PACKS__SMALL__CREDITS_MICROS", "11000000".to_owned()),
+        ("BLUESMINDS_BILLING__CREEM__INVOICE_PRODUCT_ID", "prod_invoice".to_owned()),
         ("LITELLM_SERVER_1_URL", mock.url()),
         ("LITELLM_SERVER_1_MODELS", "gpt-4".to_owned()),
     ]
@@ -131,14 +133,15 @@ async fn an_upgrade_by_checkout_survives_redeliveries_forgeries_and_disorder() {
     assert_eq!(me(&gw, &cookie).await["tier"], "pro");
     assert_eq!(payments_of(&db).await, 1);
 
-    // Out of order: the subscription expires (newest), then an older renewal arrives: the
-    // renewal is recorded as a payment, the account stays free.
+    // Out of order: the subscription is canceled after its paid period (the newest event),
+    // then an older renewal arrives: the renewal is recorded as a payment, the account stays
+    // free.
     let sub = event["object"]["subscription"]["id"].as_str().unwrap().to_owned();
     let customer = event["object"]["customer"]["id"].as_str().unwrap().to_owned();
     let created = event["created_at"].as_i64().unwrap();
     let meta = event["object"]["metadata"].clone();
-    let expired = creem.subscription_event(
-        "subscription.expired",
+    let ended = creem.subscription_event(
+        "subscription.canceled",
         &sub,
         &customer,
         "prod_pro",
@@ -157,7 +160,7 @@ async fn an_upgrade_by_checkout_survives_redeliveries_forgeries_and_disorder() {
         created + 30 * 86_400_000,
         "tran_renewal",
     );
-    assert_eq!(deliver(&creem, &gw, &expired).await["outcome"], "applied");
+    assert_eq!(deliver(&creem, &gw, &ended).await["outcome"], "applied");
     assert_eq!(me(&gw, &cookie).await["tier"], "free");
     assert_eq!(deliver(&creem, &gw, &late_renewal).await["outcome"], "applied");
     assert_eq!(me(&gw, &cookie).await["tier"], "free", "the newest event wins");
@@ -182,6 +185,11 @@ async fn an_upgrade_by_checkout_survives_redeliveries_forgeries_and_disorder() {
     );
     assert_eq!(deliver(&creem, &gw, &canceled).await["outcome"], "applied");
     assert_eq!(me(&gw, &cookie).await["tier"], "pro", "paid until the period ends");
+    // Refunded instead: free at once.
+    let order = again["object"]["order"]["id"].as_str().unwrap();
+    let refund = creem.refund_event(order, &customer, 9_900);
+    assert_eq!(deliver(&creem, &gw, &refund).await["outcome"], "applied");
+    assert_eq!(me(&gw, &cookie).await["tier"], "free", "a refunded plan ends at once");
 
     // The customer portal, from the customer id the first checkout stored.
     let r = support::call(gw.addr, "POST", "/api/billing/portal", &cookie, &Value::Null).await;
@@ -234,6 +242,20 @@ async fn a_credit_pack_adds_its_credits_once_even_at_two_instances_at_once() {
     assert_eq!(ledger["balance_micros"], 11_000_000, "{ledger}");
     assert_eq!(ledger["data"].as_array().unwrap().len(), 1);
     assert_eq!(ledger["data"][0]["kind"], "top_up");
+
+    // Refunded (Creem's refund names the order, no metadata): the credits go back once.
+    let order = event["object"]["order"]["id"].as_str().unwrap();
+    let customer = event["object"]["customer"]["id"].as_str().unwrap();
+    let refund = creem.refund_event(order, customer, 1_000);
+    assert_eq!(deliver(&creem, &a, &refund).await["outcome"], "applied");
+    assert_eq!(deliver(&creem, &a, &refund).await["outcome"], "duplicate");
+    let mut again = refund.clone();
+    again["id"] = json!("evt_refund_replayed");
+    assert_eq!(deliver(&creem, &a, &again).await["outcome"], "duplicate_payment");
+    let ledger =
+        support::call(a.addr, "GET", "/api/billing/ledger", &cookie, &Value::Null).await.json();
+    assert_eq!(ledger["balance_micros"], 0, "{ledger}");
+    assert_eq!(ledger["data"][0]["kind"], "refund");
 
     // Unknown packs and tiers without a product are not for sale.
     let r = support::call(
@@ -314,7 +336,7 @@ async fn a_single_use_code_goes_to_one_of_fifty_users_racing_for_it() {
     }
     assert_eq!(total, 5_000_000, "one credit in all");
 
-    // A multi-use code: once per user; expired, revoked and unknown codes are refused.
+    // A multi-use code: once per user; revoked and unknown codes are refused.
     let body = json!({"code": "team-2027", "credits_micros": 1_000_000, "max_uses": 10});
     assert_eq!(support::call(gw.addr, "POST", "/api/admin/codes", &admin, &body).await.status, 201);
     assert_eq!(
@@ -348,4 +370,135 @@ async fn a_single_use_code_goes_to_one_of_fifty_users_racing_for_it() {
     assert_eq!((r.status, r.openai_error()["param"].as_str()), (400, Some("expires_at")));
     let r = support::call(gw.addr, "GET", "/api/admin/codes", &cookies[2], &Value::Null).await;
     assert_eq!(r.status, 403, "admins only");
+}
+
+#[tokio::test]
+async fn an_open_invoice_is_paid_by_credits_then_by_card() {
+    let creem = creem().await;
+    let mock = Mock::start().await;
+    let (_db, mut env) = support::shared_backends(&[("BLUESMINDS_BILLING__GRACE_DAYS", "0")]).await;
+    env.extend(creem_env(&creem, &mock));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let admin = support::admin_session(&gw).await;
+    let cookie = support::signup(gw.addr, "owes@example.com").await;
+    support::set_tier(&gw, &cookie, "starter").await;
+    let id = me(&gw, &cookie).await["id"].as_str().unwrap().to_owned();
+    let grant = json!({"amount_micros": 5_000_000, "reason": "welcome", "reference": "w"});
+    let path = format!("/api/admin/users/{id}/credits");
+    assert_eq!(support::call(gw.addr, "POST", &path, &admin, &grant).await.status, 201);
+    let summary =
+        support::call(gw.addr, "GET", "/api/billing/summary", &cookie, &Value::Null).await.json();
+    let period = summary["period"].as_str().unwrap().to_owned();
+    let close = json!({"period": period, "force": true});
+    assert_eq!(
+        support::call(gw.addr, "POST", "/api/admin/billing/close-period", &admin, &close)
+            .await
+            .status,
+        200
+    );
+    let invoice = support::call(gw.addr, "GET", "/api/billing/invoices", &cookie, &Value::Null)
+        .await
+        .json()["data"][0]
+        .clone();
+    assert_eq!(
+        (invoice["status"].as_str(), invoice["total_micros"].as_i64()),
+        (Some("open"), Some(24_000_000))
+    );
+    assert_eq!(
+        me(&gw, &cookie).await["credits_micros"],
+        0,
+        "credits paid what they could at closing"
+    );
+
+    // What is left, by card: a checkout of 2,400 one-cent units.
+    let invoice_id = invoice["id"].as_str().unwrap();
+    let r = support::call(
+        gw.addr,
+        "POST",
+        &format!("/api/billing/invoices/{invoice_id}/pay"),
+        &cookie,
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let answer = r.json();
+    assert_eq!(
+        (answer["paid"].as_bool(), answer["left_micros"].as_i64()),
+        (Some(false), Some(24_000_000))
+    );
+    let checkout_id = answer["url"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let made = creem.checkouts().into_iter().find(|c| c.id == checkout_id).unwrap();
+    assert_eq!((made.product_id.as_str(), made.units), ("prod_invoice", 2_400));
+    let event = creem.checkout_completed(&checkout_id, None).unwrap();
+    assert_eq!(deliver(&creem, &gw, &event).await["outcome"], "applied");
+    assert_eq!(deliver(&creem, &gw, &event).await["outcome"], "duplicate");
+    let paid = support::call(
+        gw.addr,
+        "GET",
+        &format!("/api/billing/invoices/{invoice_id}"),
+        &cookie,
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(me(&gw, &cookie).await["past_due_after"], Value::Null, "no longer past due");
+    assert_eq!(me(&gw, &cookie).await["credits_micros"], 0, "nothing paid twice or lost");
+    let r = support::call(
+        gw.addr,
+        "POST",
+        &format!("/api/billing/invoices/{invoice_id}/pay"),
+        &cookie,
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 409, "nothing left to pay");
+}
+
+#[tokio::test]
+async fn a_plan_fee_paid_by_the_subscription_is_not_billed_again() {
+    let creem = creem().await;
+    let mock = Mock::start().await;
+    let (_db, mut env) = support::shared_backends(&[]).await;
+    env.extend(creem_env(&creem, &mock));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let cookie = support::signup(gw.addr, "subscriber@example.com").await;
+    let id = checkout(&gw, &creem, &cookie, json!({"tier": "pro"})).await;
+    let event = creem.checkout_completed(&id, None).unwrap();
+    assert_eq!(deliver(&creem, &gw, &event).await["outcome"], "applied");
+    let summary =
+        support::call(gw.addr, "GET", "/api/billing/summary", &cookie, &Value::Null).await.json();
+    assert_eq!(
+        (summary["prepaid_micros"].as_i64(), summary["estimated_total_micros"].as_i64()),
+        (Some(99_000_000), Some(0))
+    );
+    let admin = support::admin_session(&gw).await;
+    let close = json!({"period": summary["period"], "force": true});
+    assert_eq!(
+        support::call(gw.addr, "POST", "/api/admin/billing/close-period", &admin, &close)
+            .await
+            .status,
+        200
+    );
+    let invoice = support::call(gw.addr, "GET", "/api/billing/invoices", &cookie, &Value::Null)
+        .await
+        .json()["data"][0]
+        .clone();
+    assert_eq!(
+        (invoice["status"].as_str(), invoice["total_micros"].as_i64()),
+        (Some("paid"), Some(0)),
+        "{invoice}"
+    );
+    let lines: Vec<(String, i64)> = invoice["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap().to_owned(), l["amount_micros"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [("plan_fee".to_owned(), 99_000_000), ("subscription_payment".to_owned(), -99_000_000)]
+    );
 }

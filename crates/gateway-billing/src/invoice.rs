@@ -124,6 +124,9 @@ impl InvoiceStatus {
 pub enum LineKind {
     PlanFee,
     Overage,
+    /// The plan fee as the user's subscription at the payment provider paid it during the
+    /// month (a negative amount).
+    SubscriptionPayment,
     /// Credits applied (a negative amount).
     Credits,
 }
@@ -133,12 +136,13 @@ impl LineKind {
         match self {
             LineKind::PlanFee => "plan_fee",
             LineKind::Overage => "overage",
+            LineKind::SubscriptionPayment => "subscription_payment",
             LineKind::Credits => "credits",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [LineKind::PlanFee, LineKind::Overage, LineKind::Credits]
+        [LineKind::PlanFee, LineKind::Overage, LineKind::SubscriptionPayment, LineKind::Credits]
             .into_iter()
             .find(|x| x.as_str() == s)
     }
@@ -227,9 +231,10 @@ pub fn plan_name_of(description: &str) -> Option<&str> {
     description.strip_suffix(" plan, one month")
 }
 
-/// The invoice's lines: the plan fee, the overage when there is any, the credits applied.
-pub fn lines(c: &Charges, credits_applied_micros: i64) -> Vec<InvoiceLine> {
-    let mut lines = Vec::with_capacity(3);
+/// The invoice's lines: the plan fee, the overage when there is any, what the subscription
+/// paid, the credits applied.
+pub fn lines(c: &Charges, prepaid_micros: i64, credits_applied_micros: i64) -> Vec<InvoiceLine> {
+    let mut lines = Vec::with_capacity(4);
     if c.terms.fee_micros > 0 {
         lines.push(InvoiceLine {
             kind: LineKind::PlanFee,
@@ -250,6 +255,15 @@ pub fn lines(c: &Charges, credits_applied_micros: i64) -> Vec<InvoiceLine> {
             quantity: i64::try_from(c.overage_tokens).unwrap_or(i64::MAX),
             unit_micros: rate,
             amount_micros: c.overage_micros,
+        });
+    }
+    if prepaid_micros > 0 {
+        lines.push(InvoiceLine {
+            kind: LineKind::SubscriptionPayment,
+            description: "Plan fee paid by your subscription".to_owned(),
+            quantity: 1,
+            unit_micros: -prepaid_micros,
+            amount_micros: -prepaid_micros,
         });
     }
     if credits_applied_micros > 0 {
@@ -275,6 +289,8 @@ pub struct Invoice {
     #[serde(flatten)]
     pub charges: Charges,
     pub subtotal_micros: i64,
+    /// The plan fee the subscription at the payment provider paid during the month.
+    pub prepaid_micros: i64,
     pub credits_applied_micros: i64,
     /// What is left to pay.
     pub total_micros: i64,
@@ -321,6 +337,8 @@ pub struct PeriodUsage {
     pub requests: u64,
     pub tokens: u64,
     pub cost_micros: i64,
+    /// What the user's plan subscription paid at the payment provider during the period.
+    pub prepaid_micros: i64,
 }
 
 /// Invoices, and the usage they are computed from, behind a port.
@@ -371,12 +389,14 @@ pub trait InvoiceStore: Send + Sync {
 pub fn recompute(stored: &Invoice, usage: PeriodUsage) -> Invoice {
     let c = charges(&stored.charges.terms, usage.tokens, usage.cost_micros);
     let subtotal = c.subtotal_micros();
-    let credits = stored.credits_applied_micros.min(subtotal.max(0));
+    let prepaid = stored.prepaid_micros.min(c.terms.fee_micros).max(0);
+    let credits = stored.credits_applied_micros.min((subtotal - prepaid).max(0));
     Invoice {
-        lines: lines(&c, credits),
+        lines: lines(&c, prepaid, credits),
         subtotal_micros: subtotal,
+        prepaid_micros: prepaid,
         credits_applied_micros: credits,
-        total_micros: subtotal - credits,
+        total_micros: subtotal - prepaid - credits,
         charges: c,
         ..stored.clone()
     }
@@ -408,7 +428,7 @@ mod tests {
         let c = charges(&terms, 1_234_567, 65_040);
         assert_eq!((c.overage_tokens, c.overage_micros), (734_567, 1_469_134));
         assert_eq!(c.subtotal_micros(), 30_469_134);
-        let l = lines(&c, 10_000_000);
+        let l = lines(&c, 0, 10_000_000);
         assert_eq!(
             l.iter().map(|l| (l.kind, l.amount_micros)).collect::<Vec<_>>(),
             [
@@ -424,7 +444,7 @@ mod tests {
     fn free_plans_bill_nothing_and_within_included_tokens_only_the_fee() {
         let free = charges(&Terms::of(&Tier::Free.default_plan()), 10_000, 0);
         assert_eq!(free.subtotal_micros(), 0);
-        assert!(lines(&free, 0).is_empty());
+        assert!(lines(&free, 0, 0).is_empty());
         let pro = charges(&Terms::of(&Tier::Pro.default_plan()), 2_000_000, 0);
         assert_eq!((pro.overage_tokens, pro.subtotal_micros()), (0, 99_000_000));
     }

@@ -37,6 +37,9 @@ pub struct Catalog {
     /// The subscription product of each paid tier.
     pub tiers: HashMap<Tier, String>,
     pub packs: Vec<CreditPack>,
+    /// A one-time product priced at one cent, bought in as many units as an invoice has left
+    /// to pay.
+    pub invoice_product: Option<String>,
     /// The currency every product is priced in (`USD`).
     pub currency: String,
 }
@@ -120,6 +123,8 @@ impl Purpose {
 /// The metadata keys the gateway puts on a checkout.
 pub const META_USER: &str = "bluesminds_user";
 pub const META_PURPOSE: &str = "bluesminds_purpose";
+/// What an invoice checkout is to collect, in micro-dollars.
+pub const META_AMOUNT: &str = "bluesminds_amount_micros";
 
 /// Kinds of Creem events the gateway acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +172,12 @@ pub struct Event {
     /// The payment's own id (an order or a transaction): recorded once.
     pub payment_ref: Option<String>,
     pub period_end: Option<OffsetDateTime>,
+    /// An invoice checkout's amount to collect, from its metadata.
+    pub expected_micros: Option<i64>,
+    /// A refund's own id.
+    pub refund_id: Option<String>,
+    /// The ids a refund may name its payment by (its transaction's, its order's).
+    pub refunded_refs: Vec<String>,
 }
 
 /// Why an event could not be read.
@@ -267,7 +278,6 @@ pub fn parse_event(body: &[u8]) -> Result<Event, EventError> {
     Ok(Event {
         id: raw.id,
         event_type: raw.event_type,
-        kind,
         created_at_ms: millis(&raw.created_at).unwrap_or(0),
         user,
         purpose,
@@ -278,6 +288,23 @@ pub fn parse_event(body: &[u8]) -> Result<Event, EventError> {
         currency,
         payment_ref,
         period_end,
+        expected_micros: text(&metadata, &[META_AMOUNT]).and_then(|a| a.parse().ok()),
+        refund_id: (kind == EventKind::RefundCreated).then(|| text(o, &["id"])).flatten(),
+        refunded_refs: if kind == EventKind::RefundCreated {
+            let transaction = o.get("transaction").cloned().unwrap_or_default();
+            [
+                id_of(o, "transaction"),
+                id_of(&transaction, "order"),
+                text(&order, &["id"]),
+                order.as_str().map(str::to_owned),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        } else {
+            Vec::new()
+        },
+        kind,
     })
 }
 
@@ -307,6 +334,16 @@ pub enum Change {
     EndNow,
     /// Credits bought.
     TopUp { credits_micros: i64, reference: String, reason: String },
+    /// An invoice paid by card: marked paid; what exceeds what it had left to pay becomes
+    /// credits (reference `<reference>:excess`).
+    PayInvoice { invoice: InvoiceId, amount_micros: i64, reference: String },
+    /// A refund of the payment known by one of `payment_refs`: recorded once (`refund_ref`),
+    /// and reversed: a credit pack's credits taken back in proportion (never below zero), a
+    /// plan back to free at once, an invoice open again.
+    Refund { refund_ref: String, payment_refs: Vec<String>, amount_micros: i64 },
+    /// Creem's customer id of the account, stored when it has none yet (refunds and the
+    /// portal find the account by it).
+    Customer { customer_id: String },
     /// Marks the event's time as the newest subscription event applied.
     Seen,
 }
@@ -324,6 +361,11 @@ pub enum Decision {
 
 fn micros(cents: i64) -> i64 {
     cents.saturating_mul(10_000)
+}
+
+/// `micros` rounded up to a whole cent (a card pays cents).
+pub fn round_up_to_cent(micros: i64) -> i64 {
+    micros.saturating_add(9_999).div_euclid(10_000).saturating_mul(10_000)
 }
 
 /// What `event` means for `account` (`None`: the event names no known account).
@@ -400,7 +442,7 @@ pub fn decide(
             let Some(reference) = event.payment_ref.clone() else {
                 return Decision::Refuse("a completed checkout without an order id".into());
             };
-            Decision::Apply(vec![
+            let mut changes = vec![
                 Change::Payment {
                     reference: reference.clone(),
                     amount_micros: pack.price_micros,
@@ -412,7 +454,11 @@ pub fn decide(
                     reference: format!("creem:{reference}"),
                     reason: format!("Credit pack {name}"),
                 },
-            ])
+            ];
+            changes.extend(
+                event.customer_id.clone().map(|customer_id| Change::Customer { customer_id }),
+            );
+            Decision::Apply(changes)
         }
         (EventKind::SubscriptionActive | EventKind::SubscriptionPaid, _) => {
             let Some(tier) = event.product_id.as_deref().and_then(|p| catalog.tier_of(p)) else {
@@ -469,11 +515,65 @@ pub fn decide(
             };
             Decision::Apply(vec![end, Change::Seen])
         }
+        (EventKind::CheckoutCompleted, Some(Purpose::Invoice(invoice))) => {
+            let (Some(product), Some(expected)) = (&catalog.invoice_product, event.expected_micros)
+            else {
+                return Decision::Refuse("an invoice checkout this gateway cannot place".into());
+            };
+            if event.product_id.as_deref() != Some(product.as_str()) {
+                return Decision::Refuse(format!(
+                    "product {:?} is not the invoice product",
+                    event.product_id
+                ));
+            }
+            let amount_micros = round_up_to_cent(expected);
+            if event.amount_cents.map(micros) != Some(amount_micros)
+                || !currency_ok(&event.currency)
+            {
+                return Decision::Refuse(format!(
+                    "paid {:?} {:?} for an invoice with {expected} micro-dollars to pay",
+                    event.amount_cents, event.currency
+                ));
+            }
+            let Some(reference) = event.payment_ref.clone() else {
+                return Decision::Refuse("a completed checkout without an order id".into());
+            };
+            let mut changes = vec![
+                Change::Payment {
+                    reference: reference.clone(),
+                    amount_micros,
+                    currency: catalog.currency.clone(),
+                    purpose: Purpose::Invoice(*invoice).encode(),
+                },
+                Change::PayInvoice {
+                    invoice: *invoice,
+                    amount_micros,
+                    reference: format!("creem:{reference}"),
+                },
+            ];
+            changes.extend(
+                event.customer_id.clone().map(|customer_id| Change::Customer { customer_id }),
+            );
+            Decision::Apply(changes)
+        }
         (EventKind::CheckoutCompleted, _) => {
             Decision::Refuse("a checkout this gateway did not make".into())
         }
         (EventKind::RefundCreated, _) => {
-            Decision::Ignore("refunds are handled by hand for now".into())
+            let (Some(id), Some(cents)) = (&event.refund_id, event.amount_cents) else {
+                return Decision::Refuse("a refund without its id or amount".into());
+            };
+            if cents <= 0 || !currency_ok(&event.currency) || event.refunded_refs.is_empty() {
+                return Decision::Refuse(format!(
+                    "a refund of {cents} {:?} naming {:?}",
+                    event.currency, event.refunded_refs
+                ));
+            }
+            Decision::Apply(vec![Change::Refund {
+                refund_ref: format!("refund:{id}"),
+                payment_refs: event.refunded_refs.clone(),
+                amount_micros: micros(cents),
+            }])
         }
         (EventKind::Other(_), _) => {
             Decision::Ignore(format!("{} is not handled", event.event_type))
@@ -491,6 +591,8 @@ pub struct CheckoutRequest {
     pub customer_email: String,
     /// Written on the checkout and echoed back.
     pub metadata: Vec<(String, String)>,
+    /// Units of the product (the invoice product: cents); `None`: one.
+    pub units: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -589,6 +691,7 @@ mod tests {
                 price_micros: 10_000_000,
                 credits_micros: 11_000_000,
             }],
+            invoice_product: None,
             currency: "USD".into(),
         }
     }
@@ -793,6 +896,38 @@ impl Payments {
                 (META_USER.to_owned(), user.to_string()),
                 (META_PURPOSE.to_owned(), purpose.encode()),
             ],
+            units: None,
+        };
+        Ok(self.provider.create_checkout(&request).await?)
+    }
+
+    /// A checkout for what invoice `invoice` has left to pay (`amount_micros`, paid in whole
+    /// cents of the invoice product); the URL.
+    pub async fn invoice_checkout(
+        &self,
+        user: UserId,
+        email: &str,
+        invoice: InvoiceId,
+        amount_micros: i64,
+    ) -> Result<String, PaymentError> {
+        let product = self
+            .catalog
+            .invoice_product
+            .clone()
+            .ok_or_else(|| PaymentError::NotForSale("paying an invoice by card".to_owned()))?;
+        let cents = u32::try_from(round_up_to_cent(amount_micros) / 10_000)
+            .map_err(|_| PaymentError::NotForSale("an invoice this large by card".to_owned()))?;
+        let request = CheckoutRequest {
+            product_id: product,
+            request_id: format!("bm-{}", uuid_like()),
+            success_url: self.success_url.clone(),
+            customer_email: email.to_owned(),
+            metadata: vec![
+                (META_USER.to_owned(), user.to_string()),
+                (META_PURPOSE.to_owned(), Purpose::Invoice(invoice).encode()),
+                (META_AMOUNT.to_owned(), amount_micros.to_string()),
+            ],
+            units: Some(cents),
         };
         Ok(self.provider.create_checkout(&request).await?)
     }

@@ -37,7 +37,10 @@ pub struct Summary {
     pub credits_micros: i64,
     /// What the month's requests cost at model prices (shown, not billed).
     pub usage_cost_micros: i64,
-    /// Plan fee plus overage so far, less the credits that would pay it.
+    /// What the plan subscription paid this month.
+    pub prepaid_micros: i64,
+    /// Plan fee plus overage so far, less what the subscription paid and the credits that
+    /// would pay the rest.
     pub estimated_total_micros: i64,
     /// An invoice stayed open past its grace period: free-tier limits apply.
     pub past_due: bool,
@@ -123,7 +126,12 @@ impl Billing {
             ceiling_tokens: ceiling,
             credits_micros: user.credits_micros,
             usage_cost_micros: used.cost_micros,
-            estimated_total_micros: subtotal - user.credits_micros.clamp(0, subtotal.max(0)),
+            prepaid_micros: used.prepaid_micros.clamp(0, plan.price_monthly_micros),
+            estimated_total_micros: {
+                let left =
+                    (subtotal - used.prepaid_micros.clamp(0, plan.price_monthly_micros)).max(0);
+                left - user.credits_micros.clamp(0, left)
+            },
             past_due: user.past_due_after.is_some_and(|t| t <= now),
             plan: Plan::clone(&plan),
         })

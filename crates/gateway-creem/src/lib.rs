@@ -122,13 +122,16 @@ impl PaymentProvider for CreemClient {
     async fn create_checkout(&self, c: &CheckoutRequest) -> Result<String, ProviderError> {
         let metadata: serde_json::Map<String, Value> =
             c.metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        let body = json!({
+        let mut body = json!({
             "product_id": c.product_id,
             "request_id": c.request_id,
             "success_url": c.success_url,
             "customer": {"email": c.customer_email},
             "metadata": metadata,
         });
+        if let Some(units) = c.units {
+            body["units"] = json!(units);
+        }
         let answer = self.post("/v1/checkouts", &body).await?;
         field(&answer, "checkout_url", StatusCode::OK)
     }

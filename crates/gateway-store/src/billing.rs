@@ -262,6 +262,11 @@ fn invoice_from_rows(
         included_tokens: u64_of(r.included_tokens),
         overage_micros_per_1k: r.overage_micros_per_1k,
     };
+    let prepaid = -line_rows
+        .iter()
+        .filter(|l| l.kind == LineKind::SubscriptionPayment.as_str())
+        .map(|l| l.amount_micros)
+        .sum::<i64>();
     let mut lines = Vec::with_capacity(line_rows.len());
     for l in line_rows {
         lines.push(InvoiceLine {
@@ -285,6 +290,7 @@ fn invoice_from_rows(
             usage_cost_micros: r.usage_cost_micros,
         },
         subtotal_micros: r.subscription_micros.saturating_add(r.usage_micros),
+        prepaid_micros: prepaid,
         credits_applied_micros: r.credits_applied_micros,
         total_micros: r.total_micros,
         status: InvoiceStatus::parse(&r.status).ok_or_else(bad)?,
@@ -349,15 +355,40 @@ async fn usage_by_user(
                     requests: u64_of(requests),
                     tokens: u64_of(tokens),
                     cost_micros: cost,
+                    prepaid_micros: 0,
                 },
             )
         })
         .collect())
 }
 
+/// What the user's plan subscriptions paid at the payment provider during `period`.
+async fn subscription_payments(
+    db: &impl ConnectionTrait,
+    user: uuid::Uuid,
+    period: BillingPeriod,
+) -> Result<i64, DbErr> {
+    use crate::entity::payment_transactions::{Column as P, Entity};
+    let paid: Vec<i64> = Entity::find()
+        .select_only()
+        .column(P::AmountMicros)
+        .filter(P::UserId.eq(user))
+        .filter(P::Status.eq("succeeded"))
+        .filter(P::Purpose.starts_with("tier:"))
+        .filter(P::CreatedAt.gte(period.starts_at()))
+        .filter(P::CreatedAt.lt(period.ends_at()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(paid.into_iter().sum())
+}
+
 /// Sets the user's past-due moment to the earliest due date of their open invoices (none:
 /// cleared).
-async fn refresh_past_due(db: &impl ConnectionTrait, user: uuid::Uuid) -> Result<(), DbErr> {
+pub(crate) async fn refresh_past_due(
+    db: &impl ConnectionTrait,
+    user: uuid::Uuid,
+) -> Result<(), DbErr> {
     let oldest = invoices::Entity::find()
         .filter(invoices::Column::UserId.eq(user))
         .filter(invoices::Column::Status.eq(InvoiceStatus::Open.as_str()))
@@ -436,12 +467,17 @@ impl SqlBillingStore {
             }
             last += 1;
             let number = period.invoice_number(u32::try_from(last).unwrap_or(u32::MAX));
+            // The plan fee the user's subscription paid during the month is not billed again.
+            let prepaid = subscription_payments(txn, user, period)
+                .await
+                .map_err(invoice_err)?
+                .clamp(0, c.terms.fee_micros);
             let balance = users::Entity::find_by_id(user)
                 .one(txn)
                 .await
                 .map_err(invoice_err)?
                 .map_or(0, |u| u.credits_micros);
-            let credits = balance.clamp(0, subtotal);
+            let credits = balance.clamp(0, subtotal - prepaid);
             if credits > 0 {
                 let pay = NewEntry {
                     user: UserId::from(user),
@@ -454,7 +490,7 @@ impl SqlBillingStore {
                     .await
                     .map_err(|e| InvoiceStoreError::Store(Box::new(e)))?;
             }
-            let total = subtotal - credits;
+            let total = subtotal - prepaid - credits;
             let status = if total == 0 { InvoiceStatus::Paid } else { InvoiceStatus::Open };
             let id = InvoiceId::new();
             invoices::Entity::insert(invoices::ActiveModel {
@@ -481,7 +517,7 @@ impl SqlBillingStore {
             .exec_without_returning(txn)
             .await
             .map_err(invoice_err)?;
-            let rows = lines(&c, credits).into_iter().enumerate().map(|(i, l)| {
+            let rows = lines(&c, prepaid, credits).into_iter().enumerate().map(|(i, l)| {
                 invoice_lines::ActiveModel {
                     invoice_id: Set(id.as_uuid()),
                     position: Set(i32::try_from(i).unwrap_or(i32::MAX)),
@@ -684,7 +720,12 @@ impl InvoiceStore for SqlBillingStore {
         let sums = usage_by_user(self.store.connection(), period, Some(user))
             .await
             .map_err(invoice_err)?;
-        Ok(sums.get(&user.as_uuid()).copied().unwrap_or_default())
+        let mut usage = sums.get(&user.as_uuid()).copied().unwrap_or_default();
+        usage.prepaid_micros =
+            subscription_payments(self.store.connection(), user.as_uuid(), period)
+                .await
+                .map_err(invoice_err)?;
+        Ok(usage)
     }
 
     async fn pay_open_invoices(

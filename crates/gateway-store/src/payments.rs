@@ -7,9 +7,10 @@
 //! decision is made on what the row holds, and its changes are applied, all or nothing.
 
 use async_trait::async_trait;
+use gateway_billing::invoice::InvoiceStatus;
 use gateway_billing::ledger::{EntryKind, NewEntry};
 use gateway_billing::payments::{
-    Account, Change, Decide, Decision, Event, Handled, PaymentStore, PaymentStoreError,
+    Account, Change, Decide, Decision, Event, Handled, PaymentStore, PaymentStoreError, Purpose,
 };
 use gateway_core::{Tier, UserId};
 use sea_orm::sea_query::{Expr, LockType};
@@ -19,8 +20,8 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
-use crate::billing::{Step, append_in};
-use crate::entity::{billing_webhook_events, payment_transactions, users};
+use crate::billing::{Step, append_in, refresh_past_due};
+use crate::entity::{billing_webhook_events, credit_ledger, invoices, payment_transactions, users};
 use crate::{Store, StoreError};
 
 /// Payment state and webhook events in Postgres or SQLite.
@@ -135,6 +136,51 @@ async fn apply(
                 return Ok(false);
             }
         }
+        Change::PayInvoice { invoice, amount_micros, reference } => {
+            let row = invoices::Entity::find_by_id(invoice.as_uuid())
+                .filter(invoices::Column::UserId.eq(user.id))
+                .one(txn)
+                .await
+                .map_err(err)?;
+            // What the invoice had left to pay is paid; anything beyond (it was paid by credits
+            // meanwhile, or a card pays whole cents) becomes credits, never lost.
+            let open = row.filter(|r| r.status == InvoiceStatus::Open.as_str());
+            let settled = open.as_ref().map_or(0, |r| r.total_micros.min(*amount_micros));
+            if let Some(r) = &open {
+                invoices::Entity::update_many()
+                    .col_expr(invoices::Column::Status, Expr::value(InvoiceStatus::Paid.as_str()))
+                    .col_expr(invoices::Column::PaidAt, Expr::value(now))
+                    .filter(invoices::Column::Id.eq(r.id))
+                    .exec(txn)
+                    .await
+                    .map_err(err)?;
+                refresh_past_due(txn, user.id).await.map_err(err)?;
+            }
+            let excess = amount_micros - settled;
+            if excess > 0 {
+                let entry = NewEntry {
+                    user: UserId::from(user.id),
+                    kind: EntryKind::TopUp,
+                    amount_micros: excess,
+                    reference: format!("{reference}:excess"),
+                    reason: "Card payment beyond what the invoice had left to pay".to_owned(),
+                };
+                let step = append_in(txn, &entry, now)
+                    .await
+                    .map_err(|e| PaymentStoreError(Box::new(e)))?;
+                if matches!(step, Step::Repeated(_)) {
+                    return Ok(false);
+                }
+            }
+        }
+        Change::Refund { refund_ref, payment_refs, amount_micros } => {
+            return refund(txn, user, refund_ref, payment_refs, *amount_micros, now).await;
+        }
+        Change::Customer { customer_id } => {
+            if user.creem_customer_id.is_none() {
+                cols.push(set(users::Column::CreemCustomerId, Expr::value(customer_id.clone())));
+            }
+        }
         Change::Seen => {
             cols.push(set(users::Column::SubscriptionEventAt, Expr::value(event.created_at_ms)));
         }
@@ -147,6 +193,118 @@ async fn apply(
             q = q.col_expr(col, value);
         }
         q.exec(txn).await.map_err(err)?;
+    }
+    Ok(true)
+}
+
+/// Records a refund once and reverses what its payment bought; `false` when it was recorded
+/// before.
+async fn refund(
+    txn: &DatabaseTransaction,
+    user: &users::Model,
+    refund_ref: &str,
+    payment_refs: &[String],
+    amount_micros: i64,
+    now: OffsetDateTime,
+) -> Result<bool, PaymentStoreError> {
+    use payment_transactions::Column as P;
+    let original = payment_transactions::Entity::find()
+        .filter(P::UserId.eq(user.id))
+        .filter(P::ProviderRef.is_in(payment_refs.iter().map(String::as_str)))
+        .filter(P::Status.eq("succeeded"))
+        .one(txn)
+        .await
+        .map_err(err)?;
+    let recorded = payment_transactions::Entity::insert(payment_transactions::ActiveModel {
+        id: Set(uuid::Uuid::now_v7()),
+        user_id: Set(user.id),
+        invoice_id: Set(None),
+        provider: Set("creem".to_owned()),
+        provider_ref: Set(Some(refund_ref.to_owned())),
+        amount_micros: Set(-amount_micros),
+        currency: Set(original.as_ref().map_or_else(|| "USD".to_owned(), |o| o.currency.clone())),
+        status: Set("refunded".to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        purpose: Set(original
+            .as_ref()
+            .and_then(|o| o.provider_ref.clone())
+            .map(|r| format!("refund:{r}"))),
+    })
+    .on_conflict_do_nothing_on([P::ProviderRef])
+    .exec_without_returning(txn)
+    .await
+    .map_err(err)?;
+    if !matches!(recorded, TryInsertResult::Inserted(n) if n > 0) {
+        return Ok(false);
+    }
+    let Some(original) = original else {
+        tracing::error!(refund = %refund_ref, "a refund of a payment this gateway did not record; nothing reversed");
+        return Ok(true);
+    };
+    payment_transactions::Entity::update_many()
+        .col_expr(P::Status, Expr::value("refunded"))
+        .col_expr(P::UpdatedAt, Expr::value(now))
+        .filter(P::Id.eq(original.id))
+        .exec(txn)
+        .await
+        .map_err(err)?;
+    let paid_ref = original.provider_ref.clone().unwrap_or_default();
+    match original.purpose.as_deref().and_then(Purpose::parse) {
+        Some(Purpose::Credits(_)) => {
+            // The credits bought, in proportion to what is refunded, as far as the balance goes.
+            let bought = credit_ledger::Entity::find()
+                .filter(credit_ledger::Column::UserId.eq(user.id))
+                .filter(credit_ledger::Column::Reference.eq(format!("creem:{paid_ref}")))
+                .one(txn)
+                .await
+                .map_err(err)?
+                .map_or(0, |e| e.amount_micros);
+            let share = i128::from(bought) * i128::from(amount_micros.min(original.amount_micros))
+                / i128::from(original.amount_micros.max(1));
+            let balance = users::Entity::find_by_id(user.id)
+                .one(txn)
+                .await
+                .map_err(err)?
+                .map_or(0, |u| u.credits_micros);
+            let take = i64::try_from(share).unwrap_or(i64::MAX).min(balance);
+            if take < i64::try_from(share).unwrap_or(i64::MAX) {
+                tracing::warn!(refund = %refund_ref, "refunded credits were partly spent; the balance goes to zero");
+            }
+            if take > 0 {
+                let entry = NewEntry {
+                    user: UserId::from(user.id),
+                    kind: EntryKind::Refund,
+                    amount_micros: -take,
+                    reference: refund_ref.to_owned(),
+                    reason: "Credit pack refunded".to_owned(),
+                };
+                append_in(txn, &entry, now).await.map_err(|e| PaymentStoreError(Box::new(e)))?;
+            }
+        }
+        Some(Purpose::Tier(_)) => {
+            users::Entity::update_many()
+                .col_expr(users::Column::Tier, Expr::value(Tier::Free.as_str()))
+                .col_expr(users::Column::CreemSubscriptionId, Expr::value(None::<String>))
+                .col_expr(users::Column::SubscriptionEndsAt, Expr::value(None::<OffsetDateTime>))
+                .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                .filter(users::Column::Id.eq(user.id))
+                .exec(txn)
+                .await
+                .map_err(err)?;
+        }
+        Some(Purpose::Invoice(invoice)) => {
+            invoices::Entity::update_many()
+                .col_expr(invoices::Column::Status, Expr::value(InvoiceStatus::Open.as_str()))
+                .col_expr(invoices::Column::PaidAt, Expr::value(None::<OffsetDateTime>))
+                .filter(invoices::Column::Id.eq(invoice.as_uuid()))
+                .filter(invoices::Column::UserId.eq(user.id))
+                .exec(txn)
+                .await
+                .map_err(err)?;
+            refresh_past_due(txn, user.id).await.map_err(err)?;
+        }
+        None => {}
     }
     Ok(true)
 }

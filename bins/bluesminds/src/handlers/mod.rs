@@ -70,6 +70,7 @@ pub async fn dispatch(
         Route::AdminClosePeriod => billing::admin_close_period(app, req, ctx).await,
         Route::BillingCheckout => payments::checkout(app, req, ctx).await,
         Route::BillingRedeem => billing::redeem(app, req, ctx).await,
+        Route::BillingPayInvoice(id) => payments::pay_invoice(app, req, ctx, id).await,
         Route::AdminCodes => billing::admin_codes(app, req, ctx).await,
         Route::AdminCreateCode => billing::admin_create_code(app, req, ctx).await,
         Route::AdminRevokeCode(id) => billing::admin_revoke_code(app, req, ctx, id).await,

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use super::json_body;
 use super::session::require_user;
 use crate::app::App;
-use crate::errors::from_payments;
+use crate::errors::{from_payments, internal};
 use crate::http::{ResBody, json};
 use crate::server::{Ctx, read_body};
 
@@ -86,7 +86,14 @@ pub async fn webhook(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let outcome = match &handled {
         Handled::Applied { user, changes } => {
             let moves_tier = changes.iter().any(|c| {
-                matches!(c, Change::Subscribe { .. } | Change::EndAt { .. } | Change::EndNow)
+                matches!(
+                    c,
+                    Change::Subscribe { .. }
+                        | Change::EndAt { .. }
+                        | Change::EndNow
+                        | Change::Refund { .. }
+                        | Change::PayInvoice { .. }
+                )
             });
             if moves_tier {
                 gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), *user);
@@ -110,4 +117,50 @@ pub async fn webhook(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         }
     };
     Ok(json(StatusCode::OK, &json!({"received": true, "outcome": outcome})))
+}
+
+/// `POST /api/billing/invoices/{id}/pay`: pays one of the caller's open invoices with their
+/// credits first; what is left, by a one-time Creem checkout (`{"url": ...}`), which turns the
+/// invoice paid when its webhook arrives. `{"paid": true}` when credits were enough.
+pub async fn pay_invoice(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    let user = require_user(app, &req, ctx).await?;
+    let id: gateway_core::InvoiceId = id.parse().map_err(|_| ApiError::not_found("invoice"))?;
+    let invoices = app.billing.invoices();
+    let mine = |found: Option<gateway_billing::invoice::Invoice>| {
+        found.filter(|i| i.user_id == user.id).ok_or_else(|| ApiError::not_found("invoice"))
+    };
+    let invoice = mine(
+        invoices
+            .invoice(id)
+            .await
+            .map_err(|e| internal(ctx.request_id, "reading an invoice", &e))?,
+    )?;
+    if invoice.status != gateway_billing::invoice::InvoiceStatus::Open {
+        return Err(ApiError::new(ErrorKind::Conflict, "This invoice has nothing left to pay."));
+    }
+    let now = OffsetDateTime::now_utc();
+    let paid = invoices
+        .pay_open_invoices(user.id, now)
+        .await
+        .map_err(|e| internal(ctx.request_id, "paying invoices from credits", &e))?;
+    if !paid.is_empty() {
+        gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
+    }
+    let invoice = mine(
+        invoices
+            .invoice(id)
+            .await
+            .map_err(|e| internal(ctx.request_id, "reading an invoice", &e))?,
+    )?;
+    if invoice.status != gateway_billing::invoice::InvoiceStatus::Open {
+        return Ok(json(StatusCode::OK, &json!({"paid": true, "invoice": invoice})));
+    }
+    let url = payments(app)?
+        .invoice_checkout(user.id, &user.email, invoice.id, invoice.total_micros)
+        .await
+        .map_err(|e| from_payments(ctx.request_id, e))?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"paid": false, "url": url, "credits_applied_micros": invoice.credits_applied_micros, "left_micros": invoice.total_micros}),
+    ))
 }

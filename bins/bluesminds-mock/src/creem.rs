@@ -68,10 +68,31 @@ struct State {
 /// The running mock.
 pub struct CreemMock {
     pub addr: SocketAddr,
+    inner: Arc<CreemState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the mock's server and its handle share: its catalogue, its checkouts and the methods
+/// that build and deliver events ([`CreemMock`] derefs to it).
+pub struct CreemState {
+    addr: SocketAddr,
     config: CreemMockConfig,
     webhook_url: Mutex<String>,
-    state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for CreemState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreemState").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for CreemMock {
+    type Target = CreemState;
+
+    fn deref(&self) -> &CreemState {
+        &self.inner
+    }
 }
 
 impl std::fmt::Debug for CreemMock {
@@ -116,8 +137,13 @@ impl CreemMock {
     pub async fn start(config: CreemMockConfig) -> std::io::Result<CreemMock> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state: Arc<Mutex<State>> = Arc::default();
-        let shared = Arc::new((config.clone(), state.clone(), addr));
+        let inner = Arc::new(CreemState {
+            addr,
+            webhook_url: Mutex::new(config.webhook_url.clone()),
+            config,
+            state: Mutex::default(),
+        });
+        let shared = inner.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
@@ -131,10 +157,11 @@ impl CreemMock {
                 });
             }
         });
-        let webhook_url = Mutex::new(config.webhook_url.clone());
-        Ok(CreemMock { addr, config, webhook_url, state, task })
+        Ok(CreemMock { addr, inner, task })
     }
+}
 
+impl CreemState {
     /// The API base to configure (`billing.creem.api_url`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -330,11 +357,8 @@ async fn post(url: &str, body: &str, signature: Option<&str>) -> Option<u16> {
     Some(res.status().as_u16())
 }
 
-async fn serve(
-    shared: &(CreemMockConfig, Arc<Mutex<State>>, SocketAddr),
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let (config, state, addr) = shared;
+async fn serve(inner: &CreemState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (config, state, addr) = (&inner.config, &inner.state, &inner.addr);
     let path = req.uri().path().to_owned();
     let authorized = req.headers().get("x-api-key").and_then(|v| v.to_str().ok())
         == Some(config.api_key.as_str());
@@ -393,6 +417,32 @@ async fn serve(
                 StatusCode::OK,
                 &json!({"customer_portal_link": format!("http://{addr}/portal/{customer}")}),
             )
+        }
+        (Method::GET, p) if p.starts_with("/checkout/") => {
+            // The demo's payment page: paying completes the checkout and sends its webhook.
+            let id = p.trim_start_matches("/checkout/");
+            let Some(event) = inner.checkout_completed(id, None) else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"message": "Checkout not found"}),
+                );
+            };
+            let status = inner.deliver(&event).await;
+            let back = inner
+                .checkouts()
+                .into_iter()
+                .find(|c| c.id == id)
+                .map(|c| c.success_url)
+                .unwrap_or_default();
+            let page = format!(
+                "<!doctype html><meta charset=utf-8><title>Paid (mock Creem)</title>\
+                 <p>Paid with the mock Creem: the gateway's webhook answered {status}.</p>\
+                 <p><a href=\"{back}\">Back</a></p>"
+            );
+            let mut res = Response::new(Full::new(Bytes::from(page)));
+            res.headers_mut()
+                .insert("content-type", http::HeaderValue::from_static("text/html; charset=utf-8"));
+            res
         }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"message": "Not found"})),
     }

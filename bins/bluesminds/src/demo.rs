@@ -35,6 +35,9 @@ pub async fn run(
         api_key: None,
         models: bluesminds_mock::MockConfig::default().models,
     });
+    // Payments go to a mock Creem in the same process: its checkout pages pay at once and
+    // send the signed webhook, as Creem would.
+    let creem = start_creem(&mut config).await?;
 
     let bind = config.server.bind.clone();
     let app = Arc::new(App::build(config).await?);
@@ -56,11 +59,14 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
+    creem.set_webhook_url(&format!("http://{addr}/api/billing/webhook"));
+    let creem_url = creem.url();
     let key = &issued.key;
     println!(
         "\nBluesMinds demo is running.\n\
          \n  gateway   http://{addr}\
          \n  upstream  http://{mock_addr}  (in-process bluesminds-mock)\
+         \n  payments  {creem_url}  (in-process mock Creem: its checkout pages pay at once)\
          \n  user      {DEMO_EMAIL} / {password}  (admin)\
          \n  API key   {key}\
          \n            shown once; the database keeps only its bcrypt hash\n\
@@ -72,10 +78,59 @@ pub async fn run(
          \nStreamed, or with the OpenAI SDK (base_url http://{addr}/api/v1):\n\
          \n  curl -N http://{addr}/api/v1/chat/completions -H \"Authorization: Bearer {key}\" \\\
          \n    -d '{{\"model\":\"gpt-4\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n\
+         \nPayments: sign in (POST /api/auth/login), then POST /api/billing/checkout with\
+         \n{{\"tier\":\"pro\"}} or {{\"credit_pack\":\"small\"}} answers a checkout URL; opening it pays.\n\
          \nPress Ctrl-C to stop.\n"
     );
     crate::run(listener, app, shutdown).await;
     let _ = mock_stop.send(());
     let _ = mock.await;
     Ok(())
+}
+
+/// Starts the mock Creem and points the payments configuration at it (random secrets, a
+/// product for every paid tier at its plan's price, a credit pack, the invoice product).
+async fn start_creem(config: &mut Config) -> anyhow::Result<bluesminds_mock::creem::CreemMock> {
+    use bluesminds_mock::creem::{CreemMock, CreemMockConfig, CreemProduct};
+    let api_key = crate::secrets::random_password()?;
+    let webhook_secret = crate::secrets::random_password()?;
+    let product = |id: &str, price_micros: i64, recurring: bool| CreemProduct {
+        id: id.to_owned(),
+        price_cents: price_micros / 10_000,
+        currency: "USD".to_owned(),
+        recurring,
+    };
+    let mut products = vec![
+        product("prod_demo_pack", 10_000_000, false),
+        product("prod_demo_invoice", 10_000, false),
+    ];
+    let c = &mut config.billing.creem;
+    for tier in
+        [gateway_core::Tier::Starter, gateway_core::Tier::Pro, gateway_core::Tier::Enterprise]
+    {
+        let id = format!("prod_demo_{tier}");
+        products.push(product(&id, tier.default_plan().price_monthly_micros, true));
+        c.products.insert(tier.to_string(), id);
+    }
+    let creem = CreemMock::start(CreemMockConfig {
+        api_key: api_key.clone(),
+        webhook_secret: webhook_secret.clone(),
+        webhook_url: String::new(),
+        products,
+    })
+    .await
+    .context("cannot start the mock Creem")?;
+    c.api_key = api_key;
+    c.webhook_secret = webhook_secret;
+    c.api_url = creem.url();
+    "prod_demo_invoice".clone_into(&mut c.invoice_product_id);
+    c.credit_packs.insert(
+        "small".to_owned(),
+        crate::config::CreditPackConfig {
+            product_id: "prod_demo_pack".to_owned(),
+            price_micros: 10_000_000,
+            credits_micros: 10_000_000,
+        },
+    );
+    Ok(creem)
 }

@@ -67,6 +67,18 @@ async fn checkout(gw: &Gateway, creem: &CreemMock, cookie: &str, body: Value) ->
     id
 }
 
+/// Closes the current month (forced) as `admin`; the user's newest invoice.
+async fn close_month(gw: &Gateway, admin: &str, cookie: &str) -> Value {
+    let summary =
+        support::call(gw.addr, "GET", "/api/billing/summary", cookie, &Value::Null).await.json();
+    let close = json!({"period": summary["period"], "force": true});
+    let r = support::call(gw.addr, "POST", "/api/admin/billing/close-period", admin, &close).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let invoices =
+        support::call(gw.addr, "GET", "/api/billing/invoices", cookie, &Value::Null).await.json();
+    invoices["data"][0].clone()
+}
+
 async fn payments_of(db: &gateway_store::testing::TestDb) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};
     let conn = db.store.connection();
@@ -387,20 +399,7 @@ async fn an_open_invoice_is_paid_by_credits_then_by_card() {
     let grant = json!({"amount_micros": 5_000_000, "reason": "welcome", "reference": "w"});
     let path = format!("/api/admin/users/{id}/credits");
     assert_eq!(support::call(gw.addr, "POST", &path, &admin, &grant).await.status, 201);
-    let summary =
-        support::call(gw.addr, "GET", "/api/billing/summary", &cookie, &Value::Null).await.json();
-    let period = summary["period"].as_str().unwrap().to_owned();
-    let close = json!({"period": period, "force": true});
-    assert_eq!(
-        support::call(gw.addr, "POST", "/api/admin/billing/close-period", &admin, &close)
-            .await
-            .status,
-        200
-    );
-    let invoice = support::call(gw.addr, "GET", "/api/billing/invoices", &cookie, &Value::Null)
-        .await
-        .json()["data"][0]
-        .clone();
+    let invoice = close_month(&gw, &admin, &cookie).await;
     assert_eq!(
         (invoice["status"].as_str(), invoice["total_micros"].as_i64()),
         (Some("open"), Some(24_000_000))
@@ -475,17 +474,7 @@ async fn a_plan_fee_paid_by_the_subscription_is_not_billed_again() {
         (Some(99_000_000), Some(0))
     );
     let admin = support::admin_session(&gw).await;
-    let close = json!({"period": summary["period"], "force": true});
-    assert_eq!(
-        support::call(gw.addr, "POST", "/api/admin/billing/close-period", &admin, &close)
-            .await
-            .status,
-        200
-    );
-    let invoice = support::call(gw.addr, "GET", "/api/billing/invoices", &cookie, &Value::Null)
-        .await
-        .json()["data"][0]
-        .clone();
+    let invoice = close_month(&gw, &admin, &cookie).await;
     assert_eq!(
         (invoice["status"].as_str(), invoice["total_micros"].as_i64()),
         (Some("paid"), Some(0)),

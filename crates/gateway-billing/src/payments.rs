@@ -887,7 +887,19 @@ impl Payments {
                 (pack.product_id.clone(), Purpose::Credits(name.clone()))
             }
         };
-        let request = CheckoutRequest {
+        let request = self.checkout_request(product, user, email, &purpose);
+        Ok(self.provider.create_checkout(&request).await?)
+    }
+
+    /// A checkout of `product` for `user`, its metadata naming them and `purpose`.
+    fn checkout_request(
+        &self,
+        product: String,
+        user: UserId,
+        email: &str,
+        purpose: &Purpose,
+    ) -> CheckoutRequest {
+        CheckoutRequest {
             product_id: product,
             request_id: format!("bm-{}", uuid_like()),
             success_url: self.success_url.clone(),
@@ -897,8 +909,7 @@ impl Payments {
                 (META_PURPOSE.to_owned(), purpose.encode()),
             ],
             units: None,
-        };
-        Ok(self.provider.create_checkout(&request).await?)
+        }
     }
 
     /// A checkout for what invoice `invoice` has left to pay (`amount_micros`, paid in whole
@@ -917,18 +928,9 @@ impl Payments {
             .ok_or_else(|| PaymentError::NotForSale("paying an invoice by card".to_owned()))?;
         let cents = u32::try_from(round_up_to_cent(amount_micros) / 10_000)
             .map_err(|_| PaymentError::NotForSale("an invoice this large by card".to_owned()))?;
-        let request = CheckoutRequest {
-            product_id: product,
-            request_id: format!("bm-{}", uuid_like()),
-            success_url: self.success_url.clone(),
-            customer_email: email.to_owned(),
-            metadata: vec![
-                (META_USER.to_owned(), user.to_string()),
-                (META_PURPOSE.to_owned(), Purpose::Invoice(invoice).encode()),
-                (META_AMOUNT.to_owned(), amount_micros.to_string()),
-            ],
-            units: Some(cents),
-        };
+        let mut request = self.checkout_request(product, user, email, &Purpose::Invoice(invoice));
+        request.metadata.push((META_AMOUNT.to_owned(), amount_micros.to_string()));
+        request.units = Some(cents);
         Ok(self.provider.create_checkout(&request).await?)
     }
 

@@ -65,6 +65,7 @@ pub async fn run(
     println!(
         "\nBluesMinds demo is running.\n\
          \n  gateway   http://{addr}\
+         \n  dashboard http://{addr}/login  (sign in as the user below)\
          \n  upstream  http://{mock_addr}  (in-process bluesminds-mock)\
          \n  payments  {creem_url}  (in-process mock Creem: its checkout pages pay at once)\
          \n  user      {DEMO_EMAIL} / {password}  (admin)\

@@ -45,6 +45,17 @@ pub enum Route<'a> {
     AdminCredits(&'a str),
     AdminClosePeriod,
     BillingCheckout,
+    WebLanding,
+    WebLoginPage,
+    WebLogin,
+    WebSignupPage,
+    WebSignup,
+    WebLogout,
+    WebOverview,
+    WebKeys,
+    WebCreateKey,
+    WebRevokeKey(&'a str),
+    Asset(&'a str),
     BillingRedeem,
     BillingPayInvoice(&'a str),
     AdminCodes,
@@ -89,6 +100,30 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
     }
     let m = method;
     match &segs[..n] {
+        [""] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebLanding)]),
+        ["login"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebLoginPage), (Method::POST, Route::WebLogin)],
+        ),
+        ["signup"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebSignupPage), (Method::POST, Route::WebSignup)],
+        ),
+        ["logout"] => pick(m, "POST", &[(Method::POST, Route::WebLogout)]),
+        ["dashboard"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebOverview)]),
+        ["dashboard", "keys"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebKeys), (Method::POST, Route::WebCreateKey)],
+        ),
+        ["dashboard", "keys", id, "revoke"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebRevokeKey(id))])
+        }
+        ["static", name @ ("app.css" | "app.js")] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::Asset(name))])
+        }
         ["healthz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Healthz)]),
         ["readyz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Readyz)]),
         ["metrics"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Metrics)]),
@@ -261,7 +296,9 @@ mod tests {
             Routed::MethodNotAllowed("GET, HEAD, PATCH, DELETE")
         );
         assert_eq!(route(&Method::GET, "/nope"), Routed::NotFound);
-        assert_eq!(route(&Method::GET, "/"), Routed::NotFound);
+        assert_eq!(route(&Method::GET, "/"), Routed::Found(Route::WebLanding));
+        assert_eq!(route(&Method::GET, "/static/other.js"), Routed::NotFound);
+        assert_eq!(route(&Method::GET, "/static/app.css"), Routed::Found(Route::Asset("app.css")));
         assert_eq!(route(&Method::GET, "/a/b/c/d/e/f/g/h/i"), Routed::NotFound);
         assert_eq!(route(&Method::GET, "/healthz/extra"), Routed::NotFound);
     }

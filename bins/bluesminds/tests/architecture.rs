@@ -16,6 +16,8 @@ const DOMAIN: &[&str] = &[
     "gateway-ratelimit",
     "gateway-usage",
     "gateway-billing",
+    // Not domain, but pure as well: the dashboard's pages.
+    "gateway-web",
 ];
 
 /// Crates that talk to a network or a database.

@@ -9,6 +9,7 @@ mod ops;
 mod payments;
 mod session;
 mod usage;
+mod web;
 
 use std::sync::Arc;
 
@@ -69,6 +70,17 @@ pub async fn dispatch(
         Route::AdminCredits(id) => billing::admin_credits(app, req, ctx, id).await,
         Route::AdminClosePeriod => billing::admin_close_period(app, req, ctx).await,
         Route::BillingCheckout => payments::checkout(app, req, ctx).await,
+        Route::WebLanding => web::landing(app, req).await,
+        Route::WebLoginPage => web::login_page(app, req).await,
+        Route::WebLogin => web::login(app, req, ctx).await,
+        Route::WebSignupPage => web::signup_page(app, req).await,
+        Route::WebSignup => web::signup(app, req, ctx).await,
+        Route::WebLogout => web::logout(app, req, ctx).await,
+        Route::WebOverview => web::overview(app, req, ctx).await,
+        Route::WebKeys => web::keys(app, req, ctx).await,
+        Route::WebCreateKey => web::create_key(app, req, ctx).await,
+        Route::WebRevokeKey(id) => web::revoke_key(app, req, ctx, id).await,
+        Route::Asset(name) => Ok(web::asset(name)),
         Route::BillingRedeem => billing::redeem(app, req, ctx).await,
         Route::BillingPayInvoice(id) => payments::pay_invoice(app, req, ctx, id).await,
         Route::AdminCodes => billing::admin_codes(app, req, ctx).await,

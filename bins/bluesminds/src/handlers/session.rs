@@ -32,12 +32,22 @@ pub fn check_origin<B>(app: &App, req: &Request<B>) -> Result<(), ApiError> {
     }
     match req.headers().get(ORIGIN).map(|o| o.to_str().map(str::to_ascii_lowercase)) {
         None => Ok(()),
-        Some(Ok(origin)) if origin == app.public_origin => Ok(()),
+        Some(Ok(origin)) if origin == app.public_origin || same_host(&origin, req) => Ok(()),
         Some(_) => Err(ApiError::new(
             ErrorKind::PermissionDenied,
             "Cross-site request refused: its Origin is not this gateway's public URL.",
         )),
     }
+}
+
+/// Whether `origin` names the host the request was sent to (a page of this gateway reached
+/// by another name than its public URL, such as `127.0.0.1` in the demo).
+fn same_host<B>(origin: &str, req: &Request<B>) -> bool {
+    let Some(host) = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host.trim())
 }
 
 /// The signed-in user of a request (session cookie, CSRF-checked for state changes).

@@ -1,0 +1,300 @@
+//! The dashboard's pages: read the session and the form, call the same services as the JSON
+//! API, render with [`gateway_web`]. Forms post and redirect, so the core actions work without
+//! JavaScript; state-changing posts pass the same `Origin` check as the API's cookie requests.
+
+use gateway_auth::NewKey;
+use gateway_core::{ApiError, Scope, User};
+use gateway_usage::GroupBy;
+use gateway_usage::read::{LogsRequest, Reader, StatsRequest};
+use gateway_web::pages::{self, FieldError, KeyRow, LogRow, NewKeyShown, Overview};
+use gateway_web::{Markup, Nav, Shell, Viewer, form};
+use http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, LOCATION, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use time::OffsetDateTime;
+
+use super::session::{check_origin, clear_session_cookie, session_token, set_session_cookie};
+use crate::app::App;
+use crate::errors::from_auth;
+use crate::http::ResBody;
+use crate::server::{Ctx, read_body};
+
+type Reply = Result<Response<ResBody>, ApiError>;
+
+/// An HTML page with the headers every page carries.
+fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Response<ResBody> {
+    let mut res = Response::new(ResBody::full(shell.render(content).into_string()));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(gateway_web::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn redirect(location: &'static str) -> Response<ResBody> {
+    let mut res = Response::new(ResBody::empty());
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    res.headers_mut().insert(LOCATION, HeaderValue::from_static(location));
+    res
+}
+
+fn viewer(user: &User) -> Viewer {
+    Viewer { email: user.email.clone(), is_admin: user.role == gateway_core::Role::Admin }
+}
+
+/// The signed-in user of the session cookie, if any (no error page for a missing session: the
+/// caller redirects to the sign-in page).
+async fn session_user(app: &App, req: &Request<Incoming>) -> Option<User> {
+    let token = session_token(req)?;
+    app.accounts.session_user(token).await.ok()
+}
+
+/// An API error as the errors of a form: next to its field when it names one.
+fn form_error(e: &ApiError) -> Vec<FieldError> {
+    vec![FieldError {
+        field: e.param.as_deref().map(str::to_owned),
+        message: e.message.to_string(),
+    }]
+}
+
+fn status_of(e: &ApiError) -> StatusCode {
+    StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Static assets, embedded in the binary.
+pub fn asset(name: &str) -> Response<ResBody> {
+    let (body, kind) = match name {
+        "app.css" => (gateway_web::APP_CSS, "text/css; charset=utf-8"),
+        _ => (gateway_web::APP_JS, "text/javascript; charset=utf-8"),
+    };
+    let mut res = Response::new(ResBody::full(body));
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}
+
+/// `GET /`.
+pub async fn landing(app: &App, req: Request<Incoming>) -> Reply {
+    let user = session_user(app, &req).await;
+    let content =
+        pages::landing(app.config.server.public_url.trim_end_matches('/'), user.is_some());
+    let shell = Shell::new("Welcome", user.as_ref().map(viewer), Nav::None);
+    Ok(html(StatusCode::OK, &shell, &content))
+}
+
+/// `GET /login`.
+pub async fn login_page(app: &App, req: Request<Incoming>) -> Reply {
+    if session_user(app, &req).await.is_some() {
+        return Ok(redirect("/dashboard"));
+    }
+    Ok(html(StatusCode::OK, &Shell::new("Sign in", None, Nav::None), &pages::login("", &[])))
+}
+
+/// `POST /login`: a session cookie and the dashboard, or the form again with the error.
+pub async fn login(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let email = form::field(&fields, "email").unwrap_or_default().to_owned();
+    let password = form::field(&fields, "password").unwrap_or_default();
+    match app.accounts.login(&email, password, &ctx.peer.ip().to_string()).await {
+        Ok((_, session)) => {
+            let mut res = redirect("/dashboard");
+            set_session_cookie(app, &mut res, &session);
+            Ok(res)
+        }
+        Err(e) => {
+            let e = from_auth(ctx.request_id, e);
+            let errors = [FieldError { field: None, message: e.message.to_string() }];
+            let shell = Shell::new("Sign in", None, Nav::None);
+            Ok(html(status_of(&e), &shell, &pages::login(&email, &errors)))
+        }
+    }
+}
+
+/// `GET /signup`.
+pub async fn signup_page(app: &App, req: Request<Incoming>) -> Reply {
+    if session_user(app, &req).await.is_some() {
+        return Ok(redirect("/dashboard"));
+    }
+    let shell = Shell::new("Create an account", None, Nav::None);
+    Ok(html(StatusCode::OK, &shell, &pages::signup("", "", &[])))
+}
+
+/// `POST /signup`: the account, signed in, then the dashboard.
+pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let email = form::field(&fields, "email").unwrap_or_default().to_owned();
+    let password = form::field(&fields, "password").unwrap_or_default().to_owned();
+    let full_name = form::field(&fields, "full_name").map(str::trim).filter(|n| !n.is_empty());
+    let shell = Shell::new("Create an account", None, Nav::None);
+    let created = app.accounts.signup(&email, &password, full_name.map(str::to_owned)).await;
+    if let Err(e) = created {
+        let e = from_auth(ctx.request_id, e);
+        let content = pages::signup(&email, full_name.unwrap_or_default(), &form_error(&e));
+        return Ok(html(status_of(&e), &shell, &content));
+    }
+    match app.accounts.login(&email, &password, &ctx.peer.ip().to_string()).await {
+        Ok((_, session)) => {
+            let mut res = redirect("/dashboard");
+            set_session_cookie(app, &mut res, &session);
+            Ok(res)
+        }
+        Err(_) => Ok(redirect("/login")),
+    }
+}
+
+/// `POST /logout`.
+pub async fn logout(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    if let Some(token) = session_token(&req) {
+        app.accounts.logout(token).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    }
+    let mut res = redirect("/");
+    clear_session_cookie(app, &mut res);
+    Ok(res)
+}
+
+/// `GET /dashboard`: the last 30 days' numbers, the latest requests, the month against the
+/// plan.
+pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    let reader = Reader { user_id: user.id, role: user.role };
+    let stats = app
+        .usage_reader
+        .stats(reader, StatsRequest { user_id: None, from: None, to: None, group_by: GroupBy::Day })
+        .await
+        .map_err(|e| crate::errors::internal(ctx.request_id, "reading statistics", &e))?;
+    let logs = app
+        .usage_reader
+        .logs(reader, LogsRequest { limit: Some(10), ..LogsRequest::default() })
+        .await
+        .map_err(|e| crate::errors::internal(ctx.request_id, "reading the log", &e))?;
+    let summary = app
+        .billing
+        .summary(&user, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| crate::errors::from_billing(ctx.request_id, e))?;
+    let has_keys = !app
+        .accounts
+        .list_keys(user.id)
+        .await
+        .map_err(|e| from_auth(ctx.request_id, e))?
+        .is_empty();
+    let sum = |f: &dyn Fn(&gateway_usage::StatsRow) -> u64| stats.data.iter().map(f).sum::<u64>();
+    let recent = logs
+        .data
+        .iter()
+        .map(|r| LogRow {
+            when: format!(
+                "{} {:02}:{:02}",
+                r.created_at.date(),
+                r.created_at.hour(),
+                r.created_at.minute()
+            ),
+            model: r.model.clone(),
+            status: r.status_code,
+            total_tokens: r.total_tokens,
+            cost_micros: r.cost_micros,
+            latency_ms: r.latency_ms,
+            request_id: r.request_id.to_string(),
+        })
+        .collect();
+    let o = Overview {
+        range: "the last 30 days".to_owned(),
+        requests: sum(&|r| r.requests),
+        tokens: sum(&|r| r.total_tokens),
+        cost_micros: stats.data.iter().map(|r| r.cost_micros).sum(),
+        errors: sum(&|r| r.errors),
+        plan: summary.plan.name.clone(),
+        tokens_this_month: summary.tokens_used,
+        included_tokens: summary.tokens_included,
+        recent,
+        base_url: app.config.server.public_url.trim_end_matches('/').to_owned(),
+        has_keys,
+    };
+    let shell = Shell::new("Overview", Some(viewer(&user)), Nav::Overview);
+    Ok(html(StatusCode::OK, &shell, &pages::overview(&o)))
+}
+
+fn key_rows(keys: &[gateway_core::ApiKeyMeta]) -> Vec<KeyRow> {
+    keys.iter()
+        .map(|k| KeyRow {
+            id: k.id.to_string(),
+            name: k.name.clone(),
+            prefix: k.key_prefix.clone(),
+            scopes: k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            created: k.created_at.date().to_string(),
+            last_used: k.last_used_at.map(|t| t.date().to_string()),
+            active: k.is_active,
+        })
+        .collect()
+}
+
+/// The keys page with `created` shown once, or the form's `errors`.
+async fn keys_page(
+    app: &App,
+    user: &User,
+    ctx: Ctx,
+    status: StatusCode,
+    created: Option<&NewKeyShown>,
+    name: &str,
+    errors: &[FieldError],
+) -> Reply {
+    let keys = app.accounts.list_keys(user.id).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    let max = gateway_core::PlanSource::plan(app.plans.as_ref(), user.tier).max_api_keys;
+    let content = pages::keys(&key_rows(&keys), created, name, errors, max);
+    let shell = Shell::new("API keys", Some(viewer(user)), Nav::Keys);
+    Ok(html(status, &shell, &content))
+}
+
+/// `GET /dashboard/keys`.
+pub async fn keys(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    keys_page(app, &user, ctx, StatusCode::OK, None, "", &[]).await
+}
+
+/// `POST /dashboard/keys`: a new key, shown once on the page that answers.
+pub async fn create_key(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let name = form::field(&fields, "name").unwrap_or_default().to_owned();
+    let new =
+        NewKey::named(name.clone(), vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models]);
+    match app.accounts.create_key(user.id, new).await {
+        Ok(issued) => {
+            let shown = NewKeyShown { name: issued.meta.name.clone(), key: issued.key };
+            keys_page(app, &user, ctx, StatusCode::CREATED, Some(&shown), "", &[]).await
+        }
+        Err(e) => {
+            let e = from_auth(ctx.request_id, e);
+            keys_page(app, &user, ctx, status_of(&e), None, &name, &form_error(&e)).await
+        }
+    }
+}
+
+/// `POST /dashboard/keys/{id}/revoke`.
+pub async fn revoke_key(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    if let Ok(id) = id.parse() {
+        match app.accounts.revoke_key(user.id, id).await {
+            Ok(()) | Err(gateway_auth::AuthError::NotFound(_)) => {}
+            Err(e) => return Err(from_auth(ctx.request_id, e)),
+        }
+    }
+    Ok(redirect("/dashboard/keys"))
+}

@@ -1,0 +1,154 @@
+//! The dashboard through the binary, without a browser: pages and their headers, forms that
+//! post and redirect (the core actions work without JavaScript), escaping, the key shown once,
+//! revocation, and cross-site posts refused. (The browser suite comes with the rest of the
+//! dashboard.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Gateway, Mock, PATIENCE, Reply, post_with_key, request_with};
+
+const MODELS: &str = "gpt-4";
+
+/// A form post from a page of the gateway itself (the browser sends the Origin).
+async fn post_form(gw: &Gateway, path: &str, cookie: Option<&str>, body: &str) -> Reply {
+    let origin = format!("http://{}", gw.addr);
+    let mut headers =
+        vec![("content-type", "application/x-www-form-urlencoded"), ("origin", origin.as_str())];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    request_with(gw.addr, "POST", path, &headers, body.as_bytes()).await
+}
+
+async fn get(gw: &Gateway, path: &str, cookie: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    request_with(gw.addr, "GET", path, &headers, b"").await
+}
+
+fn text(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn cookie_of(r: &Reply) -> String {
+    r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sign_up_create_a_key_use_it_see_it_and_revoke_it_without_javascript() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+
+    // The landing page and its headers; the dashboard asks for a session.
+    let landing = get(&gw, "/", None).await;
+    assert_eq!(landing.status, 200);
+    assert!(landing.header("content-type").unwrap().starts_with("text/html"));
+    let csp = landing.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("frame-ancestors 'none'")
+    );
+    assert_eq!(landing.header("x-frame-options"), Some("DENY"));
+    assert!(text(&landing).contains("Create an account"));
+    let css = get(&gw, "/static/app.css", None).await;
+    assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+    let away = get(&gw, "/dashboard", None).await;
+    assert_eq!((away.status, away.header("location")), (303, Some("/login")));
+
+    // Sign up by form: signed in, on the dashboard's empty state.
+    let bad =
+        post_form(&gw, "/signup", None, "email=not-an-email&password=correct+horse+battery").await;
+    assert_eq!(bad.status, 400);
+    assert!(text(&bad).contains("id=\"email-error\""), "the error is next to its field");
+    let r = post_form(
+        &gw,
+        "/signup",
+        None,
+        "email=web%40example.com&password=correct+horse+battery&full_name=Web+User",
+    )
+    .await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/dashboard")), "{}", text(&r));
+    let cookie = cookie_of(&r);
+    let page = get(&gw, "/dashboard", Some(&cookie)).await;
+    assert_eq!(page.status, 200);
+    let html = text(&page);
+    assert!(
+        html.contains("No requests yet") && html.contains("Create your first API key"),
+        "{html}"
+    );
+
+    // A name like an attack is refused, and the form shows it back as text, not markup.
+    let attack = "name=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), attack).await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    let html = text(&r);
+    assert!(!html.contains("<script>alert(1)</script>"));
+    assert!(html.contains("value=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
+    assert!(html.contains("id=\"name-error\""), "the error is next to the field");
+    // The key, on the page once.
+    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=ci+key").await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    let html = text(&r);
+    let start = html.find("value=\"bm_").unwrap() + "value=\"".len();
+    let key: String = html[start..].chars().take_while(|c| *c != '"').collect();
+    assert!(key.starts_with("bm_") && key.len() > 20);
+    assert!(!text(&get(&gw, "/dashboard/keys", Some(&cookie)).await).contains(&key), "shown once");
+
+    // The key works; the request shows on the overview.
+    let body = serde_json::json!({"model": "gpt-4", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status, 200);
+    let started = Instant::now();
+    loop {
+        let html = text(&get(&gw, "/dashboard", Some(&cookie)).await);
+        if html.contains("<td>gpt-4</td>") {
+            assert!(!html.contains("No requests yet"));
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the request never showed: {html}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A cross-site post is refused; the page's own revoke works and the key stops.
+    let keys = text(&get(&gw, "/dashboard/keys", Some(&cookie)).await);
+    let action_at = keys.find("action=\"/dashboard/keys/").unwrap() + "action=\"".len();
+    let action: String = keys[action_at..].chars().take_while(|c| *c != '"').collect();
+    let forged = request_with(
+        gw.addr,
+        "POST",
+        &action,
+        &[
+            ("cookie", &cookie),
+            ("origin", "https://evil.example"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    let r = post_form(&gw, &action, Some(&cookie), "").await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/dashboard/keys")));
+    assert_eq!(post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status, 401);
+    assert!(text(&get(&gw, "/dashboard/keys", Some(&cookie)).await).contains("No keys yet"));
+
+    // Signing out ends the session; a wrong password says so on the form.
+    let r = post_form(&gw, "/logout", Some(&cookie), "").await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/")));
+    assert_eq!(get(&gw, "/dashboard", Some(&cookie)).await.status, 303);
+    let r =
+        post_form(&gw, "/login", None, "email=web%40example.com&password=wrong+password+1").await;
+    assert_eq!(r.status, 401);
+    assert!(text(&r).contains("Invalid email or password"));
+    let r =
+        post_form(&gw, "/login", None, "email=web%40example.com&password=correct+horse+battery")
+            .await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/dashboard")));
+}

@@ -1,0 +1,337 @@
+//! The pages: what each shows, from view models the binary fills.
+
+use maud::{Markup, html};
+
+use crate::{thousands, usd};
+
+/// A form's error, next to the field it is about (`None`: the form as a whole).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+fn error_for<'a>(errors: &'a [FieldError], field: &str) -> Option<&'a str> {
+    errors.iter().find(|e| e.field.as_deref() == Some(field)).map(|e| e.message.as_str())
+}
+
+fn form_errors(errors: &[FieldError]) -> Markup {
+    html! {
+        @for e in errors.iter().filter(|e| e.field.is_none()) {
+            p.notice.error role="alert" { (e.message) }
+        }
+    }
+}
+
+/// One labelled input with its error, if any.
+fn input(
+    id: &str,
+    label: &str,
+    kind: &str,
+    value: &str,
+    autocomplete: &str,
+    errors: &[FieldError],
+) -> Markup {
+    let error = error_for(errors, id);
+    let described = error.map(|_| format!("{id}-error"));
+    html! {
+        label for=(id) { (label) }
+        input #(id) name=(id) type=(kind) value=(value) autocomplete=(autocomplete) required
+            aria-invalid=[error.map(|_| "true")] aria-describedby=[described.as_deref()];
+        @if let Some(message) = error {
+            p.field-error id=(format!("{id}-error")) { (message) }
+        }
+    }
+}
+
+/// `/`: what the gateway is and how to start.
+pub fn landing(base_url: &str, signed_in: bool) -> Markup {
+    html! {
+        h1 { "An OpenAI-compatible gateway for your team" }
+        div.card {
+            p { "Create an account, make an API key, and call any model the gateway serves with the OpenAI SDK you already use. Usage, limits and billing are in your dashboard." }
+            div.actions {
+                @if signed_in {
+                    a.button href="/dashboard" { "Open your dashboard" }
+                } @else {
+                    a.button href="/signup" { "Create an account" }
+                    a href="/login" { "Sign in" }
+                }
+            }
+        }
+        h2 { "Quick start" }
+        pre { code { "from openai import OpenAI\n\nclient = OpenAI(base_url=\"" (base_url) "/api/v1\", api_key=\"bm_...\")\nprint(client.chat.completions.create(\n    model=\"gpt-4\", messages=[{\"role\": \"user\", \"content\": \"Hello!\"}]\n).choices[0].message.content)" } }
+    }
+}
+
+/// `/login`.
+pub fn login(email: &str, errors: &[FieldError]) -> Markup {
+    html! {
+        div.card.narrow {
+            h1 { "Sign in" }
+            (form_errors(errors))
+            form method="post" action="/login" {
+                (input("email", "Email", "email", email, "username", errors))
+                (input("password", "Password", "password", "", "current-password", errors))
+                div.actions {
+                    button type="submit" { "Sign in" }
+                    a href="/signup" { "Create an account" }
+                }
+            }
+        }
+    }
+}
+
+/// `/signup`.
+pub fn signup(email: &str, full_name: &str, errors: &[FieldError]) -> Markup {
+    let name_error = error_for(errors, "full_name");
+    html! {
+        div.card.narrow {
+            h1 { "Create an account" }
+            (form_errors(errors))
+            form method="post" action="/signup" {
+                (input("email", "Email", "email", email, "email", errors))
+                (input("password", "Password", "password", "", "new-password", errors))
+                p.hint { "8 characters at least." }
+                label for="full_name" { "Name " span.hint { "(optional)" } }
+                input #full_name name="full_name" type="text" value=(full_name) autocomplete="name"
+                    aria-invalid=[name_error.map(|_| "true")];
+                @if let Some(message) = name_error {
+                    p.field-error { (message) }
+                }
+                div.actions {
+                    button type="submit" { "Create account" }
+                    a href="/login" { "I have an account" }
+                }
+            }
+        }
+    }
+}
+
+/// One request of the log, as the overview lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRow {
+    pub when: String,
+    pub model: String,
+    pub status: u16,
+    pub total_tokens: u64,
+    pub cost_micros: i64,
+    pub latency_ms: u32,
+    pub request_id: String,
+}
+
+/// The overview's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overview {
+    /// "the last 30 days".
+    pub range: String,
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_micros: i64,
+    pub errors: u64,
+    pub plan: String,
+    pub tokens_this_month: u64,
+    pub included_tokens: u64,
+    pub recent: Vec<LogRow>,
+    /// Where the SDK points (`https://gateway.example.com`).
+    pub base_url: String,
+    pub has_keys: bool,
+}
+
+/// `/dashboard`: the period's numbers, the latest requests, and how to call the gateway.
+pub fn overview(o: &Overview) -> Markup {
+    let error_rate =
+        if o.requests == 0 { 0.0 } else { o.errors as f64 * 100.0 / o.requests as f64 };
+    html! {
+        h1 { "Overview" }
+        p.hint { "Your usage over " (o.range) ", on the " (o.plan) " plan." }
+        div.grid {
+            div.card.stat { div.label { "Requests" } div.value { (thousands(o.requests)) } }
+            div.card.stat { div.label { "Tokens" } div.value { (thousands(o.tokens)) } }
+            div.card.stat { div.label { "Cost at model prices" } div.value { (usd(o.cost_micros)) } }
+            div.card.stat { div.label { "Error rate" } div.value { (format!("{error_rate:.1}%")) } }
+            div.card.stat {
+                div.label { "Tokens this month" }
+                div.value { (thousands(o.tokens_this_month)) }
+                div.hint { "of " (thousands(o.included_tokens)) " included" }
+            }
+        }
+        h2 { "Latest requests" }
+        @if o.recent.is_empty() {
+            div.card.empty {
+                p { "No requests yet." }
+                @if o.has_keys {
+                    p { "Call the gateway with one of your keys, as below; your requests appear here." }
+                } @else {
+                    p { a.button href="/dashboard/keys" { "Create your first API key" } }
+                }
+            }
+        } @else {
+            div.card.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "When (UTC)" } th scope="col" { "Model" } th scope="col" { "Status" }
+                        th.num scope="col" { "Tokens" } th.num scope="col" { "Cost" }
+                        th.num.hide-narrow scope="col" { "Latency" } th.hide-narrow scope="col" { "Request id" }
+                    } }
+                    tbody {
+                        @for r in &o.recent {
+                            tr {
+                                td { (r.when) }
+                                td { (r.model) }
+                                td { span.badge.ok[r.status < 400].err[r.status >= 400] { (r.status) } }
+                                td.num { (thousands(r.total_tokens)) }
+                                td.num { (usd(r.cost_micros)) }
+                                td.num.hide-narrow { (r.latency_ms) " ms" }
+                                td.mono.hide-narrow { (r.request_id) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Call the gateway" }
+        pre { code { "curl " (o.base_url) "/api/v1/chat/completions \\\n  -H \"Authorization: Bearer $BLUESMINDS_KEY\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'" } }
+    }
+}
+
+/// A key as the keys page lists it (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: String,
+    pub created: String,
+    pub last_used: Option<String>,
+    pub active: bool,
+}
+
+/// A key just made: shown once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewKeyShown {
+    pub name: String,
+    pub key: String,
+}
+
+/// `/dashboard/keys`: the new key once, the form, the list.
+pub fn keys(
+    rows: &[KeyRow],
+    created: Option<&NewKeyShown>,
+    name: &str,
+    errors: &[FieldError],
+    max_keys: u32,
+) -> Markup {
+    html! {
+        h1 { "API keys" }
+        @if let Some(new) = created {
+            div.card.notice.warn role="status" {
+                h2 { "Your new key “" (new.name) "”" }
+                p { strong { "Copy it now: it is shown only this once." } " The gateway keeps only a hash of it." }
+                div.secret {
+                    label.skip for="new-key" { "The new API key" }
+                    input #new-key type="text" readonly value=(new.key) aria-label="The new API key";
+                    button.secondary type="button" data-copy="new-key" { "Copy" }
+                }
+            }
+        }
+        div.card {
+            h2 { "Create a key" }
+            (form_errors(errors))
+            form method="post" action="/dashboard/keys" {
+                (input("name", "Name", "text", name, "off", errors))
+                p.hint { "Your plan allows " (max_keys) " active key" @if max_keys != 1 { "s" } ". Keys may call chat completions, embeddings and the model list." }
+                div.actions { button type="submit" { "Create key" } }
+            }
+        }
+        h2 { "Your keys" }
+        @if rows.is_empty() {
+            div.card.empty { p { "No keys yet: create one above to call the gateway." } }
+        } @else {
+            div.card.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Key" } th.hide-narrow scope="col" { "Scopes" }
+                        th.hide-narrow scope="col" { "Created" } th scope="col" { "Last used" } th scope="col" { span.skip { "Actions" } }
+                    } }
+                    tbody {
+                        @for k in rows {
+                            tr {
+                                td { (k.name) @if !k.active { " " span.badge.off { "disabled" } } }
+                                td.mono { (k.prefix) "…" }
+                                td.hide-narrow { (k.scopes) }
+                                td.hide-narrow { (k.created) }
+                                td { (k.last_used.as_deref().unwrap_or("never")) }
+                                td {
+                                    form.inline method="post" action=(format!("/dashboard/keys/{}/revoke", k.id))
+                                        data-confirm=(format!("Revoke the key “{}”? Anything using it stops working at once.", k.name)) {
+                                        button.danger type="submit" aria-label=(format!("Revoke {}", k.name)) { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A page that is not there (or not for this viewer).
+pub fn not_found() -> Markup {
+    html! {
+        div.card.narrow {
+            h1 { "Page not found" }
+            p { "There is no such page. " a href="/dashboard" { "Back to your dashboard" } }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_a_user_controls_is_escaped() {
+        let row = KeyRow {
+            id: "k1".into(),
+            name: "<script>alert(1)</script>".into(),
+            prefix: "bm_abc".into(),
+            scopes: "models".into(),
+            created: "2026-12-01".into(),
+            last_used: None,
+            active: true,
+        };
+        let page = keys(&[row], None, "\"><img src=x>", &[], 1).into_string();
+        assert!(!page.contains("<script>alert(1)</script>"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!page.contains("\"><img src=x>"));
+    }
+
+    #[test]
+    fn the_overview_of_someone_without_usage_says_what_to_do_next() {
+        let o = Overview {
+            range: "the last 30 days".into(),
+            requests: 0,
+            tokens: 0,
+            cost_micros: 0,
+            errors: 0,
+            plan: "Free".into(),
+            tokens_this_month: 0,
+            included_tokens: 10_000,
+            recent: Vec::new(),
+            base_url: "http://localhost:3000".into(),
+            has_keys: false,
+        };
+        let page = overview(&o).into_string();
+        assert!(page.contains("No requests yet") && page.contains("Create your first API key"));
+    }
+
+    #[test]
+    fn a_field_error_is_next_to_its_field() {
+        let errors = [FieldError { field: Some("email".into()), message: "is taken".into() }];
+        let page = signup("a@b.example", "", &errors).into_string();
+        assert!(page.contains("aria-invalid=\"true\""));
+        assert!(page.contains("id=\"email-error\"") && page.contains("is taken"));
+    }
+}

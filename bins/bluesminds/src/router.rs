@@ -55,6 +55,10 @@ pub enum Route<'a> {
     WebKeys,
     WebCreateKey,
     WebRevokeKey(&'a str),
+    WebBilling,
+    WebSetCap,
+    WebRedeem,
+    WebCheckout,
     Asset(&'a str),
     BillingRedeem,
     BillingPayInvoice(&'a str),
@@ -120,6 +124,12 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ),
         ["dashboard", "keys", id, "revoke"] => {
             pick(m, "POST", &[(Method::POST, Route::WebRevokeKey(id))])
+        }
+        ["dashboard", "billing"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebBilling)]),
+        ["dashboard", "billing", "cap"] => pick(m, "POST", &[(Method::POST, Route::WebSetCap)]),
+        ["dashboard", "billing", "redeem"] => pick(m, "POST", &[(Method::POST, Route::WebRedeem)]),
+        ["dashboard", "billing", "checkout"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebCheckout)])
         }
         ["static", name @ ("app.css" | "app.js")] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::Asset(name))])

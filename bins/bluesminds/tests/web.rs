@@ -152,3 +152,47 @@ async fn sign_up_create_a_key_use_it_see_it_and_revoke_it_without_javascript() {
             .await;
     assert_eq!((r.status, r.header("location")), (303, Some("/dashboard")));
 }
+
+#[tokio::test]
+async fn the_billing_page_shows_the_plan_and_usage_and_its_forms_work() {
+    let gw = Gateway::start(&[], &[]).await;
+    let r =
+        post_form(&gw, "/signup", None, "email=payer%40example.com&password=correct+horse+battery")
+            .await;
+    let cookie = cookie_of(&r);
+    let page = text(&get(&gw, "/dashboard/billing", Some(&cookie)).await);
+    assert!(page.contains("Free plan") && page.contains("<meter"), "{page}");
+    assert!(page.contains("stops requests at its included tokens"));
+    assert!(!page.contains("Spend cap"), "no overage on Free, so no cap");
+    assert!(page.contains("No invoices yet"));
+
+    support::set_tier(&gw, &cookie, "starter").await;
+    let page = text(&get(&gw, "/dashboard/billing", Some(&cookie)).await);
+    assert!(
+        page.contains("Starter plan")
+            && page.contains("Spend cap")
+            && page.contains("value=\"29.00\""),
+        "{page}"
+    );
+    let r = post_form(&gw, "/dashboard/billing/cap", Some(&cookie), "cap=5.50").await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("Your spend cap is now $5.50."));
+    let r = post_form(&gw, "/dashboard/billing/cap", Some(&cookie), "cap=9999").await;
+    assert_eq!(r.status, 400, "more than ten times the price");
+    assert!(text(&r).contains("ten times"));
+
+    // A code redeemed on the page.
+    let admin = support::admin_session(&gw).await;
+    let body = serde_json::json!({"code": "web-welcome", "credits_micros": 3_000_000});
+    assert_eq!(support::call(gw.addr, "POST", "/api/admin/codes", &admin, &body).await.status, 201);
+    let r = post_form(&gw, "/dashboard/billing/redeem", Some(&cookie), "code=web-welcome").await;
+    assert_eq!(r.status, 200);
+    let page = text(&r);
+    assert!(
+        page.contains("Code redeemed: $3.00") && page.contains("<strong>$3.00</strong>"),
+        "{page}"
+    );
+    let r = post_form(&gw, "/dashboard/billing/redeem", Some(&cookie), "code=web-welcome").await;
+    assert_eq!(r.status, 409);
+    assert!(text(&r).contains("This code has been used up."));
+}

@@ -127,7 +127,10 @@ impl Billing {
             credits_micros: user.credits_micros,
             usage_cost_micros: used.cost_micros,
             prepaid_micros: used.prepaid_micros.clamp(0, plan.price_monthly_micros),
-            estimated_total_micros: {
+            // Admins (the operators) are not invoiced.
+            estimated_total_micros: if user.role == gateway_core::Role::Admin {
+                0
+            } else {
                 let left =
                     (subtotal - used.prepaid_micros.clamp(0, plan.price_monthly_micros)).max(0);
                 left - user.credits_micros.clamp(0, left)

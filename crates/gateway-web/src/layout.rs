@@ -22,6 +22,7 @@ pub enum Nav {
     None,
     Overview,
     Keys,
+    Billing,
 }
 
 /// What the frame needs besides the page's own content.
@@ -60,6 +61,7 @@ impl Shell {
                                 nav.main aria-label="Main" {
                                     a href="/dashboard" aria-current=[current(Nav::Overview)] { "Overview" }
                                     a href="/dashboard/keys" aria-current=[current(Nav::Keys)] { "API keys" }
+                                    a href="/dashboard/billing" aria-current=[current(Nav::Billing)] { "Billing" }
                                 }
                                 span.hint { (viewer.email) }
                                 form.inline method="post" action="/logout" {

@@ -335,3 +335,150 @@ mod tests {
         assert!(page.contains("id=\"email-error\"") && page.contains("is taken"));
     }
 }
+
+/// A plan one can move to by checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub tier: String,
+    pub name: String,
+    pub price_micros: i64,
+    pub included_tokens: u64,
+}
+
+/// An invoice as the billing page lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRow {
+    pub id: String,
+    pub number: String,
+    pub period: String,
+    pub total_micros: i64,
+    pub status: String,
+}
+
+/// The billing page's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Billing {
+    pub plan: String,
+    pub price_micros: i64,
+    /// `2026-12`.
+    pub period: String,
+    pub tokens_used: u64,
+    pub tokens_included: u64,
+    pub overage_tokens: u64,
+    pub overage_micros: i64,
+    /// `None`: the plan has no overage (a hard stop at the included tokens).
+    pub overage_rate_per_1k: Option<i64>,
+    pub cap_micros: i64,
+    pub cap_is_default: bool,
+    pub max_cap_micros: i64,
+    pub ceiling_tokens: u64,
+    pub credits_micros: i64,
+    pub estimated_total_micros: i64,
+    pub past_due: bool,
+    /// Plans on sale by checkout (empty without payments).
+    pub offers: Vec<Offer>,
+    pub invoices: Vec<InvoiceRow>,
+    /// A message after an action ("Code redeemed: ...").
+    pub notice: Option<String>,
+}
+
+/// A ceiling this large is none (2^53, as the limiter states it).
+const UNLIMITED: u64 = 1 << 53;
+
+/// `/dashboard/billing`: the plan and the month, the spend cap, credits, invoices.
+pub fn billing(b: &Billing, errors: &[FieldError]) -> Markup {
+    let dollars =
+        |micros: i64| format!("{}.{:02}", micros / 1_000_000, (micros % 1_000_000) / 10_000);
+    html! {
+        h1 { "Billing" }
+        @if let Some(n) = &b.notice { p.notice role="status" { (n) } }
+        (form_errors(errors))
+        @if b.past_due {
+            p.notice.error role="alert" { "An invoice is past due: your keys have the Free plan's limits until it is paid. Pay it below." }
+        }
+        div.card {
+            h2 { (b.plan) " plan · " (usd(b.price_micros)) " a month" }
+            label for="usage-meter" { "Tokens this month (" (b.period) ")" }
+            meter #usage-meter min="0" max=(b.tokens_included.max(1)) value=(b.tokens_used.min(b.tokens_included.max(1))) { (thousands(b.tokens_used)) }
+            p { (thousands(b.tokens_used)) " of " (thousands(b.tokens_included)) " included tokens used." }
+            @match b.overage_rate_per_1k {
+                Some(rate) => p {
+                    "Beyond them: " (usd(rate)) " per 1,000 tokens. Overage so far: " (thousands(b.overage_tokens)) " tokens, " (usd(b.overage_micros)) ". "
+                    @if b.ceiling_tokens >= UNLIMITED {
+                        "Your account has no monthly ceiling."
+                    } @else {
+                        "Your spend cap stops requests at " (thousands(b.ceiling_tokens)) " tokens this month."
+                    }
+                },
+                None => p { "This plan stops requests at its included tokens; they renew on the first of the month (UTC)." },
+            }
+            p { strong { "Estimated total: " (usd(b.estimated_total_micros)) } }
+        }
+        @if b.overage_rate_per_1k.is_some() {
+            div.card {
+                h2 { "Spend cap" }
+                form method="post" action="/dashboard/billing/cap" {
+                    label for="cap" { "Most overage in a month, in US dollars" }
+                    input #cap name="cap" type="number" min="0" step="0.01" max=(dollars(b.max_cap_micros)) value=(dollars(b.cap_micros))
+                        aria-describedby="cap-hint" aria-invalid=[error_for(errors, "overage_cap_micros").map(|_| "true")];
+                    @if let Some(message) = error_for(errors, "overage_cap_micros") {
+                        p.field-error { (message) }
+                    }
+                    p.hint #cap-hint {
+                        @if b.cap_is_default { "The plan's price, by default. " }
+                        "From $0 (no overage) to " (usd(b.max_cap_micros)) "."
+                    }
+                    div.actions { button type="submit" { "Save the cap" } }
+                }
+            }
+        }
+        div.card {
+            h2 { "Credits" }
+            p { "Balance: " strong { (usd(b.credits_micros)) } ". Credits pay your invoices first." }
+            form method="post" action="/dashboard/billing/redeem" {
+                label for="code" { "Redeem a code" }
+                input #code name="code" type="text" autocomplete="off" required
+                    aria-invalid=[error_for(errors, "code").map(|_| "true")];
+                @if let Some(message) = error_for(errors, "code") {
+                    p.field-error { (message) }
+                }
+                div.actions { button type="submit" { "Redeem" } }
+            }
+        }
+        @if !b.offers.is_empty() {
+            div.card {
+                h2 { "Change plan" }
+                div.grid {
+                    @for o in &b.offers {
+                        form method="post" action="/dashboard/billing/checkout" {
+                            input type="hidden" name="tier" value=(o.tier);
+                            p { strong { (o.name) } br; (usd(o.price_micros)) " a month, " (thousands(o.included_tokens)) " tokens included" }
+                            button type="submit" { "Choose " (o.name) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Invoices" }
+        @if b.invoices.is_empty() {
+            div.card.empty { p { "No invoices yet: the month is invoiced on the first of the next." } }
+        } @else {
+            div.card.table-wrap {
+                table {
+                    thead { tr { th scope="col" { "Number" } th scope="col" { "Period" } th.num scope="col" { "Amount due" } th scope="col" { "Status" } th scope="col" { span.skip { "View" } } } }
+                    tbody {
+                        @for i in &b.invoices {
+                            tr {
+                                td.mono { (i.number) }
+                                td { (i.period) }
+                                td.num { (usd(i.total_micros)) }
+                                td { span.badge.ok[i.status == "paid"].err[i.status == "open"] { (i.status) } }
+                                td { a href=(format!("/api/billing/invoices/{}?format=html", i.id)) { "View " span.skip { (i.number) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

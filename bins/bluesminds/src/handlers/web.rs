@@ -298,3 +298,200 @@ pub async fn revoke_key(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -
     }
     Ok(redirect("/dashboard/keys"))
 }
+
+/// The billing page for `user`, with `notice` after an action or the form's `errors`.
+async fn billing_page(
+    app: &App,
+    user: &User,
+    ctx: Ctx,
+    status: StatusCode,
+    notice: Option<String>,
+    errors: &[FieldError],
+) -> Reply {
+    let now = OffsetDateTime::now_utc();
+    let s = app
+        .billing
+        .summary(user, now)
+        .await
+        .map_err(|e| crate::errors::from_billing(ctx.request_id, e))?;
+    let invoices = app
+        .billing
+        .invoices()
+        .invoices(user.id)
+        .await
+        .map_err(|e| crate::errors::internal(ctx.request_id, "reading invoices", &e))?;
+    let offers = app
+        .payments
+        .as_ref()
+        .map(|p| {
+            app.plans
+                .all()
+                .iter()
+                .filter(|plan| {
+                    plan.tier != user.tier && p.catalog().product_for(plan.tier).is_some()
+                })
+                .map(|plan| pages::Offer {
+                    tier: plan.tier.to_string(),
+                    name: plan.name.clone(),
+                    price_micros: plan.price_monthly_micros,
+                    included_tokens: plan.included_tokens,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let b = pages::Billing {
+        plan: s.plan.name.clone(),
+        price_micros: s.plan.price_monthly_micros,
+        period: s.period.to_string(),
+        tokens_used: s.tokens_used,
+        tokens_included: s.tokens_included,
+        overage_tokens: s.overage_tokens,
+        overage_micros: s.overage_micros,
+        overage_rate_per_1k: s.plan.overage_micros_per_1k,
+        cap_micros: s.overage_cap_micros,
+        cap_is_default: s.overage_cap_is_default,
+        max_cap_micros: s.plan.price_monthly_micros.saturating_mul(10),
+        ceiling_tokens: s.ceiling_tokens,
+        credits_micros: s.credits_micros,
+        estimated_total_micros: s.estimated_total_micros,
+        past_due: s.past_due,
+        offers,
+        invoices: invoices
+            .iter()
+            .map(|i| pages::InvoiceRow {
+                id: i.id.to_string(),
+                number: i.number.clone(),
+                period: i.period.to_string(),
+                total_micros: i.total_micros,
+                status: i.status.as_str().to_owned(),
+            })
+            .collect(),
+        notice,
+    };
+    let shell = Shell::new("Billing", Some(viewer(user)), Nav::Billing);
+    Ok(html(status, &shell, &pages::billing(&b, errors)))
+}
+
+/// `GET /dashboard/billing`.
+pub async fn billing(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    billing_page(app, &user, ctx, StatusCode::OK, None, &[]).await
+}
+
+/// `12.34` dollars as micro-dollars (at most six decimals; no sign).
+fn micros_of_dollars(text: &str) -> Option<i64> {
+    let text = text.trim().trim_start_matches('$');
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty() || frac.len() > 6 {
+        return None;
+    }
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let frac: i64 = format!("{frac:0<6}").parse().ok()?;
+    whole.checked_mul(1_000_000)?.checked_add(frac)
+}
+
+/// `POST /dashboard/billing/cap`.
+pub async fn set_cap(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let Some(cap) = form::field(&fields, "cap").and_then(micros_of_dollars) else {
+        let errors = [FieldError {
+            field: Some("overage_cap_micros".into()),
+            message: "Enter an amount in dollars, such as 29.00.".into(),
+        }];
+        return billing_page(app, &user, ctx, StatusCode::BAD_REQUEST, None, &errors).await;
+    };
+    match app.accounts.set_overage_cap(user.id, Some(cap)).await {
+        Ok(user) => {
+            let notice = format!("Your spend cap is now {}.", gateway_web::usd(cap));
+            billing_page(app, &user, ctx, StatusCode::OK, Some(notice), &[]).await
+        }
+        Err(e) => {
+            let e = from_auth(ctx.request_id, e);
+            billing_page(app, &user, ctx, status_of(&e), None, &form_error(&e)).await
+        }
+    }
+}
+
+/// `POST /dashboard/billing/redeem`.
+pub async fn redeem(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let token = session_token(&req).map(str::to_owned);
+    let fields = form::parse(&read_body(app, req).await?);
+    let code = form::field(&fields, "code").unwrap_or_default();
+    let now = OffsetDateTime::now_utc();
+    match app.codes.redeem(code, user.id, now).await {
+        Ok(entry) => {
+            let paid =
+                app.billing.invoices().pay_open_invoices(user.id, now).await.map_err(|e| {
+                    crate::errors::internal(ctx.request_id, "paying open invoices", &e)
+                })?;
+            if !paid.is_empty() {
+                gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
+            }
+            // The balance as it is now.
+            let user = match &token {
+                Some(t) => app.accounts.session_user(t).await.unwrap_or(user),
+                None => user,
+            };
+            let notice = format!(
+                "Code redeemed: {} of credits added.",
+                gateway_web::usd(entry.amount_micros)
+            );
+            billing_page(app, &user, ctx, StatusCode::OK, Some(notice), &[]).await
+        }
+        Err(e) => {
+            let e = crate::errors::from_codes(ctx.request_id, e);
+            billing_page(app, &user, ctx, status_of(&e), None, &form_error(&e)).await
+        }
+    }
+}
+
+/// `POST /dashboard/billing/checkout`: off to the payment provider's checkout.
+pub async fn checkout(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let tier = form::field(&fields, "tier").and_then(|t| t.parse().ok());
+    let (Some(payments), Some(tier)) = (app.payments.as_ref(), tier) else {
+        let errors =
+            [FieldError { field: None, message: "Plans cannot be bought here right now.".into() }];
+        return billing_page(app, &user, ctx, StatusCode::BAD_REQUEST, None, &errors).await;
+    };
+    let purchase = gateway_billing::payments::Purchase::Tier(tier);
+    match payments.checkout(user.id, &user.email, user.tier, &purchase).await {
+        Ok(url) => {
+            let mut res = Response::new(ResBody::empty());
+            *res.status_mut() = StatusCode::SEE_OTHER;
+            let location = HeaderValue::from_str(&url)
+                .map_err(|e| crate::errors::internal(ctx.request_id, "the checkout address", &e))?;
+            res.headers_mut().insert(LOCATION, location);
+            Ok(res)
+        }
+        Err(e) => {
+            let e = crate::errors::from_payments(ctx.request_id, e);
+            billing_page(app, &user, ctx, status_of(&e), None, &form_error(&e)).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dollars_typed_in_a_form_become_micro_dollars() {
+        use super::micros_of_dollars as m;
+        assert_eq!(m("29"), Some(29_000_000));
+        assert_eq!(m("29.5"), Some(29_500_000));
+        assert_eq!(m("$0.002"), Some(2_000));
+        assert_eq!(m(".25"), Some(250_000));
+        for bad in ["", ".", "-1", "1.0000001", "abc", "1,5"] {
+            assert_eq!(m(bad), None, "{bad}");
+        }
+    }
+}

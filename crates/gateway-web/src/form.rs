@@ -24,7 +24,9 @@ pub fn all<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     fields.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
 }
 
-fn decode(bytes: &[u8]) -> Option<String> {
+/// One form-encoded component: `+` is a space, `%XX` a byte; `None` when it is not UTF-8
+/// afterwards or a `%` is not followed by two hex digits.
+pub fn decode(bytes: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {

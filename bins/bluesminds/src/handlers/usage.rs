@@ -18,24 +18,9 @@ use crate::server::Ctx;
 
 type Reply = Result<Response<ResBody>, ApiError>;
 
-/// Decodes `%XX` and `+` in a query component.
+/// Decodes `%XX` and `+` in a query component (the form encoding, decoded in one place).
 fn decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    gateway_web::form::decode(s.as_bytes())
 }
 
 /// The query parameters, refusing unknown or repeated ones.

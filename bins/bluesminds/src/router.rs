@@ -56,6 +56,7 @@ pub enum Route<'a> {
     WebCreateKey,
     WebRevokeKey(&'a str),
     WebBilling,
+    WebLogs,
     WebSetCap,
     WebRedeem,
     WebCheckout,
@@ -126,6 +127,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
             pick(m, "POST", &[(Method::POST, Route::WebRevokeKey(id))])
         }
         ["dashboard", "billing"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebBilling)]),
+        ["dashboard", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebLogs)]),
         ["dashboard", "billing", "cap"] => pick(m, "POST", &[(Method::POST, Route::WebSetCap)]),
         ["dashboard", "billing", "redeem"] => pick(m, "POST", &[(Method::POST, Route::WebRedeem)]),
         ["dashboard", "billing", "checkout"] => {

@@ -196,3 +196,53 @@ async fn the_billing_page_shows_the_plan_and_usage_and_its_forms_work() {
     assert_eq!(r.status, 409);
     assert!(text(&r).contains("This code has been used up."));
 }
+
+#[tokio::test]
+async fn the_log_page_filters_and_pages_without_javascript() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let gw = Gateway::start(
+        &[],
+        &[("LITELLM_SERVER_1_URL", url.as_str()), ("LITELLM_SERVER_1_MODELS", MODELS)],
+    )
+    .await;
+    let r =
+        post_form(&gw, "/signup", None, "email=logs%40example.com&password=correct+horse+battery")
+            .await;
+    let cookie = cookie_of(&r);
+    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=logger").await;
+    let html = text(&r);
+    let start = html.find("value=\"bm_").unwrap() + "value=\"".len();
+    let key: String = html[start..].chars().take_while(|c| *c != '"').collect();
+    let ok = serde_json::json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let unknown = serde_json::json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]});
+    for body in [&ok, &ok, &unknown] {
+        post_with_key(gw.addr, "/v1/chat/completions", &key, body).await;
+    }
+    let rows = |html: &str| html.matches("<td class=\"mono hide-narrow\">").count();
+    let started = Instant::now();
+    let all = loop {
+        let html = text(&get(&gw, "/dashboard/logs", Some(&cookie)).await);
+        if rows(&html) == 3 {
+            break html;
+        }
+        assert!(started.elapsed() < PATIENCE, "{html}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        all.contains("<option value=\"") && all.contains(">logger</option>"),
+        "the key filter lists the key"
+    );
+    let failed = text(&get(&gw, "/dashboard/logs?status=error", Some(&cookie)).await);
+    assert_eq!(rows(&failed), 1);
+    assert!(failed.contains("no-such-model") && failed.contains(">404<"));
+    assert!(failed.contains("<option value=\"error\" selected>"), "the filter stays chosen");
+    assert_eq!(
+        rows(&text(&get(&gw, "/dashboard/logs?status=success&model=gpt-4", Some(&cookie)).await)),
+        2
+    );
+    let bad = get(&gw, "/dashboard/logs?cursor=nonsense", Some(&cookie)).await;
+    assert_eq!(bad.status, 400);
+    assert!(text(&bad).contains("Invalid 'cursor'"));
+    assert_eq!(get(&gw, "/dashboard/logs", None).await.status, 303, "signed in only");
+}

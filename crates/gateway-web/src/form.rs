@@ -24,6 +24,24 @@ pub fn all<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     fields.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
 }
 
+/// `text` form-encoded for a query string (letters, digits and `-_.~` as they are).
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
 /// One form-encoded component: `+` is a space, `%XX` a byte; `None` when it is not UTF-8
 /// afterwards or a `%` is not followed by two hex digits.
 pub fn decode(bytes: &[u8]) -> Option<String> {
@@ -56,5 +74,7 @@ mod tests {
         assert_eq!(all(&f, "scopes"), ["models", "embeddings"]);
         assert_eq!(field(&f, "bad"), None, "an undecodable field is dropped");
         assert!(parse(b"").is_empty());
+        let odd = "gpt-4 turbo/<&>=ü";
+        assert_eq!(decode(encode(odd).as_bytes()).as_deref(), Some(odd));
     }
 }

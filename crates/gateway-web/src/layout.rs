@@ -22,6 +22,7 @@ pub enum Nav {
     None,
     Overview,
     Keys,
+    Logs,
     Billing,
 }
 
@@ -61,6 +62,7 @@ impl Shell {
                                 nav.main aria-label="Main" {
                                     a href="/dashboard" aria-current=[current(Nav::Overview)] { "Overview" }
                                     a href="/dashboard/keys" aria-current=[current(Nav::Keys)] { "API keys" }
+                                    a href="/dashboard/logs" aria-current=[current(Nav::Logs)] { "Logs" }
                                     a href="/dashboard/billing" aria-current=[current(Nav::Billing)] { "Billing" }
                                 }
                                 span.hint { (viewer.email) }

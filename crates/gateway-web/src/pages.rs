@@ -482,3 +482,96 @@ pub fn billing(b: &Billing, errors: &[FieldError]) -> Markup {
         }
     }
 }
+
+/// The logs page's filters, as chosen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogFilters {
+    /// `success`, `error` or empty.
+    pub status: String,
+    pub model: String,
+    /// A key id or empty.
+    pub key: String,
+}
+
+impl LogFilters {
+    /// The filters as a query string (for the next page's link), with `cursor`.
+    fn query(&self, cursor: &str) -> String {
+        let mut q = Vec::new();
+        for (k, v) in [("status", &self.status), ("model", &self.model), ("key", &self.key)] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", crate::form::encode(v)));
+            }
+        }
+        q.push(format!("cursor={}", crate::form::encode(cursor)));
+        q.join("&")
+    }
+}
+
+/// `/dashboard/logs`: the caller's requests, newest first, filtered, a page at a time.
+pub fn logs(
+    rows: &[LogRow],
+    filters: &LogFilters,
+    keys: &[(String, String)],
+    next_cursor: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    html! {
+        h1 { "Request log" }
+        form.card method="get" action="/dashboard/logs" {
+            div.grid {
+                div {
+                    label for="status" { "Status" }
+                    select #status name="status" {
+                        option value="" selected[filters.status.is_empty()] { "All" }
+                        option value="success" selected[filters.status == "success"] { "Succeeded" }
+                        option value="error" selected[filters.status == "error"] { "Failed" }
+                    }
+                }
+                div {
+                    label for="model" { "Model" }
+                    input #model name="model" type="text" value=(filters.model) placeholder="any";
+                }
+                div {
+                    label for="key" { "API key" }
+                    select #key name="key" {
+                        option value="" selected[filters.key.is_empty()] { "All keys" }
+                        @for (id, name) in keys {
+                            option value=(id) selected[filters.key == *id] { (name) }
+                        }
+                    }
+                }
+            }
+            div.actions { button type="submit" { "Filter" } a href="/dashboard/logs" { "Clear" } }
+        }
+        @if let Some(e) = error { p.notice.error role="alert" { (e) } }
+        @if rows.is_empty() {
+            div.card.empty { p { "No requests match." } }
+        } @else {
+            div.card.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "When (UTC)" } th scope="col" { "Model" } th scope="col" { "Status" }
+                        th.num scope="col" { "Tokens" } th.num scope="col" { "Cost" }
+                        th.num.hide-narrow scope="col" { "Latency" } th.hide-narrow scope="col" { "Request id" }
+                    } }
+                    tbody {
+                        @for r in rows {
+                            tr {
+                                td { (r.when) }
+                                td { (r.model) }
+                                td { span.badge.ok[r.status < 400].err[r.status >= 400] { (r.status) } }
+                                td.num { (thousands(r.total_tokens)) }
+                                td.num { (usd(r.cost_micros)) }
+                                td.num.hide-narrow { (r.latency_ms) " ms" }
+                                td.mono.hide-narrow { (r.request_id) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = next_cursor {
+                p { a href=(format!("/dashboard/logs?{}", filters.query(cursor))) { "Older requests →" } }
+            }
+        }
+    }
+}

@@ -81,6 +81,7 @@ pub async fn dispatch(
         Route::WebCreateKey => web::create_key(app, req, ctx).await,
         Route::WebRevokeKey(id) => web::revoke_key(app, req, ctx, id).await,
         Route::WebBilling => web::billing(app, req, ctx).await,
+        Route::WebLogs => web::logs(app, req, ctx).await,
         Route::WebSetCap => web::set_cap(app, req, ctx).await,
         Route::WebRedeem => web::redeem(app, req, ctx).await,
         Route::WebCheckout => web::checkout(app, req, ctx).await,

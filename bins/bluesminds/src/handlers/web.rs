@@ -194,24 +194,7 @@ pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .map_err(|e| from_auth(ctx.request_id, e))?
         .is_empty();
     let sum = |f: &dyn Fn(&gateway_usage::StatsRow) -> u64| stats.data.iter().map(f).sum::<u64>();
-    let recent = logs
-        .data
-        .iter()
-        .map(|r| LogRow {
-            when: format!(
-                "{} {:02}:{:02}",
-                r.created_at.date(),
-                r.created_at.hour(),
-                r.created_at.minute()
-            ),
-            model: r.model.clone(),
-            status: r.status_code,
-            total_tokens: r.total_tokens,
-            cost_micros: r.cost_micros,
-            latency_ms: r.latency_ms,
-            request_id: r.request_id.to_string(),
-        })
-        .collect();
+    let recent = log_rows(&logs.data);
     let o = Overview {
         range: "the last 30 days".to_owned(),
         requests: sum(&|r| r.requests),
@@ -478,6 +461,73 @@ pub async fn checkout(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
             let e = crate::errors::from_payments(ctx.request_id, e);
             billing_page(app, &user, ctx, status_of(&e), None, &form_error(&e)).await
         }
+    }
+}
+
+/// Requests as the pages list them.
+fn log_rows(records: &[gateway_usage::UsageRecord]) -> Vec<LogRow> {
+    records
+        .iter()
+        .map(|r| LogRow {
+            when: format!(
+                "{} {:02}:{:02}:{:02}",
+                r.created_at.date(),
+                r.created_at.hour(),
+                r.created_at.minute(),
+                r.created_at.second()
+            ),
+            model: r.model.clone(),
+            status: r.status_code,
+            total_tokens: r.total_tokens,
+            cost_micros: r.cost_micros,
+            latency_ms: r.latency_ms,
+            request_id: r.request_id.to_string(),
+        })
+        .collect()
+}
+
+/// `GET /dashboard/logs?status=&model=&key=&cursor=`: 50 requests a page, newest first.
+pub async fn logs(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    let fields = form::parse(req.uri().query().unwrap_or_default().as_bytes());
+    let text =
+        |name: &str| form::field(&fields, name).map(str::trim).unwrap_or_default().to_owned();
+    let filters =
+        pages::LogFilters { status: text("status"), model: text("model"), key: text("key") };
+    let keys = app.accounts.list_keys(user.id).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    let key_names: Vec<(String, String)> =
+        keys.iter().map(|k| (k.id.to_string(), k.name.clone())).collect();
+    let request = LogsRequest {
+        cursor: Some(text("cursor")).filter(|c| !c.is_empty()),
+        limit: Some(50),
+        model: Some(filters.model.clone()).filter(|m| !m.is_empty()),
+        key_id: filters.key.parse().ok(),
+        status: match filters.status.as_str() {
+            "success" => Some(gateway_usage::StatusFilter::Success),
+            "error" => Some(gateway_usage::StatusFilter::Error),
+            _ => None,
+        },
+        ..LogsRequest::default()
+    };
+    let reader = Reader { user_id: user.id, role: user.role };
+    let shell = Shell::new("Request log", Some(viewer(&user)), Nav::Logs);
+    match app.usage_reader.logs(reader, request).await {
+        Ok(page) => {
+            let content = pages::logs(
+                &log_rows(&page.data),
+                &filters,
+                &key_names,
+                page.next_cursor.as_deref(),
+                None,
+            );
+            Ok(html(StatusCode::OK, &shell, &content))
+        }
+        Err(gateway_usage::read::ReadError::Invalid { param, message }) => {
+            let error = format!("Invalid '{param}': {message}.");
+            let content = pages::logs(&[], &filters, &key_names, None, Some(&error));
+            Ok(html(StatusCode::BAD_REQUEST, &shell, &content))
+        }
+        Err(e) => Err(crate::errors::internal(ctx.request_id, "reading the log", &e)),
     }
 }
 

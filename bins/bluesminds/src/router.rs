@@ -57,6 +57,10 @@ pub enum Route<'a> {
     WebRevokeKey(&'a str),
     WebBilling,
     WebLogs,
+    WebSettings,
+    WebSaveProfile,
+    WebChangePassword,
+    WebSignOutEverywhere,
     WebSetCap,
     WebRedeem,
     WebCheckout,
@@ -128,6 +132,16 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         }
         ["dashboard", "billing"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebBilling)]),
         ["dashboard", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebLogs)]),
+        ["dashboard", "settings"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebSettings)]),
+        ["dashboard", "settings", "profile"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebSaveProfile)])
+        }
+        ["dashboard", "settings", "password"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebChangePassword)])
+        }
+        ["dashboard", "settings", "sign-out-everywhere"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebSignOutEverywhere)])
+        }
         ["dashboard", "billing", "cap"] => pick(m, "POST", &[(Method::POST, Route::WebSetCap)]),
         ["dashboard", "billing", "redeem"] => pick(m, "POST", &[(Method::POST, Route::WebRedeem)]),
         ["dashboard", "billing", "checkout"] => {

@@ -246,3 +246,61 @@ async fn the_log_page_filters_and_pages_without_javascript() {
     assert!(text(&bad).contains("Invalid 'cursor'"));
     assert_eq!(get(&gw, "/dashboard/logs", None).await.status, 303, "signed in only");
 }
+
+#[tokio::test]
+async fn settings_change_the_profile_and_password_and_sign_out_everywhere() {
+    let gw = Gateway::start(&[], &[]).await;
+    let r =
+        post_form(&gw, "/signup", None, "email=set%40example.com&password=correct+horse+battery")
+            .await;
+    let cookie = cookie_of(&r);
+    let other = cookie_of(
+        &post_form(&gw, "/login", None, "email=set%40example.com&password=correct+horse+battery")
+            .await,
+    );
+    let page = text(&get(&gw, "/dashboard/settings", Some(&cookie)).await);
+    assert!(page.contains("<label for=\"full_name\">Name</label>"), "labelled fields: {page}");
+
+    let r = post_form(
+        &gw,
+        "/dashboard/settings/profile",
+        Some(&cookie),
+        "full_name=Ada+%3Cb%3E&company_name=Acme",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let page = text(&r);
+    assert!(
+        page.contains("Your profile is saved.") && page.contains("value=\"Ada &lt;b&gt;\""),
+        "{page}"
+    );
+
+    let r = post_form(
+        &gw,
+        "/dashboard/settings/password",
+        Some(&cookie),
+        "current_password=wrong+one+here&new_password=another+good+one",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(text(&r).contains("id=\"current_password-error\""));
+    let r = post_form(
+        &gw,
+        "/dashboard/settings/password",
+        Some(&cookie),
+        "current_password=correct+horse+battery&new_password=another+good+one",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let cookie = cookie_of(&r);
+    assert_eq!(
+        get(&gw, "/dashboard", Some(&other)).await.status,
+        303,
+        "the other browser is signed out"
+    );
+    assert_eq!(get(&gw, "/dashboard", Some(&cookie)).await.status, 200, "this one goes on");
+
+    let r = post_form(&gw, "/dashboard/settings/sign-out-everywhere", Some(&cookie), "").await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/login")));
+    assert_eq!(get(&gw, "/dashboard", Some(&cookie)).await.status, 303);
+}

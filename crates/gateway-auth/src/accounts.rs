@@ -377,6 +377,12 @@ impl Accounts {
         Ok(())
     }
 
+    /// Ends every session of the user (every browser signs in again).
+    pub async fn sign_out_everywhere(&self, user_id: UserId) -> Result<(), AuthError> {
+        self.stores.sessions.revoke_user_sessions(user_id, self.clock.now()).await?;
+        Ok(())
+    }
+
     pub async fn update_profile(
         &self,
         user_id: UserId,

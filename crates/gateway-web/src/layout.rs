@@ -24,6 +24,7 @@ pub enum Nav {
     Keys,
     Logs,
     Billing,
+    Settings,
 }
 
 /// What the frame needs besides the page's own content.
@@ -64,6 +65,7 @@ impl Shell {
                                     a href="/dashboard/keys" aria-current=[current(Nav::Keys)] { "API keys" }
                                     a href="/dashboard/logs" aria-current=[current(Nav::Logs)] { "Logs" }
                                     a href="/dashboard/billing" aria-current=[current(Nav::Billing)] { "Billing" }
+                                    a href="/dashboard/settings" aria-current=[current(Nav::Settings)] { "Settings" }
                                 }
                                 span.hint { (viewer.email) }
                                 form.inline method="post" action="/logout" {

@@ -575,3 +575,50 @@ pub fn logs(
         }
     }
 }
+
+/// `/dashboard/settings`: the profile, the password, signing out everywhere.
+pub fn settings(
+    full_name: &str,
+    company_name: &str,
+    notice: Option<&str>,
+    errors: &[FieldError],
+) -> Markup {
+    let field_error =
+        |field: &str| error_for(errors, field).map(|message| html! { p.field-error { (message) } });
+    html! {
+        h1 { "Settings" }
+        @if let Some(n) = notice { p.notice role="status" { (n) } }
+        (form_errors(errors))
+        div.card {
+            h2 { "Profile" }
+            form method="post" action="/dashboard/settings/profile" {
+                label for="full_name" { "Name" }
+                input #full_name name="full_name" type="text" value=(full_name) autocomplete="name"
+                    aria-invalid=[error_for(errors, "full_name").map(|_| "true")];
+                @if let Some(e) = field_error("full_name") { (e) }
+                label for="company_name" { "Company" }
+                input #company_name name="company_name" type="text" value=(company_name) autocomplete="organization"
+                    aria-invalid=[error_for(errors, "company_name").map(|_| "true")];
+                @if let Some(e) = field_error("company_name") { (e) }
+                div.actions { button type="submit" { "Save" } }
+            }
+        }
+        div.card {
+            h2 { "Password" }
+            form method="post" action="/dashboard/settings/password" {
+                (input("current_password", "Current password", "password", "", "current-password", errors))
+                (input("new_password", "New password", "password", "", "new-password", errors))
+                p.hint { "Changing it signs out every other browser." }
+                div.actions { button type="submit" { "Change password" } }
+            }
+        }
+        div.card {
+            h2 { "Sessions" }
+            form method="post" action="/dashboard/settings/sign-out-everywhere"
+                data-confirm="Sign out of every browser, this one included?" {
+                p { "Lost a device? End every session of your account." }
+                button.danger type="submit" { "Sign out everywhere" }
+            }
+        }
+    }
+}

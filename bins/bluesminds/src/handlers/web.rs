@@ -531,6 +531,89 @@ pub async fn logs(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     }
 }
 
+/// The settings page.
+fn settings_page(
+    user: &User,
+    status: StatusCode,
+    notice: Option<&str>,
+    errors: &[FieldError],
+) -> Response<ResBody> {
+    let content = pages::settings(
+        user.full_name.as_deref().unwrap_or_default(),
+        user.company_name.as_deref().unwrap_or_default(),
+        notice,
+        errors,
+    );
+    html(status, &Shell::new("Settings", Some(viewer(user)), Nav::Settings), &content)
+}
+
+/// `GET /dashboard/settings`.
+pub async fn settings(app: &App, req: Request<Incoming>) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    Ok(settings_page(&user, StatusCode::OK, None, &[]))
+}
+
+/// `POST /dashboard/settings/profile`.
+pub async fn save_profile(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let value = |name: &str| {
+        Some(form::field(&fields, name).map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned))
+    };
+    let update = gateway_auth::ProfileUpdate {
+        full_name: value("full_name"),
+        company_name: value("company_name"),
+    };
+    match app.accounts.update_profile(user.id, update).await {
+        Ok(user) => Ok(settings_page(&user, StatusCode::OK, Some("Your profile is saved."), &[])),
+        Err(e) => {
+            let e = from_auth(ctx.request_id, e);
+            Ok(settings_page(&user, status_of(&e), None, &form_error(&e)))
+        }
+    }
+}
+
+/// `POST /dashboard/settings/password`: a new password; every other session ends.
+pub async fn change_password(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let current = form::field(&fields, "current_password").unwrap_or_default();
+    let new = form::field(&fields, "new_password").unwrap_or_default();
+    match app.accounts.change_password(user.id, current, new).await {
+        Ok(session) => {
+            let mut res = settings_page(
+                &user,
+                StatusCode::OK,
+                Some("Your password is changed; every other browser is signed out."),
+                &[],
+            );
+            set_session_cookie(app, &mut res, &session);
+            Ok(res)
+        }
+        Err(e) => {
+            let e = from_auth(ctx.request_id, e);
+            let mut errors = form_error(&e);
+            if let Some(err) = errors.first_mut().filter(|e| e.field.as_deref() == Some("password"))
+            {
+                err.field = Some("new_password".to_owned());
+            }
+            Ok(settings_page(&user, status_of(&e), None, &errors))
+        }
+    }
+}
+
+/// `POST /dashboard/settings/sign-out-everywhere`.
+pub async fn sign_out_everywhere(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    app.accounts.sign_out_everywhere(user.id).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    let mut res = redirect("/login");
+    clear_session_cookie(app, &mut res);
+    Ok(res)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -84,6 +84,11 @@ pub fn from_billing(request_id: RequestId, e: BillingError) -> ApiError {
             "Another instance is closing a billing period. Retry shortly.",
         )
         .with_retry_after(5),
+        BillingError::Code(e) => from_codes(request_id, e),
+        BillingError::NoSuchInvoice => ApiError::not_found("invoice"),
+        BillingError::NothingToPay => {
+            ApiError::new(ErrorKind::Conflict, "This invoice has nothing left to pay.")
+        }
         other => internal(request_id, "billing operation", &other),
     }
 }

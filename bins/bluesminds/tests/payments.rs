@@ -53,6 +53,20 @@ fn creem_env(creem: &CreemMock, mock: &Mock) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The Creem mock, the upstream mock, a database and a gateway taking payments to the Creem
+/// mock, whose webhooks go to it.
+async fn stack(
+    extra: &[(&str, &str)],
+) -> (CreemMock, Mock, gateway_store::testing::TestDb, Gateway) {
+    let creem = creem().await;
+    let mock = Mock::start().await;
+    let (db, mut env) = support::shared_backends(extra).await;
+    env.extend(creem_env(&creem, &mock));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    (creem, mock, db, gw)
+}
+
 async fn me(gw: &Gateway, cookie: &str) -> Value {
     support::call(gw.addr, "GET", "/api/auth/me", cookie, &Value::Null).await.json()
 }
@@ -95,12 +109,7 @@ async fn payments_of(db: &gateway_store::testing::TestDb) -> i64 {
 
 #[tokio::test]
 async fn an_upgrade_by_checkout_survives_redeliveries_forgeries_and_disorder() {
-    let creem = creem().await;
-    let mock = Mock::start().await;
-    let (db, mut env) = support::shared_backends(&[]).await;
-    env.extend(creem_env(&creem, &mock));
-    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
-    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let (creem, _mock, db, gw) = stack(&[]).await;
     let cookie = support::signup(gw.addr, "buyer@example.com").await;
     let key = support::create_key(gw.addr, &cookie, &json!({"name": "k"})).await;
     let chat =
@@ -386,12 +395,7 @@ async fn a_single_use_code_goes_to_one_of_fifty_users_racing_for_it() {
 
 #[tokio::test]
 async fn an_open_invoice_is_paid_by_credits_then_by_card() {
-    let creem = creem().await;
-    let mock = Mock::start().await;
-    let (_db, mut env) = support::shared_backends(&[("BLUESMINDS_BILLING__GRACE_DAYS", "0")]).await;
-    env.extend(creem_env(&creem, &mock));
-    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
-    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let (creem, _mock, _db, gw) = stack(&[("BLUESMINDS_BILLING__GRACE_DAYS", "0")]).await;
     let admin = support::admin_session(&gw).await;
     let cookie = support::signup(gw.addr, "owes@example.com").await;
     support::set_tier(&gw, &cookie, "starter").await;
@@ -457,12 +461,7 @@ async fn an_open_invoice_is_paid_by_credits_then_by_card() {
 
 #[tokio::test]
 async fn a_plan_fee_paid_by_the_subscription_is_not_billed_again() {
-    let creem = creem().await;
-    let mock = Mock::start().await;
-    let (_db, mut env) = support::shared_backends(&[]).await;
-    env.extend(creem_env(&creem, &mock));
-    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
-    creem.set_webhook_url(&gw.url("/api/billing/webhook"));
+    let (creem, _mock, _db, gw) = stack(&[]).await;
     let cookie = support::signup(gw.addr, "subscriber@example.com").await;
     let id = checkout(&gw, &creem, &cookie, json!({"tier": "pro"})).await;
     let event = creem.checkout_completed(&id, None).unwrap();

@@ -33,6 +33,12 @@ fn text(r: &Reply) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// The new key shown (once) on a keys page.
+fn key_on(html: &str) -> String {
+    let start = html.find("value=\"bm_").unwrap() + "value=\"".len();
+    html[start..].chars().take_while(|c| *c != '"').collect()
+}
+
 fn cookie_of(r: &Reply) -> String {
     r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
 }
@@ -98,8 +104,7 @@ async fn sign_up_create_a_key_use_it_see_it_and_revoke_it_without_javascript() {
     let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=ci+key").await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let html = text(&r);
-    let start = html.find("value=\"bm_").unwrap() + "value=\"".len();
-    let key: String = html[start..].chars().take_while(|c| *c != '"').collect();
+    let key = key_on(&html);
     assert!(key.starts_with("bm_") && key.len() > 20);
     assert!(!text(&get(&gw, "/dashboard/keys", Some(&cookie)).await).contains(&key), "shown once");
 
@@ -212,8 +217,7 @@ async fn the_log_page_filters_and_pages_without_javascript() {
     let cookie = cookie_of(&r);
     let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=logger").await;
     let html = text(&r);
-    let start = html.find("value=\"bm_").unwrap() + "value=\"".len();
-    let key: String = html[start..].chars().take_while(|c| *c != '"').collect();
+    let key = key_on(&html);
     let ok = serde_json::json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
     let unknown = serde_json::json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]});
     for body in [&ok, &ok, &unknown] {

@@ -425,7 +425,7 @@ impl Accounts {
     pub async fn set_overage_cap(&self, id: UserId, cap: Option<i64>) -> Result<User, AuthError> {
         let owner = self.owner(id).await?;
         let plan = self.plans.plan(owner.tier);
-        let max = plan.price_monthly_micros.saturating_mul(10);
+        let max = plan.max_user_cap_micros();
         if cap.is_some_and(|cap| !(0..=max).contains(&cap)) {
             return Err(AuthError::invalid(
                 "overage_cap_micros",

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use gateway_core::{Limits, Plan, PlanSource, Tier};
+use gateway_core::{Plan, PlanSource, Tier};
 
 /// Tokens that stand for "no ceiling" (2^53: exact in every counter, Lua's included).
 pub const UNLIMITED_TOKENS: u64 = 1 << 53;
@@ -262,16 +262,6 @@ pub fn monthly_ceiling(plan: &Plan, cap: Option<i64>) -> Ceiling {
 pub fn overage_micros(tokens: u64, rate_per_1k: i64) -> i64 {
     let exact = i128::from(tokens) * i128::from(rate_per_1k);
     i64::try_from((exact + 500) / 1000).unwrap_or(i64::MAX)
-}
-
-/// The most a user may set as their own spend cap: ten times the plan's monthly price.
-pub fn max_user_cap(plan: &Plan) -> i64 {
-    plan.price_monthly_micros.saturating_mul(10)
-}
-
-/// The effective limits of a key of a user on `plan`: the plan's, with the key's overrides.
-pub fn key_limits(plan: &Plan, overrides: &gateway_core::LimitOverrides, admin: bool) -> Limits {
-    plan.limits.with_overrides(overrides, admin)
 }
 
 /// The contract of every [`PlanStore`] adapter.

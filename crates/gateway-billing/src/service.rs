@@ -52,6 +52,14 @@ pub enum BillingError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Invoices(#[from] InvoiceStoreError),
+    #[error(transparent)]
+    Code(#[from] crate::codes::CodeError),
+    /// No such invoice of this user.
+    #[error("no such invoice")]
+    NoSuchInvoice,
+    /// The invoice is paid or void.
+    #[error("the invoice has nothing left to pay")]
+    NothingToPay,
     /// A period that has not ended was to be closed without being forced.
     #[error("the period {0} has not ended")]
     PeriodNotEnded(BillingPeriod),
@@ -155,6 +163,38 @@ impl Billing {
             Vec::new()
         };
         Ok(Moved { appended, paid })
+    }
+
+    /// Redeems `code` for `user` from `codes`; its credits pay the user's open invoices.
+    pub async fn redeem(
+        &self,
+        codes: &dyn crate::codes::CodeStore,
+        code: &str,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<(crate::ledger::LedgerEntry, Vec<Invoice>), BillingError> {
+        let entry = codes.redeem(code, user, now).await?;
+        let paid = self.invoices.pay_open_invoices(user, now).await?;
+        Ok((entry, paid))
+    }
+
+    /// Pays what credits can of the user's open invoices (oldest first) and returns invoice
+    /// `id` as it then stands, and whether credits paid anything.
+    pub async fn pay_invoice_with_credits(
+        &self,
+        user: UserId,
+        id: gateway_core::InvoiceId,
+        now: OffsetDateTime,
+    ) -> Result<(Invoice, bool), BillingError> {
+        let mine = |found: Option<Invoice>| {
+            found.filter(|i| i.user_id == user).ok_or(BillingError::NoSuchInvoice)
+        };
+        let invoice = mine(self.invoices.invoice(id).await?)?;
+        if invoice.status != crate::invoice::InvoiceStatus::Open {
+            return Err(BillingError::NothingToPay);
+        }
+        let paid = self.invoices.pay_open_invoices(user, now).await?;
+        Ok((mine(self.invoices.invoice(id).await?)?, !paid.is_empty()))
     }
 
     /// Closes `period` (see [`InvoiceStore::close_period`]). A period that has not ended is

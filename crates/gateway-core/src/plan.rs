@@ -29,6 +29,14 @@ pub struct Plan {
     pub limits: Limits,
 }
 
+impl Plan {
+    /// The most a user may set as their own spend cap: ten times the monthly price (an admin
+    /// may set any).
+    pub fn max_user_cap_micros(&self) -> i64 {
+        self.price_monthly_micros.saturating_mul(10)
+    }
+}
+
 impl Tier {
     /// The plan a new installation is seeded with.
     pub fn default_plan(self) -> Plan {

@@ -45,15 +45,7 @@ impl PriceStore for SqlPriceStore {
         let mut added = 0;
         // Chunks keep every statement under SQLite's bound-parameter limit.
         for chunk in prices.chunks(500) {
-            let rows = chunk.iter().map(|p| model_prices::ActiveModel {
-                id: Set(uuid::Uuid::now_v7()),
-                model: Set(p.model.clone()),
-                input_micros_per_million_tokens: Set(p.price.input),
-                output_micros_per_million_tokens: Set(p.price.output),
-                cached_input_micros_per_million_tokens: Set(p.price.cached_input),
-                effective_from: Set(p.effective_from),
-                created_at: Set(now),
-            });
+            let rows = chunk.iter().map(|p| row(PriceId::new(), p, now));
             let result = model_prices::Entity::insert_many(rows)
                 .on_conflict_do_nothing_on([Column::Model, Column::EffectiveFrom])
                 .exec_without_returning(self.store.connection())
@@ -78,16 +70,7 @@ impl PriceStore for SqlPriceStore {
 
     async fn add_price(&self, p: &ModelPrice) -> Result<PriceChange, PriceStoreError> {
         let id = PriceId::new();
-        let row = model_prices::ActiveModel {
-            id: Set(id.as_uuid()),
-            model: Set(p.model.clone()),
-            input_micros_per_million_tokens: Set(p.price.input),
-            output_micros_per_million_tokens: Set(p.price.output),
-            cached_input_micros_per_million_tokens: Set(p.price.cached_input),
-            effective_from: Set(p.effective_from),
-            created_at: Set(OffsetDateTime::now_utc()),
-        };
-        match model_prices::Entity::insert(row)
+        match model_prices::Entity::insert(row(id, p, OffsetDateTime::now_utc()))
             .exec_without_returning(self.store.connection())
             .await
         {
@@ -166,6 +149,19 @@ impl SqlPriceStore {
             .map_err(err)?
             .is_some();
         Ok(if exists { PriceChange::InEffect } else { PriceChange::NotFound })
+    }
+}
+
+/// A price as a row, stored at `now`.
+fn row(id: PriceId, p: &ModelPrice, now: OffsetDateTime) -> model_prices::ActiveModel {
+    model_prices::ActiveModel {
+        id: Set(id.as_uuid()),
+        model: Set(p.model.clone()),
+        input_micros_per_million_tokens: Set(p.price.input),
+        output_micros_per_million_tokens: Set(p.price.output),
+        cached_input_micros_per_million_tokens: Set(p.price.cached_input),
+        effective_from: Set(p.effective_from),
+        created_at: Set(now),
     }
 }
 

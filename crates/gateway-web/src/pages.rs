@@ -120,6 +120,34 @@ pub struct LogRow {
     pub request_id: String,
 }
 
+/// Requests as a table (the overview's latest and the log's pages).
+fn log_table(rows: &[LogRow]) -> Markup {
+    html! {
+    div.card.table-wrap {
+        table {
+            thead { tr {
+                th scope="col" { "When (UTC)" } th scope="col" { "Model" } th scope="col" { "Status" }
+                th.num scope="col" { "Tokens" } th.num scope="col" { "Cost" }
+                th.num.hide-narrow scope="col" { "Latency" } th.hide-narrow scope="col" { "Request id" }
+            } }
+            tbody {
+                @for r in rows {
+                    tr {
+                        td { (r.when) }
+                        td { (r.model) }
+                        td { span.badge.ok[r.status < 400].err[r.status >= 400] { (r.status) } }
+                        td.num { (thousands(r.total_tokens)) }
+                        td.num { (usd(r.cost_micros)) }
+                        td.num.hide-narrow { (r.latency_ms) " ms" }
+                        td.mono.hide-narrow { (r.request_id) }
+                    }
+                }
+            }
+        }
+    }
+    }
+}
+
 /// The overview's figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Overview {
@@ -167,28 +195,7 @@ pub fn overview(o: &Overview) -> Markup {
                 }
             }
         } @else {
-            div.card.table-wrap {
-                table {
-                    thead { tr {
-                        th scope="col" { "When (UTC)" } th scope="col" { "Model" } th scope="col" { "Status" }
-                        th.num scope="col" { "Tokens" } th.num scope="col" { "Cost" }
-                        th.num.hide-narrow scope="col" { "Latency" } th.hide-narrow scope="col" { "Request id" }
-                    } }
-                    tbody {
-                        @for r in &o.recent {
-                            tr {
-                                td { (r.when) }
-                                td { (r.model) }
-                                td { span.badge.ok[r.status < 400].err[r.status >= 400] { (r.status) } }
-                                td.num { (thousands(r.total_tokens)) }
-                                td.num { (usd(r.cost_micros)) }
-                                td.num.hide-narrow { (r.latency_ms) " ms" }
-                                td.mono.hide-narrow { (r.request_id) }
-                            }
-                        }
-                    }
-                }
-            }
+            (log_table(&o.recent))
         }
         h2 { "Call the gateway" }
         pre { code { "curl " (o.base_url) "/api/v1/chat/completions \\\n  -H \"Authorization: Bearer $BLUESMINDS_KEY\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'" } }
@@ -547,28 +554,7 @@ pub fn logs(
         @if rows.is_empty() {
             div.card.empty { p { "No requests match." } }
         } @else {
-            div.card.table-wrap {
-                table {
-                    thead { tr {
-                        th scope="col" { "When (UTC)" } th scope="col" { "Model" } th scope="col" { "Status" }
-                        th.num scope="col" { "Tokens" } th.num scope="col" { "Cost" }
-                        th.num.hide-narrow scope="col" { "Latency" } th.hide-narrow scope="col" { "Request id" }
-                    } }
-                    tbody {
-                        @for r in rows {
-                            tr {
-                                td { (r.when) }
-                                td { (r.model) }
-                                td { span.badge.ok[r.status < 400].err[r.status >= 400] { (r.status) } }
-                                td.num { (thousands(r.total_tokens)) }
-                                td.num { (usd(r.cost_micros)) }
-                                td.num.hide-narrow { (r.latency_ms) " ms" }
-                                td.mono.hide-narrow { (r.request_id) }
-                            }
-                        }
-                    }
-                }
-            }
+            (log_table(rows))
             @if let Some(cursor) = next_cursor {
                 p { a href=(format!("/dashboard/logs?{}", filters.query(cursor))) { "Older requests →" } }
             }

@@ -486,14 +486,11 @@ pub async fn redeem(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let user = require_user(app, &req, ctx).await?;
     let b: RedeemBody = json_body(app, req).await?;
     let now = OffsetDateTime::now_utc();
-    let entry =
-        app.codes.redeem(&b.code, user.id, now).await.map_err(|e| from_codes(ctx.request_id, e))?;
-    let paid = app
+    let (entry, paid) = app
         .billing
-        .invoices()
-        .pay_open_invoices(user.id, now)
+        .redeem(app.codes.as_ref(), &b.code, user.id, now)
         .await
-        .map_err(|e| internal(ctx.request_id, "paying open invoices", &e))?;
+        .map_err(|e| from_billing(ctx.request_id, e))?;
     if !paid.is_empty() {
         gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
     }

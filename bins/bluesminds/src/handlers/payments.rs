@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use super::json_body;
 use super::session::require_user;
 use crate::app::App;
-use crate::errors::{from_payments, internal};
+use crate::errors::{from_billing, from_payments};
 use crate::http::{ResBody, json};
 use crate::server::{Ctx, read_body};
 
@@ -125,33 +125,14 @@ pub async fn webhook(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
 pub async fn pay_invoice(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
     let user = require_user(app, &req, ctx).await?;
     let id: gateway_core::InvoiceId = id.parse().map_err(|_| ApiError::not_found("invoice"))?;
-    let invoices = app.billing.invoices();
-    let mine = |found: Option<gateway_billing::invoice::Invoice>| {
-        found.filter(|i| i.user_id == user.id).ok_or_else(|| ApiError::not_found("invoice"))
-    };
-    let invoice = mine(
-        invoices
-            .invoice(id)
-            .await
-            .map_err(|e| internal(ctx.request_id, "reading an invoice", &e))?,
-    )?;
-    if invoice.status != gateway_billing::invoice::InvoiceStatus::Open {
-        return Err(ApiError::new(ErrorKind::Conflict, "This invoice has nothing left to pay."));
-    }
-    let now = OffsetDateTime::now_utc();
-    let paid = invoices
-        .pay_open_invoices(user.id, now)
+    let (invoice, credits_paid) = app
+        .billing
+        .pay_invoice_with_credits(user.id, id, OffsetDateTime::now_utc())
         .await
-        .map_err(|e| internal(ctx.request_id, "paying invoices from credits", &e))?;
-    if !paid.is_empty() {
+        .map_err(|e| from_billing(ctx.request_id, e))?;
+    if credits_paid {
         gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
     }
-    let invoice = mine(
-        invoices
-            .invoice(id)
-            .await
-            .map_err(|e| internal(ctx.request_id, "reading an invoice", &e))?,
-    )?;
     if invoice.status != gateway_billing::invoice::InvoiceStatus::Open {
         return Ok(json(StatusCode::OK, &json!({"paid": true, "invoice": invoice})));
     }

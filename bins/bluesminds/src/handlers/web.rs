@@ -333,7 +333,7 @@ async fn billing_page(
         overage_rate_per_1k: s.plan.overage_micros_per_1k,
         cap_micros: s.overage_cap_micros,
         cap_is_default: s.overage_cap_is_default,
-        max_cap_micros: s.plan.price_monthly_micros.saturating_mul(10),
+        max_cap_micros: s.plan.max_user_cap_micros(),
         ceiling_tokens: s.ceiling_tokens,
         credits_micros: s.credits_micros,
         estimated_total_micros: s.estimated_total_micros,
@@ -409,12 +409,8 @@ pub async fn redeem(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let fields = form::parse(&read_body(app, req).await?);
     let code = form::field(&fields, "code").unwrap_or_default();
     let now = OffsetDateTime::now_utc();
-    match app.codes.redeem(code, user.id, now).await {
-        Ok(entry) => {
-            let paid =
-                app.billing.invoices().pay_open_invoices(user.id, now).await.map_err(|e| {
-                    crate::errors::internal(ctx.request_id, "paying open invoices", &e)
-                })?;
+    match app.billing.redeem(app.codes.as_ref(), code, user.id, now).await {
+        Ok((entry, paid)) => {
             if !paid.is_empty() {
                 gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user.id);
             }
@@ -430,7 +426,7 @@ pub async fn redeem(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
             billing_page(app, &user, ctx, StatusCode::OK, Some(notice), &[]).await
         }
         Err(e) => {
-            let e = crate::errors::from_codes(ctx.request_id, e);
+            let e = crate::errors::from_billing(ctx.request_id, e);
             billing_page(app, &user, ctx, status_of(&e), None, &form_error(&e)).await
         }
     }

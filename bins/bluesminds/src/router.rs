@@ -52,9 +52,11 @@ pub enum Route<'a> {
     WebSignup,
     WebLogout,
     WebOverview,
+    WebUsage,
     WebKeys,
     WebCreateKey,
     WebRevokeKey(&'a str),
+    WebRotateKey(&'a str),
     WebBilling,
     WebLogs,
     WebSettings,
@@ -130,6 +132,10 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["dashboard", "keys", id, "revoke"] => {
             pick(m, "POST", &[(Method::POST, Route::WebRevokeKey(id))])
         }
+        ["dashboard", "keys", id, "rotate"] => {
+            pick(m, "POST", &[(Method::POST, Route::WebRotateKey(id))])
+        }
+        ["dashboard", "usage"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebUsage)]),
         ["dashboard", "billing"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebBilling)]),
         ["dashboard", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebLogs)]),
         ["dashboard", "settings"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebSettings)]),

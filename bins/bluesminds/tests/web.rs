@@ -93,20 +93,37 @@ async fn sign_up_create_a_key_use_it_see_it_and_revoke_it_without_javascript() {
     );
 
     // A name like an attack is refused, and the form shows it back as text, not markup.
-    let attack = "name=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let attack = "name=%3Cscript%3Ealert(1)%3C%2Fscript%3E&scopes=models";
     let r = post_form(&gw, "/dashboard/keys", Some(&cookie), attack).await;
     assert_eq!(r.status, 400, "{}", text(&r));
     let html = text(&r);
     assert!(!html.contains("<script>alert(1)</script>"));
     assert!(html.contains("value=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
     assert!(html.contains("id=\"name-error\""), "the error is next to the field");
-    // The key, on the page once.
+    // Checkboxes left unchecked, a limit that is not a number: said next to the field.
     let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=ci+key").await;
+    assert_eq!(r.status, 400);
+    assert!(text(&r).contains("Choose at least one thing the key may call"));
+    let r = post_form(
+        &gw,
+        "/dashboard/keys",
+        Some(&cookie),
+        "name=ci+key&scopes=models&rate_limit_rpm=ten",
+    )
+    .await;
+    assert!(text(&r).contains("id=\"rate_limit_rpm-error\""), "{}", text(&r));
+    // The key, on the page once, with its scopes, models, expiry and a lower limit.
+    let form = "name=ci+key&scopes=chat.completions&scopes=models&allowed_models=gpt-4%2C+gpt-4o\
+        &expires=2099-01-31&rate_limit_rpm=5&rate_limit_tpm=&quota_daily=&quota_monthly=";
+    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), form).await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let html = text(&r);
     let key = key_on(&html);
     assert!(key.starts_with("bm_") && key.len() > 20);
-    assert!(!text(&get(&gw, "/dashboard/keys", Some(&cookie)).await).contains(&key), "shown once");
+    let listed = text(&get(&gw, "/dashboard/keys", Some(&cookie)).await);
+    assert!(!listed.contains(&key), "shown once");
+    assert!(listed.contains("chat.completions, models") && listed.contains("gpt-4, gpt-4o"));
+    assert!(listed.contains("RPM 5") && listed.contains("expires 2099-01-31"), "{listed}");
 
     // The key works; the request shows on the overview.
     let body = serde_json::json!({"model": "gpt-4", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
@@ -122,10 +139,29 @@ async fn sign_up_create_a_key_use_it_see_it_and_revoke_it_without_javascript() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // A cross-site post is refused; the page's own revoke works and the key stops.
+    // The usage page counts it, by model and key.
+    let usage = text(&get(&gw, "/dashboard/usage?days=7", Some(&cookie)).await);
+    assert!(usage.contains("<td>gpt-4</td>") && usage.contains("<td>ci key (bm_"), "{usage}");
+    assert!(usage.contains("aria-label=\"Tokens a day, the last 7 days\""));
+
+    // Rotation: a new secret once, the old one stops at once (no grace configured).
     let keys = text(&get(&gw, "/dashboard/keys", Some(&cookie)).await);
-    let action_at = keys.find("action=\"/dashboard/keys/").unwrap() + "action=\"".len();
-    let action: String = keys[action_at..].chars().take_while(|c| *c != '"').collect();
+    let form_action = |page: &str, verb: &str| {
+        let end = page.find(&format!("/{verb}\"")).unwrap();
+        let start = page[..end].rfind('"').unwrap() + 1;
+        format!("{}/{verb}", &page[start..end])
+    };
+    let r = post_form(&gw, &form_action(&keys, "rotate"), Some(&cookie), "").await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("The old secret no longer works"));
+    let rotated = key_on(&text(&r));
+    assert_ne!(rotated, key);
+    assert_eq!(post_with_key(gw.addr, "/v1/chat/completions", &key, &body).await.status, 401);
+    assert_eq!(post_with_key(gw.addr, "/v1/chat/completions", &rotated, &body).await.status, 200);
+    let key = rotated;
+
+    // A cross-site post is refused; the page's own revoke works and the key stops.
+    let action = form_action(&keys, "revoke");
     let forged = request_with(
         gw.addr,
         "POST",
@@ -215,7 +251,8 @@ async fn the_log_page_filters_and_pages_without_javascript() {
         post_form(&gw, "/signup", None, "email=logs%40example.com&password=correct+horse+battery")
             .await;
     let cookie = cookie_of(&r);
-    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=logger").await;
+    let r = post_form(&gw, "/dashboard/keys", Some(&cookie), "name=logger&scopes=chat.completions")
+        .await;
     let html = text(&r);
     let key = key_on(&html);
     let ok = serde_json::json!({"model": "gpt-4", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});

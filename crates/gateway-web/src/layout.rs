@@ -21,6 +21,7 @@ pub struct Viewer {
 pub enum Nav {
     None,
     Overview,
+    Usage,
     Keys,
     Logs,
     Billing,
@@ -62,6 +63,7 @@ impl Shell {
                             @if let Some(viewer) = &self.viewer {
                                 nav.main aria-label="Main" {
                                     a href="/dashboard" aria-current=[current(Nav::Overview)] { "Overview" }
+                                    a href="/dashboard/usage" aria-current=[current(Nav::Usage)] { "Usage" }
                                     a href="/dashboard/keys" aria-current=[current(Nav::Keys)] { "API keys" }
                                     a href="/dashboard/logs" aria-current=[current(Nav::Logs)] { "Logs" }
                                     a href="/dashboard/billing" aria-current=[current(Nav::Billing)] { "Billing" }

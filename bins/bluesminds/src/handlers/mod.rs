@@ -80,6 +80,8 @@ pub async fn dispatch(
         Route::WebKeys => web::keys(app, req, ctx).await,
         Route::WebCreateKey => web::create_key(app, req, ctx).await,
         Route::WebRevokeKey(id) => web::revoke_key(app, req, ctx, id).await,
+        Route::WebUsage => web::usage(app, req, ctx).await,
+        Route::WebRotateKey(id) => web::rotate_key(app, req, ctx, id).await,
         Route::WebBilling => web::billing(app, req, ctx).await,
         Route::WebLogs => web::logs(app, req, ctx).await,
         Route::WebSettings => web::settings(app, req).await,

@@ -6,7 +6,9 @@ use gateway_auth::NewKey;
 use gateway_core::{ApiError, Scope, User};
 use gateway_usage::GroupBy;
 use gateway_usage::read::{LogsRequest, Reader, StatsRequest};
-use gateway_web::pages::{self, FieldError, KeyRow, LogRow, NewKeyShown, Overview};
+use gateway_web::pages::{
+    self, FieldError, KeyForm, KeyRow, LogRow, NewKeyShown, Overview, PlanLimits, Usage, UsageRow,
+};
 use gateway_web::{Markup, Nav, Shell, Viewer, form};
 use http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, LOCATION, REFERRER_POLICY,
@@ -167,16 +169,69 @@ pub async fn logout(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     Ok(res)
 }
 
-/// `GET /dashboard`: the last 30 days' numbers, the latest requests, the month against the
-/// plan.
-pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
-    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+/// The first instant of the range that ends today and spans `days` UTC days.
+fn range_start(now: OffsetDateTime, days: u32) -> OffsetDateTime {
+    let today = now.to_offset(time::UtcOffset::UTC).date().midnight().assume_utc();
+    today - time::Duration::days(i64::from(days.max(1)) - 1)
+}
+
+/// Day statistics as one row per day from `from` to today, idle days at zero.
+fn every_day(rows: &[gateway_usage::StatsRow], from: OffsetDateTime, days: u32) -> Vec<UsageRow> {
+    (0..i64::from(days))
+        .map(|i| {
+            let day = (from + time::Duration::days(i)).date().to_string();
+            rows.iter().find(|r| r.group == day).map_or_else(
+                || UsageRow {
+                    label: day.clone(),
+                    requests: 0,
+                    tokens: 0,
+                    cost_micros: 0,
+                    errors: 0,
+                    p95_latency_ms: 0,
+                },
+                |r| usage_row(day.clone(), r),
+            )
+        })
+        .collect()
+}
+
+fn usage_row(label: String, r: &gateway_usage::StatsRow) -> UsageRow {
+    UsageRow {
+        label,
+        requests: r.requests,
+        tokens: r.total_tokens,
+        cost_micros: r.cost_micros,
+        errors: r.errors,
+        p95_latency_ms: r.p95_latency_ms,
+    }
+}
+
+/// The signed-in user's statistics from `from` to now, grouped by `group_by`.
+async fn stats_of(
+    app: &App,
+    user: &User,
+    ctx: Ctx,
+    from: OffsetDateTime,
+    group_by: GroupBy,
+) -> Result<Vec<gateway_usage::StatsRow>, ApiError> {
     let reader = Reader { user_id: user.id, role: user.role };
-    let stats = app
+    let request = StatsRequest { user_id: None, from: Some(from), to: None, group_by };
+    let page = app
         .usage_reader
-        .stats(reader, StatsRequest { user_id: None, from: None, to: None, group_by: GroupBy::Day })
+        .stats(reader, request)
         .await
         .map_err(|e| crate::errors::internal(ctx.request_id, "reading statistics", &e))?;
+    Ok(page.data)
+}
+
+/// `GET /dashboard`: the last 30 days' numbers and chart, the latest requests, the month
+/// against the plan.
+pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    let now = OffsetDateTime::now_utc();
+    let from = range_start(now, 30);
+    let stats = stats_of(app, &user, ctx, from, GroupBy::Day).await?;
+    let reader = Reader { user_id: user.id, role: user.role };
     let logs = app
         .usage_reader
         .logs(reader, LogsRequest { limit: Some(10), ..LogsRequest::default() })
@@ -184,7 +239,7 @@ pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .map_err(|e| crate::errors::internal(ctx.request_id, "reading the log", &e))?;
     let summary = app
         .billing
-        .summary(&user, OffsetDateTime::now_utc())
+        .summary(&user, now)
         .await
         .map_err(|e| crate::errors::from_billing(ctx.request_id, e))?;
     let has_keys = !app
@@ -193,52 +248,103 @@ pub async fn overview(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?
         .is_empty();
-    let sum = |f: &dyn Fn(&gateway_usage::StatsRow) -> u64| stats.data.iter().map(f).sum::<u64>();
-    let recent = log_rows(&logs.data);
+    let sum = |f: &dyn Fn(&gateway_usage::StatsRow) -> u64| stats.iter().map(f).sum::<u64>();
     let o = Overview {
         range: "the last 30 days".to_owned(),
         requests: sum(&|r| r.requests),
         tokens: sum(&|r| r.total_tokens),
-        cost_micros: stats.data.iter().map(|r| r.cost_micros).sum(),
+        cost_micros: stats.iter().map(|r| r.cost_micros).sum(),
         errors: sum(&|r| r.errors),
         plan: summary.plan.name.clone(),
         tokens_this_month: summary.tokens_used,
         included_tokens: summary.tokens_included,
-        recent,
+        recent: log_rows(&logs.data),
         base_url: app.config.server.public_url.trim_end_matches('/').to_owned(),
         has_keys,
+        daily: every_day(&stats, from, 30).into_iter().map(|r| (r.label, r.tokens)).collect(),
     };
     let shell = Shell::new("Overview", Some(viewer(&user)), Nav::Overview);
     Ok(html(StatusCode::OK, &shell, &pages::overview(&o)))
 }
 
+/// `GET /dashboard/usage?days=7|30|90`: the range by day, model and key.
+pub async fn usage(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    let fields = form::parse(req.uri().query().unwrap_or_default().as_bytes());
+    let days = form::field(&fields, "days")
+        .and_then(|d| d.parse().ok())
+        .filter(|d| pages::RANGES.contains(d))
+        .unwrap_or(30);
+    let from = range_start(OffsetDateTime::now_utc(), days);
+    let by_day = stats_of(app, &user, ctx, from, GroupBy::Day).await?;
+    let by_model = stats_of(app, &user, ctx, from, GroupBy::Model).await?;
+    let by_key = stats_of(app, &user, ctx, from, GroupBy::Key).await?;
+    let keys = app.accounts.list_keys(user.id).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    let key_name = |group: &str| match keys.iter().find(|k| k.id.to_string() == group) {
+        Some(k) => format!("{} ({}…)", k.name, k.key_prefix),
+        None if group == "none" => "no key".to_owned(),
+        None => "a revoked key".to_owned(),
+    };
+    let u = Usage {
+        days,
+        by_day: every_day(&by_day, from, days),
+        by_model: by_model.iter().map(|r| usage_row(r.group.clone(), r)).collect(),
+        by_key: by_key.iter().map(|r| usage_row(key_name(&r.group), r)).collect(),
+    };
+    let shell = Shell::new("Usage", Some(viewer(&user)), Nav::Usage);
+    Ok(html(StatusCode::OK, &shell, &pages::usage(&u)))
+}
+
 fn key_rows(keys: &[gateway_core::ApiKeyMeta]) -> Vec<KeyRow> {
     keys.iter()
-        .map(|k| KeyRow {
-            id: k.id.to_string(),
-            name: k.name.clone(),
-            prefix: k.key_prefix.clone(),
-            scopes: k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-            created: k.created_at.date().to_string(),
-            last_used: k.last_used_at.map(|t| t.date().to_string()),
-            active: k.is_active,
+        .map(|k| {
+            let o = &k.overrides;
+            let limits = [
+                ("RPM", o.rate_limit_rpm),
+                ("TPM", o.rate_limit_tpm),
+                ("a day", o.quota_daily),
+                ("a month", o.quota_monthly),
+            ]
+            .iter()
+            .filter_map(|(label, v)| v.map(|v| format!("{label} {}", gateway_web::thousands(v))))
+            .collect::<Vec<_>>()
+            .join(" · ");
+            KeyRow {
+                id: k.id.to_string(),
+                name: k.name.clone(),
+                prefix: k.key_prefix.clone(),
+                scopes: k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                allowed_models: k.allowed_models.as_deref().unwrap_or_default().join(", "),
+                limits,
+                expires: k.expires_at.map(|t| t.date().to_string()),
+                created: k.created_at.date().to_string(),
+                last_used: k.last_used_at.map(|t| t.date().to_string()),
+                active: k.is_active,
+            }
         })
         .collect()
 }
 
-/// The keys page with `created` shown once, or the form's `errors`.
+/// The keys page with a secret `shown` once, or the form back with its `errors`.
 async fn keys_page(
     app: &App,
     user: &User,
     ctx: Ctx,
     status: StatusCode,
-    created: Option<&NewKeyShown>,
-    name: &str,
+    shown: Option<&NewKeyShown>,
+    form: &KeyForm,
     errors: &[FieldError],
 ) -> Reply {
     let keys = app.accounts.list_keys(user.id).await.map_err(|e| from_auth(ctx.request_id, e))?;
-    let max = gateway_core::PlanSource::plan(app.plans.as_ref(), user.tier).max_api_keys;
-    let content = pages::keys(&key_rows(&keys), created, name, errors, max);
+    let plan = gateway_core::PlanSource::plan(app.plans.as_ref(), user.tier);
+    let limits = PlanLimits {
+        max_keys: plan.max_api_keys,
+        rpm: plan.limits.rpm,
+        tpm: plan.limits.tpm,
+        daily: plan.limits.daily_tokens,
+        monthly: plan.limits.monthly_tokens,
+    };
+    let content = pages::keys(&key_rows(&keys), shown, form, errors, limits);
     let shell = Shell::new("API keys", Some(viewer(user)), Nav::Keys);
     Ok(html(status, &shell, &content))
 }
@@ -246,7 +352,75 @@ async fn keys_page(
 /// `GET /dashboard/keys`.
 pub async fn keys(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
-    keys_page(app, &user, ctx, StatusCode::OK, None, "", &[]).await
+    keys_page(app, &user, ctx, StatusCode::OK, None, &KeyForm::default(), &[]).await
+}
+
+/// The create form as typed, and the key it asks for (or the field that is wrong).
+fn new_key_of(fields: &[(String, String)]) -> (KeyForm, Result<NewKey, FieldError>) {
+    let text = |name: &str| form::field(fields, name).map(str::trim).unwrap_or_default().to_owned();
+    let typed = KeyForm {
+        name: text("name"),
+        scopes: form::all(fields, "scopes").into_iter().map(str::to_owned).collect(),
+        allowed_models: text("allowed_models"),
+        expires: text("expires"),
+        rpm: text("rate_limit_rpm"),
+        tpm: text("rate_limit_tpm"),
+        daily: text("quota_daily"),
+        monthly: text("quota_monthly"),
+    };
+    let bad = |field: &str, message: &str| FieldError {
+        field: Some(field.to_owned()),
+        message: message.to_owned(),
+    };
+    let limit = |field: &str, value: &str| {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| bad(field, "Enter a whole number, or leave it blank."))
+    };
+    let new = (|| {
+        let scopes = typed
+            .scopes
+            .iter()
+            .map(|s| {
+                s.parse::<Scope>().map_err(|_| bad("scopes", "Choose from the scopes listed."))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if scopes.is_empty() {
+            return Err(bad("scopes", "Choose at least one thing the key may call."));
+        }
+        let models: Vec<String> = typed
+            .allowed_models
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let expires_at = if typed.expires.is_empty() {
+            None
+        } else {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            let day = time::Date::parse(&typed.expires, format)
+                .map_err(|_| bad("expires_at", "Enter a date such as 2027-01-31."))?;
+            Some(day.midnight().assume_utc())
+        };
+        Ok(NewKey {
+            name: typed.name.clone(),
+            scopes,
+            allowed_models: (!models.is_empty()).then_some(models),
+            expires_at,
+            overrides: gateway_core::LimitOverrides {
+                rate_limit_rpm: limit("rate_limit_rpm", &typed.rpm)?,
+                rate_limit_tpm: limit("rate_limit_tpm", &typed.tpm)?,
+                quota_daily: limit("quota_daily", &typed.daily)?,
+                quota_monthly: limit("quota_monthly", &typed.monthly)?,
+            },
+        })
+    })();
+    (typed, new)
 }
 
 /// `POST /dashboard/keys`: a new key, shown once on the page that answers.
@@ -254,18 +428,46 @@ pub async fn create_key(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
     check_origin(app, &req)?;
     let fields = form::parse(&read_body(app, req).await?);
-    let name = form::field(&fields, "name").unwrap_or_default().to_owned();
-    let new =
-        NewKey::named(name.clone(), vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models]);
+    let (typed, new) = new_key_of(&fields);
+    let new = match new {
+        Ok(new) => new,
+        Err(e) => {
+            return keys_page(app, &user, ctx, StatusCode::BAD_REQUEST, None, &typed, &[e]).await;
+        }
+    };
     match app.accounts.create_key(user.id, new).await {
         Ok(issued) => {
-            let shown = NewKeyShown { name: issued.meta.name.clone(), key: issued.key };
-            keys_page(app, &user, ctx, StatusCode::CREATED, Some(&shown), "", &[]).await
+            let shown =
+                NewKeyShown { name: issued.meta.name.clone(), key: issued.key, rotated: None };
+            keys_page(app, &user, ctx, StatusCode::CREATED, Some(&shown), &KeyForm::default(), &[])
+                .await
         }
         Err(e) => {
             let e = from_auth(ctx.request_id, e);
-            keys_page(app, &user, ctx, status_of(&e), None, &name, &form_error(&e)).await
+            keys_page(app, &user, ctx, status_of(&e), None, &typed, &form_error(&e)).await
         }
+    }
+}
+
+/// `POST /dashboard/keys/{id}/rotate`: a new secret for the key, shown once.
+pub async fn rotate_key(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
+    check_origin(app, &req)?;
+    let Ok(id) = id.parse() else { return Ok(redirect("/dashboard/keys")) };
+    match app.accounts.rotate_key(user.id, id).await {
+        Ok(issued) => {
+            let grace = app.config.auth.key_rotation_grace_secs;
+            let old = if grace == 0 {
+                "The old secret no longer works.".to_owned()
+            } else {
+                format!("The old secret keeps working for {grace} seconds, then stops.")
+            };
+            let shown =
+                NewKeyShown { name: issued.meta.name.clone(), key: issued.key, rotated: Some(old) };
+            keys_page(app, &user, ctx, StatusCode::OK, Some(&shown), &KeyForm::default(), &[]).await
+        }
+        Err(gateway_auth::AuthError::NotFound(_)) => Ok(redirect("/dashboard/keys")),
+        Err(e) => Err(from_auth(ctx.request_id, e)),
     }
 }
 

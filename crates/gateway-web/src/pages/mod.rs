@@ -4,6 +4,11 @@ use maud::{Markup, html};
 
 use crate::{thousands, usd};
 
+mod keys;
+mod usage;
+pub use keys::{KeyForm, KeyRow, NewKeyShown, PlanLimits, keys};
+pub use usage::{RANGES, Usage, UsageRow, bar_chart, usage};
+
 /// A form's error, next to the field it is about (`None`: the form as a whole).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -11,11 +16,11 @@ pub struct FieldError {
     pub message: String,
 }
 
-fn error_for<'a>(errors: &'a [FieldError], field: &str) -> Option<&'a str> {
+pub(crate) fn error_for<'a>(errors: &'a [FieldError], field: &str) -> Option<&'a str> {
     errors.iter().find(|e| e.field.as_deref() == Some(field)).map(|e| e.message.as_str())
 }
 
-fn form_errors(errors: &[FieldError]) -> Markup {
+pub(crate) fn form_errors(errors: &[FieldError]) -> Markup {
     html! {
         @for e in errors.iter().filter(|e| e.field.is_none()) {
             p.notice.error role="alert" { (e.message) }
@@ -24,7 +29,7 @@ fn form_errors(errors: &[FieldError]) -> Markup {
 }
 
 /// One labelled input with its error, if any.
-fn input(
+pub(crate) fn input(
     id: &str,
     label: &str,
     kind: &str,
@@ -164,6 +169,8 @@ pub struct Overview {
     /// Where the SDK points (`https://gateway.example.com`).
     pub base_url: String,
     pub has_keys: bool,
+    /// Tokens each day of the range, oldest first.
+    pub daily: Vec<(String, u64)>,
 }
 
 /// `/dashboard`: the period's numbers, the latest requests, and how to call the gateway.
@@ -184,6 +191,15 @@ pub fn overview(o: &Overview) -> Markup {
                 div.hint { "of " (thousands(o.included_tokens)) " included" }
             }
         }
+        @if o.requests > 0 {
+            div.card {
+                h2 { "Tokens a day" }
+                @let labels: Vec<&str> = o.daily.iter().map(|(d, _)| d.as_str()).collect();
+                @let values: Vec<u64> = o.daily.iter().map(|(_, v)| *v).collect();
+                (bar_chart(&format!("Tokens a day over {}", o.range), &labels, &values))
+                p { a href="/dashboard/usage" { "Usage by day, model and key →" } }
+            }
+        }
         h2 { "Latest requests" }
         @if o.recent.is_empty() {
             div.card.empty {
@@ -202,88 +218,6 @@ pub fn overview(o: &Overview) -> Markup {
     }
 }
 
-/// A key as the keys page lists it (never its secret).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRow {
-    pub id: String,
-    pub name: String,
-    pub prefix: String,
-    pub scopes: String,
-    pub created: String,
-    pub last_used: Option<String>,
-    pub active: bool,
-}
-
-/// A key just made: shown once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewKeyShown {
-    pub name: String,
-    pub key: String,
-}
-
-/// `/dashboard/keys`: the new key once, the form, the list.
-pub fn keys(
-    rows: &[KeyRow],
-    created: Option<&NewKeyShown>,
-    name: &str,
-    errors: &[FieldError],
-    max_keys: u32,
-) -> Markup {
-    html! {
-        h1 { "API keys" }
-        @if let Some(new) = created {
-            div.card.notice.warn role="status" {
-                h2 { "Your new key “" (new.name) "”" }
-                p { strong { "Copy it now: it is shown only this once." } " The gateway keeps only a hash of it." }
-                div.secret {
-                    label.skip for="new-key" { "The new API key" }
-                    input #new-key type="text" readonly value=(new.key) aria-label="The new API key";
-                    button.secondary type="button" data-copy="new-key" { "Copy" }
-                }
-            }
-        }
-        div.card {
-            h2 { "Create a key" }
-            (form_errors(errors))
-            form method="post" action="/dashboard/keys" {
-                (input("name", "Name", "text", name, "off", errors))
-                p.hint { "Your plan allows " (max_keys) " active key" @if max_keys != 1 { "s" } ". Keys may call chat completions, embeddings and the model list." }
-                div.actions { button type="submit" { "Create key" } }
-            }
-        }
-        h2 { "Your keys" }
-        @if rows.is_empty() {
-            div.card.empty { p { "No keys yet: create one above to call the gateway." } }
-        } @else {
-            div.card.table-wrap {
-                table {
-                    thead { tr {
-                        th scope="col" { "Name" } th scope="col" { "Key" } th.hide-narrow scope="col" { "Scopes" }
-                        th.hide-narrow scope="col" { "Created" } th scope="col" { "Last used" } th scope="col" { span.skip { "Actions" } }
-                    } }
-                    tbody {
-                        @for k in rows {
-                            tr {
-                                td { (k.name) @if !k.active { " " span.badge.off { "disabled" } } }
-                                td.mono { (k.prefix) "…" }
-                                td.hide-narrow { (k.scopes) }
-                                td.hide-narrow { (k.created) }
-                                td { (k.last_used.as_deref().unwrap_or("never")) }
-                                td {
-                                    form.inline method="post" action=(format!("/dashboard/keys/{}/revoke", k.id))
-                                        data-confirm=(format!("Revoke the key “{}”? Anything using it stops working at once.", k.name)) {
-                                        button.danger type="submit" aria-label=(format!("Revoke {}", k.name)) { "Revoke" }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A page that is not there (or not for this viewer).
 pub fn not_found() -> Markup {
     html! {
@@ -299,23 +233,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_value_a_user_controls_is_escaped() {
-        let row = KeyRow {
-            id: "k1".into(),
-            name: "<script>alert(1)</script>".into(),
-            prefix: "bm_abc".into(),
-            scopes: "models".into(),
-            created: "2026-12-01".into(),
-            last_used: None,
-            active: true,
-        };
-        let page = keys(&[row], None, "\"><img src=x>", &[], 1).into_string();
-        assert!(!page.contains("<script>alert(1)</script>"), "{page}");
-        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-        assert!(!page.contains("\"><img src=x>"));
-    }
-
-    #[test]
     fn the_overview_of_someone_without_usage_says_what_to_do_next() {
         let o = Overview {
             range: "the last 30 days".into(),
@@ -329,6 +246,7 @@ mod tests {
             recent: Vec::new(),
             base_url: "http://localhost:3000".into(),
             has_keys: false,
+            daily: Vec::new(),
         };
         let page = overview(&o).into_string();
         assert!(page.contains("No requests yet") && page.contains("Create your first API key"));

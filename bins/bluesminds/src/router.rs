@@ -52,6 +52,10 @@ pub enum Route<'a> {
     WebSignup,
     WebLogout,
     WebOverview,
+    /// A page of the admin section; the value is the request path.
+    WebAdminPage(&'a str),
+    /// A form of the admin section; the value is the request path.
+    WebAdminForm(&'a str),
     WebUsage,
     WebKeys,
     WebCreateKey,
@@ -135,6 +139,11 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["dashboard", "keys", id, "rotate"] => {
             pick(m, "POST", &[(Method::POST, Route::WebRotateKey(id))])
         }
+        ["admin", ..] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebAdminPage(path)), (Method::POST, Route::WebAdminForm(path))],
+        ),
         ["dashboard", "usage"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebUsage)]),
         ["dashboard", "billing"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebBilling)]),
         ["dashboard", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::WebLogs)]),

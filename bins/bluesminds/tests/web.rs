@@ -39,6 +39,11 @@ fn key_on(html: &str) -> String {
     html[start..].chars().take_while(|c| *c != '"').collect()
 }
 
+/// A URL as a form field.
+fn enc(url: &str) -> String {
+    url.replace(':', "%3A").replace('/', "%2F")
+}
+
 fn cookie_of(r: &Reply) -> String {
     r.header("set-cookie").unwrap().split(';').next().unwrap().to_owned()
 }
@@ -344,4 +349,120 @@ async fn settings_change_the_profile_and_password_and_sign_out_everywhere() {
     let r = post_form(&gw, "/dashboard/settings/sign-out-everywhere", Some(&cookie), "").await;
     assert_eq!((r.status, r.header("location")), (303, Some("/login")));
     assert_eq!(get(&gw, "/dashboard", Some(&cookie)).await.status, 303);
+}
+
+#[tokio::test]
+async fn admins_run_the_platform_from_its_pages_and_nobody_else_sees_them() {
+    let mock = Mock::start().await;
+    let gw = Gateway::start(&[], &[]).await;
+    let r =
+        post_form(&gw, "/signup", None, "email=plain%40example.com&password=correct+horse+battery")
+            .await;
+    let user = cookie_of(&r);
+    // Not for users (not found, no hint of a section), not without a session.
+    for path in ["/admin", "/admin/servers", "/admin/users", "/admin/plans", "/admin/codes"] {
+        let r = get(&gw, path, Some(&user)).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert!(text(&r).contains("Page not found") && !text(&r).contains("Servers"));
+        assert_eq!(get(&gw, path, None).await.status, 303, "{path}");
+    }
+    assert_eq!(post_form(&gw, "/admin/servers", Some(&user), "name=x").await.status, 404);
+    assert!(!text(&get(&gw, "/dashboard", Some(&user)).await).contains("href=\"/admin\""));
+
+    let admin = support::admin_session(&gw).await;
+    let html = text(&get(&gw, "/admin", Some(&admin)).await);
+    assert!(html.contains("No upstream servers"), "{html}");
+    assert!(html.contains(">Users</div><div class=\"value\">2<"), "{html}");
+
+    // A server: a bad number said next to its field, then added, checked, healthy.
+    let form = format!(
+        "name=%3Cb%3Emock%3C%2Fb%3E&base_url={}&api_key=sk-upstream-secret&priority=first",
+        enc(&mock.url())
+    );
+    let r = post_form(&gw, "/admin/servers", Some(&admin), &form).await;
+    assert_eq!(r.status, 400);
+    assert!(text(&r).contains("id=\"priority-error\""));
+    let r = post_form(&gw, "/admin/servers", Some(&admin), &form.replace("first", "1")).await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/admin/servers")));
+    let r = post_form(&gw, "/admin/servers/check", Some(&admin), "").await;
+    let html = text(&r);
+    assert!(html.contains("Checked 1 server(s) just now: 0 failed"), "{html}");
+    assert!(html.contains("&lt;b&gt;mock&lt;/b&gt;") && html.contains(">healthy<"));
+    assert!(!html.contains("sk-upstream-secret") && html.contains("key set"));
+    let edit_at = html.find("href=\"/admin/servers/").unwrap() + "href=\"".len();
+    let edit: String = html[edit_at..].chars().take_while(|c| *c != '"').collect();
+    let page = text(&get(&gw, &edit, Some(&admin)).await);
+    assert!(page.contains("value=\"&lt;b&gt;mock&lt;/b&gt;\"") && !page.contains("sk-upstream"));
+    let r = post_form(
+        &gw,
+        &edit,
+        Some(&admin),
+        &format!(
+            "name=mock&base_url={}&priority=2&weight=3&supported_models=gpt-4",
+            enc(&mock.url())
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let html = text(&get(&gw, "/admin/servers", Some(&admin)).await);
+    assert!(html.contains("priority 2 · weight 3") && html.contains("gpt-4 · key set"), "{html}");
+    assert!(text(&get(&gw, "/admin", Some(&admin)).await).contains("Servers: 1 of 1 healthy"));
+    post_form(&gw, &format!("{edit}/disable"), Some(&admin), "").await;
+    assert!(text(&get(&gw, "/admin/servers", Some(&admin)).await).contains(">disabled<"));
+
+    // Users: found by a piece of the email, moved to another plan, given credits once.
+    let html = text(&get(&gw, "/admin/users?q=PLAIN", Some(&admin)).await);
+    assert!(
+        html.contains(">plain@example.com<") && !html.contains(">root@example.com</a>"),
+        "{html}"
+    );
+    let at = html.find("href=\"/admin/users/").unwrap() + "href=\"".len();
+    let user_path: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    let r = post_form(&gw, &user_path, Some(&admin), "tier=pro&role=user&status=active").await;
+    assert!(text(&r).contains("Saved."));
+    assert!(text(&get(&gw, "/dashboard/billing", Some(&user)).await).contains("Pro plan"));
+    let grant = "amount=12.50&reason=Welcome&reference=web-1";
+    assert!(
+        text(&post_form(&gw, &format!("{user_path}/credits"), Some(&admin), grant).await)
+            .contains("$12.50 of credits moved")
+    );
+    let again = text(&post_form(&gw, &format!("{user_path}/credits"), Some(&admin), grant).await);
+    assert!(
+        again.contains("made already; nothing changed") && again.contains("credits $12.50"),
+        "{again}"
+    );
+
+    // Plans and prices: the Pro plan's price changes for its users; a future price can go.
+    let plans = text(&get(&gw, "/admin/plans", Some(&admin)).await);
+    assert!(plans.contains("action=\"/admin/plans/pro\""));
+    let pro = "name=Pro+Plus&price=123&included_tokens=1000000&overage=0.002&max_api_keys=5\
+        &retention_days=30&rpm=60&tpm=100000&daily_tokens=1000000&monthly_tokens=10000000";
+    let r = post_form(&gw, "/admin/plans/pro", Some(&admin), pro).await;
+    assert!(text(&r).contains("The Pro Plus plan is saved"), "{}", text(&r));
+    assert!(
+        text(&get(&gw, "/dashboard/billing", Some(&user)).await)
+            .contains("Pro Plus plan · $123.00")
+    );
+    let price =
+        "model=%3Ci%3Enew-model&input=1.5&output=2&cached=&effective_from=2099-01-01T00%3A00";
+    let r = post_form(&gw, "/admin/prices", Some(&admin), price).await;
+    let html = text(&r);
+    assert!(html.contains("&lt;i&gt;new-model") && html.contains("not yet"), "{html}");
+    let at = html.find("action=\"/admin/prices/").unwrap() + "action=\"".len();
+    let delete: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    assert_eq!(post_form(&gw, &delete, Some(&admin), "").await.status, 303);
+    assert!(!text(&get(&gw, "/admin/plans", Some(&admin)).await).contains("new-model"));
+
+    // Codes: created, redeemed by the user, revoked.
+    let r =
+        post_form(&gw, "/admin/codes", Some(&admin), "code=SPRING&credits=5&max_uses=10&expires=")
+            .await;
+    assert!(text(&r).contains("Code SPRING created: $5.00"), "{}", text(&r));
+    post_form(&gw, "/dashboard/billing/redeem", Some(&user), "code=SPRING").await;
+    let html = text(&get(&gw, "/admin/codes", Some(&admin)).await);
+    assert!(html.contains("1 of 10"), "{html}");
+    let at = html.find("action=\"/admin/codes/").unwrap() + "action=\"".len();
+    let revoke: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    post_form(&gw, &revoke, Some(&admin), "").await;
+    assert!(text(&get(&gw, "/admin/codes", Some(&admin)).await).contains(">revoked<"));
 }

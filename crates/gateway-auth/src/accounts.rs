@@ -460,6 +460,11 @@ impl Accounts {
 
     // === keys ===
 
+    /// One user, for administrators' pages.
+    pub async fn user(&self, user_id: UserId) -> Result<User, AuthError> {
+        self.owner(user_id).await
+    }
+
     async fn owner(&self, user_id: UserId) -> Result<User, AuthError> {
         Ok(self
             .stores
@@ -529,6 +534,31 @@ impl Accounts {
             .await
             .map_err(|e| AuthError::Hashing(Box::new(e)))?
             .map_err(|e| AuthError::Hashing(Box::new(e)))
+    }
+
+    /// Users whose email contains `email_contains` (case-insensitive), in email order, a page
+    /// of at most `limit` (1 to 100) after `after_email`. For administrators.
+    pub async fn search_users(
+        &self,
+        email_contains: &str,
+        after_email: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<User>, AuthError> {
+        if !(1..=100).contains(&limit) {
+            return Err(AuthError::invalid("limit", "must be 1 to 100"));
+        }
+        let email_contains = email_contains.trim().to_lowercase();
+        if email_contains.len() > 254 {
+            return Err(AuthError::invalid("q", "is longer than any email"));
+        }
+        let query =
+            crate::UserQuery { email_contains, after_email: after_email.map(str::to_owned), limit };
+        self.stores.users.search_users(&query).await
+    }
+
+    /// How many users and usable keys there are.
+    pub async fn population(&self) -> Result<crate::Population, AuthError> {
+        self.stores.users.population(self.clock.now()).await
     }
 
     /// Issues a new key for `user_id`, enforcing the plan's key count and limits.

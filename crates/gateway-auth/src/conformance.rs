@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
-    SessionRecord, SessionStore, UserStore,
+    SessionRecord, SessionStore, UserQuery, UserStore,
 };
 
 fn new_user(email: &str) -> NewUser {
@@ -82,6 +82,35 @@ pub async fn user_store_contract(store: &dyn UserStore) {
         store.update_admin_fields(UserId::new(), AdminUserUpdate::default()).await,
         Err(AuthError::NotFound("user"))
     ));
+
+    // Listing for administrators: by a fragment of the email, taken literally (`_` is no
+    // wildcard), in email order, a page at a time.
+    for email in ["bob@example.com", "b_b@example.org", "carol@example.com"] {
+        store.insert_user(new_user(email)).await.unwrap();
+    }
+    let search = |text: &str, after: Option<&str>, limit: u32| {
+        let query = UserQuery {
+            email_contains: text.to_owned(),
+            after_email: after.map(str::to_owned),
+            limit,
+        };
+        async move {
+            let found = store.search_users(&query).await.unwrap();
+            found.into_iter().map(|u| u.email).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        search("example.com", None, 10).await,
+        ["ada@example.com", "bob@example.com", "carol@example.com"]
+    );
+    assert_eq!(search("b_b", None, 10).await, ["b_b@example.org"]);
+    assert_eq!(search("", None, 2).await, ["ada@example.com", "b_b@example.org"]);
+    assert_eq!(
+        search("", Some("b_b@example.org"), 2).await,
+        ["bob@example.com", "carol@example.com"]
+    );
+    assert!(search("%", None, 10).await.is_empty(), "a literal percent sign matches nothing");
+    assert_eq!(store.population(OffsetDateTime::now_utc()).await.unwrap().users, 4);
 }
 
 fn key(user_id: UserId, prefix: &str, created_at: OffsetDateTime) -> KeyRecord {

@@ -45,7 +45,7 @@ pub use accounts::{
 pub use error::AuthError;
 pub use memory::InMemoryAuthStore;
 pub use ports::{
-    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate, SessionRecord,
-    SessionStore, UserRecord, UserStore,
+    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, NewUser, Population, ProfileUpdate,
+    SessionRecord, SessionStore, UserQuery, UserRecord, UserStore,
 };
 pub use verify::{KeyVerifier, Principal, VerifierConfig, VerifyError};

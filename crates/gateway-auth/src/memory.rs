@@ -120,6 +120,31 @@ impl UserStore for InMemoryAuthStore {
             update.overage_cap_micros.unwrap_or(rec.user.overage_cap_micros);
         Ok(rec.user.clone())
     }
+
+    async fn search_users(&self, query: &crate::UserQuery) -> Result<Vec<User>, AuthError> {
+        let inner = self.lock();
+        let mut found: Vec<User> = inner
+            .users
+            .values()
+            .map(|r| r.user.clone())
+            .filter(|u| u.email.contains(&query.email_contains))
+            .filter(|u| query.after_email.as_ref().is_none_or(|after| &u.email > after))
+            .collect();
+        found.sort_by(|a, b| a.email.cmp(&b.email));
+        found.truncate(query.limit as usize);
+        Ok(found)
+    }
+
+    async fn population(&self, now: OffsetDateTime) -> Result<crate::Population, AuthError> {
+        let inner = self.lock();
+        let usable = |k: &&KeyRecord| {
+            k.revoked_at.is_none() && k.meta.is_active && k.meta.expires_at.is_none_or(|t| t > now)
+        };
+        Ok(crate::Population {
+            users: inner.users.len() as u64,
+            active_keys: inner.keys.values().filter(usable).count() as u64,
+        })
+    }
 }
 
 #[async_trait]

@@ -65,6 +65,24 @@ pub struct AdminUserUpdate {
     pub overage_cap_micros: Option<Option<i64>>,
 }
 
+/// Which users an administrator lists: by email, a page at a time in email order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Lower-case text the email contains (empty: everyone).
+    pub email_contains: String,
+    /// Only emails after this one (the previous page's last).
+    pub after_email: Option<String>,
+    pub limit: u32,
+}
+
+/// Counts across every account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Population {
+    pub users: u64,
+    /// Keys active, not revoked and not expired.
+    pub active_keys: u64,
+}
+
 /// Changes to a key; `None` leaves a field as it is, `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyUpdate {
@@ -148,6 +166,10 @@ pub trait UserStore: Send + Sync {
         id: UserId,
         update: AdminUserUpdate,
     ) -> Result<User, AuthError>;
+    /// Users matching `query`, in email order, at most `query.limit`.
+    async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, AuthError>;
+    /// How many users and usable keys there are.
+    async fn population(&self, now: OffsetDateTime) -> Result<Population, AuthError>;
 }
 
 /// API keys, by id, owner and prefix. Every method that takes an owner only sees that owner's

@@ -382,6 +382,14 @@ pub trait InvoiceStore: Send + Sync {
         user: UserId,
         now: OffsetDateTime,
     ) -> Result<Vec<Invoice>, InvoiceStoreError>;
+
+    /// Money the payment provider reported received in `[from, to)`: succeeded payments, in
+    /// micro-dollars (refunded ones are not counted).
+    async fn payments_received(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<i64, InvoiceStoreError>;
 }
 
 /// The invoice `stored` recomputed from `usage` with its own terms and credits: equal to

@@ -218,6 +218,43 @@ impl UserStore for SqlAuthStore {
         self.update_user(id, cols).await?;
         Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
     }
+
+    async fn search_users(&self, query: &gateway_auth::UserQuery) -> Result<Vec<User>, AuthError> {
+        use sea_orm::QuerySelect as _;
+        use sea_orm::sea_query::LikeExpr;
+        let escaped =
+            query.email_contains.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let mut find = users::Entity::find()
+            .filter(users::Column::Email.like(LikeExpr::new(format!("%{escaped}%")).escape('\\')));
+        if let Some(after) = &query.after_email {
+            find = find.filter(users::Column::Email.gt(after.as_str()));
+        }
+        find.order_by_asc(users::Column::Email)
+            .limit(u64::from(query.limit))
+            .all(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|row| user_from_row(row).map(|r| r.user))
+            .collect()
+    }
+
+    async fn population(&self, now: OffsetDateTime) -> Result<gateway_auth::Population, AuthError> {
+        let db = self.store.connection();
+        let users = users::Entity::find().count(db).await.map_err(db_err)?;
+        let active_keys = api_keys::Entity::find()
+            .filter(api_keys::Column::IsActive.eq(true))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .filter(
+                Condition::any()
+                    .add(api_keys::Column::ExpiresAt.is_null())
+                    .add(api_keys::Column::ExpiresAt.gt(now)),
+            )
+            .count(db)
+            .await
+            .map_err(db_err)?;
+        Ok(gateway_auth::Population { users, active_keys })
+    }
 }
 
 impl SqlAuthStore {

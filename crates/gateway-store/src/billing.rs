@@ -752,4 +752,21 @@ impl InvoiceStore for SqlBillingStore {
             .map_err(invoice_err)?;
         load(db, rows).await.map_err(invoice_err)
     }
+
+    async fn payments_received(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<i64, InvoiceStoreError> {
+        let backend = self.store.backend();
+        let (a, b) = if backend == DatabaseBackend::Postgres { ("$1", "$2") } else { ("?", "?") };
+        let sql = format!(
+            "SELECT CAST(coalesce(sum(amount_micros), 0) AS BIGINT) AS received \
+             FROM payment_transactions WHERE status = 'succeeded' \
+             AND created_at >= {a} AND created_at < {b}"
+        );
+        let stmt = sea_orm::Statement::from_sql_and_values(backend, sql, [from.into(), to.into()]);
+        let row = self.store.connection().query_one_raw(stmt).await.map_err(invoice_err)?;
+        row.map_or(Ok(0), |r| r.try_get::<i64>("", "received")).map_err(invoice_err)
+    }
 }

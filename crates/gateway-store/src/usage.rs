@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
 use gateway_usage::query::{StatsSample, aggregate};
 use gateway_usage::{
-    GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries, UsageRecord,
-    UsageStore,
+    GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageError,
+    UsageQueries, UsageRecord, UsageStore,
 };
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -259,6 +259,34 @@ impl UsageQueries for SqlUsageStore {
             .map_err(query_err)?;
         let samples = rows.into_iter().map(|r| StatsSample::from(&record_of(r)));
         Ok(aggregate(samples, q.group_by))
+    }
+
+    async fn platform(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<PlatformTotals, UsageError> {
+        let backend = self.store.backend();
+        let (a, b) = if backend == DatabaseBackend::Postgres { ("$1", "$2") } else { ("?", "?") };
+        let sql = format!(
+            "SELECT count(*) AS requests, CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS tokens, \
+             CAST(coalesce(sum(CASE WHEN is_error THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
+             CAST(coalesce(sum(cost_micros), 0) AS BIGINT) AS cost_micros, \
+             count(DISTINCT user_id) AS users \
+             FROM usage_logs WHERE created_at >= {a} AND created_at < {b}"
+        );
+        let stmt = Statement::from_sql_and_values(backend, sql, [from.into(), to.into()]);
+        let row = self.store.connection().query_one_raw(stmt).await.map_err(query_err)?;
+        let Some(r) = row else { return Ok(PlatformTotals::default()) };
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let get = |name: &str| r.try_get::<i64>("", name).map_err(query_err);
+        Ok(PlatformTotals {
+            requests: u(get("requests")?),
+            tokens: u(get("tokens")?),
+            errors: u(get("errors")?),
+            cost_micros: get("cost_micros")?,
+            users: u(get("users")?),
+        })
     }
 }
 

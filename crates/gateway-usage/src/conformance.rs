@@ -141,6 +141,28 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
         .await
         .unwrap();
     assert!(before.is_empty());
+
+    // Platform totals: every user's records in the range, none outside it.
+    let later = base + Duration::days(1);
+    let (ada, bob) = (UserId::new(), UserId::new());
+    let records: Vec<UsageRecord> = (0..7i64)
+        .map(|i| UsageRecord {
+            user_id: if i < 4 { ada } else { bob },
+            created_at: later + Duration::minutes(i),
+            is_error: i == 6,
+            cost_micros: 1_000 + i,
+            ..UsageRecord::example()
+        })
+        .collect();
+    store.insert_batch(&records).await.unwrap();
+    let totals = queries.platform(later, later + Duration::hours(1)).await.unwrap();
+    let tokens: u64 = records.iter().map(|r| r.total_tokens).sum();
+    assert_eq!(
+        (totals.requests, totals.tokens, totals.errors, totals.cost_micros, totals.users),
+        (7, tokens, 1, 7_021, 2)
+    );
+    let none = queries.platform(later - Duration::minutes(1), later).await.unwrap();
+    assert_eq!(none, crate::PlatformTotals::default());
 }
 
 #[cfg(test)]

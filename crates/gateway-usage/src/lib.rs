@@ -38,7 +38,9 @@ mod record;
 mod writer;
 
 pub use memory::InMemoryUsageStore;
-pub use query::{GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageQueries};
+pub use query::{
+    GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageQueries,
+};
 pub use read::UsageReader;
 pub use record::UsageRecord;
 pub use writer::{UsageWriter, WriterConfig, WriterStats};

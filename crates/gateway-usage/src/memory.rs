@@ -101,4 +101,22 @@ impl crate::UsageQueries for InMemoryUsageStore {
             .collect();
         Ok(crate::query::aggregate(samples, q.group_by))
     }
+
+    async fn platform(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<crate::PlatformTotals, UsageError> {
+        let mut totals = crate::PlatformTotals::default();
+        let mut users = std::collections::HashSet::new();
+        for r in self.lock().values().filter(|r| r.created_at >= from && r.created_at < to) {
+            totals.requests += 1;
+            totals.tokens += r.total_tokens;
+            totals.errors += u64::from(r.is_error);
+            totals.cost_micros += r.cost_micros;
+            users.insert(r.user_id);
+        }
+        totals.users = users.len() as u64;
+        Ok(totals)
+    }
 }

@@ -150,6 +150,24 @@ pub trait UsageQueries: Send + Sync {
     /// Newest first, at most `limit`.
     async fn logs(&self, q: &LogQuery) -> Result<Vec<UsageRecord>, UsageError>;
     async fn stats(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError>;
+    /// Every user's usage in `[from, to)`, summed.
+    async fn platform(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<PlatformTotals, UsageError>;
+}
+
+/// Every user's usage in a range, summed (the administrators' overview).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PlatformTotals {
+    pub requests: u64,
+    pub tokens: u64,
+    pub errors: u64,
+    /// At model prices: what the upstreams cost.
+    pub cost_micros: i64,
+    /// Users with at least one request.
+    pub users: u64,
 }
 
 /// Whether a record passes a log query's filters (for in-memory adapters and tests).

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use gateway_core::{ApiKeyId, RequestId, Role, UserId};
 use time::{Duration, OffsetDateTime};
 
-use crate::query::{GroupBy, LogQuery, StatsQuery, StatsRow, StatusFilter, UsageQueries};
+use crate::query::{
+    GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageQueries,
+};
 use crate::{UsageError, UsageRecord};
 
 /// Log entries per page when the caller does not say.
@@ -137,6 +139,24 @@ impl UsageReader {
         let query = StatsQuery { user_id, from, to, group_by: req.group_by };
         let data = self.queries.stats(&query).await?;
         Ok(StatsPage { from, to, data })
+    }
+}
+
+impl UsageReader {
+    /// Every user's usage in `[from, to)`, for administrators only.
+    pub async fn platform(
+        &self,
+        reader: Reader,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<PlatformTotals, ReadError> {
+        if reader.role != Role::Admin {
+            return Err(ReadError::NotYours);
+        }
+        if from >= to || to - from > MAX_RANGE {
+            return Err(invalid("from", "the range must be 1 second to 366 days"));
+        }
+        Ok(self.queries.platform(from, to).await?)
     }
 }
 

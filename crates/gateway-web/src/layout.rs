@@ -26,6 +26,7 @@ pub enum Nav {
     Logs,
     Billing,
     Settings,
+    Admin,
 }
 
 /// What the frame needs besides the page's own content.
@@ -68,6 +69,9 @@ impl Shell {
                                     a href="/dashboard/logs" aria-current=[current(Nav::Logs)] { "Logs" }
                                     a href="/dashboard/billing" aria-current=[current(Nav::Billing)] { "Billing" }
                                     a href="/dashboard/settings" aria-current=[current(Nav::Settings)] { "Settings" }
+                                    @if viewer.is_admin {
+                                        a href="/admin" aria-current=[current(Nav::Admin)] { "Admin" }
+                                    }
                                 }
                                 span.hint { (viewer.email) }
                                 form.inline method="post" action="/logout" {

@@ -77,7 +77,7 @@ fn list_of(reports: &[ServerReport]) -> Response<ResBody> {
     json(StatusCode::OK, &List::new(reports.iter().map(body_of).collect::<Vec<_>>()))
 }
 
-fn admin_err(request_id: RequestId, e: AdminError) -> ApiError {
+pub(super) fn admin_err(request_id: RequestId, e: AdminError) -> ApiError {
     match e {
         AdminError::Invalid(e) => {
             ApiError::invalid_param(e.field, format!("Invalid '{}': {}.", e.field, e.message))

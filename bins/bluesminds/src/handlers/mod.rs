@@ -10,6 +10,7 @@ mod payments;
 mod session;
 mod usage;
 mod web;
+mod web_admin;
 
 use std::sync::Arc;
 
@@ -80,6 +81,8 @@ pub async fn dispatch(
         Route::WebKeys => web::keys(app, req, ctx).await,
         Route::WebCreateKey => web::create_key(app, req, ctx).await,
         Route::WebRevokeKey(id) => web::revoke_key(app, req, ctx, id).await,
+        Route::WebAdminPage(path) => web_admin::get(app, req, ctx, path).await,
+        Route::WebAdminForm(path) => web_admin::post(app, req, ctx, path).await,
         Route::WebUsage => web::usage(app, req, ctx).await,
         Route::WebRotateKey(id) => web::rotate_key(app, req, ctx, id).await,
         Route::WebBilling => web::billing(app, req, ctx).await,

@@ -27,7 +27,7 @@ use crate::server::{Ctx, read_body};
 type Reply = Result<Response<ResBody>, ApiError>;
 
 /// An HTML page with the headers every page carries.
-fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Response<ResBody> {
+pub(super) fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Response<ResBody> {
     let mut res = Response::new(ResBody::full(shell.render(content).into_string()));
     *res.status_mut() = status;
     let h = res.headers_mut();
@@ -43,33 +43,33 @@ fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Response<ResBody
     res
 }
 
-fn redirect(location: &'static str) -> Response<ResBody> {
+pub(super) fn redirect(location: &'static str) -> Response<ResBody> {
     let mut res = Response::new(ResBody::empty());
     *res.status_mut() = StatusCode::SEE_OTHER;
     res.headers_mut().insert(LOCATION, HeaderValue::from_static(location));
     res
 }
 
-fn viewer(user: &User) -> Viewer {
+pub(super) fn viewer(user: &User) -> Viewer {
     Viewer { email: user.email.clone(), is_admin: user.role == gateway_core::Role::Admin }
 }
 
 /// The signed-in user of the session cookie, if any (no error page for a missing session: the
 /// caller redirects to the sign-in page).
-async fn session_user(app: &App, req: &Request<Incoming>) -> Option<User> {
+pub(super) async fn session_user(app: &App, req: &Request<Incoming>) -> Option<User> {
     let token = session_token(req)?;
     app.accounts.session_user(token).await.ok()
 }
 
 /// An API error as the errors of a form: next to its field when it names one.
-fn form_error(e: &ApiError) -> Vec<FieldError> {
+pub(super) fn form_error(e: &ApiError) -> Vec<FieldError> {
     vec![FieldError {
         field: e.param.as_deref().map(str::to_owned),
         message: e.message.to_string(),
     }]
 }
 
-fn status_of(e: &ApiError) -> StatusCode {
+pub(super) fn status_of(e: &ApiError) -> StatusCode {
     StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
@@ -564,7 +564,7 @@ pub async fn billing(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
 }
 
 /// `12.34` dollars as micro-dollars (at most six decimals; no sign).
-fn micros_of_dollars(text: &str) -> Option<i64> {
+pub(super) fn micros_of_dollars(text: &str) -> Option<i64> {
     let text = text.trim().trim_start_matches('$');
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty() && frac.is_empty() || frac.len() > 6 {

@@ -4,6 +4,7 @@ use maud::{Markup, html};
 
 use crate::{thousands, usd};
 
+pub mod admin;
 mod keys;
 mod usage;
 pub use keys::{KeyForm, KeyRow, NewKeyShown, PlanLimits, keys};

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test of the workspace, the Postgres and Redis suites included: brings both up first
 # (starting them, or installing them from Debian's packages, as .ci/run does), exports
-# TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable. Extra
-# arguments go to `cargo test` (e.g. `bash scripts/test.sh -p gateway-proxy`).
+# TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable; then the
+# dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
+# packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
+# gateway-proxy`), without the browser suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +20,5 @@ log "cargo test --workspace"
 if [ "$#" -gt 0 ]; then
   exec cargo test --locked "$@"
 fi
-exec cargo test --workspace --locked
+cargo test --workspace --locked
+bash scripts/browser-suite.sh

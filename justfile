@@ -46,6 +46,14 @@ bench:
 bench-peers:
     bash scripts/bench-peers.sh
 
+# How fast the dashboard's pages answer with a million usage rows (outside CI; ROWS=, RUNS=).
+page-timings:
+    bash scripts/page-timings.sh
+
+# The dashboard's end-to-end suite in headless Chromium (also part of `test`).
+browser:
+    bash scripts/browser-suite.sh
+
 # The focused benchmarks of single pieces: key verification, a flood of wrong keys, the usage
 # writer (Postgres rows need TEST_DATABASE_URL), the limiter against Redis (TEST_REDIS_URL),
 # request field extraction and the SSE relay (criterion).

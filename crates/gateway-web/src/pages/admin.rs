@@ -89,7 +89,7 @@ fn health_badge(s: &ServerRow) -> Markup {
 
 fn health_table(servers: &[ServerRow], actions: bool) -> Markup {
     html! {
-        div.card.table-wrap {
+        div.card.table-wrap #health data-refresh="10" {
             table {
                 thead { tr {
                     th scope="col" { "Server" } th scope="col" { "Health" } th.num scope="col" { "Latency" }
@@ -239,7 +239,7 @@ pub fn servers(
             form.inline method="post" action="/admin/servers/check" {
                 button.secondary type="submit" { "Check every server now" }
             }
-            span.hint { "Health is checked in the background too; this page shows this instance's view." }
+            span.hint { "Health is checked in the background too and this table follows it every 10 seconds; it shows this instance's view." }
         }
         @if rows.is_empty() {
             div.card.empty { p { "No servers yet: add the first one below." } }

@@ -215,7 +215,11 @@ pub fn overview(o: &Overview) -> Markup {
             (log_table(&o.recent))
         }
         h2 { "Call the gateway" }
-        pre { code { "curl " (o.base_url) "/api/v1/chat/completions \\\n  -H \"Authorization: Bearer $BLUESMINDS_KEY\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'" } }
+        p.hint { "With a key of yours in " code { "BLUESMINDS_KEY" } ":" }
+        div.code-block {
+            button.secondary type="button" data-copy="example" { "Copy" }
+            pre #example { code { "curl " (o.base_url) "/api/v1/chat/completions \\\n  -H \"Authorization: Bearer $BLUESMINDS_KEY\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{\"model\": \"gpt-4\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'" } }
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How fast the dashboard's pages answer on a database with many usage rows (outside CI:
 # `just page-timings`). A fresh Postgres database gets ROWS usage rows (default 1,000,000) for
-# one user this month and as many for other users; the release binary serves it; each page is
+# one user this month and as many for other users (loaded by SQL, then the daily rollup rebuilt
+# from them as `bluesminds usage rebuild-rollup` does); the release binary serves it; each page is
 # fetched RUNS times (default 5) with the user's (or the admin's) session, and the median and
 # slowest times at the client are printed. The database is dropped afterwards.
 set -euo pipefail
@@ -76,6 +77,8 @@ SELECT gen_random_uuid(),
 FROM generate_series(1, $ROWS) g;
 ANALYZE usage_logs;
 SQL
+log "the daily rollup from those rows (bluesminds usage rebuild-rollup)"
+(cd "$work" && "$bin" usage rebuild-rollup)
 
 time_page() { # label cookie path
   local times

@@ -27,6 +27,7 @@ mod m20261201_000003_billing;
 mod m20261201_000004_payments;
 mod m20261201_000005_redemption_codes;
 mod m20261201_000006_subscription_lines;
+mod m20261201_000007_usage_daily;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -43,9 +44,17 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_payments::Migration),
             Box::new(m20261201_000005_redemption_codes::Migration),
             Box::new(m20261201_000006_subscription_lines::Migration),
+            Box::new(m20261201_000007_usage_daily::Migration),
         ]
     }
 }
+
+/// Recomputes `usage_daily` from `usage_logs` on Postgres (run in one transaction, with the
+/// writers held off; see `gateway_store::Store::rebuild_usage_rollup`).
+pub const REBUILD_USAGE_DAILY_POSTGRES: &str =
+    include_str!("../sql/usage_daily_rebuild.postgres.sql");
+/// The same on SQLite.
+pub const REBUILD_USAGE_DAILY_SQLITE: &str = include_str!("../sql/usage_daily_rebuild.sqlite.sql");
 
 /// Runs a migration's SQL for the database's dialect (`postgres` or `sqlite`).
 pub(crate) async fn run_dialect(

@@ -40,8 +40,21 @@ pub enum Command {
         #[command(subcommand)]
         command: BillingCommand,
     },
+    /// Usage records and their daily rollup.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
     /// Run the gateway with an in-process mock upstream, a demo user and an API key.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Recompute the daily rollup (which statistics, dashboards and invoices read) from the
+    /// usage records, in one transaction; usage writers wait meanwhile. For after a restore
+    /// of usage_logs, or rows written by an instance too old to keep the rollup.
+    RebuildRollup,
 }
 
 #[derive(Debug, Subcommand)]

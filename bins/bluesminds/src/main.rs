@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bluesminds::cli::{AdminCommand, BillingCommand, Cli, Command, PricesCommand};
+use bluesminds::cli::{AdminCommand, BillingCommand, Cli, Command, PricesCommand, UsageCommand};
 use bluesminds::config::Config;
 use clap::Parser;
 
@@ -49,6 +49,9 @@ fn main() -> ExitCode {
                 prices_import(&config, &file).await
             }
             Command::Billing { command } => billing(&config, command).await,
+            Command::Usage { command: UsageCommand::RebuildRollup } => {
+                rebuild_rollup(&config).await
+            }
             Command::Demo => {
                 Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
             }
@@ -204,6 +207,18 @@ async fn billing(config: &Config, command: BillingCommand) -> anyhow::Result<()>
             Ok(())
         }
     }
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)] // a CLI command's progress and outcome
+async fn rebuild_rollup(config: &Config) -> anyhow::Result<()> {
+    let store = bluesminds::app::open_store(config, config.database.migrate_on_start).await?;
+    eprintln!(
+        "recomputing the daily usage rollup from usage_logs (usage writers wait meanwhile)..."
+    );
+    let started = std::time::Instant::now();
+    let rows = store.rebuild_usage_rollup().await.context("cannot rebuild the usage rollup")?;
+    println!("usage rollup rebuilt: {rows} rows, in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

@@ -27,7 +27,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
-use crate::entity::{credit_ledger, invoice_lines, invoice_numbers, invoices, usage_logs, users};
+use crate::entity::{credit_ledger, invoice_lines, invoice_numbers, invoices, users};
 use crate::{Store, StoreError};
 
 /// The advisory lock every period close takes (Postgres).
@@ -333,33 +333,37 @@ async fn usage_by_user(
     period: BillingPeriod,
     user: Option<UserId>,
 ) -> Result<HashMap<uuid::Uuid, PeriodUsage>, DbErr> {
-    let mut q = usage_logs::Entity::find()
-        .select_only()
-        .column(usage_logs::Column::UserId)
-        .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "requests")
-        .column_as(Expr::cust("CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)"), "tokens")
-        .column_as(Expr::cust("CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT)"), "cost")
-        .filter(usage_logs::Column::CreatedAt.gte(period.starts_at()))
-        .filter(usage_logs::Column::CreatedAt.lt(period.ends_at()))
-        .group_by(usage_logs::Column::UserId);
-    if let Some(user) = user {
-        q = q.filter(usage_logs::Column::UserId.eq(user.as_uuid()));
-    }
-    let rows: Vec<(uuid::Uuid, i64, i64, i64)> = q.into_tuple().all(db).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(u, requests, tokens, cost)| {
-            (
-                u,
-                PeriodUsage {
-                    requests: u64_of(requests),
-                    tokens: u64_of(tokens),
-                    cost_micros: cost,
-                    prepaid_micros: 0,
-                },
-            )
+    // The daily rollup, kept with the usage rows in one transaction: the period's whole days.
+    let backend = db.get_database_backend();
+    let (a, b, c) =
+        if backend == DatabaseBackend::Postgres { ("$1", "$2", "$3") } else { ("?", "?", "?") };
+    let mut values: Vec<sea_orm::Value> =
+        vec![period.starts_at().date().into(), period.ends_at().date().into()];
+    let only = match user {
+        Some(user) => {
+            values.push(user.as_uuid().into());
+            format!(" AND user_id = {c}")
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT user_id, CAST(sum(requests) AS BIGINT) AS requests, \
+         CAST(sum(total_tokens) AS BIGINT) AS tokens, CAST(sum(cost_micros) AS BIGINT) AS cost \
+         FROM usage_daily WHERE day >= {a} AND day < {b}{only} GROUP BY user_id"
+    );
+    let rows =
+        db.query_all_raw(sea_orm::Statement::from_sql_and_values(backend, sql, values)).await?;
+    rows.iter()
+        .map(|r| {
+            let usage = PeriodUsage {
+                requests: u64_of(r.try_get("", "requests")?),
+                tokens: u64_of(r.try_get("", "tokens")?),
+                cost_micros: r.try_get("", "cost")?,
+                prepaid_micros: 0,
+            };
+            Ok((r.try_get::<uuid::Uuid>("", "user_id")?, usage))
         })
-        .collect())
+        .collect()
 }
 
 /// What the user's plan subscriptions paid at the payment provider during `period`.

@@ -108,6 +108,36 @@ impl Store {
         Ok(Migrator::get_pending_migrations(&self.db).await.map_err(StoreError::Migrate)?.len())
     }
 
+    /// Recomputes the daily usage rollup (`usage_daily`) from `usage_logs` in one transaction
+    /// (for an operator: after restoring `usage_logs`, or rows written by an instance too old
+    /// to keep the rollup). On Postgres the usage writers wait until it commits (a `SHARE`
+    /// lock on `usage_logs`) and their records are then added on top. Returns the rollup's
+    /// row count.
+    pub async fn rebuild_usage_rollup(&self) -> Result<u64, StoreError> {
+        self.rebuild_in_txn().await.map_err(StoreError::Db)
+    }
+
+    async fn rebuild_in_txn(&self) -> Result<u64, sea_orm::DbErr> {
+        use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+        let txn = self.db.begin().await?;
+        if self.backend() == DatabaseBackend::Postgres {
+            txn.execute_unprepared("LOCK TABLE usage_logs IN SHARE MODE").await?;
+            txn.execute_unprepared(migration::REBUILD_USAGE_DAILY_POSTGRES).await?;
+        } else {
+            txn.execute_unprepared(migration::REBUILD_USAGE_DAILY_SQLITE).await?;
+        }
+        let count = sea_orm::Statement::from_string(
+            self.backend(),
+            "SELECT CAST(count(*) AS BIGINT) AS n FROM usage_daily",
+        );
+        let n: i64 = match txn.query_one_raw(count).await? {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        txn.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Creates the `usage_logs` partitions for the month of `now` and the next one (Postgres).
     pub async fn ensure_usage_partitions(
         &self,

@@ -1,18 +1,22 @@
-//! SQL adapter of the usage store: multi-row inserts that skip records already stored.
+//! SQL adapter of the usage store: multi-row inserts that skip records already stored, and the
+//! daily rollup (`usage_daily`) kept in the same transaction from exactly the records that were
+//! new, so a retried batch counts nothing twice.
 //!
-//! On Postgres a batch is one statement of fixed text whatever its size (`INSERT ... SELECT *
-//! FROM UNNEST($1, ..., $19)`, one array per column): prepared once per connection, where a
-//! multi-row `VALUES` list would be new SQL text with 18 parameters a row to build, send, parse
-//! and plan for every batch.
+//! On Postgres a batch is two statements of fixed text whatever its size (`INSERT ... SELECT *
+//! FROM UNNEST($1, ..., $19) ... RETURNING`, one array per column, then the rollup's upsert,
+//! also from arrays): prepared once per connection, where a multi-row `VALUES` list would be
+//! new SQL text with 18 parameters a row to build, send, parse and plan for every batch. The
+//! rollup's rows are upserted in key order, so two instances adding to the same rows lock them
+//! in the same order. On SQLite (one writer at a time) the rows are added up in process.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, RequestId, ServerId, UserId};
-use gateway_usage::query::{StatsSample, aggregate};
+use gateway_usage::rollup::{self, BUCKETS, DayRow};
 use gateway_usage::{
-    GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageError,
-    UsageQueries, UsageRecord, UsageStore,
+    LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageError, UsageQueries,
+    UsageRecord, UsageStore,
 };
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -80,7 +84,7 @@ impl UsageStore for SqlUsageStore {
         }
         if self.store.backend() == DatabaseBackend::Postgres {
             let pool = self.store.connection().get_postgres_connection_pool();
-            return insert_unnest(pool, records).await.map_err(|e| {
+            return insert_postgres(pool, records).await.map_err(|e| {
                 let refused = refuses_data(&e);
                 let e = StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
                     Arc::new(e),
@@ -92,34 +96,128 @@ impl UsageStore for SqlUsageStore {
                 }
             });
         }
+        insert_sqlite(self.store.connection(), records).await.map_err(|e| {
+            let refused = match &e {
+                sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(inner))
+                | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(inner)) => {
+                    refuses_data(inner)
+                }
+                _ => false,
+            };
+            if refused { UsageError::Rejected(Box::new(StoreError::Db(e))) } else { query_err(e) }
+        })
+    }
+}
+
+/// The key the rollup stores for requests without one (its key column is part of the primary
+/// key, so it cannot be NULL).
+const NO_KEY: uuid::Uuid = uuid::Uuid::nil();
+
+/// SQLite: each record inserted unless stored already, then the new ones added to their
+/// rollup rows, in one transaction.
+async fn insert_sqlite(
+    db: &sea_orm::DatabaseConnection,
+    records: &[UsageRecord],
+) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::TransactionTrait as _;
+    let txn = db.begin().await?;
+    let mut new = Vec::with_capacity(records.len());
+    for r in records {
         // The primary key (request_id, created_at) refuses a second copy of a record.
-        let result = usage_logs::Entity::insert_many(records.iter().map(row))
+        let inserted = usage_logs::Entity::insert(row(r))
             .on_conflict_do_nothing_on([
                 usage_logs::Column::RequestId,
                 usage_logs::Column::CreatedAt,
             ])
-            .exec_without_returning(self.store.connection())
-            .await;
-        match result {
-            Ok(
-                TryInsertResult::Inserted(_) | TryInsertResult::Conflicted | TryInsertResult::Empty,
-            ) => Ok(()),
-            Err(e) => {
-                let refused = match &e {
-                    sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(inner))
-                    | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(inner)) => {
-                        refuses_data(inner)
-                    }
-                    _ => false,
-                };
-                if refused {
-                    Err(UsageError::Rejected(Box::new(StoreError::Db(e))))
-                } else {
-                    Err(query_err(e))
-                }
-            }
+            .exec_without_returning(&txn)
+            .await?;
+        if matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            new.push(r);
         }
     }
+    for delta in rollup::rollup(new) {
+        let key = delta.api_key_id.map_or(NO_KEY, |k| k.as_uuid());
+        let select = Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            format!(
+                "SELECT {DAY_COLUMNS} FROM usage_daily WHERE user_id = ? AND day = ? AND api_key_id = ? AND model = ?"
+            ),
+            [
+                delta.user_id.as_uuid().into(),
+                delta.day.into(),
+                key.into(),
+                delta.model.clone().into(),
+            ],
+        );
+        let mut row = match txn.query_one_raw(select).await? {
+            Some(found) => day_row(&found, DatabaseBackend::Sqlite)?,
+            None => DayRow { requests: 0, ..delta.clone() },
+        };
+        if row.requests == 0 {
+            row = delta;
+        } else {
+            row.merge(&delta);
+        }
+        let hist = row.latency_hist.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let upsert = Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "INSERT OR REPLACE INTO usage_daily (user_id, day, api_key_id, model, requests, errors, \
+             prompt_tokens, completion_tokens, total_tokens, cost_micros, latency_ms_sum, \
+             latency_ms_max, latency_hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                row.user_id.as_uuid().into(),
+                row.day.into(),
+                key.into(),
+                row.model.clone().into(),
+                i64_of(row.requests).into(),
+                i64_of(row.errors).into(),
+                i64_of(row.prompt_tokens).into(),
+                i64_of(row.completion_tokens).into(),
+                i64_of(row.total_tokens).into(),
+                row.cost_micros.into(),
+                i64_of(row.latency_ms_sum).into(),
+                i64::from(row.latency_ms_max).into(),
+                hist.into(),
+            ],
+        );
+        txn.execute_raw(upsert).await?;
+    }
+    txn.commit().await
+}
+
+/// The rollup's columns, in the order [`day_row`] reads them.
+const DAY_COLUMNS: &str = "user_id, day, api_key_id, model, requests, errors, prompt_tokens, \
+    completion_tokens, total_tokens, cost_micros, latency_ms_sum, latency_ms_max, latency_hist";
+
+/// A rollup row as the domain has it (the histogram is an array on Postgres, comma-separated
+/// text on SQLite).
+fn day_row(r: &sea_orm::QueryResult, backend: DatabaseBackend) -> Result<DayRow, sea_orm::DbErr> {
+    let u = |name: &str| r.try_get::<i64>("", name).map(|v| u64::try_from(v).unwrap_or(0));
+    let hist: Vec<u64> = if backend == DatabaseBackend::Postgres {
+        let v: Vec<i64> = r.try_get("", "latency_hist")?;
+        v.into_iter().map(|c| u64::try_from(c).unwrap_or(0)).collect()
+    } else {
+        let text: String = r.try_get("", "latency_hist")?;
+        text.split(',').map(|c| c.trim().parse().unwrap_or(0)).collect()
+    };
+    let key: uuid::Uuid = r.try_get("", "api_key_id")?;
+    let mut latency_hist = hist;
+    latency_hist.resize(BUCKETS, 0);
+    Ok(DayRow {
+        user_id: UserId(r.try_get("", "user_id")?),
+        day: r.try_get("", "day")?,
+        api_key_id: (key != NO_KEY).then_some(ApiKeyId(key)),
+        model: r.try_get("", "model")?,
+        requests: u("requests")?,
+        errors: u("errors")?,
+        prompt_tokens: u("prompt_tokens")?,
+        completion_tokens: u("completion_tokens")?,
+        total_tokens: u("total_tokens")?,
+        cost_micros: r.try_get("", "cost_micros")?,
+        latency_ms_sum: u("latency_ms_sum")?,
+        latency_ms_max: u32::try_from(r.try_get::<i32>("", "latency_ms_max")?).unwrap_or(0),
+        latency_hist,
+    })
 }
 
 /// Whether the database refused the data itself (so the same records fail again however often
@@ -147,9 +245,73 @@ const INSERT_UNNEST: &str = "INSERT INTO usage_logs (request_id, created_at, use
     $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], \
     $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[], \
     $19::bool[]) \
-    ON CONFLICT (request_id, created_at) DO NOTHING";
+    ON CONFLICT (request_id, created_at) DO NOTHING \
+    RETURNING request_id, created_at";
 
-async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
+/// The rollup's upsert on Postgres: the new records' sums added to their rows.
+const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, model, \
+    requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, \
+    latency_ms_sum, latency_ms_max, latency_hist) \
+    SELECT u, d, k, m, r, e, pt, ct, tt, c, ls, mx, h::bigint[] \
+    FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], \
+    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], $13::text[]) \
+    AS t(u, d, k, m, r, e, pt, ct, tt, c, ls, mx, h) \
+    ON CONFLICT (user_id, day, api_key_id, model) DO UPDATE SET \
+    requests = usage_daily.requests + excluded.requests, \
+    errors = usage_daily.errors + excluded.errors, \
+    prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+    completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+    total_tokens = usage_daily.total_tokens + excluded.total_tokens, \
+    cost_micros = usage_daily.cost_micros + excluded.cost_micros, \
+    latency_ms_sum = usage_daily.latency_ms_sum + excluded.latency_ms_sum, \
+    latency_ms_max = greatest(usage_daily.latency_ms_max, excluded.latency_ms_max), \
+    latency_hist = bm_hist_add(usage_daily.latency_hist, excluded.latency_hist)";
+
+/// Postgres: the batch inserted, then the records that were new added to the rollup, in one
+/// transaction.
+async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    use sqlx::Row as _;
+    let mut txn = pool.begin().await?;
+    let inserted = insert_unnest(&mut txn, records).await?;
+    let new: std::collections::HashSet<(uuid::Uuid, time::OffsetDateTime)> = inserted
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let deltas = rollup::rollup(
+        records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at))),
+    );
+    if !deltas.is_empty() {
+        fn column<T>(rows: &[DayRow], f: impl Fn(&DayRow) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        let hist = |r: &DayRow| {
+            let counts: Vec<String> = r.latency_hist.iter().map(u64::to_string).collect();
+            format!("{{{}}}", counts.join(","))
+        };
+        sqlx::query(UPSERT_DAILY)
+            .bind(column(&deltas, |r| r.user_id.as_uuid()))
+            .bind(column(&deltas, |r| r.day))
+            .bind(column(&deltas, |r| r.api_key_id.map_or(NO_KEY, |k| k.as_uuid())))
+            .bind(column(&deltas, |r| r.model.clone()))
+            .bind(column(&deltas, |r| i64_of(r.requests)))
+            .bind(column(&deltas, |r| i64_of(r.errors)))
+            .bind(column(&deltas, |r| i64_of(r.prompt_tokens)))
+            .bind(column(&deltas, |r| i64_of(r.completion_tokens)))
+            .bind(column(&deltas, |r| i64_of(r.total_tokens)))
+            .bind(column(&deltas, |r| r.cost_micros))
+            .bind(column(&deltas, |r| i64_of(r.latency_ms_sum)))
+            .bind(column(&deltas, |r| i32_of(r.latency_ms_max)))
+            .bind(column(&deltas, hist))
+            .execute(&mut *txn)
+            .await?;
+    }
+    txn.commit().await
+}
+
+async fn insert_unnest(
+    txn: &mut sqlx::PgConnection,
+    records: &[UsageRecord],
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
     fn column<'a, T>(records: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
         records.iter().map(f).collect()
     }
@@ -173,9 +335,8 @@ async fn insert_unnest(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(
         .bind(column(records, |r| r.streamed))
         .bind(column(records, |r| r.client_disconnected))
         .bind(column(records, |r| r.usage_estimated))
-        .execute(pool)
-        .await?;
-    Ok(())
+        .fetch_all(txn)
+        .await
 }
 
 fn record_of(row: usage_logs::Model) -> UsageRecord {
@@ -245,35 +406,40 @@ impl UsageQueries for SqlUsageStore {
     }
 
     async fn stats(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError> {
-        use usage_logs::Column as C;
-        if self.store.backend() == DatabaseBackend::Postgres {
-            return self.stats_in_sql(q).await;
-        }
-        // Embedded SQLite has no percentile function: aggregate the range in process.
-        let rows = usage_logs::Entity::find()
-            .filter(C::UserId.eq(q.user_id.as_uuid()))
-            .filter(C::CreatedAt.gte(q.from))
-            .filter(C::CreatedAt.lt(q.to))
-            .all(self.store.connection())
-            .await
+        let backend = self.store.backend();
+        let (a, b, c) =
+            if backend == DatabaseBackend::Postgres { ("$1", "$2", "$3") } else { ("?", "?", "?") };
+        let sql = format!(
+            "SELECT {DAY_COLUMNS} FROM usage_daily WHERE user_id = {a} AND day >= {b} AND day < {c}"
+        );
+        let stmt = Statement::from_sql_and_values(
+            backend,
+            sql,
+            [q.user_id.as_uuid().into(), q.from.into(), q.to.into()],
+        );
+        let rows = self.store.connection().query_all_raw(stmt).await.map_err(query_err)?;
+        let rows = rows
+            .iter()
+            .map(|r| day_row(r, backend))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(query_err)?;
-        let samples = rows.into_iter().map(|r| StatsSample::from(&record_of(r)));
-        Ok(aggregate(samples, q.group_by))
+        Ok(rollup::stats(&rows, q.group_by))
     }
 
     async fn platform(
         &self,
-        from: time::OffsetDateTime,
-        to: time::OffsetDateTime,
+        from: time::Date,
+        to: time::Date,
     ) -> Result<PlatformTotals, UsageError> {
         let backend = self.store.backend();
         let (a, b) = if backend == DatabaseBackend::Postgres { ("$1", "$2") } else { ("?", "?") };
         let sql = format!(
-            "SELECT count(*) AS requests, CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS tokens, \
-             CAST(coalesce(sum(CASE WHEN is_error THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
+            "SELECT CAST(coalesce(sum(requests), 0) AS BIGINT) AS requests, \
+             CAST(coalesce(sum(total_tokens), 0) AS BIGINT) AS tokens, \
+             CAST(coalesce(sum(errors), 0) AS BIGINT) AS errors, \
              CAST(coalesce(sum(cost_micros), 0) AS BIGINT) AS cost_micros, \
              count(DISTINCT user_id) AS users \
-             FROM usage_logs WHERE created_at >= {a} AND created_at < {b}"
+             FROM usage_daily WHERE day >= {a} AND day < {b}"
         );
         let stmt = Statement::from_sql_and_values(backend, sql, [from.into(), to.into()]);
         let row = self.store.connection().query_one_raw(stmt).await.map_err(query_err)?;
@@ -287,51 +453,5 @@ impl UsageQueries for SqlUsageStore {
             cost_micros: get("cost_micros")?,
             users: u(get("users")?),
         })
-    }
-}
-
-impl SqlUsageStore {
-    /// Postgres: one aggregate query. The range bounds prune the monthly partitions and the
-    /// (user_id, created_at) index finds the user's rows; the p95 is nearest-rank, as in
-    /// `gateway_usage::query::aggregate`.
-    async fn stats_in_sql(&self, q: &StatsQuery) -> Result<Vec<StatsRow>, UsageError> {
-        let group = match q.group_by {
-            GroupBy::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-            GroupBy::Model => "model",
-            GroupBy::Key => "coalesce(api_key_id::text, 'none')",
-        };
-        let sql = format!(
-            "SELECT {group} AS grp, count(*) AS requests, \
-             sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens, \
-             sum(total_tokens)::bigint AS total_tokens, sum(cost_micros)::bigint AS cost_micros, \
-             count(*) FILTER (WHERE is_error) AS errors, avg(latency_ms)::float8 AS avg_latency_ms, \
-             percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms \
-             FROM usage_logs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 \
-             GROUP BY grp ORDER BY grp"
-        );
-        let stmt = Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            sql,
-            [q.user_id.as_uuid().into(), q.from.into(), q.to.into()],
-        );
-        let rows = self.store.connection().query_all_raw(stmt).await.map_err(query_err)?;
-        let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        rows.iter()
-            .map(|r| {
-                Ok(StatsRow {
-                    group: r.try_get("", "grp")?,
-                    requests: u(r.try_get("", "requests")?),
-                    prompt_tokens: u(r.try_get("", "prompt_tokens")?),
-                    completion_tokens: u(r.try_get("", "completion_tokens")?),
-                    total_tokens: u(r.try_get("", "total_tokens")?),
-                    cost_micros: r.try_get("", "cost_micros")?,
-                    errors: u(r.try_get("", "errors")?),
-                    avg_latency_ms: r.try_get("", "avg_latency_ms")?,
-                    p95_latency_ms: u32::try_from(r.try_get::<i32>("", "p95_latency_ms")?)
-                        .unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, sea_orm::DbErr>>()
-            .map_err(query_err)
     }
 }

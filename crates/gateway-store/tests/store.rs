@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "api_keys",
     "billing_plans",
     "billing_webhook_events",
@@ -26,6 +26,7 @@ const TABLES: [&str; 17] = [
     "redemption_codes",
     "redemptions",
     "sessions",
+    "usage_daily",
     "usage_logs",
     "user_quota_state",
     "users",
@@ -50,7 +51,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 7, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 8, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -219,6 +220,65 @@ async fn sql_usage_store_meets_the_usage_contract() {
         let db = TestDb::migrated(backend).await;
         let store = gateway_store::SqlUsageStore::new(db.store.clone());
         gateway_usage::conformance::usage_store_contract(&store, &store).await;
+    }
+}
+
+/// The rollup the writer keeps, batch by batch, equals the one recomputed from the rows by SQL
+/// (the migration's backfill and `usage rebuild-rollup`): the same sums, and every latency in
+/// the same histogram bucket, across the buckets' edges.
+#[tokio::test]
+async fn the_rollup_kept_by_the_writer_equals_the_one_rebuilt_from_the_rows() {
+    use gateway_usage::rollup::LATENCY_BOUNDS;
+    use gateway_usage::{GroupBy, StatsQuery, UsageQueries, UsageRecord, UsageStore};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlUsageStore::new(db.store.clone());
+        let user = gateway_core::UserId::new();
+        let key = gateway_core::ApiKeyId::new();
+        let base = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let day = base.date();
+        let mut latencies: Vec<u32> = vec![0, 500_000];
+        for b in LATENCY_BOUNDS {
+            latencies.extend([b - 1, b, b + 1]);
+        }
+        let records: Vec<UsageRecord> = latencies
+            .iter()
+            .enumerate()
+            .map(|(i, &latency_ms)| UsageRecord {
+                user_id: user,
+                api_key_id: (i % 3 != 0).then_some(key),
+                model: if i % 2 == 0 { "m-even".into() } else { "m-odd".into() },
+                created_at: (day.midnight().assume_utc()) + time::Duration::seconds(i as i64),
+                latency_ms,
+                is_error: i % 5 == 0,
+                ..UsageRecord::example()
+            })
+            .collect();
+        // In three batches, one of them sent twice.
+        for chunk in records.chunks(60).chain(records.chunks(60).take(1)) {
+            store.insert_batch(chunk).await.unwrap();
+        }
+        let read = |group_by| {
+            let store = store.clone();
+            async move {
+                let q =
+                    StatsQuery { user_id: user, from: day, to: day.next_day().unwrap(), group_by };
+                store.stats(&q).await.unwrap()
+            }
+        };
+        let kept = (read(GroupBy::Model).await, read(GroupBy::Key).await);
+        assert_eq!(
+            kept.0.iter().map(|r| r.requests).sum::<u64>(),
+            records.len() as u64,
+            "{backend:?}"
+        );
+        let rows = db.store.rebuild_usage_rollup().await.unwrap();
+        assert_eq!(rows, 4, "two models, with and without a key: {backend:?}");
+        let rebuilt = (read(GroupBy::Model).await, read(GroupBy::Key).await);
+        assert_eq!(kept, rebuilt, "{backend:?}");
+        let want =
+            gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(&records), GroupBy::Model);
+        assert_eq!(rebuilt.0, want, "{backend:?}");
     }
 }
 

@@ -1,14 +1,14 @@
 //! The contract of every usage store adapter (in memory here; Postgres and SQLite in
 //! `gateway-store`): writes are idempotent on `request_id`, the log pages newest first with
-//! ties broken by request id, filters hold, and statistics agree with the reference
-//! aggregation ([`crate::query::aggregate`]) whichever way the backend computes them.
+//! ties broken by request id, filters hold, and statistics (read from the daily rollup the
+//! store keeps as it writes) agree with the reference ([`crate::rollup`] over the records).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support
 
 use gateway_core::UserId;
 use time::{Duration, OffsetDateTime};
 
-use crate::query::{GroupBy, LogQuery, StatsQuery, StatsSample, StatusFilter, aggregate};
+use crate::query::{GroupBy, LogQuery, StatsQuery, StatusFilter};
 use crate::{UsageQueries, UsageRecord, UsageStore};
 
 /// Every record of `user`, newest first, read page by page.
@@ -44,6 +44,18 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
     store.insert_batch(&records[..5]).await.unwrap();
     let stored = all_of(queries, user, 100).await;
     assert_eq!(stored.len(), 301, "each record once");
+    let today = base.date();
+    let days = |from: time::Date, n: i64| (from, from + Duration::days(n));
+    let (from, to) = days(today, 2);
+    let counted = queries
+        .stats(&StatsQuery { user_id: user, from, to, group_by: GroupBy::Model })
+        .await
+        .unwrap();
+    assert_eq!(
+        counted.iter().map(|s| s.requests).sum::<u64>(),
+        301,
+        "the rollup counts each record once, however often its batch was retried"
+    );
     let first = stored.iter().find(|r| r.request_id == records[0].request_id).unwrap();
     assert_eq!(first, &records[0], "a record reads back as written");
 
@@ -93,12 +105,7 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
 
     // Statistics: every grouping agrees with the reference aggregation.
     let stats = queries
-        .stats(&StatsQuery {
-            user_id: user,
-            from: base,
-            to: base + Duration::hours(1),
-            group_by: GroupBy::Model,
-        })
+        .stats(&StatsQuery { user_id: user, from, to, group_by: GroupBy::Model })
         .await
         .unwrap();
     assert_eq!(
@@ -107,19 +114,10 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
     );
     assert_eq!(stats.iter().map(|s| s.errors).sum::<u64>(), 5);
     assert_eq!(stats[1].total_tokens, 13 * 8);
-    let mine: Vec<_> =
-        records.iter().filter(|r| r.user_id == user).map(StatsSample::from).collect();
+    let mine = crate::rollup::rollup(records.iter().filter(|r| r.user_id == user));
     for group_by in [GroupBy::Day, GroupBy::Model, GroupBy::Key] {
-        let got = queries
-            .stats(&StatsQuery {
-                user_id: user,
-                from: base,
-                to: base + Duration::hours(1),
-                group_by,
-            })
-            .await
-            .unwrap();
-        let want = aggregate(mine.clone(), group_by);
+        let got = queries.stats(&StatsQuery { user_id: user, from, to, group_by }).await.unwrap();
+        let want = crate::rollup::stats(&mine, group_by);
         assert_eq!(got.len(), want.len(), "{group_by:?}");
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(
@@ -131,19 +129,15 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
         }
     }
     // A range that ends before the records holds none of them.
+    let (from, to) = days(today - Duration::days(2), 2);
     let before = queries
-        .stats(&StatsQuery {
-            user_id: user,
-            from: base - Duration::hours(2),
-            to: base,
-            group_by: GroupBy::Day,
-        })
+        .stats(&StatsQuery { user_id: user, from, to, group_by: GroupBy::Day })
         .await
         .unwrap();
     assert!(before.is_empty());
 
     // Platform totals: every user's records in the range, none outside it.
-    let later = base + Duration::days(1);
+    let later = (today + Duration::days(3)).midnight().assume_utc() + Duration::hours(1);
     let (ada, bob) = (UserId::new(), UserId::new());
     let records: Vec<UsageRecord> = (0..7i64)
         .map(|i| UsageRecord {
@@ -155,13 +149,14 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
         })
         .collect();
     store.insert_batch(&records).await.unwrap();
-    let totals = queries.platform(later, later + Duration::hours(1)).await.unwrap();
+    let (from, to) = days(later.date(), 1);
+    let totals = queries.platform(from, to).await.unwrap();
     let tokens: u64 = records.iter().map(|r| r.total_tokens).sum();
     assert_eq!(
         (totals.requests, totals.tokens, totals.errors, totals.cost_micros, totals.users),
         (7, tokens, 1, 7_021, 2)
     );
-    let none = queries.platform(later - Duration::minutes(1), later).await.unwrap();
+    let none = queries.platform(from - Duration::days(1), from).await.unwrap();
     assert_eq!(none, crate::PlatformTotals::default());
 }
 

@@ -35,6 +35,7 @@ mod memory;
 pub mod query;
 pub mod read;
 mod record;
+pub mod rollup;
 mod writer;
 
 pub use memory::InMemoryUsageStore;

@@ -93,30 +93,24 @@ impl crate::UsageQueries for InMemoryUsageStore {
     }
 
     async fn stats(&self, q: &crate::StatsQuery) -> Result<Vec<crate::StatsRow>, UsageError> {
-        let samples: Vec<_> = self
-            .lock()
-            .values()
-            .filter(|r| r.user_id == q.user_id && r.created_at >= q.from && r.created_at < q.to)
-            .map(crate::query::StatsSample::from)
-            .collect();
-        Ok(crate::query::aggregate(samples, q.group_by))
+        let records = self.lock();
+        let mine = records.values().filter(|r| {
+            let day = r.created_at.to_offset(time::UtcOffset::UTC).date();
+            r.user_id == q.user_id && day >= q.from && day < q.to
+        });
+        Ok(crate::rollup::stats(&crate::rollup::rollup(mine), q.group_by))
     }
 
     async fn platform(
         &self,
-        from: time::OffsetDateTime,
-        to: time::OffsetDateTime,
+        from: time::Date,
+        to: time::Date,
     ) -> Result<crate::PlatformTotals, UsageError> {
-        let mut totals = crate::PlatformTotals::default();
-        let mut users = std::collections::HashSet::new();
-        for r in self.lock().values().filter(|r| r.created_at >= from && r.created_at < to) {
-            totals.requests += 1;
-            totals.tokens += r.total_tokens;
-            totals.errors += u64::from(r.is_error);
-            totals.cost_micros += r.cost_micros;
-            users.insert(r.user_id);
-        }
-        totals.users = users.len() as u64;
-        Ok(totals)
+        let records = self.lock();
+        let all = records.values().filter(|r| {
+            let day = r.created_at.to_offset(time::UtcOffset::UTC).date();
+            day >= from && day < to
+        });
+        Ok(crate::rollup::totals(&crate::rollup::rollup(all)))
     }
 }

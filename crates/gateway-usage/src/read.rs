@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gateway_core::{ApiKeyId, RequestId, Role, UserId};
-use time::{Duration, OffsetDateTime};
+use time::{Date, Duration, OffsetDateTime};
 
 use crate::query::{
     GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageQueries,
@@ -15,10 +15,30 @@ use crate::{UsageError, UsageRecord};
 pub const DEFAULT_PAGE: u32 = 20;
 /// The most log entries one page holds.
 pub const MAX_PAGE: u32 = 100;
-/// The statistics' range when the caller gives no start.
+/// The statistics' range when the caller gives no start: 30 UTC days, the last one included.
 pub const DEFAULT_RANGE: Duration = Duration::days(30);
 /// The longest range statistics cover at once.
 pub const MAX_RANGE: Duration = Duration::days(366);
+
+/// The UTC day of `t`.
+fn day_of(t: OffsetDateTime) -> Date {
+    t.to_offset(time::UtcOffset::UTC).date()
+}
+
+/// The first UTC day after a range ending at `t`: `t`'s own day when `t` is its midnight, else
+/// the next (a range covers whole days).
+fn day_after(t: OffsetDateTime) -> Date {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    if t.time() == time::Time::MIDNIGHT {
+        t.date()
+    } else {
+        t.date().next_day().unwrap_or(t.date())
+    }
+}
+
+fn midnight(d: Date) -> OffsetDateTime {
+    d.midnight().assume_utc()
+}
 
 /// Who is reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,18 +85,19 @@ pub struct LogPage {
     pub next_cursor: Option<String>,
 }
 
-/// Statistics as asked for.
+/// Statistics as asked for. Statistics cover whole UTC days: `from` counts from the start of
+/// its day, `to` to the end of its day (a `to` at midnight stops at that midnight).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatsRequest {
     pub user_id: Option<String>,
-    /// Default: `to` minus [`DEFAULT_RANGE`].
+    /// Default: [`DEFAULT_RANGE`] before `to`.
     pub from: Option<OffsetDateTime>,
-    /// Default: now.
+    /// Default: the end of today (UTC).
     pub to: Option<OffsetDateTime>,
     pub group_by: GroupBy,
 }
 
-/// Statistics over `[from, to)`.
+/// Statistics over `[from, to)`, both UTC midnights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatsPage {
     pub from: OffsetDateTime,
@@ -128,8 +149,8 @@ impl UsageReader {
 
     pub async fn stats(&self, reader: Reader, req: StatsRequest) -> Result<StatsPage, ReadError> {
         let user_id = subject(reader, req.user_id.as_deref())?;
-        let to = req.to.unwrap_or_else(OffsetDateTime::now_utc);
-        let from = req.from.unwrap_or(to - DEFAULT_RANGE);
+        let to = day_after(req.to.unwrap_or_else(OffsetDateTime::now_utc));
+        let from = req.from.map_or(to - DEFAULT_RANGE, day_of);
         if from >= to {
             return Err(invalid("from", "must be before 'to'"));
         }
@@ -138,23 +159,21 @@ impl UsageReader {
         }
         let query = StatsQuery { user_id, from, to, group_by: req.group_by };
         let data = self.queries.stats(&query).await?;
-        Ok(StatsPage { from, to, data })
+        Ok(StatsPage { from: midnight(from), to: midnight(to), data })
     }
-}
 
-impl UsageReader {
-    /// Every user's usage in `[from, to)`, for administrators only.
+    /// Every user's usage on the UTC days `[from, to)`, for administrators only.
     pub async fn platform(
         &self,
         reader: Reader,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
+        from: Date,
+        to: Date,
     ) -> Result<PlatformTotals, ReadError> {
         if reader.role != Role::Admin {
             return Err(ReadError::NotYours);
         }
         if from >= to || to - from > MAX_RANGE {
-            return Err(invalid("from", "the range must be 1 second to 366 days"));
+            return Err(invalid("from", "the range must be 1 to 366 days"));
         }
         Ok(self.queries.platform(from, to).await?)
     }
@@ -255,8 +274,25 @@ mod tests {
         let to = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let ask = |from| StatsRequest { user_id: None, from, to: Some(to), group_by: GroupBy::Day };
         let page = read.stats(user, ask(None)).await.unwrap();
-        assert_eq!((page.from, page.to), (to - DEFAULT_RANGE, to));
-        for from in [to, to - Duration::days(367)] {
+        let end = midnight(day_of(to).next_day().unwrap());
+        assert_eq!(
+            (page.from, page.to),
+            (end - DEFAULT_RANGE, end),
+            "whole days, the last included"
+        );
+        let at_midnight = midnight(day_of(to));
+        let page = read
+            .stats(
+                user,
+                StatsRequest {
+                    to: Some(at_midnight),
+                    ..ask(Some(at_midnight - Duration::hours(1)))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((page.from, page.to), (at_midnight - Duration::days(1), at_midnight));
+        for from in [to + Duration::days(1), to - Duration::days(367)] {
             let e = read.stats(user, ask(Some(from))).await.unwrap_err();
             assert!(matches!(e, ReadError::Invalid { param: "from", .. }));
         }

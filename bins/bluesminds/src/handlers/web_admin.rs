@@ -139,19 +139,20 @@ fn server_rows(reports: &[ServerReport]) -> Vec<ServerRow> {
 /// `GET /admin`: users, keys, today's traffic, the month's money, the servers.
 async fn overview(app: &App, admin: &User, ctx: Ctx) -> Reply {
     let now = OffsetDateTime::now_utc();
-    let today = now.date().midnight().assume_utc();
+    let today = now.date();
+    let tomorrow = today.next_day().unwrap_or(today);
     let month = today.replace_day(1).unwrap_or(today);
     let reader = Reader { user_id: admin.id, role: admin.role };
     let read_err =
         |e: gateway_usage::read::ReadError| internal(ctx.request_id, "platform usage", &e);
-    let day = app.usage_reader.platform(reader, today, now).await.map_err(read_err)?;
+    let day = app.usage_reader.platform(reader, today, tomorrow).await.map_err(read_err)?;
     let read_err =
         |e: gateway_usage::read::ReadError| internal(ctx.request_id, "platform usage", &e);
-    let month_usage = app.usage_reader.platform(reader, month, now).await.map_err(read_err)?;
+    let month_usage = app.usage_reader.platform(reader, month, tomorrow).await.map_err(read_err)?;
     let revenue = app
         .billing
         .invoices()
-        .payments_received(month, now)
+        .payments_received(month.midnight().assume_utc(), now)
         .await
         .map_err(|e| internal(ctx.request_id, "payments received", &e))?;
     let population = app.accounts.population().await.map_err(|e| from_auth(ctx.request_id, e))?;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # How fast the dashboard's pages answer on a database with many usage rows (outside CI:
 # `just page-timings`). A fresh Postgres database gets ROWS usage rows (default 1,000,000) for
-# one user this month and as many for other users (loaded by SQL, then the daily rollup rebuilt
-# from them as `bluesminds usage rebuild-rollup` does); the release binary serves it; each page is
-# fetched RUNS times (default 5) with the user's (or the admin's) session, and the median and
-# slowest times at the client are printed. The database is dropped afterwards.
+# one user this month and as many spread over OTHERS other users (default 2,000), loaded by
+# SQL, then the daily rollup rebuilt from them (`bluesminds usage rebuild-rollup`); the
+# release binary serves it; each page is fetched RUNS times (default 5) with the user's (or
+# the admin's) session, and the median and slowest times at the client are printed. The
+# database is dropped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 ROWS="${ROWS:-1000000}"
 RUNS="${RUNS:-5}"
+OTHERS="${OTHERS:-2000}"
 target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
 
 . scripts/services.sh
@@ -57,7 +59,7 @@ admin_cookie=$(login admin@example.com 'admin password 1')
 curl -sf -o /dev/null -H "cookie: $user_cookie" -H 'content-type: application/json' \
   -d '{"name": "load"}' "$base/api/keys"
 
-log "loading $ROWS usage rows for the user and $ROWS for others (this month)"
+log "loading $ROWS usage rows for the user and $ROWS for $OTHERS others (this month)"
 psql "$url" -q <<SQL
 WITH u AS (SELECT id FROM users WHERE email = 'heavy@example.com'),
      k AS (SELECT id FROM api_keys WHERE user_id = (SELECT id FROM u))
@@ -73,8 +75,9 @@ INSERT INTO usage_logs (request_id, created_at, user_id, endpoint, model, total_
   cost_micros, latency_ms, status_code)
 SELECT gen_random_uuid(),
        date_trunc('month', now()) + (now() - date_trunc('month', now())) * (g::float8 / $ROWS),
-       gen_random_uuid(), 'chat.completions', 'gpt-4o', 50, 75, 10, 200
-FROM generate_series(1, $ROWS) g;
+       others.id[1 + g % $OTHERS], 'chat.completions', 'gpt-4o', 50, 75, 10, 200
+FROM generate_series(1, $ROWS) g,
+     (SELECT array_agg(gen_random_uuid()) AS id FROM generate_series(1, $OTHERS)) others;
 ANALYZE usage_logs;
 SQL
 log "the daily rollup from those rows (bluesminds usage rebuild-rollup)"

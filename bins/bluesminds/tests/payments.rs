@@ -263,6 +263,21 @@ async fn a_credit_pack_adds_its_credits_once_even_at_two_instances_at_once() {
     assert_eq!(ledger["balance_micros"], 11_000_000, "{ledger}");
     assert_eq!(ledger["data"].as_array().unwrap().len(), 1);
     assert_eq!(ledger["data"][0]["kind"], "top_up");
+    // The admin overview counts the money received this month (a refund takes it back).
+    let admin = support::admin_session(&a).await;
+    let received = |html: &str| {
+        let at = html.find("Received in").unwrap();
+        let value = html[at..].find("class=\"value\">").unwrap() + at + "class=\"value\">".len();
+        html[value..].chars().take_while(|c| *c != '<').collect::<String>()
+    };
+    let overview = |cookie: String| {
+        let addr = a.addr;
+        async move {
+            let r = support::request_with(addr, "GET", "/admin", &[("cookie", &cookie)], b"").await;
+            String::from_utf8_lossy(&r.body).into_owned()
+        }
+    };
+    assert_eq!(received(&overview(admin.clone()).await), "$10.00");
 
     // Refunded (Creem's refund names the order, no metadata): the credits go back once.
     let order = event["object"]["order"]["id"].as_str().unwrap();
@@ -277,6 +292,7 @@ async fn a_credit_pack_adds_its_credits_once_even_at_two_instances_at_once() {
         support::call(a.addr, "GET", "/api/billing/ledger", &cookie, &Value::Null).await.json();
     assert_eq!(ledger["balance_micros"], 0, "{ledger}");
     assert_eq!(ledger["data"][0]["kind"], "refund");
+    assert_eq!(received(&overview(admin).await), "$0.00", "a refunded payment is not revenue");
 
     // Unknown packs and tiers without a product are not for sale.
     let r = support::call(

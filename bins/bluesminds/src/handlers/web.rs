@@ -3,6 +3,7 @@
 //! JavaScript; state-changing posts pass the same `Origin` check as the API's cookie requests.
 
 use gateway_auth::NewKey;
+use gateway_billing::money;
 use gateway_core::{ApiError, Scope, User};
 use gateway_usage::GroupBy;
 use gateway_usage::read::{LogsRequest, Reader, StatsRequest};
@@ -563,28 +564,12 @@ pub async fn billing(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     billing_page(app, &user, ctx, StatusCode::OK, None, &[]).await
 }
 
-/// `12.34` dollars as micro-dollars (at most six decimals; no sign).
-pub(super) fn micros_of_dollars(text: &str) -> Option<i64> {
-    let text = text.trim().trim_start_matches('$');
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && frac.is_empty() || frac.len() > 6 {
-        return None;
-    }
-    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
-    if !digits(whole) || !digits(frac) {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
-    let frac: i64 = format!("{frac:0<6}").parse().ok()?;
-    whole.checked_mul(1_000_000)?.checked_add(frac)
-}
-
 /// `POST /dashboard/billing/cap`.
 pub async fn set_cap(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let Some(user) = session_user(app, &req).await else { return Ok(redirect("/login")) };
     check_origin(app, &req)?;
     let fields = form::parse(&read_body(app, req).await?);
-    let Some(cap) = form::field(&fields, "cap").and_then(micros_of_dollars) else {
+    let Some(cap) = form::field(&fields, "cap").and_then(money::parse).filter(|c| *c >= 0) else {
         let errors = [FieldError {
             field: Some("overage_cap_micros".into()),
             message: "Enter an amount in dollars, such as 29.00.".into(),
@@ -810,19 +795,4 @@ pub async fn sign_out_everywhere(app: &App, req: Request<Incoming>, ctx: Ctx) ->
     let mut res = redirect("/login");
     clear_session_cookie(app, &mut res);
     Ok(res)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dollars_typed_in_a_form_become_micro_dollars() {
-        use super::micros_of_dollars as m;
-        assert_eq!(m("29"), Some(29_000_000));
-        assert_eq!(m("29.5"), Some(29_500_000));
-        assert_eq!(m("$0.002"), Some(2_000));
-        assert_eq!(m(".25"), Some(250_000));
-        for bad in ["", ".", "-1", "1.0000001", "abc", "1,5"] {
-            assert_eq!(m(bad), None, "{bad}");
-        }
-    }
 }

@@ -5,6 +5,7 @@
 use gateway_auth::AdminUserUpdate;
 use gateway_balancer::{NewServer, ServerReport, ServerUpdate};
 use gateway_billing::ledger::{EntryKind, NewEntry};
+use gateway_billing::money;
 use gateway_billing::{ModelPrice, PlanUpdate, Price, PriceChange};
 use gateway_core::{ApiError, User, UserId};
 use gateway_usage::read::Reader;
@@ -19,7 +20,7 @@ use time::OffsetDateTime;
 
 use super::admin::admin_err;
 use super::session::check_origin;
-use super::web::{form_error, html, micros_of_dollars, redirect, session_user, status_of, viewer};
+use super::web::{form_error, html, redirect, session_user, status_of, viewer};
 use crate::app::App;
 use crate::errors::{from_auth, from_billing, from_codes, from_prices, internal};
 use crate::http::ResBody;
@@ -46,6 +47,11 @@ fn page(
     content: &gateway_web::Markup,
 ) -> Response<ResBody> {
     html(status, &Shell::new(title, Some(viewer(admin)), Nav::Admin), content)
+}
+
+/// A non-negative dollar amount typed in a form, in micro-dollars.
+fn dollars(text: &str) -> Option<i64> {
+    money::parse(text).filter(|m| *m >= 0)
 }
 
 fn bad(field: &str, message: &str) -> FieldError {
@@ -242,6 +248,18 @@ fn whole(field: &str, value: &str) -> Result<Option<u32>, FieldError> {
     value.parse().map(Some).map_err(|_| bad(field, "Enter a whole number, or leave it blank."))
 }
 
+/// A server's priority, weight and most requests at once, each optional.
+type ServerNumbers = (Option<u32>, Option<u32>, Option<u32>);
+
+/// The form's [`ServerNumbers`].
+fn server_numbers(f: &ServerForm) -> Result<ServerNumbers, FieldError> {
+    Ok((
+        whole("priority", &f.priority)?,
+        whole("weight", &f.weight)?,
+        whole("max_concurrent_requests", &f.max_concurrent)?,
+    ))
+}
+
 fn models_of(text: &str) -> Vec<String> {
     text.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect()
 }
@@ -256,14 +274,7 @@ fn server_error(ctx: Ctx, e: gateway_balancer::AdminError) -> Result<Vec<FieldEr
 
 async fn create_server(app: &App, admin: &User, ctx: Ctx, fields: &[(String, String)]) -> Reply {
     let typed = server_form(fields);
-    let numbers = (|| {
-        Ok::<_, FieldError>((
-            whole("priority", &typed.priority)?,
-            whole("weight", &typed.weight)?,
-            whole("max_concurrent_requests", &typed.max_concurrent)?,
-        ))
-    })();
-    let (priority, weight, max_concurrent_requests) = match numbers {
+    let (priority, weight, max_concurrent_requests) = match server_numbers(&typed) {
         Ok(n) => n,
         Err(e) => return servers_page(app, admin, ctx, None, &typed, &[e]).await,
     };
@@ -297,14 +308,7 @@ async fn update_server(
 ) -> Reply {
     let Ok(server_id) = id.parse() else { return Ok(not_found(admin)) };
     let typed = server_form(fields);
-    let numbers = (|| {
-        Ok::<_, FieldError>((
-            whole("priority", &typed.priority)?,
-            whole("weight", &typed.weight)?,
-            whole("max_concurrent_requests", &typed.max_concurrent)?,
-        ))
-    })();
-    let (priority, weight, max_concurrent) = match numbers {
+    let (priority, weight, max_concurrent) = match server_numbers(&typed) {
         Ok(n) => n,
         Err(e) => return server_edit_page(app, admin, ctx, id, Some(&typed), &[e]).await,
     };
@@ -449,15 +453,6 @@ async fn update_user(
     }
 }
 
-/// `-1.50` dollars as micro-dollars.
-fn signed_micros(text: &str) -> Option<i64> {
-    let text = text.trim();
-    match text.strip_prefix('-') {
-        Some(rest) => micros_of_dollars(rest).map(|m| -m),
-        None => micros_of_dollars(text),
-    }
-}
-
 async fn grant_credits(
     app: &App,
     admin: &User,
@@ -466,7 +461,7 @@ async fn grant_credits(
     fields: &[(String, String)],
 ) -> Reply {
     let Ok(user_id) = id.parse::<UserId>() else { return Ok(not_found(admin)) };
-    let amount = form::field(fields, "amount").and_then(signed_micros).filter(|a| *a != 0);
+    let amount = form::field(fields, "amount").and_then(money::parse).filter(|a| *a != 0);
     let reason = form::field(fields, "reason").map(str::trim).unwrap_or_default();
     let reference = form::field(fields, "reference").map(str::trim).unwrap_or_default();
     let error = match (amount, reason.is_empty(), reference.is_empty()) {
@@ -577,14 +572,14 @@ async fn update_plan(
     let parsed = (|| {
         let overage = match text("overage") {
             "" => None,
-            t => Some(micros_of_dollars(t).ok_or_else(|| {
+            t => Some(dollars(t).ok_or_else(|| {
                 bad("overage", "Enter dollars per 1K tokens, or leave it blank for a hard stop.")
             })?),
         };
         Ok::<_, FieldError>(PlanUpdate {
             name: Some(text("name").to_owned()),
             price_monthly_micros: Some(
-                micros_of_dollars(text("price"))
+                dollars(text("price"))
                     .ok_or_else(|| bad("price", "Enter the price in dollars, such as 29."))?,
             ),
             included_tokens: Some(number("included_tokens")?),
@@ -624,7 +619,7 @@ async fn add_price(app: &App, admin: &User, ctx: Ctx, fields: &[(String, String)
     let text = |name: &str| form::field(fields, name).map(str::trim).unwrap_or_default();
     let now = OffsetDateTime::now_utc();
     let money = |name: &str| {
-        micros_of_dollars(text(name))
+        dollars(text(name))
             .ok_or_else(|| bad(name, "Enter dollars per million tokens, such as 2.50."))
     };
     let parsed = (|| {
@@ -722,7 +717,7 @@ async fn codes_page(
 async fn create_code(app: &App, admin: &User, ctx: Ctx, fields: &[(String, String)]) -> Reply {
     let text = |name: &str| form::field(fields, name).map(str::trim).unwrap_or_default();
     let parsed = (|| {
-        let credits = micros_of_dollars(text("credits"))
+        let credits = dollars(text("credits"))
             .ok_or_else(|| bad("credits", "Enter the credits in dollars, such as 10."))?;
         let max_uses =
             text("max_uses").parse().map_err(|_| bad("max_uses", "Enter a whole number."))?;

@@ -5,6 +5,7 @@ use maud::{Markup, html};
 
 use super::{FieldError, error_for, form_errors};
 use crate::{thousands, usd};
+use gateway_billing::money::plain;
 
 /// The admin section's own navigation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -416,19 +417,6 @@ pub struct PriceRow {
     pub future: bool,
 }
 
-/// Micro-dollars as a plain dollar amount for a form field (`29.000000` → `29`).
-pub fn dollars(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    let frac = format!("{:06}", m % 1_000_000);
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        format!("{sign}{}", m / 1_000_000)
-    } else {
-        format!("{sign}{}.{frac}", m / 1_000_000)
-    }
-}
-
 /// `/admin/plans`: every plan's terms and the model prices.
 pub fn plans(
     plans: &[PlanRow],
@@ -449,9 +437,9 @@ pub fn plans(
                     @let id = |f: &str| format!("{}-{f}", p.tier);
                     div.grid {
                         div { label for=(id("name")) { "Name" } input #(id("name")) name="name" type="text" value=(p.name) required; }
-                        div { label for=(id("price")) { "Price a month ($)" } input #(id("price")) name="price" type="text" inputmode="decimal" value=(dollars(p.price_micros)) required; }
+                        div { label for=(id("price")) { "Price a month ($)" } input #(id("price")) name="price" type="text" inputmode="decimal" value=(plain(p.price_micros)) required; }
                         div { label for=(id("included")) { "Included tokens" } input #(id("included")) name="included_tokens" type="number" min="0" value=(p.included_tokens) required; }
-                        div { label for=(id("overage")) { "Overage per 1K tokens ($)" } input #(id("overage")) name="overage" type="text" inputmode="decimal" placeholder="none: a hard stop" value=(p.overage_per_1k_micros.map(dollars).unwrap_or_default()); }
+                        div { label for=(id("overage")) { "Overage per 1K tokens ($)" } input #(id("overage")) name="overage" type="text" inputmode="decimal" placeholder="none: a hard stop" value=(p.overage_per_1k_micros.map(plain).unwrap_or_default()); }
                     }
                     div.grid {
                         div { label for=(id("keys")) { "Most keys" } input #(id("keys")) name="max_api_keys" type="number" min="1" value=(p.max_keys) required; }
@@ -582,13 +570,6 @@ pub fn codes(rows: &[CodeRow], note: Option<&str>, errors: &[FieldError]) -> Mar
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dollar_amounts_round_trip_for_forms() {
-        assert_eq!(dollars(29_000_000), "29");
-        assert_eq!(dollars(2_000), "0.002");
-        assert_eq!(dollars(-1_500_000), "-1.5");
-    }
 
     #[test]
     fn server_names_are_escaped_and_health_is_said_in_words() {

@@ -317,8 +317,7 @@ const UNLIMITED: u64 = 1 << 53;
 
 /// `/dashboard/billing`: the plan and the month, the spend cap, credits, invoices.
 pub fn billing(b: &Billing, errors: &[FieldError]) -> Markup {
-    let dollars =
-        |micros: i64| format!("{}.{:02}", micros / 1_000_000, (micros % 1_000_000) / 10_000);
+    let dollars = gateway_billing::money::plain;
     html! {
         h1 { "Billing" }
         @if let Some(n) = &b.notice { p.notice role="status" { (n) } }

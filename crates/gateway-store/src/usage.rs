@@ -3,8 +3,8 @@
 //! new, so a retried batch counts nothing twice.
 //!
 //! On Postgres a batch is two statements of fixed text whatever its size (`INSERT ... SELECT *
-//! FROM UNNEST($1, ..., $19) ... RETURNING`, one array per column, then the rollup's upsert,
-//! also from arrays): prepared once per connection, where a multi-row `VALUES` list would be
+//! FROM UNNEST($1, ..., $19)`, one array per column, then the rollup's upsert, also from
+//! arrays; the insert runs again with `RETURNING` only when some records were stored already): prepared once per connection, where a multi-row `VALUES` list would be
 //! new SQL text with 18 parameters a row to build, send, parse and plan for every batch. The
 //! rollup's rows are upserted in key order, so two instances adding to the same rows lock them
 //! in the same order. On SQLite (one writer at a time) the rows are added up in process.
@@ -237,7 +237,9 @@ fn refuses_data(e: &sqlx::Error) -> bool {
 
 /// The Postgres batch insert; the primary key (request_id, created_at) refuses a second copy
 /// of a record.
-const INSERT_UNNEST: &str = "INSERT INTO usage_logs (request_id, created_at, user_id, \
+macro_rules! insert_unnest {
+    () => {
+        "INSERT INTO usage_logs (request_id, created_at, user_id, \
     api_key_id, server_id, endpoint, model, prompt_tokens, completion_tokens, total_tokens, \
     cost_micros, latency_ms, upstream_latency_ms, status_code, is_error, error_message, \
     streamed, client_disconnected, usage_estimated) \
@@ -245,8 +247,13 @@ const INSERT_UNNEST: &str = "INSERT INTO usage_logs (request_id, created_at, use
     $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], \
     $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[], \
     $19::bool[]) \
-    ON CONFLICT (request_id, created_at) DO NOTHING \
-    RETURNING request_id, created_at";
+    ON CONFLICT (request_id, created_at) DO NOTHING"
+    };
+}
+const INSERT_UNNEST: &str = insert_unnest!();
+/// The same, saying which records were new (for a batch that held some stored already).
+const INSERT_UNNEST_RETURNING: &str =
+    concat!(insert_unnest!(), " RETURNING request_id, created_at");
 
 /// The rollup's upsert on Postgres: the new records' sums added to their rows.
 const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, model, \
@@ -272,14 +279,25 @@ const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, m
 async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
     use sqlx::Row as _;
     let mut txn = pool.begin().await?;
-    let inserted = insert_unnest(&mut txn, records).await?;
-    let new: std::collections::HashSet<(uuid::Uuid, time::OffsetDateTime)> = inserted
-        .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-    let deltas = rollup::rollup(
-        records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at))),
-    );
+    let inserted = bind_records(sqlx::query(INSERT_UNNEST), records).execute(&mut *txn).await?;
+    // Every record new (the common case): all of them go to the rollup. Otherwise (a retried
+    // batch, a replayed spill), insert again asking which rows were new.
+    let deltas = if inserted.rows_affected() == records.len() as u64 {
+        rollup::rollup(records)
+    } else {
+        txn.rollback().await?;
+        txn = pool.begin().await?;
+        let rows = bind_records(sqlx::query(INSERT_UNNEST_RETURNING), records)
+            .fetch_all(&mut *txn)
+            .await?;
+        let new: std::collections::HashSet<(uuid::Uuid, time::OffsetDateTime)> = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        rollup::rollup(
+            records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at))),
+        )
+    };
     if !deltas.is_empty() {
         fn column<T>(rows: &[DayRow], f: impl Fn(&DayRow) -> T) -> Vec<T> {
             rows.iter().map(f).collect()
@@ -308,14 +326,15 @@ async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result
     txn.commit().await
 }
 
-async fn insert_unnest(
-    txn: &mut sqlx::PgConnection,
-    records: &[UsageRecord],
-) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+/// `query` (one of the batch inserts) with the records' 19 column arrays bound.
+fn bind_records<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    records: &'q [UsageRecord],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     fn column<'a, T>(records: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
         records.iter().map(f).collect()
     }
-    sqlx::query(INSERT_UNNEST)
+    query
         .bind(column(records, |r| r.request_id.as_uuid()))
         .bind(column(records, |r| r.created_at))
         .bind(column(records, |r| r.user_id.as_uuid()))
@@ -335,8 +354,6 @@ async fn insert_unnest(
         .bind(column(records, |r| r.streamed))
         .bind(column(records, |r| r.client_disconnected))
         .bind(column(records, |r| r.usage_estimated))
-        .fetch_all(txn)
-        .await
 }
 
 fn record_of(row: usage_logs::Model) -> UsageRecord {

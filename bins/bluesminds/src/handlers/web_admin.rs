@@ -152,8 +152,6 @@ async fn overview(app: &App, admin: &User, ctx: Ctx) -> Reply {
     let read_err =
         |e: gateway_usage::read::ReadError| internal(ctx.request_id, "platform usage", &e);
     let day = app.usage_reader.platform(reader, today, tomorrow).await.map_err(read_err)?;
-    let read_err =
-        |e: gateway_usage::read::ReadError| internal(ctx.request_id, "platform usage", &e);
     let month_usage = app.usage_reader.platform(reader, month, tomorrow).await.map_err(read_err)?;
     let revenue = app
         .billing

@@ -228,7 +228,6 @@ class Suite:
         assert " ms" in row.text, "the latency shows: " + row.text
         self.open("/admin")
         self.wait_text("Servers: 1 of 1 healthy")
-        self.shot("admin-servers-overview")
         self.open("/admin/servers")
         self.shot("admin-servers")
 

@@ -418,6 +418,12 @@ async fn admins_run_the_platform_from_its_pages_and_nobody_else_sees_them() {
     );
     let at = html.find("href=\"/admin/users/").unwrap() + "href=\"".len();
     let user_path: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    let html = text(&get(&gw, "/admin/users?q=root", Some(&admin)).await);
+    let at = html.find("href=\"/admin/users/").unwrap() + "href=\"".len();
+    let me: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    let r = post_form(&gw, &me, Some(&admin), "tier=free&role=admin&status=suspended").await;
+    assert_eq!(r.status, 400, "an admin cannot lock themselves out");
+    assert!(text(&r).contains("You cannot suspend your own account"));
     let r = post_form(&gw, &user_path, Some(&admin), "tier=pro&role=user&status=active").await;
     assert!(text(&r).contains("Saved."));
     assert!(text(&get(&gw, "/dashboard/billing", Some(&user)).await).contains("Pro plan"));

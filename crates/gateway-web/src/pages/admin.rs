@@ -169,7 +169,7 @@ pub fn overview(o: &AdminOverview) -> Markup {
             div.card.stat { div.label { "Users" } div.value { (thousands(o.users)) } }
             div.card.stat { div.label { "Active keys" } div.value { (thousands(o.active_keys)) } }
             div.card.stat { div.label { "Requests today" } div.value { (thousands(o.requests_today)) }
-                div.hint { (thousands(o.errors_today)) " failed · " (thousands(o.active_users_today)) " users" } }
+                div.hint { (thousands(o.errors_today)) " failed · " (thousands(o.active_users_today)) " user" @if o.active_users_today != 1 { "s" } } }
             div.card.stat { div.label { "Tokens today" } div.value { (thousands(o.tokens_today)) } }
         }
         div.grid {
@@ -340,9 +340,10 @@ pub fn user(
         html! {
             div {
                 label for=(id) { (label) }
-                select #(id) name=(id) {
+                select #(id) name=(id) aria-invalid=[error_for(errors, id).map(|_| "true")] {
                     @for (value, text) in options { option value=(value) selected[value == current] { (text) } }
                 }
+                @if let Some(message) = error_for(errors, id) { p.field-error { (message) } }
             }
         }
     };

@@ -165,8 +165,13 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["static", name @ ("app.css" | "app.js")] => {
             pick(m, "GET, HEAD", &[(Method::GET, Route::Asset(name))])
         }
-        ["healthz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Healthz)]),
-        ["readyz"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Readyz)]),
+        // `/api/health...`: the original product's paths, which its Docker health checks call.
+        ["healthz"] | ["api", "health"] | ["api", "health", "live"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::Healthz)])
+        }
+        ["readyz"] | ["api", "health", "ready"] => {
+            pick(m, "GET, HEAD", &[(Method::GET, Route::Readyz)])
+        }
         ["metrics"] => pick(m, "GET, HEAD", &[(Method::GET, Route::Metrics)]),
         ["api", "auth", "signup"] => pick(m, "POST", &[(Method::POST, Route::Signup)]),
         ["api", "auth", "login"] => pick(m, "POST", &[(Method::POST, Route::Login)]),
@@ -301,6 +306,9 @@ mod tests {
         assert_eq!(route(&Method::GET, "/healthz"), Routed::Found(Route::Healthz));
         assert_eq!(route(&Method::GET, "/healthz/"), Routed::Found(Route::Healthz));
         assert_eq!(route(&Method::HEAD, "/readyz"), Routed::Found(Route::Readyz));
+        assert_eq!(route(&Method::GET, "/api/health"), Routed::Found(Route::Healthz));
+        assert_eq!(route(&Method::GET, "/api/health/live"), Routed::Found(Route::Healthz));
+        assert_eq!(route(&Method::GET, "/api/health/ready"), Routed::Found(Route::Readyz));
         assert_eq!(route(&Method::POST, "/api/auth/signup"), Routed::Found(Route::Signup));
     }
 

@@ -44,6 +44,18 @@ async fn healthz_answers_and_every_response_has_a_fresh_request_id() {
     assert_eq!(ready.status, 200, "{:?}", ready.body);
     assert_eq!(ready.json()["checks"]["database"], "ok");
     assert_eq!(ready.json()["checks"]["redis"], "not configured");
+
+    // The original product's health paths answer the same.
+    for (path, like) in
+        [("/api/health", &a), ("/api/health/live", &a), ("/api/health/ready", &ready)]
+    {
+        let r = request(gw.addr, "GET", path, b"").await;
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (like.status, like.json()["status"].clone()),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

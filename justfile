@@ -50,6 +50,10 @@ bench-peers:
 page-timings:
     bash scripts/page-timings.sh
 
+# Check deploy/ without a cluster: promtool on the alert rules (also part of `test`).
+check-deploy:
+    bash scripts/check-deploy.sh
+
 # The dashboard's end-to-end suite in headless Chromium (also part of `test`).
 browser:
     bash scripts/browser-suite.sh

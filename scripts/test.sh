@@ -2,7 +2,7 @@
 # Every test of the workspace, the Postgres and Redis suites included: brings both up first
 # (starting them, or installing them from Debian's packages, as .ci/run does), exports
 # TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable; then the
-# dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
+# checks of deploy/ (scripts/check-deploy.sh: promtool) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
 # packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
 # gateway-proxy`), without the browser suite.
 set -euo pipefail
@@ -21,4 +21,5 @@ if [ "$#" -gt 0 ]; then
   exec cargo test --locked "$@"
 fi
 cargo test --workspace --locked
+bash scripts/check-deploy.sh
 bash scripts/browser-suite.sh

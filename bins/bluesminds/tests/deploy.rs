@@ -1,0 +1,61 @@
+//! What `deploy/` promises about the binary: every metric an alert rule names is one the
+//! gateway exports (rules that name nothing never fire). The rules themselves are checked by
+//! promtool in scripts/check-deploy.sh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use support::Gateway;
+
+/// The `bluesminds_*` metric names an expression text mentions.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .match_indices("bluesminds_")
+        .map(|(at, _)| {
+            text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn every_metric_the_alert_rules_name_is_exported() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/prometheus/alerts.yaml"
+    ))
+    .unwrap();
+    let exprs: String = rules
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("groups:"))
+        .filter(|l| {
+            !l.trim_start().starts_with("summary:") && !l.trim_start().starts_with("description:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let named = metric_names(&exprs);
+    assert!(named.len() >= 8, "the rules name the gateway's metrics: {named:?}");
+
+    // With Postgres and Redis, as deployed: every series the rules use is there.
+    let mock = support::Mock::start().await;
+    let url = mock.url();
+    let (_db, env) = support::shared_backends(&[
+        ("LITELLM_SERVER_1_URL", url.as_str()),
+        ("LITELLM_SERVER_1_MODELS", "gpt-4"),
+    ])
+    .await;
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    let metrics = support::request(gw.addr, "GET", "/metrics", b"").await;
+    let exported = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|name| !exported.lines().any(|l| l.starts_with(&format!("# TYPE {name} "))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named by deploy/prometheus/alerts.yaml, not exported: {missing:?}"
+    );
+}

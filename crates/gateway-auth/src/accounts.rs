@@ -441,13 +441,22 @@ impl Accounts {
 
     /// Changes role, tier or status (admins only, checked by the caller's role). Suspension
     /// ends the user's sessions, and every change reaches the key caches.
+    /// Changes what only an administrator may change, as the administrator `actor`, who may
+    /// not take their own admin role away or suspend themselves (nobody could undo it).
     pub async fn admin_update_user(
         &self,
+        actor: UserId,
         id: UserId,
         update: AdminUserUpdate,
     ) -> Result<User, AuthError> {
         if update.overage_cap_micros.flatten().is_some_and(|c| c < 0) {
             return Err(AuthError::invalid("overage_cap_micros", "must not be negative"));
+        }
+        if actor == id && update.role.is_some_and(|r| r != Role::Admin) {
+            return Err(AuthError::invalid("role", "cannot be taken from your own account"));
+        }
+        if actor == id && update.status.is_some_and(|s| s != UserStatus::Active) {
+            return Err(AuthError::invalid("status", "cannot suspend your own account"));
         }
         let suspend = update.status == Some(UserStatus::Suspended);
         let user = self.stores.users.update_admin_fields(id, update).await?;
@@ -765,7 +774,17 @@ mod tests {
         let (_, s) = a.login("bad@example.com", "password-1", "ip").await.unwrap();
         let update =
             AdminUserUpdate { status: Some(UserStatus::Suspended), ..AdminUserUpdate::default() };
-        a.admin_update_user(user.id, update).await.unwrap();
+        let suspend_self = a.admin_update_user(user.id, user.id, update.clone()).await;
+        assert!(
+            matches!(suspend_self, Err(AuthError::Invalid { field: "status", .. })),
+            "nobody suspends their own account"
+        );
+        let demote_self = AdminUserUpdate { role: Some(Role::User), ..AdminUserUpdate::default() };
+        assert!(matches!(
+            a.admin_update_user(user.id, user.id, demote_self).await,
+            Err(AuthError::Invalid { field: "role", .. })
+        ));
+        a.admin_update_user(UserId::new(), user.id, update).await.unwrap();
         assert!(matches!(a.session_user(&s.token).await, Err(AuthError::Unauthenticated)));
         assert!(matches!(
             a.login("bad@example.com", "password-1", "ip").await,

@@ -542,7 +542,7 @@ mod tests {
         let user = accounts.signup("v@example.com", "password-1", None).await.unwrap().id;
         // A plan with room for several keys.
         let starter = crate::AdminUserUpdate { tier: Some(Tier::Starter), ..Default::default() };
-        accounts.admin_update_user(user, starter).await.unwrap();
+        accounts.admin_update_user(UserId::new(), user, starter).await.unwrap();
         Fixture { accounts, verifier, clock, user }
     }
 
@@ -637,12 +637,12 @@ mod tests {
 
         let suspend =
             crate::AdminUserUpdate { status: Some(UserStatus::Suspended), ..Default::default() };
-        f.accounts.admin_update_user(f.user, suspend).await.unwrap();
+        f.accounts.admin_update_user(UserId::new(), f.user, suspend).await.unwrap();
         v.invalidate_user(f.user);
         assert_eq!(v.verify(&k2.key).await.unwrap_err(), VerifyError::Suspended);
         let activate =
             crate::AdminUserUpdate { status: Some(UserStatus::Active), ..Default::default() };
-        f.accounts.admin_update_user(f.user, activate).await.unwrap();
+        f.accounts.admin_update_user(UserId::new(), f.user, activate).await.unwrap();
         v.invalidate_user(f.user);
         assert!(v.verify(&k2.key).await.is_ok());
 

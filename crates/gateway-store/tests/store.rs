@@ -340,7 +340,7 @@ async fn two_keys(
     let user = accounts.signup("quota@example.com", "correct horse battery", None).await.unwrap();
     // Two keys: more than the free plan allows.
     let pro = gateway_auth::AdminUserUpdate { tier: Some(Tier::Pro), ..Default::default() };
-    accounts.admin_update_user(user.id, pro).await.unwrap();
+    accounts.admin_update_user(gateway_core::UserId::new(), user.id, pro).await.unwrap();
     let scopes = vec![gateway_core::Scope::ChatCompletions];
     let a = accounts.create_key(user.id, NewKey::named("a", scopes.clone())).await.unwrap();
     let b = accounts.create_key(user.id, NewKey::named("b", scopes)).await.unwrap();
@@ -366,7 +366,7 @@ async fn user_on(db: &TestDb, email: &str, tier: Tier) -> gateway_core::UserId {
         Accounts::new(AuthStores::from(store), b"0123456789abcdef0123456789abcdef", config);
     let user = accounts.signup(email, "correct horse battery", None).await.unwrap();
     let update = AdminUserUpdate { tier: Some(tier), ..AdminUserUpdate::default() };
-    accounts.admin_update_user(user.id, update).await.unwrap();
+    accounts.admin_update_user(gateway_core::UserId::new(), user.id, update).await.unwrap();
     user.id
 }
 

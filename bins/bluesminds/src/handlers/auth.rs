@@ -137,7 +137,7 @@ struct AdminUserBody {
 }
 
 pub async fn admin_update_user(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
-    require_admin(app, &req, ctx).await?;
+    let admin = require_admin(app, &req, ctx).await?;
     let id: UserId = id.parse().map_err(|_| ApiError::not_found("user"))?;
     let input: AdminUserBody = json_body(app, req).await?;
     let update = AdminUserUpdate {
@@ -148,7 +148,7 @@ pub async fn admin_update_user(app: &App, req: Request<Incoming>, ctx: Ctx, id: 
     };
     let user = app
         .accounts
-        .admin_update_user(id, update)
+        .admin_update_user(admin.id, id, update)
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?;
     Ok(json(StatusCode::OK, &user))

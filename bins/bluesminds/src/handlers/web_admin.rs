@@ -437,16 +437,7 @@ async fn update_user(
         Ok(u) => u,
         Err(e) => return user_page(app, admin, ctx, id, StatusCode::BAD_REQUEST, None, &[e]).await,
     };
-    // An administrator cannot lock themselves out from this page.
-    if user_id == admin.id && update.role != Some(gateway_core::Role::Admin) {
-        let e = bad("role", "You cannot take away your own administrator role.");
-        return user_page(app, admin, ctx, id, StatusCode::BAD_REQUEST, None, &[e]).await;
-    }
-    if user_id == admin.id && update.status != Some(gateway_core::UserStatus::Active) {
-        let e = bad("status", "You cannot suspend your own account.");
-        return user_page(app, admin, ctx, id, StatusCode::BAD_REQUEST, None, &[e]).await;
-    }
-    match app.accounts.admin_update_user(user_id, update).await {
+    match app.accounts.admin_update_user(admin.id, user_id, update).await {
         Ok(_) => user_page(app, admin, ctx, id, StatusCode::OK, Some("Saved."), &[]).await,
         Err(gateway_auth::AuthError::NotFound(_)) => Ok(not_found(admin)),
         Err(e) => {

@@ -11,7 +11,7 @@ use crate::invoice::{
     BillingPeriod, CloseReport, Invoice, InvoiceStore, InvoiceStoreError, PeriodUsage, Terms,
     charges, recompute,
 };
-use crate::ledger::{self, Appended, LedgerError, LedgerStore, NewEntry};
+use crate::ledger::{self, Appended, EntryKind, LedgerError, LedgerStore, NewEntry};
 use crate::plans::{Ceiling, Plans, effective_cap, monthly_ceiling};
 
 /// A user's bill for the current month so far.
@@ -163,6 +163,28 @@ impl Billing {
             Vec::new()
         };
         Ok(Moved { appended, paid })
+    }
+
+    /// An administrator's grant (positive) or correction (negative) of `user`'s credits: the
+    /// entry's kind follows the sign, and its reference is the admin's `reference` in the
+    /// admins' namespace, so a retried grant (the same API call, the same form posted twice)
+    /// is applied once.
+    pub async fn grant_by_admin(
+        &self,
+        user: UserId,
+        amount_micros: i64,
+        reason: &str,
+        reference: &str,
+        now: OffsetDateTime,
+    ) -> Result<Moved, BillingError> {
+        let entry = NewEntry {
+            user,
+            kind: if amount_micros > 0 { EntryKind::Grant } else { EntryKind::Adjustment },
+            amount_micros,
+            reference: format!("admin:{}", reference.trim()),
+            reason: reason.to_owned(),
+        };
+        self.move_credits(&entry, now).await
     }
 
     /// Redeems `code` for `user` from `codes`; its credits pay the user's open invoices.

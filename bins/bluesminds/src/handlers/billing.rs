@@ -4,7 +4,6 @@
 //! HTML page of an invoice).
 
 use gateway_billing::invoice::{BillingPeriod, Invoice, InvoiceStatus};
-use gateway_billing::ledger::{EntryKind, NewEntry};
 use gateway_billing::money::{thousands, usd};
 use gateway_billing::{ModelPrice, PlanUpdate, Price, PriceChange};
 use gateway_core::openai::List;
@@ -409,16 +408,10 @@ pub async fn admin_credits(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str
     let admin = require_admin(app, &req, ctx).await?;
     let user: UserId = id.parse().map_err(|_| ApiError::not_found("user"))?;
     let b: CreditsBody = json_body(app, req).await?;
-    let entry = NewEntry {
-        user,
-        kind: if b.amount_micros > 0 { EntryKind::Grant } else { EntryKind::Adjustment },
-        amount_micros: b.amount_micros,
-        reference: format!("admin:{}", b.reference.trim()),
-        reason: b.reason,
-    };
+    let now = OffsetDateTime::now_utc();
     let moved = app
         .billing
-        .move_credits(&entry, OffsetDateTime::now_utc())
+        .grant_by_admin(user, b.amount_micros, &b.reason, &b.reference, now)
         .await
         .map_err(|e| from_billing(ctx.request_id, e))?;
     if !moved.paid.is_empty() {

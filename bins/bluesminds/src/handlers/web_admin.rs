@@ -4,7 +4,6 @@
 
 use gateway_auth::AdminUserUpdate;
 use gateway_balancer::{NewServer, ServerReport, ServerUpdate};
-use gateway_billing::ledger::{EntryKind, NewEntry};
 use gateway_billing::money;
 use gateway_billing::{ModelPrice, PlanUpdate, Price, PriceChange};
 use gateway_core::{ApiError, User, UserId};
@@ -413,7 +412,18 @@ async fn user_page(
     };
     let tiers: Vec<(String, String)> =
         app.plans.all().iter().map(|p| (p.tier.as_str().to_owned(), p.name.clone())).collect();
-    Ok(page(admin, &user.email, status, &admin::user(&user_row(&user), &tiers, note, errors)))
+    Ok(page(
+        admin,
+        &user.email,
+        status,
+        &admin::user(
+            &user_row(&user),
+            &tiers,
+            &gateway_core::RequestId::new().to_string(),
+            note,
+            errors,
+        ),
+    ))
 }
 
 async fn update_user(
@@ -468,14 +478,8 @@ async fn grant_credits(
         let errors: Vec<FieldError> = error.into_iter().collect();
         return user_page(app, admin, ctx, id, StatusCode::BAD_REQUEST, None, &errors).await;
     };
-    let entry = NewEntry {
-        user: user_id,
-        kind: if amount > 0 { EntryKind::Grant } else { EntryKind::Adjustment },
-        amount_micros: amount,
-        reference: format!("admin:{reference}"),
-        reason: reason.to_owned(),
-    };
-    match app.billing.move_credits(&entry, OffsetDateTime::now_utc()).await {
+    let now = OffsetDateTime::now_utc();
+    match app.billing.grant_by_admin(user_id, amount, reason, reference, now).await {
         Ok(moved) => {
             if !moved.paid.is_empty() {
                 gateway_auth::Invalidations::user_changed(app.invalidations.as_ref(), user_id);

@@ -329,10 +329,12 @@ pub fn users(rows: &[UserRow], q: &str, next: Option<&str>, error: Option<&str>)
     }
 }
 
-/// `/admin/users/{id}`: change plan, role and status; grant credits.
+/// `/admin/users/{id}`: change plan, role and status; grant credits. `grant_reference` is a
+/// fresh reference for the grant form, so the same form posted twice grants once.
 pub fn user(
     u: &UserRow,
     tiers: &[(String, String)],
+    grant_reference: &str,
     note: Option<&str>,
     errors: &[FieldError],
 ) -> Markup {
@@ -374,19 +376,12 @@ pub fn user(
                     (field("amount", "Amount in US dollars", "text", "", true, errors))
                     (field("reason", "Reason (the user sees it)", "text", "", true, errors))
                 }
-                input type="hidden" name="reference" value=(uuid_like_reference());
+                input type="hidden" name="reference" value=(grant_reference);
                 p.hint { "A negative amount takes credits back. Credits pay the user's open invoices first." }
                 div.actions { button type="submit" { "Grant" } }
             }
         }
     }
-}
-
-/// A fresh reference for a grant form, so the same form posted twice grants once.
-fn uuid_like_reference() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("web-{nanos:x}")
 }
 
 /// A plan as the plans page edits it.

@@ -54,3 +54,33 @@ ensure_redis() {
   echo "Redis ready at $TEST_REDIS_URL"
 }
 
+
+# A three-master Redis Cluster on loopback ports 30001-30003 (bus ports 40001-40003), no
+# replicas, no persistence, for the cluster suites; TEST_REDIS_CLUSTER_URL names it. Reuses a
+# cluster that is already up and healthy.
+REDIS_CLUSTER_PORTS=(30001 30002 30003)
+ensure_redis_cluster() {
+  local dir=${TMPDIR:-/tmp}/bluesminds-redis-cluster port
+  if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+    echo "Redis Cluster ready at $TEST_REDIS_CLUSTER_URL"
+    return 0
+  fi
+  log "starting a three-master Redis Cluster on ports ${REDIS_CLUSTER_PORTS[*]}"
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  done
+  rm -rf "$dir" && mkdir -p "$dir"
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 2000 \
+      --save "" --appendonly no --logfile "$dir/$port.log" >/dev/null
+  done
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    wait_for "redis $port" sh -c "redis-cli -p $port ping | grep -q PONG" || die "Redis Cluster node $port did not start (see $dir/$port.log)"
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_CLUSTER_PORTS[@]}") --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "could not create the Redis Cluster (see $dir/create.log)"
+  wait_for "cluster state" sh -c "redis-cli -p ${REDIS_CLUSTER_PORTS[0]} cluster info | grep -q cluster_state:ok" \
+    || die "the Redis Cluster did not reach cluster_state:ok"
+  echo "Redis Cluster ready at $TEST_REDIS_CLUSTER_URL"
+}

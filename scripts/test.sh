@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the workspace, the Postgres and Redis suites included: brings both up first
 # (starting them, or installing them from Debian's packages, as .ci/run does), exports
-# TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable; then the
+# TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable (and a
+# three-master Redis Cluster on loopback for TEST_REDIS_CLUSTER_URL); then the
 # checks of deploy/ (scripts/check-deploy.sh: promtool) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
 # packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
 # gateway-proxy`), without the browser suite.
@@ -10,11 +11,13 @@ cd "$(dirname "$0")/.."
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export TEST_REDIS_CLUSTER_URL="${TEST_REDIS_CLUSTER_URL:-redis+cluster://127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003}"
 
 . scripts/services.sh
 log "services"
 ensure_postgres
 ensure_redis
+ensure_redis_cluster
 
 log "cargo test --workspace"
 if [ "$#" -gt 0 ]; then

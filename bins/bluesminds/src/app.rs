@@ -345,6 +345,9 @@ pub fn origin_of(url: &str) -> String {
 
 /// A URL with its password replaced, for logs and errors.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') && !url.contains("+cluster://") {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
     let rest = &url[scheme_end..];
     let host_start = rest.find('/').unwrap_or(rest.len());
@@ -412,6 +415,11 @@ mod tests {
     fn passwords_are_redacted_from_urls() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact_url("redis://:pw@a:1,redis://:pw@b:2"),
+            "redis://:***@a:1,redis://:***@b:2"
+        );
+        assert_eq!(redact_url("redis+cluster://u:pw@a:1,b:2"), "redis+cluster://u:***@a:1,b:2");
         assert_eq!(redact_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
     }
 }

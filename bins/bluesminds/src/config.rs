@@ -110,7 +110,8 @@ impl DatabaseConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://...` (`REDIS_URL`); empty keeps limits in memory.
+    /// `redis://...` (`REDIS_URL`), or a Redis Cluster as `redis+cluster://host:port,host:port`
+    /// or a comma-separated list of `redis://` URLs; empty keeps limits in memory.
     pub url: String,
     /// Prefix of every Redis key and channel, so deployments can share one Redis.
     pub key_prefix: String,
@@ -663,8 +664,15 @@ impl Config {
         if self.auth.login_lockout_after == 0 {
             return Err(ConfigError::key("auth.login_lockout_after", "must be greater than 0"));
         }
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            return Err(ConfigError::key("redis.url", "must be a redis:// or rediss:// URL"));
+        let schemes = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"];
+        if !(redis.is_empty()
+            || redis.split(',').all(|u| schemes.iter().any(|s| u.trim().starts_with(s)))
+            || schemes[2..].iter().any(|s| redis.starts_with(s)))
+        {
+            return Err(ConfigError::key(
+                "redis.url",
+                "must be a redis:// or rediss:// URL, a redis+cluster://host:port,host:port URL, or a comma-separated list of redis:// URLs",
+            ));
         }
         for (key, cost) in [
             ("auth.bcrypt_cost", self.auth.bcrypt_cost),
@@ -827,11 +835,29 @@ mod tests {
             (&[("JWT_SECRET", "short")], "auth.jwt_secret"),
             (&[("LITELLM_SERVER_1_URL", "ftp://x")], "LITELLM_SERVER_1_URL"),
             (&[("BLUESMINDS_SERVER__MAX_BODY_BYTES", "0")], "server.max_body_bytes"),
+            (&[("REDIS_URL", "memcached://h:1")], "redis.url"),
+            (&[("REDIS_URL", "redis://a:1,memcached://b:2")], "redis.url"),
         ];
         for (vars, key) in cases {
             Jail::expect_with(|jail| {
                 let msg = error_of(jail, vars);
                 assert!(msg.contains(key), "{vars:?}: {msg:?} should name {key}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn redis_may_be_one_server_or_a_cluster() {
+        for url in [
+            "redis://:pw@h:6379/1",
+            "rediss://h:6380",
+            "redis+cluster://:pw@a:7000,b:7001",
+            "redis://a:7000,redis://b:7001",
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env("REDIS_URL", url);
+                assert_eq!(load(jail).map_err(|e| e.to_string())?.redis.url, url);
                 Ok(())
             });
         }

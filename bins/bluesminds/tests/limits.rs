@@ -150,11 +150,22 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[tokio::test]
 async fn two_instances_sharing_redis_admit_exactly_the_limit_of_200_simultaneous_requests() {
+    two_instances_admit_exactly_the_limit(&gateway_store::testing::require_redis()).await;
+}
+
+#[tokio::test]
+async fn two_instances_sharing_a_redis_cluster_admit_exactly_the_limit_of_200_simultaneous_requests()
+ {
+    two_instances_admit_exactly_the_limit(&gateway_store::testing::require_redis_cluster()).await;
+}
+
+async fn two_instances_admit_exactly_the_limit(redis: &str) {
     // Exactness with Redis is the claim here: a Redis call slower than the production timeout
     // (100 ms, easily reached on a loaded test machine) would hand the decision to the
     // per-instance fallback, which is another test's subject.
     let (_db, env) =
-        support::shared_backends(&[("BLUESMINDS_LIMITS__REDIS_TIMEOUT_MS", "5000")]).await;
+        support::shared_backends_on(redis, &[("BLUESMINDS_LIMITS__REDIS_TIMEOUT_MS", "5000")])
+            .await;
     let mock = Mock::start().await;
     let url = mock.url();
     let mut env = env;

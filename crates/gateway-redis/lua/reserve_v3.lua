@@ -2,7 +2,8 @@
 -- user's monthly ceiling and, only if all allow it, reserves one request and ARGV[6] tokens in
 -- all of them.
 -- KEYS: minute hash, day counter, month counter, the user's month counter, restore marker
---   (all but the marker share the user's hash tag: one cluster slot)
+--   (the counters share the user's hash tag; the marker is the one of their slot: in a
+--   cluster, every key is on one slot)
 --   The minute hash holds both per-minute windows: `r<unix second>` = requests and
 --   `t<unix second>` = tokens counted in that second, `rs` and `ts` their totals over the
 --   seconds kept, and `f` (no second before it is kept). A call touches only the seconds that

@@ -8,11 +8,16 @@
 //! - [`bus::Bus`]: the invalidation channel between instances (pub/sub).
 //! - [`RedisConn::ping`]: the readiness check.
 //!
+//! `REDIS_URL` may name a single Redis or a Redis Cluster (see [`RedisConn::open`]); in a
+//! cluster every script call still touches one slot, so each reservation stays one atomic
+//! round trip ([`slot`]).
+//!
 //! The domain crates define the ports; this crate is the only one that speaks Redis.
 
 pub mod bus;
 mod connection;
 mod limiter;
+pub mod slot;
 
-pub use connection::{RedisConn, RedisError};
+pub use connection::{Conn, RedisConn, RedisError};
 pub use limiter::RedisLimiter;

@@ -6,6 +6,10 @@
 //! changed are mirrored to the store in batches ([`RedisLimiter::flush_mirror`]), and a Redis
 //! that comes back empty (a restart) gets them back before it admits anything, because the
 //! script refuses to run until a restore marker is present.
+//!
+//! In a Redis Cluster every key one script call touches is on one slot: a user's counters
+//! share the user's hash tag, the restore marker is kept once per slot ([`crate::slot`]), and
+//! settlements and restores are sent in batches of one slot each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use gateway_ratelimit::{
     SharedLimiter, Snapshot, Subject, Window,
 };
 
-use crate::{RedisConn, RedisError};
+use crate::{RedisConn, RedisError, slot};
 
 /// The reserve script's answer (see `lua/reserve_v3.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64);
@@ -37,12 +41,16 @@ const SETTLE_CHUNK: usize = 256;
 /// Counters restored per script call.
 const RESTORE_CHUNK: usize = 500;
 
+/// Restore markers set per `MSET`.
+const MARKER_CHUNK: usize = 2048;
+
 /// Limits in Redis.
 #[derive(Clone)]
 pub struct RedisLimiter {
     conn: RedisConn,
     prefix: String,
-    /// Set once the daily and monthly counters are in Redis (see [`RedisLimiter::restore`]).
+    /// Set once the daily and monthly counters are in Redis (see [`RedisLimiter::restore`]);
+    /// one key per slot, this name followed by the slot's tag.
     marker: String,
     timeout: Duration,
     span: i64,
@@ -123,6 +131,32 @@ impl RedisLimiter {
         self.conn.query(cmd, self.timeout).await.map_err(unavailable)
     }
 
+    /// The restore marker on the slot of `user`'s counters.
+    fn marker(&self, user: UserId) -> MarkerKey<'_> {
+        MarkerKey { base: &self.marker, slot: user_slot(user) }
+    }
+
+    /// `items` in the batches one script call may take: chunks of at most `chunk`, and in a
+    /// cluster each of one slot (the slot of `user_of` the item).
+    fn batches<'a, T>(
+        &self,
+        items: &'a [T],
+        user_of: impl Fn(&T) -> UserId,
+        chunk: usize,
+    ) -> Vec<Vec<&'a T>> {
+        if !self.conn.is_cluster() {
+            return items.chunks(chunk).map(|c| c.iter().collect()).collect();
+        }
+        let mut by_slot = std::collections::BTreeMap::<u16, Vec<&T>>::new();
+        for item in items {
+            by_slot.entry(user_slot(user_of(item))).or_default().push(item);
+        }
+        by_slot
+            .into_values()
+            .flat_map(|v| v.chunks(chunk).map(<[_]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Runs a script's `EVALSHA` command (built in place by the caller); a Redis that lost the script (a restart or a
     /// `SCRIPT FLUSH`) gets it loaded and the command sent once more.
     async fn eval<T: redis::FromRedisValue>(
@@ -178,7 +212,7 @@ impl RedisLimiter {
             .arg(self.counter(user, Counter::Day(key, day)))
             .arg(self.counter(user, Counter::Month(key, month)))
             .arg(self.counter(user, Counter::UserMonth(month)))
-            .arg(&self.marker);
+            .arg(self.marker(user));
         cmd.arg(now)
             .arg(limits.rpm)
             .arg(limits.tpm)
@@ -251,18 +285,28 @@ impl RedisLimiter {
                 (self.counter(user, Counter::UserMonth(month)), to_month_end + 86_400)
             }
         };
-        for chunk in saved.chunks(RESTORE_CHUNK) {
+        let user_of = |row: &QuotaUsage| match row.holder {
+            Holder::Key { user, .. } | Holder::User(user) => user,
+        };
+        for chunk in self.batches(&saved, user_of, RESTORE_CHUNK) {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(self.restore.get_hash()).arg(chunk.len());
-            for row in chunk {
+            for row in &chunk {
                 cmd.arg(counter(row).0);
             }
-            for row in chunk {
+            for row in &chunk {
                 cmd.arg(row.used).arg(counter(row).1);
             }
             self.eval::<i64>(RESTORE_LUA, &cmd).await?;
         }
-        self.command::<()>(redis::cmd("SET").arg(&self.marker).arg(now_ms)).await?;
+        // Every slot's marker (in a cluster the client splits the command by slot).
+        for slots in (0..slot::SLOTS).collect::<Vec<_>>().chunks(MARKER_CHUNK) {
+            let mut cmd = redis::cmd("MSET");
+            for &slot in slots {
+                cmd.arg(MarkerKey { base: &self.marker, slot }).arg(now_ms);
+            }
+            self.command::<()>(&cmd).await?;
+        }
         d.restores.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -349,25 +393,29 @@ impl RateLimiter for RedisLimiter {
             .map(|(r, actual)| (r, i128::from(*actual) - i128::from(r.tokens)))
             .filter(|(_, delta)| *delta != 0)
             .collect();
-        for chunk in changed.chunks(SETTLE_CHUNK) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.settle.get_hash()).arg(chunk.len() * 4);
-            for (r, _) in chunk {
-                cmd.arg(self.counter(r.user, Counter::Minute(r.key)))
-                    .arg(self.counter(r.user, Counter::Day(r.key, r.day)))
-                    .arg(self.counter(r.user, Counter::Month(r.key, r.month)))
-                    .arg(self.counter(r.user, Counter::UserMonth(r.month)));
-            }
-            for (r, delta) in chunk {
-                cmd.arg(r.second).arg(delta.to_string());
-            }
-            self.eval::<i64>(SETTLE_LUA, &cmd).await?;
-            let changed = chunk
-                .iter()
-                .map(|(r, _)| (r.key, Changed { user: r.user, day: r.day, month: r.month }));
-            self.mark_changed(changed);
-        }
-        Ok(())
+        // One call per batch; in a cluster, the slots' batches at once.
+        let calls = self.batches(&changed, |(r, _)| r.user, SETTLE_CHUNK).into_iter().map(
+            |chunk| async move {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.settle.get_hash()).arg(chunk.len() * 4);
+                for (r, _) in &chunk {
+                    cmd.arg(self.counter(r.user, Counter::Minute(r.key)))
+                        .arg(self.counter(r.user, Counter::Day(r.key, r.day)))
+                        .arg(self.counter(r.user, Counter::Month(r.key, r.month)))
+                        .arg(self.counter(r.user, Counter::UserMonth(r.month)));
+                }
+                for (r, delta) in &chunk {
+                    cmd.arg(r.second).arg(delta.to_string());
+                }
+                self.eval::<i64>(SETTLE_LUA, &cmd).await?;
+                let changed = chunk
+                    .iter()
+                    .map(|(r, _)| (r.key, Changed { user: r.user, day: r.day, month: r.month }));
+                self.mark_changed(changed);
+                Ok::<(), LimitError>(())
+            },
+        );
+        futures_util::future::join_all(calls).await.into_iter().collect()
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
@@ -414,6 +462,30 @@ impl std::fmt::Display for CounterKey<'_> {
             Counter::Month(key, month) => write!(f, ":{key}:m:{month}"),
             Counter::UserMonth(month) => write!(f, ":m:{month}"),
         }
+    }
+}
+
+/// The slot of a user's counters (their hash tag is the user id).
+fn user_slot(user: UserId) -> u16 {
+    let mut buf = [0u8; 36];
+    slot::of(user.0.hyphenated().encode_lower(&mut buf).as_bytes())
+}
+
+/// A slot's restore marker: `<prefix>:rl:v2:restored:{<tag>}`, the tag putting it on the slot.
+struct MarkerKey<'a> {
+    base: &'a str,
+    slot: u16,
+}
+
+impl std::fmt::Display for MarkerKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{{{}}}", self.base, slot::tag_for(self.slot))
+    }
+}
+
+impl redis::ToRedisArgs for MarkerKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
     }
 }
 

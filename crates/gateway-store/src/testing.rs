@@ -48,6 +48,15 @@ pub fn require_redis() -> String {
         .unwrap_or_else(|| panic!("TEST_REDIS_URL is not set: run `bash scripts/test.sh`, which brings Redis up and sets it"))
 }
 
+/// `TEST_REDIS_CLUSTER_URL` (a three-master Redis Cluster), or a failure saying how to run
+/// the test.
+pub fn require_redis_cluster() -> String {
+    std::env::var("TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| panic!("TEST_REDIS_CLUSTER_URL is not set: run `bash scripts/test.sh`, which starts a three-master Redis Cluster and sets it"))
+}
+
 /// The backends every conformance test runs against: SQLite and Postgres (`TEST_DATABASE_URL`
 /// must be set; see [`require_postgres`]).
 pub fn backends() -> Vec<Backend> {

@@ -374,8 +374,16 @@ pub async fn post_with_key(
 pub async fn shared_backends(
     extra: &[(&str, &str)],
 ) -> (gateway_store::testing::TestDb, Vec<(String, String)>) {
+    shared_backends_on(&gateway_store::testing::require_redis(), extra).await
+}
+
+/// [`shared_backends`] on the Redis at `redis` (a cluster's URL, for instance).
+pub async fn shared_backends_on(
+    redis: &str,
+    extra: &[(&str, &str)],
+) -> (gateway_store::testing::TestDb, Vec<(String, String)>) {
     gateway_store::testing::require_postgres();
-    let redis = gateway_store::testing::require_redis();
+    let redis = redis.to_owned();
     let db = gateway_store::testing::TestDb::empty(gateway_store::testing::Backend::Postgres).await;
     let secret = "0123456789abcdef0123456789abcdef";
     let mut env: Vec<(String, String)> = vec![

@@ -84,3 +84,11 @@ ensure_redis_cluster() {
     || die "the Redis Cluster did not reach cluster_state:ok"
   echo "Redis Cluster ready at $TEST_REDIS_CLUSTER_URL"
 }
+
+# HAProxy (Debian's package) for the rolling-restart test (bins/bluesminds/tests/rolling.rs).
+ensure_haproxy() {
+  if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    apt_install --no-install-recommends haproxy
+  fi
+  echo "HAProxy: $( (command -v haproxy || echo /usr/sbin/haproxy) )"
+}

@@ -2,7 +2,8 @@
 # Every test of the workspace, the Postgres and Redis suites included: brings both up first
 # (starting them, or installing them from Debian's packages, as .ci/run does), exports
 # TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable (and a
-# three-master Redis Cluster on loopback for TEST_REDIS_CLUSTER_URL); then the
+# three-master Redis Cluster on loopback for TEST_REDIS_CLUSTER_URL, and HAProxy for the
+# rolling-restart test); then the
 # checks of deploy/ (scripts/check-deploy.sh: promtool) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
 # packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
 # gateway-proxy`), without the browser suite.
@@ -18,6 +19,7 @@ log "services"
 ensure_postgres
 ensure_redis
 ensure_redis_cluster
+ensure_haproxy
 
 log "cargo test --workspace"
 if [ "$#" -gt 0 ]; then

@@ -70,6 +70,9 @@ pub struct App {
     pub secure_cookies: bool,
     /// `scheme://host[:port]` of the public URL, for the CSRF `Origin` check.
     pub public_origin: String,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on, so load balancers stop
+    /// sending requests here while the instance still serves them.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for App {
@@ -238,6 +241,7 @@ impl App {
             billing,
             payments,
             codes,
+            draining: std::sync::atomic::AtomicBool::new(false),
             plans,
             resilient,
             usage,

@@ -47,8 +47,12 @@ pub struct ServerConfig {
     /// HTTP/2 connections are pinged at this interval and closed when a ping goes unanswered
     /// for as long.
     pub h2_keepalive_ms: u64,
-    /// On SIGINT/SIGTERM, in-flight requests and open streams get this long to finish; the
-    /// rest are cut.
+    /// On SIGINT/SIGTERM, the instance first reports not ready (`/readyz` 503) and keeps
+    /// serving for this long, so a load balancer's health checks take it out of rotation
+    /// before it stops accepting; 0 drains at once. Set it above the balancer's time to notice
+    /// (HAProxy: `inter` x `fall`); Kubernetes' preStop pause does the same job.
+    pub shutdown_delay_ms: u64,
+    /// Then in-flight requests and open streams get this long to finish; the rest are cut.
     pub shutdown_grace_ms: u64,
     /// Requests handled at once (open streams included); more are shed with 503.
     pub max_in_flight: usize,
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             h2_keepalive_ms: 30_000,
+            shutdown_delay_ms: 0,
             shutdown_grace_ms: 10_000,
             max_in_flight: 4_096,
             workers: 0,

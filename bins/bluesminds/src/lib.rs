@@ -65,6 +65,19 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         });
         background.spawn(bus::listen(bus, app.verifier.clone(), bus::Reloads { servers, billing }));
     }
+    let draining = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        let delay = Duration::from_millis(draining.config.server.shutdown_delay_ms);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutting down: reporting not ready, still serving"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
     server::serve(listener, app.clone(), shutdown).await;
     if let Some(limits) = app.pipeline.limits() {
         limits.drain(SETTLE_DEADLINE).await;

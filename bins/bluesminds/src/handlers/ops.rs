@@ -16,8 +16,15 @@ pub fn healthz() -> Response<ResBody> {
 }
 
 /// 200 when the database (and Redis, when configured) answer within two seconds; 503 with an
-/// OpenAI error body and the per-dependency result otherwise.
+/// OpenAI error body and the per-dependency result otherwise, and from the moment shutdown
+/// begins (`"shutdown": "draining"`).
 pub async fn readyz(app: &App) -> Response<ResBody> {
+    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return not_ready(
+            "The gateway instance is shutting down.",
+            json!({"shutdown": "draining"}),
+        );
+    }
     let database = match tokio::time::timeout(CHECK_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => "ok",
         Ok(Err(e)) => {
@@ -42,17 +49,18 @@ pub async fn readyz(app: &App) -> Response<ResBody> {
     if ready {
         json(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
     } else {
-        let err = ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            "A dependency of the gateway is unavailable.",
-        )
-        .with_retry_after(5);
-        let mut body = serde_json::to_value(err.body()).unwrap_or_default();
-        body["checks"] = checks;
-        let mut res = json(StatusCode::SERVICE_UNAVAILABLE, &body);
-        res.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
-        res
+        not_ready("A dependency of the gateway is unavailable.", checks)
     }
+}
+
+/// 503 with an OpenAI error body, `Retry-After: 5` and what was found.
+fn not_ready(message: &'static str, checks: serde_json::Value) -> Response<ResBody> {
+    let err = ApiError::new(ErrorKind::ServiceUnavailable, message).with_retry_after(5);
+    let mut body = serde_json::to_value(err.body()).unwrap_or_default();
+    body["checks"] = checks;
+    let mut res = json(StatusCode::SERVICE_UNAVAILABLE, &body);
+    res.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+    res
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -28,6 +28,7 @@ mod servers;
 pub mod testing;
 mod usage;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -69,6 +70,9 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
+/// The advisory lock `Store::migrate` holds on Postgres ("bmmigr" in ASCII).
+const MIGRATE_LOCK: i64 = 0x626d_6d69_6772;
+
 impl Store {
     /// Opens a pool. SQLite files get WAL journaling and a busy timeout, so the usage writer and
     /// request handlers do not trip over each other's locks.
@@ -99,8 +103,30 @@ impl Store {
     }
 
     /// Applies every pending migration. Running it again is a no-op.
+    /// Applies the pending migrations. On Postgres under a session advisory lock, so replicas
+    /// starting together (or a migration job beside them) apply each migration once: the
+    /// others wait, then find nothing pending.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)
+        if self.backend() != DatabaseBackend::Postgres {
+            return Migrator::up(&self.db, None).await.map_err(StoreError::Migrate);
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let sql_err = |e: sqlx::Error| {
+            StoreError::Migrate(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
+        };
+        let mut lock = pool.acquire().await.map_err(sql_err)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *lock)
+            .await
+            .map_err(sql_err)?;
+        let result = Migrator::up(&self.db, None).await.map_err(StoreError::Migrate);
+        // Closing the connection would release it too; unlocking keeps it reusable.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *lock)
+            .await;
+        result
     }
 
     /// How many migrations are still to apply.

@@ -499,3 +499,26 @@ async fn closing_a_period_invoices_fees_and_overage_once_and_credits_pay_what_th
         );
     }
 }
+
+/// Replicas starting together each run the migrations: the advisory lock lets one apply them
+/// and the others find nothing pending, so none fails on a table that already exists.
+#[tokio::test]
+async fn four_replicas_migrating_one_fresh_postgres_at_once_all_succeed() {
+    gateway_store::testing::require_postgres();
+    let db = TestDb::empty(gateway_store::testing::Backend::Postgres).await;
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        let config = gateway_store::StoreConfig { max_connections: 4, ..Default::default() };
+        replicas.push(gateway_store::Store::connect(&db.url, &config).await.unwrap());
+    }
+    let runs: Vec<_> = replicas
+        .iter()
+        .map(
+            |store| async move { store.migrate().await.map_err(|e| gateway_core::error_chain(&e)) },
+        )
+        .collect();
+    for result in futures_util::future::join_all(runs).await {
+        assert_eq!(result, Ok(()));
+    }
+    assert_eq!(db.store.pending_migrations().await.unwrap(), 0);
+}

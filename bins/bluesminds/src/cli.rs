@@ -47,6 +47,13 @@ pub enum Command {
     },
     /// Run the gateway with an in-process mock upstream, a demo user and an API key.
     Demo,
+    /// GET an http:// URL and exit 0 on a 2xx answer within two seconds, 1 otherwise: the
+    /// container health check (the image carries no HTTP client), e.g.
+    /// `bluesminds probe http://127.0.0.1:3000/api/health/ready`. Reads no configuration.
+    Probe {
+        /// `http://host:port/path`
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,9 @@ const EXIT_USAGE: u8 = 64;
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return probe(url);
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -55,12 +58,49 @@ fn main() -> ExitCode {
             Command::Demo => {
                 Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
             }
+            Command::Probe { .. } => Ok(()), // answered before the configuration is read
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bluesminds: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bluesminds probe URL`: one HTTP/1.0 GET on a current-thread runtime.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn probe(url: &str) -> ExitCode {
+    let run = async {
+        let rest = url.strip_prefix("http://").context("the probe takes an http:// URL")?;
+        let (host, path) =
+            rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+        let mut head = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut head).await?;
+        let status_line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_owned();
+        anyhow::Ok(status_line)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let answer = rt.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), run).await })
+            .map_err(|_| anyhow::anyhow!("no answer within 2 s"))?
+    });
+    match answer {
+        Ok(status) if status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')) => {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("bluesminds probe: {url}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bluesminds probe: {url}: {e:#}");
             ExitCode::FAILURE
         }
     }

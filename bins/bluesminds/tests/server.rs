@@ -505,3 +505,34 @@ async fn readyz_checks_redis_when_configured() {
         "liveness does not depend on Redis"
     );
 }
+
+/// The container health check: `bluesminds probe URL` exits 0 on a 2xx answer, 1 otherwise
+/// (an unknown path, nothing listening), reading no configuration.
+#[tokio::test]
+async fn the_probe_command_answers_for_the_health_paths() {
+    let gw = Gateway::start(&[], &[]).await;
+    let probe = |path: &str| {
+        let url = format!("http://{}{path}", gw.addr);
+        async move {
+            tokio::process::Command::new(support::BIN)
+                .args(["probe", &url])
+                .env_clear()
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let ready = probe("/api/health/ready").await;
+    assert_eq!(ready.status.code(), Some(0), "{ready:?}");
+    assert!(String::from_utf8_lossy(&ready.stdout).starts_with("HTTP/1.0 200"), "{ready:?}");
+    assert_eq!(probe("/healthz").await.status.code(), Some(0));
+    let missing = probe("/no/such/path").await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{missing:?}");
+    let dead = tokio::process::Command::new(support::BIN)
+        .args(["probe", "http://127.0.0.1:1/readyz"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+}

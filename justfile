@@ -50,7 +50,9 @@ bench-peers:
 page-timings:
     bash scripts/page-timings.sh
 
-# Check deploy/ without a cluster: promtool on the alert rules (also part of `test`).
+# Check deploy/ without a cluster or container engine: promtool on the alert rules, the rendered
+# Kubernetes manifests and the compose file against their schemas, the promised properties
+# (also part of `test`).
 check-deploy:
     bash scripts/check-deploy.sh
 

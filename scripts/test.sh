@@ -4,7 +4,7 @@
 # TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable (and a
 # three-master Redis Cluster on loopback for TEST_REDIS_CLUSTER_URL, and HAProxy for the
 # rolling-restart test); then the
-# checks of deploy/ (scripts/check-deploy.sh: promtool) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
+# checks of deploy/ (scripts/check-deploy.sh: promtool, Kubernetes and compose schemas) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
 # packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
 # gateway-proxy`), without the browser suite.
 set -euo pipefail

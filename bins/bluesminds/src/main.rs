@@ -73,12 +73,12 @@ fn main() -> ExitCode {
 /// `bluesminds probe URL`: one HTTP/1.0 GET on a current-thread runtime.
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 fn probe(url: &str) -> ExitCode {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let run = async {
         let rest = url.strip_prefix("http://").context("the probe takes an http:// URL")?;
         let (host, path) =
             rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
         let mut stream = tokio::net::TcpStream::connect(host).await?;
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
         let mut head = Vec::new();
         stream.take(64 * 1024).read_to_end(&mut head).await?;

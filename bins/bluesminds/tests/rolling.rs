@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use futures_util::StreamExt;
+use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::json;
 use support::{Gateway, Mock, PATIENCE, chat_request, env_refs};
 
@@ -38,16 +39,17 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    async fn start(backends: &[u16]) -> Haproxy {
+    fn start(backends: &[u16]) -> Haproxy {
         let bin = which("haproxy").unwrap_or_else(|| {
             panic!("haproxy is not installed: run `bash scripts/test.sh`, which installs Debian's haproxy")
         });
         let (port, stats_port) = (free_port(), free_port());
-        let servers: String = backends
+        let servers: Vec<String> = backends
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("  server gw{i} 127.0.0.1:{p} check\n"))
+            .map(|(i, p)| format!("  server gw{i} 127.0.0.1:{p} check"))
             .collect();
+        let servers = servers.join("\n") + "\n";
         // Requests go only to servers whose last check passed, and HAProxy retries nothing
         // (`retries 0`): a request sent to an instance that already stopped accepting would
         // reach the client as a 503. So zero errors means each instance left the rotation,
@@ -144,7 +146,7 @@ async fn client_loop(
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let stream = (i + n) % 2 == 0;
+        let stream = (i + n).is_multiple_of(2);
         let outcome = if stream {
             match client.chat().create_stream(chat_request("gpt-4", 8)).await {
                 Ok(mut s) => {
@@ -223,7 +225,7 @@ async fn restarting_each_instance_in_turn_under_load_costs_no_request_and_no_row
     )
     .await;
 
-    let lb = Haproxy::start(&ports).await;
+    let lb = Haproxy::start(&ports);
     for i in 0..3 {
         lb.wait_for(&format!("gw{i}"), "UP").await;
     }
@@ -286,7 +288,6 @@ async fn restarting_each_instance_in_turn_under_load_costs_no_request_and_no_row
         let (code, stderr) = gw.wait().await;
         assert_eq!(code, Some(0), "{stderr}");
     }
-    use sea_orm::{EntityTrait, PaginatorTrait};
     let rows = gateway_store::entity::usage_logs::Entity::find()
         .count(db.store.connection())
         .await

@@ -1,6 +1,6 @@
-//! What `deploy/` promises about the binary: every metric an alert rule names is one the
-//! gateway exports (rules that name nothing never fire). The rules themselves are checked by
-//! promtool in scripts/check-deploy.sh.
+//! What `deploy/` promises about the binary: every metric an alert rule or the Grafana
+//! dashboard names is one the gateway exports (rules that name nothing never fire). The rules
+//! themselves are checked by promtool in scripts/check-deploy.sh.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,7 +22,7 @@ fn metric_names(text: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn every_metric_the_alert_rules_name_is_exported() {
+async fn every_metric_the_alert_rules_and_the_dashboard_name_is_exported() {
     let rules = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/prometheus/alerts.yaml"
@@ -36,8 +36,33 @@ async fn every_metric_the_alert_rules_name_is_exported() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let named = metric_names(&exprs);
+    let mut named = metric_names(&exprs);
     assert!(named.len() >= 8, "the rules name the gateway's metrics: {named:?}");
+    // And every query of the Grafana dashboard (a histogram's series by its family's name).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/bluesminds.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() >= 12, "{queries:?}");
+    let in_dashboard: Vec<String> = metric_names(&queries.join("\n"))
+        .into_iter()
+        .map(|n| n.trim_end_matches("_bucket").to_owned())
+        .collect();
+    assert!(in_dashboard.len() >= 15, "{in_dashboard:?}");
+    named.extend(in_dashboard);
+    named.sort();
+    named.dedup();
 
     // With Postgres and Redis, as deployed: every series the rules use is there.
     let mock = support::Mock::start().await;
@@ -56,6 +81,6 @@ async fn every_metric_the_alert_rules_name_is_exported() {
         .collect();
     assert!(
         missing.is_empty(),
-        "named by deploy/prometheus/alerts.yaml, not exported: {missing:?}"
+        "named by deploy/prometheus/alerts.yaml or deploy/grafana/bluesminds.json, not exported: {missing:?}"
     );
 }

@@ -131,9 +131,11 @@ impl RedisLimiter {
         self.conn.query(cmd, self.timeout).await.map_err(unavailable)
     }
 
-    /// The restore marker on the slot of `user`'s counters.
+    /// The restore marker on the slot of `user`'s counters; a single Redis has one marker
+    /// (slot 0's), since it loses all its data at once.
     fn marker(&self, user: UserId) -> MarkerKey<'_> {
-        MarkerKey { base: &self.marker, slot: user_slot(user) }
+        let slot = if self.conn.is_cluster() { user_slot(user) } else { 0 };
+        MarkerKey { base: &self.marker, slot }
     }
 
     /// `items` in the batches one script call may take: chunks of at most `chunk`, and in a
@@ -299,8 +301,10 @@ impl RedisLimiter {
             }
             self.eval::<i64>(RESTORE_LUA, &cmd).await?;
         }
-        // Every slot's marker (in a cluster the client splits the command by slot).
-        for slots in (0..slot::SLOTS).collect::<Vec<_>>().chunks(MARKER_CHUNK) {
+        // Every slot's marker in a cluster (the client splits the command by slot); the one
+        // marker of a single Redis.
+        let slots = if self.conn.is_cluster() { slot::SLOTS } else { 1 };
+        for slots in (0..slots).collect::<Vec<_>>().chunks(MARKER_CHUNK) {
             let mut cmd = redis::cmd("MSET");
             for &slot in slots {
                 cmd.arg(MarkerKey { base: &self.marker, slot }).arg(now_ms);
@@ -393,7 +397,7 @@ impl RateLimiter for RedisLimiter {
             .map(|(r, actual)| (r, i128::from(*actual) - i128::from(r.tokens)))
             .filter(|(_, delta)| *delta != 0)
             .collect();
-        // One call per batch; in a cluster, the slots' batches at once.
+        // One call per batch (in a cluster, per slot), the batches at once.
         let calls = self.batches(&changed, |(r, _)| r.user, SETTLE_CHUNK).into_iter().map(
             |chunk| async move {
                 let mut cmd = redis::cmd("EVALSHA");

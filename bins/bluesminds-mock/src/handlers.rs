@@ -51,6 +51,14 @@ async fn with_body(
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     *state.stats.last_authorization.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         auth;
+    if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        state
+            .stats
+            .traceparents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(parent.to_owned());
+    }
     let Ok(body) = req.into_body().collect().await else {
         return error(StatusCode::BAD_REQUEST, "mock: could not read body");
     };

@@ -17,6 +17,7 @@
 mod body;
 pub mod creem;
 mod handlers;
+pub mod otlp;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -73,6 +74,8 @@ pub struct MockStats {
     pub completed_streams: AtomicU64,
     /// The `Authorization` header of the last chat or embeddings request, if any.
     pub last_authorization: std::sync::Mutex<Option<String>>,
+    /// The W3C `traceparent` headers of chat and embeddings requests that carried one.
+    pub traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 impl MockStats {

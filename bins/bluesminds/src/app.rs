@@ -12,6 +12,7 @@ use gateway_balancer::{
 use gateway_billing::payments::{Catalog, CreditPack, Payments};
 use gateway_billing::{Billing, Plans, Prices};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
+use gateway_pipeline::trace::{Sampler, Tracer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
@@ -70,6 +71,8 @@ pub struct App {
     pub secure_cookies: bool,
     /// `scheme://host[:port]` of the public URL, for the CSRF `Origin` check.
     pub public_origin: String,
+    /// The OTLP exporter of request traces, when `[traces]` names an endpoint.
+    pub traces: Option<Arc<gateway_otlp::OtlpExporter>>,
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so load balancers stop
     /// sending requests here while the instance still serves them.
     pub draining: std::sync::atomic::AtomicBool,
@@ -197,7 +200,8 @@ impl App {
         prices.reload().await.context("cannot load the model prices")?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let resilient = limiter.as_ref().and_then(|l| l.resilient.clone());
-        let pipeline = Arc::new(Pipeline::new(
+        let traces = traces_exporter(&config)?;
+        let pipeline = Pipeline::new(
             Ports {
                 keys: verifier.clone(),
                 pool: pool.clone(),
@@ -213,7 +217,14 @@ impl App {
                 plans: plans.clone(),
             },
             PipelineConfig { rules, max_attempts: p.max_attempts },
-        ));
+        );
+        let pipeline = Arc::new(match &traces {
+            Some(exporter) => {
+                let (parent_based, ratio) = config.traces.sampling();
+                pipeline.with_tracer(Tracer::new(exporter.clone(), Sampler { parent_based, ratio }))
+            }
+            None => pipeline,
+        });
         let billing = Billing::new(
             plans.clone(),
             billing_store.clone(),
@@ -242,6 +253,7 @@ impl App {
             payments,
             codes,
             draining: std::sync::atomic::AtomicBool::new(false),
+            traces,
             plans,
             resilient,
             usage,
@@ -362,6 +374,50 @@ pub fn redact_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// The exporter of request traces, when `[traces]` names an endpoint.
+fn traces_exporter(config: &Config) -> anyhow::Result<Option<Arc<gateway_otlp::OtlpExporter>>> {
+    let t = &config.traces;
+    if !t.enabled() {
+        return Ok(None);
+    }
+    let mut resource = vec![
+        ("service.name".to_owned(), t.service_name.clone()),
+        ("service.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ("service.instance.id".to_owned(), gateway_core::RequestId::new().to_string()),
+        ("telemetry.sdk.name".to_owned(), "bluesminds".to_owned()),
+        ("telemetry.sdk.language".to_owned(), "rust".to_owned()),
+    ];
+    for (k, v) in &t.resource_attributes {
+        match resource.iter_mut().find(|(key, _)| key == k) {
+            Some(existing) => existing.1.clone_from(v),
+            None => resource.push((k.clone(), v.clone())),
+        }
+    }
+    let exporter = gateway_otlp::OtlpExporter::start(gateway_otlp::OtlpConfig {
+        endpoint: t.traces_url(),
+        headers: t.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        origin: gateway_otlp::Origin {
+            resource,
+            scope_name: "bluesminds".into(),
+            scope_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        timeout: Duration::from_millis(t.timeout_ms),
+        queue_capacity: t.queue_capacity,
+        batch_size: t.batch_size,
+        flush_interval: Duration::from_millis(t.flush_interval_ms),
+    })
+    .context("invalid [traces] settings")?;
+    let (parent_based, ratio) = t.sampling();
+    tracing::info!(
+        endpoint = %redact_url(&t.traces_url()),
+        sampler = %t.sampler,
+        ratio,
+        parent_based,
+        "tracing: exporting request spans over OTLP/HTTP"
+    );
+    Ok(Some(Arc::new(exporter)))
 }
 
 /// The payments service when `[billing.creem]` has its secrets.

@@ -8,6 +8,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod traces;
+pub use traces::TracesConfig;
+
 /// The whole configuration, one section per concern.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +25,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub billing: BillingConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamSeed>,
@@ -567,6 +571,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| ConfigError(figment_message(&e)))?;
+        let env: std::collections::BTreeMap<String, String> = env.into_iter().collect();
+        traces::apply_otel_env(&mut config.traces, &env)?;
         config.upstreams.extend(upstream_seeds(env)?);
         config.validate()?;
         Ok(config)
@@ -714,7 +720,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::key("log.format", "must be \"text\" or \"json\""));
         }
-        Ok(())
+        self.traces.validate()
     }
 }
 

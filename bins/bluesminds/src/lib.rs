@@ -95,6 +95,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
         "usage flushed"
     );
+    if let Some(traces) = &app.traces {
+        // Every request has ended, so every trace has been handed over.
+        traces.shutdown(TRACES_DEADLINE).await;
+        let s = traces.stats();
+        tracing::info!(
+            exported = s.exported.load(std::sync::atomic::Ordering::Relaxed),
+            dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            failed = s.failed.load(std::sync::atomic::Ordering::Relaxed),
+            "trace spans flushed"
+        );
+    }
     background.shutdown().await;
     if let Err(e) = app.verifier.flush_last_used().await {
         tracing::warn!(error = %e, "could not record the last use of API keys at shutdown");
@@ -178,6 +189,9 @@ async fn end_subscriptions(app: Arc<App>) {
         }
     }
 }
+
+/// How long shutdown waits for the last export of trace spans.
+const TRACES_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for rate-limit settlements still running.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(5);

@@ -265,6 +265,20 @@ impl Metrics {
     }
 }
 
+/// What became of the trace spans handed to the OTLP exporter (only when tracing is on).
+pub fn render_traces(out: &mut String, stats: &gateway_otlp::ExportStats) {
+    out.push_str("# HELP bluesminds_trace_spans_total Trace spans by outcome: exported, dropped (queue full) or failed (export failed or refused).\n# TYPE bluesminds_trace_spans_total counter\n");
+    for (outcome, n) in
+        [("exported", &stats.exported), ("dropped", &stats.dropped), ("failed", &stats.failed)]
+    {
+        let _ = writeln!(
+            out,
+            "bluesminds_trace_spans_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// The limiter's own series: whether Redis answers, outages, fallback decisions, refusals for
 /// want of any backend, and settlements that failed.
 pub fn render_pipeline(

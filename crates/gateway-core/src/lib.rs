@@ -22,6 +22,7 @@ pub mod error;
 pub mod id;
 pub mod openai;
 pub mod plan;
+pub mod trace;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use domain::{

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_balancer::{Outcome, Selected, ServerPool};
+use gateway_core::trace::SpanKind;
 use gateway_core::{ApiError, ErrorKind, ServerId, Usage};
-use gateway_proxy::client::{Upstream, UpstreamError};
+use gateway_proxy::client::{Outgoing, Upstream, UpstreamError};
 use gateway_proxy::estimate::completion_of_answer;
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::Endpoint;
@@ -21,6 +22,8 @@ use gateway_proxy::sse::SseTap;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
+
+use crate::trace::{SpanRef, Trace};
 
 /// What to forward.
 #[derive(Debug)]
@@ -33,6 +36,9 @@ pub struct ForwardRequest<'a> {
     /// Remove the usage chunk from the stream (the client did not ask for it).
     pub strip_usage_chunk: bool,
     pub request_id: &'a str,
+    /// The request's trace, when it is sampled: each attempt adds its server choice, its
+    /// upstream call and that call's first byte.
+    pub trace: Option<&'a mut Trace>,
 }
 
 /// What came back.
@@ -87,7 +93,7 @@ impl Forwarder {
         Self { upstream, pool, max_attempts: max_attempts.max(1) }
     }
 
-    pub async fn forward(&self, req: ForwardRequest<'_>) -> Result<Forwarded, ApiError> {
+    pub async fn forward(&self, mut req: ForwardRequest<'_>) -> Result<Forwarded, ApiError> {
         let mut tried: Vec<ServerId> = Vec::new();
         // A server's 5xx to this request, not judged yet: the server's fault if another server
         // answers the same request, the request's own if another server fails it too.
@@ -95,33 +101,60 @@ impl Forwarder {
         let mut redirected = false;
         let config = self.upstream.config();
         while tried.len() < self.max_attempts {
-            let Some(pick) = self.pool.select(req.model, &tried) else { break };
+            let choosing = req.trace.as_deref_mut().map(|t| choose_span(t, tried.len()));
+            let Some(pick) = self.pool.select(req.model, &tried) else {
+                if let (Some(t), Some(s)) = (req.trace.as_deref_mut(), choosing) {
+                    t.fail(s, "no healthy server serves the model");
+                    t.end(s);
+                }
+                break;
+            };
             let server = pick.server();
             tried.push(server.id);
             let url = server.endpoint_url(req.endpoint.path());
+            let call = req.trace.as_deref_mut().zip(choosing).map(|(t, s)| {
+                t.set(s, "bluesminds.server.name", server.name.clone());
+                t.end(s);
+                UpstreamSpans::start(t, &url, &server.name, tried.len())
+            });
+            let traceparent =
+                req.trace.as_deref().zip(call).map(|(t, c)| t.traceparent(c.upstream));
             let started = Instant::now();
             let sent = self
                 .upstream
-                .post(&url, server.api_key.as_deref(), req.request_id, req.body.clone())
+                .post(
+                    Outgoing {
+                        url: &url,
+                        api_key: server.api_key.as_deref(),
+                        request_id: req.request_id,
+                        traceparent: traceparent.as_deref(),
+                    },
+                    req.body.clone(),
+                )
                 .await;
+            let head = Instant::now();
             let res = match sent {
                 Ok(res) => res,
                 Err(e @ UpstreamError::Redirect(_)) => {
                     // Not followed, and no proof the server is down: a failure of this request.
                     tracing::warn!(request_id = req.request_id, server = %server.name, error = %e, "upstream redirected; trying another server");
+                    UpstreamSpans::failed(req.trace.as_deref_mut(), call, head, &e.to_string());
                     pick.finish(Outcome::Neutral);
                     redirected = true;
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(request_id = req.request_id, server = %server.name, error = %e, "upstream attempt failed; failing over");
+                    UpstreamSpans::failed(req.trace.as_deref_mut(), call, head, &e.to_string());
                     pick.finish(Outcome::Failure);
                     continue;
                 }
             };
             let status = res.status();
+            UpstreamSpans::head(req.trace.as_deref_mut(), call, head, status);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 tracing::warn!(request_id = req.request_id, server = %server.name, %status, "upstream is rate limiting; failing over");
+                UpstreamSpans::failed(req.trace.as_deref_mut(), call, head, "rate limited (429)");
                 pick.finish(Outcome::Failure);
                 continue;
             }
@@ -155,16 +188,36 @@ impl Forwarder {
                 Ok(Err(e)) => {
                     // Nothing reached the client yet: another server may still answer.
                     tracing::warn!(request_id = req.request_id, server = %server.name, error = %e, "upstream response broke off; failing over");
+                    let end = Instant::now();
+                    UpstreamSpans::failed(
+                        req.trace.as_deref_mut(),
+                        call,
+                        end,
+                        "response broke off",
+                    );
                     pick.finish(Outcome::Failure);
                     continue;
                 }
                 Err(_) => {
                     tracing::warn!(request_id = req.request_id, server = %server.name, "upstream response timed out; failing over");
+                    let end = Instant::now();
+                    UpstreamSpans::failed(
+                        req.trace.as_deref_mut(),
+                        call,
+                        end,
+                        "response timed out",
+                    );
                     pick.finish(Outcome::Failure);
                     continue;
                 }
             };
             let upstream = started.elapsed();
+            if let (Some(t), Some(c)) = (req.trace.as_deref_mut(), call) {
+                if status.is_server_error() {
+                    t.fail(c.upstream, format!("upstream answered {status}"));
+                }
+                t.end(c.upstream);
+            }
             let (usage, generated_tokens) = if status.is_success() {
                 match serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage) {
                     Some(u) => (Some(u), 0),
@@ -230,5 +283,57 @@ impl Forwarder {
             .with_retry_after(1));
         }
         Err(ApiError::no_healthy_upstream())
+    }
+}
+
+/// The span of one server choice.
+fn choose_span(t: &mut Trace, attempt: usize) -> SpanRef {
+    let s = t.start("choose_server", SpanKind::Internal, None);
+    t.set(s, "bluesminds.attempt", (attempt + 1) as u64);
+    s
+}
+
+/// The spans of one upstream call: the call itself (until its last byte; a stream's ends
+/// with the stream) and its time to the response head.
+#[derive(Clone, Copy, Debug)]
+struct UpstreamSpans {
+    upstream: SpanRef,
+    first_byte: SpanRef,
+}
+
+impl UpstreamSpans {
+    fn start(t: &mut Trace, url: &str, server: &str, attempt: usize) -> Self {
+        let upstream = t.start("upstream", SpanKind::Client, None);
+        t.set(upstream, "http.request.method", "POST");
+        t.set(upstream, "bluesminds.server.name", server.to_owned());
+        t.set(upstream, "bluesminds.attempt", attempt as u64);
+        // Host and port only: a URL's user-info or query could hold a credential.
+        if let Ok(uri) = url.parse::<http::Uri>() {
+            if let Some(host) = uri.host() {
+                t.set(upstream, "server.address", host.to_owned());
+            }
+            let default_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+            t.set(upstream, "server.port", u64::from(uri.port_u16().unwrap_or(default_port)));
+            t.set(upstream, "url.path", uri.path().to_owned());
+        }
+        let first_byte = t.start("first_byte", SpanKind::Internal, Some(upstream));
+        Self { upstream, first_byte }
+    }
+
+    /// The response head arrived at `at`.
+    fn head(t: Option<&mut Trace>, spans: Option<Self>, at: Instant, status: StatusCode) {
+        if let (Some(t), Some(c)) = (t, spans) {
+            t.end_at(c.first_byte, at);
+            t.set(c.upstream, "http.response.status_code", status.as_u16());
+        }
+    }
+
+    /// The attempt failed at `at`; the request fails over.
+    fn failed(t: Option<&mut Trace>, spans: Option<Self>, at: Instant, why: &str) {
+        if let (Some(t), Some(c)) = (t, spans) {
+            t.fail(c.upstream, why.to_owned());
+            t.end_at(c.first_byte, at);
+            t.end_at(c.upstream, at);
+        }
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! - [`Pipeline`]: built from its [`Ports`] (key verifier, server pool, upstream client,
 //!   limiter, usage sink); knows nothing of the HTTP server. The binary's handlers read the
-//!   request, call [`Pipeline::authenticate`], [`Pipeline::start`] and [`Call::run`], and write
-//!   the [`Reply`].
+//!   request, call [`Pipeline::open`] (trace, key, scope) and [`Call::run`], and write the
+//!   [`Reply`].
 //! - [`charge()`]: the one rule that decides what a request is charged, for every way it ends
 //!   (whole answer, stream, stream cut by the client or the upstream, upstream failure,
 //!   refusal).
@@ -20,17 +20,20 @@
 //!   by a second server) before any byte reached the client.
 //! - [`Limiting`]: reservations before forwarding, settlements after, batched off the
 //!   response's path.
+//! - [`trace`]: the OpenTelemetry spans of a sampled request (auth, limits, server choice,
+//!   upstream, first byte, settle), handed to a `SpanSink` when the request ends.
 
 mod charge;
 mod forward;
 mod limits;
 mod pipeline;
 mod ports;
+pub mod trace;
 
 pub use charge::{Charge, Ending, charge};
 pub use forward::{ForwardRequest, Forwarded, Forwarder};
 pub use limits::{Limiting, Standing};
-pub use pipeline::{Answer, Call, Pipeline, PipelineConfig, Ports, Reply};
+pub use pipeline::{Answer, Call, Head, Pipeline, PipelineConfig, Ports, Reply};
 #[cfg(any(test, feature = "test-util"))]
 pub use ports::MockKeyCheck;
 pub use ports::{KeyCheck, from_verify};

@@ -20,6 +20,8 @@ use crate::charge::{Ending, charge};
 use crate::forward::{ForwardRequest, Forwarded, Forwarder};
 use crate::limits::{Limiting, Standing};
 use crate::ports::{KeyCheck, from_verify};
+use crate::trace::{Trace, Tracer};
+use gateway_core::trace::SpanKind;
 
 /// What the pipeline is built from: every port it calls.
 pub struct Ports {
@@ -65,6 +67,7 @@ pub struct Pipeline {
     plans: Arc<dyn PlanSource>,
     rules: RequestRules,
     rate_limited: AtomicU64,
+    tracer: Option<Tracer>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -117,7 +120,15 @@ impl Pipeline {
             plans: ports.plans,
             rules: config.rules,
             rate_limited: AtomicU64::new(0),
+            tracer: None,
         }
+    }
+
+    /// Traces the requests `tracer` samples (OpenTelemetry spans of each phase).
+    #[must_use]
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// The limiter, when limits are on.
@@ -128,6 +139,47 @@ impl Pipeline {
     /// Requests refused by rate limits or quotas (or because limits could not be checked).
     pub fn rate_limited(&self) -> u64 {
         self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Opens a gateway request: starts its trace (when sampled), verifies its key for the
+    /// endpoint's scope and starts the [`Call`]. A refused key answers `Err` and leaves no
+    /// usage record (the request belongs to nobody); its trace still goes out.
+    pub async fn open(self: &Arc<Self>, head: Head<'_>) -> Result<Call, ApiError> {
+        let endpoint = head.endpoint;
+        let mut trace = self.tracer.as_ref().and_then(|t| {
+            let mut trace = t.begin(span_name(endpoint), head.traceparent, head.started)?;
+            trace.set_root("http.request.method", "POST");
+            trace.set_root("http.route", route(endpoint));
+            trace.set_root("bluesminds.request_id", head.request_id.to_string());
+            Some(trace)
+        });
+        let auth = trace.as_deref_mut().map(|t| t.start("auth", SpanKind::Internal, None));
+        let verified = self.authenticate(head.authorization, scope_of(endpoint)).await;
+        if let (Some(t), Some(s)) = (trace.as_deref_mut(), auth) {
+            t.end(s);
+            if let Err(e) = &verified {
+                t.fail(s, e.message.to_string());
+            }
+        }
+        match verified {
+            Ok(principal) => {
+                let mut call = self.start(principal, endpoint, head.request_id, head.started);
+                call.draft.trace = trace;
+                Ok(call)
+            }
+            Err(e) => {
+                if let Some(mut t) = trace {
+                    let status = e.kind.http_status();
+                    t.set_root("http.response.status_code", status);
+                    t.set_root("error.type", status.to_string());
+                    if status >= 500 {
+                        t.fail_root(e.message.to_string());
+                    }
+                    t.finish();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Verifies the `Authorization` header's key and checks it may use `scope`. A request
@@ -175,6 +227,8 @@ impl Pipeline {
         ending: Ending,
         end: End,
     ) -> i64 {
+        let mut trace = draft.trace;
+        let settle = trace.as_deref_mut().map(|t| t.start("settle", SpanKind::Internal, None));
         let charge = charge(ending, draft.prompt_estimate);
         if let (Some(limits), Some(reservation)) = (&self.limits, reservation) {
             limits.settle(reservation, charge.tokens);
@@ -194,8 +248,87 @@ impl Pipeline {
         let cost = r.cost_micros;
         r.usage_estimated = charge.estimated;
         r.latency_ms = millis(draft.started.elapsed());
+        if let Some(mut t) = trace {
+            if let Some(s) = settle {
+                t.set(s, "bluesminds.tokens", r.total_tokens);
+                t.set(s, "bluesminds.cost_micros", r.cost_micros);
+                t.end(s);
+            }
+            describe(&mut t, &r);
+            t.finish();
+        }
         self.usage.record(r);
         cost
+    }
+}
+
+/// What the request's root span says of it: the OpenTelemetry HTTP and GenAI attributes and
+/// the gateway's own. Never the key, the prompt or the answer.
+fn describe(t: &mut Trace, r: &UsageRecord) {
+    t.set_root("http.response.status_code", r.status_code);
+    t.set_root("bluesminds.user_id", r.user_id.to_string());
+    if let Some(key) = r.api_key_id {
+        t.set_root("bluesminds.key_id", key.to_string());
+    }
+    if let Some(server) = r.server_id {
+        t.set_root("bluesminds.server_id", server.to_string());
+    }
+    if !r.model.is_empty() {
+        t.set_root("gen_ai.request.model", r.model.clone());
+    }
+    t.set_root("gen_ai.usage.input_tokens", r.prompt_tokens);
+    t.set_root("gen_ai.usage.output_tokens", r.completion_tokens);
+    t.set_root("bluesminds.cost_micros", r.cost_micros);
+    t.set_root("bluesminds.streamed", r.streamed);
+    t.set_root("bluesminds.usage_estimated", r.usage_estimated);
+    if r.client_disconnected {
+        t.set_root("bluesminds.client_disconnected", true);
+    }
+    if r.status_code >= 400 {
+        t.set_root("error.type", r.status_code.to_string());
+    }
+    // A server span fails on a 5xx, or on a stream the upstream broke after its 200; a 4xx is
+    // the client's and a client leaving is not a failure.
+    let broken_stream = r.status_code < 400 && r.error_message.is_some() && !r.client_disconnected;
+    if r.status_code >= 500 || broken_stream {
+        t.fail_root(r.error_message.clone().unwrap_or_else(|| format!("status {}", r.status_code)));
+    }
+}
+
+/// What the HTTP layer knows of a gateway request before reading its body.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    pub endpoint: Endpoint,
+    pub request_id: RequestId,
+    /// When the gateway received the request.
+    pub started: Instant,
+    /// The `Authorization` header, as sent.
+    pub authorization: Option<&'a str>,
+    /// The W3C `traceparent` header, as sent.
+    pub traceparent: Option<&'a str>,
+}
+
+/// The scope an endpoint needs.
+fn scope_of(endpoint: Endpoint) -> Scope {
+    match endpoint {
+        Endpoint::ChatCompletions => Scope::ChatCompletions,
+        Endpoint::Embeddings => Scope::Embeddings,
+    }
+}
+
+/// The endpoint's route, as OpenTelemetry's `http.route`.
+fn route(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "/v1/chat/completions",
+        Endpoint::Embeddings => "/v1/embeddings",
+    }
+}
+
+/// The root span's name: method and route.
+fn span_name(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "POST /v1/chat/completions",
+        Endpoint::Embeddings => "POST /v1/embeddings",
     }
 }
 
@@ -270,6 +403,10 @@ impl Call {
                 let overhead = draft.answered_by(server, upstream);
                 let pipeline = pipeline.clone();
                 let body = body.on_end(move |end| {
+                    let mut draft = draft;
+                    if let (Some(t), Some(at)) = (draft.trace.as_deref_mut(), end.first_chunk) {
+                        t.event(None, "first_chunk", at);
+                    }
                     // Whatever was generated is charged, even to a client that left; a client
                     // that leaves is not an error, the flag says what happened.
                     let ending = Ending::Served {
@@ -326,7 +463,20 @@ impl Pipeline {
             let completes = endpoint == Endpoint::ChatCompletions;
             let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
             let (who, standing) = self.standing(principal, draft.record.created_at);
-            match limits.reserve(&who, &standing, estimate).await {
+            let span = draft.trace.as_deref_mut().map(|t| {
+                let s = t.start("limits", SpanKind::Internal, None);
+                t.set(s, "bluesminds.tokens_reserved", estimate);
+                s
+            });
+            let reserved = limits.reserve(&who, &standing, estimate).await;
+            if let (Some(t), Some(s)) = (draft.trace.as_deref_mut(), span) {
+                t.end(s);
+                t.set(s, "bluesminds.admitted", reserved.is_ok());
+                if let Err((refusal, _)) = &reserved {
+                    t.set(s, "bluesminds.refusal", refusal.message.to_string());
+                }
+            }
+            match reserved {
                 Ok((r, s)) => {
                     *reservation = Some(r);
                     *snapshot = Some(s);
@@ -352,6 +502,7 @@ impl Pipeline {
                 stream,
                 strip_usage_chunk,
                 request_id: &request_id,
+                trace: draft.trace.as_deref_mut(),
             })
             .await
     }
@@ -386,6 +537,8 @@ struct Draft {
     started: Instant,
     /// Prompt tokens estimated from the body, for answers without usage.
     prompt_estimate: u64,
+    /// The request's trace, when it is sampled.
+    trace: Option<Box<Trace>>,
 }
 
 impl Draft {
@@ -419,7 +572,7 @@ impl Draft {
             client_disconnected: false,
             usage_estimated: false,
         };
-        Self { record, endpoint, started, prompt_estimate: 0 }
+        Self { record, endpoint, started, prompt_estimate: 0, trace: None }
     }
 }
 

@@ -16,12 +16,16 @@ use gateway_auth::{
 };
 use gateway_balancer::{BreakerConfig, ServerPool};
 use gateway_billing::{DEFAULT_PRICE, InMemoryPriceStore, Price, Prices, SEED_PRICES};
+use gateway_core::trace::{AttrValue, InMemorySpanSink, Span, SpanKind, SpanStatus};
 use gateway_core::{
     DefaultPlans, ErrorKind, HealthStatus, LimitOverrides, RequestId, Scope, ServerId, SystemClock,
     UpstreamServer,
 };
-use gateway_pipeline::{Answer, Limiting, MockKeyCheck, Pipeline, PipelineConfig, Ports, Reply};
-use gateway_proxy::client::{ClientConfig, Upstream, UpstreamBody, UpstreamError};
+use gateway_pipeline::trace::{Sampler, Tracer};
+use gateway_pipeline::{
+    Answer, Head, Limiting, MockKeyCheck, Pipeline, PipelineConfig, Ports, Reply,
+};
+use gateway_proxy::client::{ClientConfig, Outgoing, Upstream, UpstreamBody, UpstreamError};
 use gateway_proxy::request::Endpoint;
 use gateway_ratelimit::{Decision, InMemoryLimiter, LimitError, RateLimiter, Reservation, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
@@ -54,6 +58,8 @@ enum Tail {
 struct ScriptedUpstream {
     scripts: Mutex<Vec<(String, VecDeque<Script>)>>,
     sent: Mutex<Vec<(String, Bytes)>>,
+    /// The `traceparent` each request carried.
+    traceparents: Mutex<Vec<Option<String>>>,
     config: ClientConfig,
 }
 
@@ -75,11 +81,11 @@ impl ScriptedUpstream {
 impl Upstream for ScriptedUpstream {
     async fn post(
         &self,
-        url: &str,
-        _api_key: Option<&str>,
-        _request_id: &str,
+        to: Outgoing<'_>,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let url = to.url;
+        self.traceparents.lock().unwrap().push(to.traceparent.map(str::to_owned));
         let server = url.split("/v1/").next().unwrap_or(url).to_owned();
         self.sent.lock().unwrap().push((server.clone(), body));
         let script = self
@@ -190,6 +196,8 @@ struct World {
     prices: Arc<Prices>,
     pool: Arc<ServerPool>,
     key: String,
+    /// Every span of the requests traced (the pipeline samples all of them).
+    spans: Arc<InMemorySpanSink>,
 }
 
 fn server(url: &str, priority: u32) -> UpstreamServer {
@@ -229,6 +237,7 @@ async fn world(overrides: LimitOverrides) -> World {
     );
     let pool = Arc::new(ServerPool::new(BreakerConfig::default()));
     pool.replace(vec![server(A, 1), server(B, 2)]);
+    let spans = Arc::new(InMemorySpanSink::default());
     let upstream = Arc::new(ScriptedUpstream::default());
     let records = Arc::new(Records::default());
     let limiter = Arc::new(SettleLog::default());
@@ -237,19 +246,22 @@ async fn world(overrides: LimitOverrides) -> World {
     let seed: Vec<(String, Price)> =
         SEED_PRICES.iter().map(|(m, p)| ((*m).to_owned(), *p)).collect();
     prices.import(&seed, since).await.unwrap();
-    let pipeline = Arc::new(Pipeline::new(
-        Ports {
-            keys: Arc::new(verifier),
-            pool: pool.clone(),
-            upstream: upstream.clone(),
-            limits: Some(Limiting::new(limiter.clone(), DEFAULT_COMPLETION)),
-            usage: records.clone(),
-            prices: prices.clone(),
-            plans: Arc::new(DefaultPlans::default()),
-        },
-        PipelineConfig { max_attempts: 2, ..PipelineConfig::default() },
-    ));
-    World { pipeline, upstream, records, limiter, prices, pool, key }
+    let pipeline = Arc::new(
+        Pipeline::new(
+            Ports {
+                keys: Arc::new(verifier),
+                pool: pool.clone(),
+                upstream: upstream.clone(),
+                limits: Some(Limiting::new(limiter.clone(), DEFAULT_COMPLETION)),
+                usage: records.clone(),
+                prices: prices.clone(),
+                plans: Arc::new(DefaultPlans::default()),
+            },
+            PipelineConfig { max_attempts: 2, ..PipelineConfig::default() },
+        )
+        .with_tracer(Tracer::new(spans.clone(), Sampler::default())),
+    );
+    World { pipeline, upstream, records, limiter, prices, pool, key, spans }
 }
 
 impl World {
@@ -262,6 +274,25 @@ impl World {
         let principal = self.pipeline.authenticate(Some(&header), scope).await.unwrap();
         let call = self.pipeline.start(principal, endpoint, RequestId::new(), Instant::now());
         call.run(Bytes::from(body.to_owned())).await
+    }
+
+    /// A chat request through [`Pipeline::open`], as the HTTP layer sends it: with its
+    /// `Authorization` and `traceparent` headers.
+    async fn open_chat(
+        &self,
+        key: &str,
+        traceparent: Option<&str>,
+        body: &str,
+    ) -> Result<Reply, gateway_core::ApiError> {
+        let header = format!("Bearer {key}");
+        let head = Head {
+            endpoint: Endpoint::ChatCompletions,
+            request_id: RequestId::new(),
+            started: Instant::now(),
+            authorization: Some(&header),
+            traceparent,
+        };
+        Ok(self.pipeline.open(head).await?.run(Bytes::from(body.to_owned())).await)
     }
 
     async fn chat(&self, body: &str) -> Reply {
@@ -568,4 +599,136 @@ async fn models_without_a_price_are_charged_the_default() {
     let reply = w.chat(r#"{"model":"llama-9","messages":[{"role":"user","content":"hi"}]}"#).await;
     // $0.001 / $0.002 per 1K: 9 × 1 + 3 × 2.
     assert_eq!(reply.cost_micros, Some(15));
+}
+
+// === tracing ===
+
+const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> &'a AttrValue {
+    &span
+        .attributes
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("no {key} in {span:?}"))
+        .1
+}
+
+#[tokio::test]
+async fn a_traced_request_has_each_phase_as_a_span_under_the_callers_trace() {
+    let w = world(LimitOverrides::default()).await;
+    w.upstream.script(A, Script::Down);
+    w.upstream.script(B, Script::Answer(200, ANSWER));
+    let reply = w.open_chat(&w.key, Some(CALLER), CHAT).await.unwrap();
+    assert_eq!(body_of(reply.answer).await, ANSWER.as_bytes());
+    let spans = w.spans.spans();
+    let root = named(&spans, "POST /v1/chat/completions")[0];
+    assert_eq!(root.kind, SpanKind::Server);
+    assert_eq!(root.parent_id.unwrap().to_string(), "00f067aa0ba902b7", "the caller's span");
+    assert!(spans.iter().all(|s| s.trace_id.to_string() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+    for name in ["auth", "limits", "settle"] {
+        let s = named(&spans, name);
+        assert_eq!(s.len(), 1, "{name}");
+        assert_eq!(s[0].parent_id, Some(root.span_id), "{name} hangs under the root");
+    }
+    // Two attempts: A refused the connection, B answered.
+    let (choices, calls, firsts) =
+        (named(&spans, "choose_server"), named(&spans, "upstream"), named(&spans, "first_byte"));
+    assert_eq!((choices.len(), calls.len(), firsts.len()), (2, 2, 2));
+    assert_eq!(
+        attribute(calls[0], "bluesminds.server.name"),
+        &AttrValue::from("a.test".to_owned())
+    );
+    assert!(
+        matches!(&calls[0].status, SpanStatus::Error(m) if m.contains("connect")),
+        "{:?}",
+        calls[0].status
+    );
+    assert_eq!(calls[1].status, SpanStatus::Unset);
+    assert_eq!(attribute(calls[1], "http.response.status_code"), &AttrValue::Int(200));
+    assert_eq!(calls[1].kind, SpanKind::Client);
+    assert_eq!(firsts[1].parent_id, Some(calls[1].span_id));
+    // Each upstream was told which of our spans called it.
+    let sent = w.upstream.traceparents.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        calls
+            .iter()
+            .map(|c| Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", c.span_id)))
+            .collect::<Vec<_>>()
+    );
+    // The phases follow each other within the request.
+    let (auth, limits, settle) =
+        (named(&spans, "auth")[0], named(&spans, "limits")[0], named(&spans, "settle")[0]);
+    assert!(auth.end_unix_nanos <= limits.start_unix_nanos);
+    assert!(limits.end_unix_nanos <= choices[0].start_unix_nanos);
+    assert!(calls[1].end_unix_nanos <= settle.start_unix_nanos);
+    for s in &spans {
+        assert!(
+            s.start_unix_nanos >= root.start_unix_nanos && s.end_unix_nanos <= root.end_unix_nanos,
+            "{s:?}"
+        );
+    }
+    // What the request was, as the usage record says; never the key.
+    assert_eq!(attribute(root, "http.response.status_code"), &AttrValue::Int(200));
+    assert_eq!(attribute(root, "gen_ai.request.model"), &AttrValue::from("gpt-4".to_owned()));
+    assert_eq!(attribute(root, "gen_ai.usage.input_tokens"), &AttrValue::Int(9));
+    assert_eq!(attribute(root, "gen_ai.usage.output_tokens"), &AttrValue::Int(3));
+    assert_eq!(attribute(root, "bluesminds.cost_micros"), &AttrValue::Int(450));
+    assert!(!format!("{spans:?}").contains(&w.key));
+}
+
+#[tokio::test]
+async fn a_streams_trace_goes_out_when_the_stream_ends() {
+    let w = world(LimitOverrides::default()).await;
+    w.upstream.script(A, Script::Stream(vec![DELTA, USAGE_CHUNK, DONE], Tail::End));
+    let reply = w.open_chat(&w.key, None, CHAT_STREAM).await.unwrap();
+    assert!(w.spans.spans().is_empty(), "nothing before the stream ends");
+    body_of(reply.answer).await;
+    let spans = w.spans.spans();
+    let root = named(&spans, "POST /v1/chat/completions")[0];
+    assert_eq!(root.parent_id, None, "a trace of its own");
+    let first_chunk = root.events.iter().find(|e| e.name == "first_chunk").unwrap();
+    let call = named(&spans, "upstream")[0];
+    assert!(call.start_unix_nanos <= first_chunk.time_unix_nanos);
+    assert!(
+        call.end_unix_nanos >= first_chunk.time_unix_nanos,
+        "the upstream span lasts the stream"
+    );
+    assert_eq!(attribute(root, "bluesminds.streamed"), &AttrValue::Bool(true));
+    assert_eq!(attribute(root, "gen_ai.usage.output_tokens"), &AttrValue::Int(4));
+}
+
+#[tokio::test]
+async fn refused_requests_are_traced_with_their_status() {
+    let w = world(LimitOverrides { rate_limit_rpm: Some(1), ..LimitOverrides::default() }).await;
+    // A wrong key: the auth span fails, no usage record.
+    let e = w
+        .open_chat("bm_wrongkey_0000000000000000000000000000000000000000000", None, CHAT)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidApiKey);
+    assert!(w.records.all().is_empty());
+    let spans = w.spans.spans();
+    assert_eq!(spans.len(), 2);
+    assert!(matches!(named(&spans, "auth")[0].status, SpanStatus::Error(_)));
+    let root = named(&spans, "POST /v1/chat/completions")[0];
+    assert_eq!(attribute(root, "http.response.status_code"), &AttrValue::Int(401));
+    assert_eq!(root.status, SpanStatus::Unset, "a 4xx is the client's, not a server failure");
+    // Over the key's RPM: the limits span says why, nothing is forwarded.
+    w.upstream.script(A, Script::Answer(200, ANSWER));
+    w.open_chat(&w.key, None, CHAT).await.unwrap();
+    let reply = w.open_chat(&w.key, None, CHAT).await.unwrap();
+    assert!(matches!(reply.answer, Answer::Error(_)));
+    let spans = w.spans.spans();
+    let limits = named(&spans, "limits");
+    assert_eq!(limits.len(), 2);
+    assert_eq!(attribute(limits[1], "bluesminds.admitted"), &AttrValue::Bool(false));
+    assert_eq!(named(&spans, "upstream").len(), 1, "the refused request was never forwarded");
+    let roots = named(&spans, "POST /v1/chat/completions");
+    assert_eq!(attribute(roots[2], "http.response.status_code"), &AttrValue::Int(429));
 }

@@ -128,15 +128,37 @@ impl Body for UpstreamBody {
     }
 }
 
+/// Where one request goes and what travels with it besides its body.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The endpoint's full URL on the chosen server.
+    pub url: &'a str,
+    /// The server's own key, sent as `Authorization: Bearer` (never the client's).
+    pub api_key: Option<&'a str>,
+    /// The gateway's request id, sent as `x-request-id`.
+    pub request_id: &'a str,
+    /// W3C `traceparent` naming the gateway's span, when the request is traced.
+    pub traceparent: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Outgoing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.map(|_| "<redacted>"))
+            .field("request_id", &self.request_id)
+            .field("traceparent", &self.traceparent)
+            .finish()
+    }
+}
+
 /// Where requests are sent: one POST to one server, answered with the response head.
 #[async_trait]
 pub trait Upstream: Send + Sync {
-    /// Sends `body` to `url` with the server's key; waits for the response head only.
+    /// Sends `body` as `to` says; waits for the response head only.
     async fn post(
         &self,
-        url: &str,
-        api_key: Option<&str>,
-        request_id: &str,
+        to: Outgoing<'_>,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError>;
 
@@ -148,12 +170,10 @@ pub trait Upstream: Send + Sync {
 impl Upstream for UpstreamClient {
     async fn post(
         &self,
-        url: &str,
-        api_key: Option<&str>,
-        request_id: &str,
+        to: Outgoing<'_>,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let res = self.send(Method::POST, url, api_key, request_id, body).await?;
+        let res = self.send(Method::POST, to, body).await?;
         Ok(res.map(UpstreamBody::Hyper))
     }
 
@@ -199,19 +219,21 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         method: Method,
-        url: &str,
-        api_key: Option<&str>,
-        request_id: &str,
+        to: Outgoing<'_>,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let url = to.url;
         let mut req = Request::builder().method(method).uri(url);
         let headers = req.headers_mut().ok_or_else(|| UpstreamError::Url(url.to_owned()))?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
+        if let Ok(v) = HeaderValue::from_str(to.request_id) {
             headers.insert("x-request-id", v);
         }
-        if let Some(key) = api_key {
+        if let Some(v) = to.traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(key) = to.api_key {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
                 .map_err(|_| UpstreamError::Url(url.to_owned()))?;
             v.set_sensitive(true);

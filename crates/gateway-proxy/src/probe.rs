@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use crate::client::UpstreamClient;
+use crate::client::{Outgoing, UpstreamClient};
 
 /// Probes servers over HTTP with the upstream client.
 #[derive(Debug, Clone)]
@@ -40,7 +40,16 @@ impl HttpProber {
         let fut = async {
             let res = self
                 .client
-                .send(Method::GET, url, server.api_key.as_deref(), "health-check", Bytes::new())
+                .send(
+                    Method::GET,
+                    Outgoing {
+                        url,
+                        api_key: server.api_key.as_deref(),
+                        request_id: "health-check",
+                        traceparent: None,
+                    },
+                    Bytes::new(),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             let status = res.status();

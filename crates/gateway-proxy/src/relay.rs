@@ -27,6 +27,9 @@ pub struct StreamEnd {
     /// Why the stream ended early, if it did.
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// When the first bytes went to the client (the time to first token, from `elapsed`'s
+    /// start); `None` if nothing did.
+    pub first_chunk: Option<Instant>,
 }
 
 type OnEnd = Box<dyn FnOnce(StreamEnd) + Send>;
@@ -39,6 +42,7 @@ pub struct RelayBody {
     idle: Duration,
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     started: Instant,
+    first_chunk: Option<Instant>,
     /// A last frame to send before ending (an error event or a partial event).
     last: Option<Bytes>,
     state: State,
@@ -67,6 +71,7 @@ impl RelayBody {
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             started: Instant::now(),
+            first_chunk: None,
             last: None,
             state: State::Relaying,
             on_end: None,
@@ -91,6 +96,7 @@ impl RelayBody {
                 client_disconnected,
                 error,
                 elapsed: self.started.elapsed(),
+                first_chunk: self.first_chunk,
             });
         }
     }
@@ -128,6 +134,7 @@ impl Body for RelayBody {
                     let deadline = tokio::time::Instant::now() + this.idle;
                     this.idle_timer.as_mut().reset(deadline);
                     if let Some(out) = frame.into_data().ok().and_then(|data| this.tap.feed(data)) {
+                        this.first_chunk.get_or_insert_with(Instant::now);
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
                 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gateway_core::openai::{List, Model};
 use gateway_core::{ApiError, Scope};
-use gateway_pipeline::{Answer, Reply};
+use gateway_pipeline::{Answer, Head, Reply};
 use gateway_proxy::request::Endpoint;
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
@@ -19,6 +19,8 @@ use crate::server::{Ctx, read_body};
 
 /// A constant `HeaderName`: inserting by `&str` would copy the name for every response.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-overhead-ms");
+/// W3C Trace Context: the caller's trace, continued by the gateway's spans.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// What a non-streamed request cost, in micro-dollars.
 pub const COST_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-cost-micros");
 
@@ -51,12 +53,14 @@ pub async fn forward(
     ctx: Ctx,
     endpoint: Endpoint,
 ) -> Result<Response<ResBody>, ApiError> {
-    let scope = match endpoint {
-        Endpoint::ChatCompletions => Scope::ChatCompletions,
-        Endpoint::Embeddings => Scope::Embeddings,
+    let head = Head {
+        endpoint,
+        request_id: ctx.request_id,
+        started: ctx.started,
+        authorization: authorization(&req),
+        traceparent: req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
     };
-    let principal = app.pipeline.authenticate(authorization(&req), scope).await?;
-    let call = app.pipeline.start(principal, endpoint, ctx.request_id, ctx.started);
+    let call = app.pipeline.open(head).await?;
     let reply = match read_body(app, req).await {
         Ok(body) => call.run(body).await,
         Err(e) => call.refuse(e),

@@ -61,6 +61,8 @@ pub struct App {
     pub codes: Arc<dyn gateway_billing::codes::CodeStore>,
     /// The Redis limiter with its fallback, when limits are on and Redis is configured.
     pub resilient: Option<Arc<ResilientLimiter>>,
+    /// The leases over it (admission without a Redis round trip per request), when on.
+    pub leased: Option<Arc<gateway_ratelimit::LeasedLimiter>>,
     /// One usage record per gateway request, written off the hot path.
     pub usage: Arc<UsageWriter>,
     pub usage_reader: UsageReader,
@@ -200,6 +202,7 @@ impl App {
         prices.reload().await.context("cannot load the model prices")?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let resilient = limiter.as_ref().and_then(|l| l.resilient.clone());
+        let leased = limiter.as_ref().and_then(|l| l.leased.clone());
         let traces = traces_exporter(&config)?;
         let pipeline = Pipeline::new(
             Ports {
@@ -256,6 +259,7 @@ impl App {
             traces,
             plans,
             resilient,
+            leased,
             usage,
             usage_reader: UsageReader::new(usage_queries),
             metrics,

@@ -309,6 +309,11 @@ pub struct LimitsConfig {
     pub on_redis_down_quota: QuotaPolicy,
     /// How often quota counters changed in Redis are saved to the database.
     pub mirror_interval_ms: u64,
+    /// With Redis: an instance admits from leases on part of a key's budget for up to this
+    /// long, without a Redis round trip per request (0: every request goes to Redis).
+    pub lease_ms: u64,
+    /// A lease takes at most 1/lease_share of what remains of a key's limits.
+    pub lease_share: u64,
 }
 
 impl Default for LimitsConfig {
@@ -322,6 +327,8 @@ impl Default for LimitsConfig {
             on_redis_down_capacity: CapacityPolicy::Local,
             on_redis_down_quota: QuotaPolicy::Database,
             mirror_interval_ms: 1_000,
+            lease_ms: 2_000,
+            lease_share: 16,
         }
     }
 }
@@ -671,6 +678,12 @@ impl Config {
         }
         if !(creem.api_url.starts_with("https://") || creem.api_url.starts_with("http://")) {
             return Err(ConfigError::key("billing.creem.api_url", "must be an http(s) URL"));
+        }
+        if self.limits.lease_ms > 30_000 {
+            return Err(ConfigError::key("limits.lease_ms", "must be at most 30000 (30 s)"));
+        }
+        if self.limits.lease_share == 0 {
+            return Err(ConfigError::key("limits.lease_share", "must be greater than 0"));
         }
         if self.auth.login_lockout_after == 0 {
             return Err(ConfigError::key("auth.login_lockout_after", "must be greater than 0"));

@@ -46,6 +46,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         let every = Duration::from_millis(app.config.limits.mirror_interval_ms);
         background.spawn(mirror_quotas(resilient, every));
     }
+    if let Some(leased) = app.leased.clone() {
+        background.spawn(limits::expire_leases(leased));
+    }
     if let Some(bus) = app.bus.clone() {
         let for_reload = Arc::downgrade(&app);
         let servers: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -81,6 +84,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     server::serve(listener, app.clone(), shutdown).await;
     if let Some(limits) = app.pipeline.limits() {
         limits.drain(SETTLE_DEADLINE).await;
+    }
+    if let Some(leased) = &app.leased {
+        // Every request has settled: what the leases hold unused goes back to the others.
+        if let Err(e) = leased.release_all().await {
+            tracing::warn!(error = %e, "could not give back the rate-limit leases at shutdown");
+        }
     }
     if let Some(resilient) = &app.resilient {
         limits::flush_mirror(resilient).await;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_ratelimit::{
-    CapacityFallback, FallbackPolicy, InMemoryLimiter, QuotaFallback, QuotaStore, RateLimiter,
-    ResilientLimiter, Snapshot,
+    CapacityFallback, FallbackPolicy, InMemoryLimiter, LeaseConfig, LeasedLimiter, QuotaFallback,
+    QuotaStore, RateLimiter, ResilientLimiter, Snapshot,
 };
 use gateway_redis::{RedisConn, RedisLimiter};
 use http::HeaderMap;
@@ -20,6 +20,8 @@ use crate::config::{CapacityPolicy, Config, QuotaPolicy};
 pub struct Limiter {
     pub limiter: Arc<dyn RateLimiter>,
     pub resilient: Option<Arc<ResilientLimiter>>,
+    /// The leases over the shared limiter, when Redis is configured and leases are on.
+    pub leased: Option<Arc<LeasedLimiter>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -41,7 +43,7 @@ pub fn build(
     let window = Duration::from_secs(l.window_secs);
     let local = InMemoryLimiter::default().with_window(window);
     let Some(conn) = redis else {
-        return Some(Limiter { limiter: Arc::new(local), resilient: None });
+        return Some(Limiter { limiter: Arc::new(local), resilient: None, leased: None });
     };
     let timeout = Duration::from_millis(l.redis_timeout_ms);
     let redis = RedisLimiter::new(conn.clone(), &config.redis.key_prefix, timeout)
@@ -62,8 +64,37 @@ pub fn build(
         ..FallbackPolicy::default()
     };
     let resilient = Arc::new(ResilientLimiter::new(redis, local, Some(quotas), policy));
-    Some(Limiter { limiter: resilient.clone(), resilient: Some(resilient) })
+    // A lease never lasts as long as the per-minute window (tests shorten the window).
+    let lease =
+        Duration::from_millis(l.lease_ms).min(window.saturating_sub(Duration::from_secs(1)));
+    if lease.is_zero() {
+        return Some(Limiter {
+            limiter: resilient.clone(),
+            resilient: Some(resilient),
+            leased: None,
+        });
+    }
+    let config = LeaseConfig { duration: lease, share: l.lease_share, ..LeaseConfig::default() };
+    let leased = Arc::new(LeasedLimiter::new(resilient.clone(), config));
+    Some(Limiter { limiter: leased.clone(), resilient: Some(resilient), leased: Some(leased) })
 }
+
+/// Ends the leases whose time is up, a few times a second, so budget an instance no longer
+/// uses goes back to the others.
+pub async fn expire_leases(leased: Arc<LeasedLimiter>) {
+    let mut tick = tokio::time::interval(LEASE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        if let Err(e) = leased.expire(now).await {
+            tracing::warn!(error = %e, "could not give back ended rate-limit leases; retrying");
+        }
+    }
+}
+
+/// How often ended leases are given back.
+const LEASE_SWEEP: Duration = Duration::from_millis(250);
 
 /// Saves quota counters changed in Redis to the database.
 pub async fn flush_mirror(resilient: &ResilientLimiter) {

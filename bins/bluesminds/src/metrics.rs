@@ -265,6 +265,34 @@ impl Metrics {
     }
 }
 
+/// How requests were admitted under leases: by a call to Redis (a new lease or a plain
+/// reservation) or from a lease in memory; and the leases given back.
+pub fn render_leases(out: &mut String, stats: &gateway_ratelimit::LeaseStats) {
+    for (name, help, n) in [
+        (
+            "bluesminds_ratelimit_claims_total",
+            "Admissions that called Redis (a new lease, or a plain reservation near a limit).",
+            &stats.claims,
+        ),
+        (
+            "bluesminds_ratelimit_lease_admissions_total",
+            "Requests admitted from a lease in memory, without a call to Redis.",
+            &stats.local,
+        ),
+        (
+            "bluesminds_ratelimit_leases_returned_total",
+            "Leases that ended and gave their unused part back.",
+            &stats.returned,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// What became of the trace spans handed to the OTLP exporter (only when tracing is on).
 pub fn render_traces(out: &mut String, stats: &gateway_otlp::ExportStats) {
     out.push_str("# HELP bluesminds_trace_spans_total Trace spans by outcome: exported, dropped (queue full) or failed (export failed or refused).\n# TYPE bluesminds_trace_spans_total counter\n");

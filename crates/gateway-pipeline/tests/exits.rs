@@ -27,7 +27,9 @@ use gateway_pipeline::{
 };
 use gateway_proxy::client::{ClientConfig, Outgoing, Upstream, UpstreamBody, UpstreamError};
 use gateway_proxy::request::Endpoint;
-use gateway_ratelimit::{Decision, InMemoryLimiter, LimitError, RateLimiter, Reservation, Subject};
+use gateway_ratelimit::{
+    Claim, Decision, InMemoryLimiter, LimitError, RateLimiter, Reservation, Subject, Used,
+};
 use gateway_usage::{UsageRecord, UsageSink};
 use http::{Response, StatusCode};
 use http_body::Frame;
@@ -168,18 +170,18 @@ struct SettleLog {
 
 #[async_trait]
 impl RateLimiter for SettleLog {
-    async fn reserve(
+    async fn claim(
         &self,
         who: &Subject,
-        tokens: u64,
+        claim: &Claim,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
-        self.inner.reserve(who, tokens, now_ms).await
+        self.inner.claim(who, claim, now_ms).await
     }
 
-    async fn settle(&self, reservation: &Reservation, actual: u64) -> Result<(), LimitError> {
-        self.settled.lock().unwrap().push((reservation.tokens, actual));
-        self.inner.settle(reservation, actual).await
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
+        self.settled.lock().unwrap().extend(used.iter().map(|(r, u)| (r.tokens, u.tokens)));
+        self.inner.adjust(used).await
     }
 }
 

@@ -10,8 +10,11 @@
 
 use gateway_core::{ApiKeyId, Limits, UserId};
 
+use std::sync::Arc;
+
 use crate::{
-    Decision, Holder, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation, Subject, Window,
+    Claim, Decision, Holder, LeaseConfig, LeasedLimiter, Period, QuotaStore, QuotaUsage,
+    RateLimiter, Reservation, Snapshot, Subject, Used, Window,
 };
 
 const T0: i64 = 1_800_000_000_000; // a whole second, mid-month
@@ -158,6 +161,73 @@ pub async fn limiter_contract(l: &dyn RateLimiter) {
     allowed_as(l, &three, 1000, month_end + 120_000).await;
 }
 
+async fn granted(
+    l: &dyn RateLimiter,
+    who: &Subject,
+    claim: Claim,
+    now: i64,
+) -> (Reservation, Snapshot) {
+    match l.claim(who, &claim, now).await.unwrap() {
+        Decision::Allowed { reservation, snapshot } => (reservation, snapshot),
+        other @ Decision::Refused { .. } => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// Claims (the leases' part of the contract): a share of what remains, counted in the second
+/// the lease ends in, given back exactly.
+#[allow(clippy::many_single_char_names)] // leases a, b, c... in order
+pub async fn claim_contract(l: &dyn RateLimiter) {
+    let s0 = T0 / 1000;
+    let who = alone(ApiKeyId::new(), &limits(100, 10_000, 1_000_000, 1_000_000));
+    let lease = |requests, tokens, need, until_ms, share| Claim {
+        ending: None,
+        requests,
+        tokens,
+        need,
+        until_ms,
+        share,
+    };
+    // A quarter of what remains, counted in the second the lease ends in.
+    let (a, snapshot) = granted(l, &who, lease(50, 5000, 10, T0 + 2500, 4), T0).await;
+    assert_eq!((a.requests, a.tokens, a.second), (25, 2500, s0 + 2));
+    assert_eq!((snapshot.remaining_requests, snapshot.remaining_tokens), (75, 7500));
+    // Never more than remains; one request's worth is counted now.
+    let (b, _) = granted(l, &who, lease(1000, 1, 1, T0, 1), T0).await;
+    assert_eq!((b.requests, b.tokens, b.second), (75, 1, s0));
+    assert_eq!(refused_as(l, &who, 0, T0 + 1000).await.0, Window::RequestsPerMinute);
+    // The unused part of a lease comes back.
+    l.adjust(&[(a, Used { requests: 5, tokens: 100 })]).await.unwrap();
+    for _ in 0..20 {
+        allowed_as(l, &who, 0, T0 + 1000).await;
+    }
+    refused_as(l, &who, 0, T0 + 1000).await;
+    // The lease's requests stay counted a whole window after its last second (s0 + 2): 75 leave
+    // at s0 + 61, 20 at s0 + 62, its 5 at s0 + 63.
+    let (c, _) = granted(l, &who, lease(1000, 1, 0, T0 + 61_000, 1), T0 + 61_000).await;
+    assert_eq!(c.requests, 75);
+    l.adjust(&[(c, Used { requests: 0, tokens: 0 })]).await.unwrap();
+    let (d, _) = granted(l, &who, lease(1000, 1, 0, T0 + 62_000, 1), T0 + 62_000).await;
+    assert_eq!(d.requests, 95);
+    l.adjust(&[(d, Used { requests: 0, tokens: 0 })]).await.unwrap();
+    let (e, _) = granted(l, &who, lease(1000, 1, 0, T0 + 63_000, 1), T0 + 63_000).await;
+    assert_eq!(e.requests, 100);
+
+    // Tokens by the tightest window (the day, here), at least what the request needs.
+    let who = alone(ApiKeyId::new(), &limits(1000, 1_000_000, 1000, 1_000_000));
+    let (f, _) = granted(l, &who, lease(100, 10_000, 50, T0 + 1000, 2), T0).await;
+    assert_eq!((f.requests, f.tokens), (100, 500));
+    assert_eq!(refused_as(l, &who, 600, T0).await.0, Window::TokensPerDay);
+    let (g, _) = granted(l, &who, lease(1, 10_000, 450, T0, 2), T0).await;
+    assert_eq!(g.tokens, 450, "what the request needs, though that is more than the share");
+    // A lease that ends gives back in the same step as the next claim.
+    let next =
+        Claim { ending: Some((f, Used { requests: 1, tokens: 20 })), ..lease(1, 500, 500, T0, 1) };
+    let (h, _) = granted(l, &who, next, T0).await;
+    assert_eq!(h.tokens, 500);
+    assert_eq!(refused_as(l, &who, 31, T0).await.0, Window::TokensPerDay);
+    allowed_as(l, &who, 30, T0).await;
+}
+
 /// The contract of every [`QuotaStore`]; `a` and `b` are keys of `user` the store accepts (a
 /// database store needs them to exist).
 pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, user: UserId) {
@@ -267,6 +337,16 @@ fn arrivals(rng: &mut fastrand::Rng) -> Vec<i64> {
 
 /// Runs `seeds` random arrival patterns through `limiter` (a fresh key each).
 pub async fn window_property(limiter: &dyn RateLimiter, seeds: std::ops::Range<u64>) {
+    window_property_within(limiter, seeds, 0).await;
+}
+
+/// [`window_property`] for a limiter that may refuse up to `early_ms` sooner: a leased one
+/// counts a lease's requests in the second it ends in, up to its duration after they came.
+pub async fn window_property_within(
+    limiter: &dyn RateLimiter,
+    seeds: std::ops::Range<u64>,
+    early_ms: i64,
+) {
     for seed in seeds {
         let mut rng = fastrand::Rng::with_seed(seed);
         let rpm = rng.u64(1..30);
@@ -283,7 +363,7 @@ pub async fn window_property(limiter: &dyn RateLimiter, seeds: std::ops::Range<u
                 Decision::Allowed { .. } => admitted.push(t),
                 Decision::Refused { .. } => {
                     // Justified: the 61 whole seconds up to t already hold the limit.
-                    let from = (t.div_euclid(1000) - 60) * 1000;
+                    let from = (t.div_euclid(1000) - 60) * 1000 - early_ms;
                     let held = admitted.iter().filter(|&&a| a >= from && a <= t).count() as u64;
                     assert!(
                         held >= rpm,
@@ -302,4 +382,117 @@ pub async fn window_property(limiter: &dyn RateLimiter, seeds: std::ops::Range<u
             );
         }
     }
+}
+
+/// Leases across several instances: `shared` is what they share (Redis in production). For
+/// each seed, 2 to 4 instances take leases of random length and share and admit random
+/// arrivals of requests needing random tokens, settled to a random part of their estimate.
+/// Holds: no 60-second span admits more than the RPM, none uses more than the TPM, the day no
+/// more than the daily quota; and the fairness bound: whenever a request is refused by
+/// requests per minute, the other instances hold at most `(k - 1) x rpm / share` requests
+/// unused. After the leases end and the window moves on, a burst admits exactly the RPM.
+pub async fn lease_property(shared: Arc<dyn RateLimiter>, seeds: std::ops::Range<u64>) {
+    let (mut local_total, mut claims_total) = (0, 0);
+    for seed in seeds {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let k = rng.usize(2..5);
+        let share = rng.u64(2..17);
+        let duration_ms = rng.i64(500..4000);
+        let instances: Vec<LeasedLimiter> = (0..k)
+            .map(|_| {
+                let config = LeaseConfig {
+                    duration: std::time::Duration::from_millis(duration_ms as u64),
+                    share,
+                    max_requests: 1000,
+                };
+                LeasedLimiter::new(shared.clone(), config)
+            })
+            .collect();
+        let rpm = rng.u64(5..300);
+        let tpm = rpm * rng.u64(5..40);
+        let daily = tpm * rng.u64(2..6);
+        let lim = Limits { rpm, tpm, daily_tokens: daily, monthly_tokens: u64::MAX / 4 };
+        let who = alone(ApiKeyId::new(), &lim);
+        // Admitted requests: (when, actual tokens).
+        let mut admitted: Vec<(i64, u64)> = Vec::new();
+        let mut t = T0 + 3_600_000 + rng.i64(0..1000);
+        for _ in 0..1500 {
+            t += match rng.u8(0..20) {
+                0 => rng.i64(2_000..20_000),
+                1..=4 => 0,
+                _ => rng.i64(0..300),
+            };
+            for l in &instances {
+                l.expire(t).await.unwrap();
+            }
+            let i = rng.usize(0..k);
+            let need = rng.u64(1..60);
+            match instances[i].reserve(&who, need, t).await.unwrap() {
+                Decision::Allowed { reservation, .. } => {
+                    let actual = rng.u64(0..=need);
+                    instances[i].settle(&reservation, actual).await.unwrap();
+                    admitted.push((t, actual));
+                }
+                Decision::Refused { window, .. } => {
+                    if window == Window::RequestsPerMinute {
+                        let held: u64 =
+                            (0..k).filter(|&j| j != i).map(|j| instances[j].held(who.key).0).sum();
+                        let bound = (k as u64 - 1) * (rpm / share);
+                        assert!(
+                            held <= bound,
+                            "seed {seed}: refused while others held {held} > {bound}"
+                        );
+                    }
+                }
+            }
+        }
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let span = admitted[i..].iter().take_while(|(a, _)| *a < start + SPAN_MS);
+            let (requests, tokens) = span.fold((0, 0), |(n, tk), (_, a)| (n + 1, tk + a));
+            assert!(requests <= rpm, "seed {seed}: {requests} in the 60 s from {start}, rpm {rpm}");
+            assert!(
+                tokens <= tpm,
+                "seed {seed}: {tokens} tokens in the 60 s from {start}, tpm {tpm}"
+            );
+        }
+        let day_of = |ms: i64| ms.div_euclid(86_400_000);
+        for day in
+            admitted.iter().map(|(a, _)| day_of(*a)).collect::<std::collections::BTreeSet<_>>()
+        {
+            let used: u64 =
+                admitted.iter().filter(|(a, _)| day_of(*a) == day).map(|(_, tk)| tk).sum();
+            assert!(used <= daily, "seed {seed}: {used} tokens on day {day}, daily {daily}");
+        }
+        let stat = |f: fn(&crate::LeaseStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            instances.iter().map(|l| f(l.stats()).load(std::sync::atomic::Ordering::Relaxed)).sum()
+        };
+        local_total += stat(|s| &s.local);
+        claims_total += stat(|s| &s.claims);
+        // Everything given back: a minute and the longest lease later, a burst gets exactly
+        // the RPM (tokens to spare), across the instances.
+        t += SPAN_MS + duration_ms + 2_000;
+        for l in &instances {
+            l.expire(t).await.unwrap();
+        }
+        let fresh = Subject {
+            limits: Limits { tpm: u64::MAX / 4, daily_tokens: u64::MAX / 4, ..lim },
+            ..who
+        };
+        let mut burst = 0;
+        for n in 0..rpm * 2 {
+            let l = &instances[(n as usize) % k];
+            if matches!(l.reserve(&fresh, 0, t).await.unwrap(), Decision::Allowed { .. }) {
+                burst += 1;
+            }
+        }
+        // Leases hold budget the other instances then cannot use: the bound again.
+        assert!(burst <= rpm, "seed {seed}: a burst admitted {burst} > {rpm}");
+        let bound = (k as u64 - 1) * (rpm / share);
+        assert!(burst + bound >= rpm, "seed {seed}: a burst admitted only {burst} of {rpm}");
+    }
+    // Not a vacuous pass: leases did admit requests without a call to the shared limiter.
+    assert!(
+        local_total > claims_total / 4,
+        "{local_total} admitted from leases, {claims_total} claims"
+    );
 }

@@ -17,8 +17,8 @@ use gateway_core::Limits;
 
 use crate::window::{date_of, periods};
 use crate::{
-    Decision, InMemoryLimiter, LimitError, QuotaStore, RateLimiter, Reservation, SharedLimiter,
-    Subject, Window,
+    Claim, Decision, InMemoryLimiter, LimitError, QuotaStore, RateLimiter, Reservation,
+    SharedLimiter, Subject, Used, Window,
 };
 
 /// What requests and tokens per minute do while Redis is unreachable.
@@ -234,24 +234,30 @@ impl ResilientLimiter {
 
 #[async_trait]
 impl RateLimiter for ResilientLimiter {
-    async fn reserve(
+    /// A claim goes to Redis; while Redis is down, the fallback reserves exactly what the
+    /// request needs (no leases: the store's conditional updates stay per request).
+    async fn claim(
         &self,
         who: &Subject,
-        tokens: u64,
+        claim: &Claim,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
+        let tokens = claim.need;
         let down = self.down.load(Ordering::Acquire);
+        // While Redis is down, a lease it granted cannot give its unused part back: that part
+        // stays counted there (refusing early, never admitting more).
+        let fallback = |_: &Claim| self.fallback(who, tokens, now_ms);
         if down && now_ms < self.retry_at.load(Ordering::Acquire) {
-            return self.fallback(who, tokens, now_ms).await;
+            return fallback(claim).await;
         }
         if down {
             // Coming back: whatever the store counted alone goes into Redis first.
             if let Err(e) = self.redis.restore(now_ms).await {
                 self.enter_outage(now_ms, &e);
-                return self.fallback(who, tokens, now_ms).await;
+                return fallback(claim).await;
             }
         }
-        match self.redis.reserve(who, tokens, now_ms).await {
+        match self.redis.claim(who, claim, now_ms).await {
             Ok(decision) => {
                 if down && self.down.swap(false, Ordering::AcqRel) {
                     tracing::warn!("rate limiter: redis answers again; limits are shared again");
@@ -260,34 +266,30 @@ impl RateLimiter for ResilientLimiter {
             }
             Err(e) => {
                 self.enter_outage(now_ms, &e);
-                self.fallback(who, tokens, now_ms).await
+                fallback(claim).await
             }
         }
     }
 
-    async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
         let (fallback, redis): (Vec<_>, Vec<_>) =
-            settlements.iter().cloned().partition(|(r, _)| r.fallback);
-        let redis_result = self.redis.settle_many(&redis).await;
-        for (r, actual) in &fallback {
-            self.settle(r, *actual).await?;
+            used.iter().copied().partition(|(r, _)| r.fallback);
+        let redis_result = if redis.is_empty() { Ok(()) } else { self.redis.adjust(&redis).await };
+        if !fallback.is_empty() {
+            self.local.adjust(&fallback).await?;
+        }
+        for (r, used) in &fallback {
+            let delta = i64::try_from(used.tokens).unwrap_or(i64::MAX)
+                - i64::try_from(r.tokens).unwrap_or(i64::MAX);
+            if let (Some(store), QuotaFallback::Store, true) =
+                (&self.store, self.policy.quotas, delta != 0)
+            {
+                store
+                    .adjust(r.key, r.user, date_of(r.day), date_of(r.month * 100 + 1), delta)
+                    .await
+                    .map_err(|e| LimitError::Unavailable(e.0))?;
+            }
         }
         redis_result
-    }
-
-    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
-        if !r.fallback {
-            return self.redis.settle(r, actual_tokens).await;
-        }
-        self.local.settle(r, actual_tokens).await?;
-        let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
-            - i64::try_from(r.tokens).unwrap_or(i64::MAX);
-        match (&self.store, self.policy.quotas) {
-            (Some(store), QuotaFallback::Store) if delta != 0 => store
-                .adjust(r.key, r.user, date_of(r.day), date_of(r.month * 100 + 1), delta)
-                .await
-                .map_err(|e| LimitError::Unavailable(e.0)),
-            _ => Ok(()),
-        }
     }
 }

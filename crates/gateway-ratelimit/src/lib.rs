@@ -35,6 +35,7 @@
 //! ```
 
 mod fallback;
+mod lease;
 mod memory;
 pub mod window;
 
@@ -47,6 +48,7 @@ use gateway_core::{ApiKeyId, Limits, UserId};
 pub use fallback::{
     CapacityFallback, FallbackPolicy, LimiterHealth, QuotaFallback, ResilientLimiter,
 };
+pub use lease::{LeaseConfig, LeaseStats, LeasedLimiter};
 pub use memory::{InMemoryLimiter, InMemoryQuotaStore};
 
 /// Which window refused a request.
@@ -108,10 +110,12 @@ impl Snapshot {
 }
 
 /// A reservation to settle once the real usage is known.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub key: ApiKeyId,
     pub user: UserId,
+    /// Requests counted: one, or a lease's.
+    pub requests: u64,
     pub tokens: u64,
     /// The second the reservation was counted in (unix seconds).
     pub second: i64,
@@ -120,6 +124,68 @@ pub struct Reservation {
     pub month: u32,
     /// Made by a [`ResilientLimiter`]'s fallback while Redis was unreachable.
     pub fallback: bool,
+    /// The [`LeasedLimiter`] lease the request was admitted under (0: none); adapters below
+    /// it ignore it.
+    pub lease: u64,
+}
+
+/// A claim on a key's windows: at least one request and `need` tokens, or nothing; beyond that,
+/// up to `requests` and `tokens` more for a lease, each at most `1/share` of what remains in its
+/// tightest window ([`grant`]). What a claim gets beyond one request's worth may be used until
+/// `until_ms`, so it is counted in the per-minute windows at the second `until_ms` falls in:
+/// every request admitted under it then stays counted at least a full window after it came,
+/// and no window ever holds less than what was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimant's previous lease of the key, ending: what it did not use goes back in the
+    /// same atomic step, before the claim is checked.
+    pub ending: Option<(Reservation, Used)>,
+    /// Requests wanted (at least one is needed).
+    pub requests: u64,
+    /// Tokens wanted (at least `need`).
+    pub tokens: u64,
+    /// Tokens the request at hand needs: granted in full or refused.
+    pub need: u64,
+    /// Until when a lease may be used (unix milliseconds; never past the day it starts in).
+    pub until_ms: i64,
+    /// A claim takes at most this fraction (1/share) of what remains beyond one request's worth.
+    pub share: u64,
+}
+
+impl Claim {
+    /// One request and `tokens`, counted now: a plain reservation.
+    pub fn single(tokens: u64, now_ms: i64) -> Self {
+        Self { ending: None, requests: 1, tokens, need: tokens, until_ms: now_ms, share: 1 }
+    }
+}
+
+/// What a claim gets when `requests` and `tokens` remain in the key's tightest windows
+/// (the caller has checked that at least one request and `need` tokens remain): every
+/// adapter grants by this rule.
+pub fn grant(claim: &Claim, requests: u64, tokens: u64) -> (u64, u64) {
+    let share = claim.share.max(1);
+    let n = claim.requests.min((requests / share).max(1)).max(1);
+    if n == 1 {
+        // The request at hand takes the one request: tokens beyond its need would serve none.
+        return (1, claim.need);
+    }
+    let t = claim.tokens.min((tokens / share).max(claim.need)).max(claim.need).min(tokens);
+    (n, t)
+}
+
+/// The second a grant is counted in: the current one for one request's worth, else the second
+/// the lease ends in (no earlier than now).
+pub fn counted_second(claim: &Claim, granted: (u64, u64), now_ms: i64) -> i64 {
+    let now = now_ms.div_euclid(1000);
+    if granted == (1, claim.need) { now } else { claim.until_ms.div_euclid(1000).max(now) }
+}
+
+/// What a reservation turned out to use: its requests (fewer for a lease that ends with some
+/// unused) and its real tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Used {
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 /// The answer to a reservation.
@@ -140,27 +206,48 @@ pub enum LimitError {
 /// Checks and reserves every window of a key at once.
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
+    /// Checks every window of the key and the user's monthly ceiling and, if one request and
+    /// `claim.need` tokens fit in all of them, reserves what [`grant`] gives in all of them at
+    /// once; otherwise nothing. `now_ms`: milliseconds since the Unix epoch.
+    async fn claim(
+        &self,
+        who: &Subject,
+        claim: &Claim,
+        now_ms: i64,
+    ) -> Result<Decision, LimitError>;
+
     /// Reserves one request and `tokens` (an estimate) in every window of the key and in the
-    /// user's monthly ceiling, or nothing if any of them would be exceeded. `now_ms`:
-    /// milliseconds since the Unix epoch.
+    /// user's monthly ceiling, or nothing if any of them would be exceeded.
     async fn reserve(
         &self,
         who: &Subject,
         tokens: u64,
         now_ms: i64,
-    ) -> Result<Decision, LimitError>;
+    ) -> Result<Decision, LimitError> {
+        self.claim(who, &Claim::single(tokens, now_ms), now_ms).await
+    }
 
-    /// Replaces the reservation's estimate with `actual_tokens`.
-    async fn settle(&self, reservation: &Reservation, actual_tokens: u64)
-    -> Result<(), LimitError>;
+    /// Replaces what reservations counted with what they used (never below zero), in one step
+    /// where the adapter can (Redis: one script call per batch). Stops at the first failure.
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError>;
 
-    /// Settles many reservations; adapters that can (Redis: one pipelined round trip) do it
-    /// in one step. Stops at the first failure.
+    /// Replaces the reservation's token estimate with `actual_tokens`.
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        actual_tokens: u64,
+    ) -> Result<(), LimitError> {
+        let used = Used { requests: reservation.requests, tokens: actual_tokens };
+        self.adjust(&[(*reservation, used)]).await
+    }
+
+    /// Settles many reservations at once.
     async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
-        for (reservation, actual) in settlements {
-            self.settle(reservation, *actual).await?;
-        }
-        Ok(())
+        let used: Vec<(Reservation, Used)> = settlements
+            .iter()
+            .map(|(r, actual)| (*r, Used { requests: r.requests, tokens: *actual }))
+            .collect();
+        self.adjust(&used).await
     }
 }
 

@@ -8,8 +8,8 @@ use gateway_core::{ApiKeyId, UserId};
 
 use crate::window::{DEFAULT_BUCKETS, buckets_for, periods};
 use crate::{
-    Decision, Holder, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter,
-    Reservation, Snapshot, Subject, Window,
+    Claim, Decision, Holder, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage,
+    RateLimiter, Reservation, Snapshot, Subject, Used, Window, counted_second, grant,
 };
 
 #[derive(Debug, Default)]
@@ -33,11 +33,19 @@ fn prune(buckets: &mut VecDeque<(i64, u64)>, now: i64, span: i64) {
     }
 }
 
-fn add(buckets: &mut VecDeque<(i64, u64)>, now: i64, n: u64) {
-    match buckets.back_mut() {
-        Some((s, c)) if *s == now => *c += n,
-        _ => buckets.push_back((now, n)),
+/// Counts `n` in second `at`, keeping the buckets in order (a lease counts in a later second
+/// than the requests after it).
+fn add(buckets: &mut VecDeque<(i64, u64)>, at: i64, n: u64) {
+    let i = buckets.iter().rposition(|(s, _)| *s <= at).map_or(0, |i| i + 1);
+    match buckets.get_mut(i.wrapping_sub(1)) {
+        Some((s, c)) if *s == at => *c += n,
+        _ => buckets.insert(i, (at, n)),
     }
+}
+
+/// `used` in place of `counted`, never below zero.
+fn replace(v: &mut u64, counted: u64, used: u64) {
+    *v = (*v + used).saturating_sub(counted);
 }
 
 /// Seconds until `cost` more fits under `limit`, as the oldest buckets leave the window.
@@ -80,12 +88,16 @@ impl InMemoryLimiter {
 
 #[async_trait]
 impl RateLimiter for InMemoryLimiter {
-    async fn reserve(
+    async fn claim(
         &self,
         who: &Subject,
-        tokens: u64,
+        claim: &Claim,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
+        if let Some(ending) = claim.ending {
+            self.adjust(&[ending]).await?;
+        }
+        let tokens = claim.need;
         let (key, limits) = (who.key, &who.limits);
         let now = now_ms.div_euclid(1000);
         let (day, month, to_midnight, to_month_end) = periods(now_ms);
@@ -139,31 +151,55 @@ impl RateLimiter for InMemoryLimiter {
                 snapshot: snapshot(req_used, tok_used),
             });
         }
-        add(&mut st.requests, now, 1);
-        add(&mut st.tokens, now, tokens);
-        st.day.1 += tokens;
-        st.month.1 += tokens;
-        user.1 += tokens;
-        let reservation =
-            Reservation { key, user: who.user, tokens, second: now, day, month, fallback: false };
-        Ok(Decision::Allowed { reservation, snapshot: snapshot(req_used + 1, tok_used + tokens) })
+        // Every check passed: each window has at least one request and `need` tokens left.
+        let remaining_tokens = [
+            limits.tpm.saturating_sub(tok_used),
+            limits.daily_tokens.saturating_sub(st.day.1),
+            limits.monthly_tokens.saturating_sub(st.month.1),
+            who.ceiling.saturating_sub(user.1),
+        ];
+        let remaining_tokens = remaining_tokens.into_iter().min().unwrap_or(0);
+        let (n, t) = grant(claim, limits.rpm.saturating_sub(req_used), remaining_tokens);
+        let second = counted_second(claim, (n, t), now_ms);
+        add(&mut st.requests, second, n);
+        add(&mut st.tokens, second, t);
+        st.day.1 += t;
+        st.month.1 += t;
+        user.1 += t;
+        let reservation = Reservation {
+            key,
+            user: who.user,
+            requests: n,
+            tokens: t,
+            second,
+            day,
+            month,
+            fallback: false,
+            lease: 0,
+        };
+        Ok(Decision::Allowed { reservation, snapshot: snapshot(req_used + n, tok_used + t) })
     }
 
-    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
         let mut counters = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let adjust = |v: &mut u64| *v = (*v + actual_tokens).saturating_sub(r.tokens);
-        if let Some(user) = counters.users.get_mut(&r.user).filter(|u| u.0 == r.month) {
-            adjust(&mut user.1);
-        }
-        let Some(st) = counters.keys.get_mut(&r.key) else { return Ok(()) };
-        if let Some((_, c)) = st.tokens.iter_mut().find(|(s, _)| *s == r.second) {
-            adjust(c);
-        }
-        if st.day.0 == r.day {
-            adjust(&mut st.day.1);
-        }
-        if st.month.0 == r.month {
-            adjust(&mut st.month.1);
+        for (r, used) in used {
+            let tokens = |v: &mut u64| replace(v, r.tokens, used.tokens);
+            if let Some(user) = counters.users.get_mut(&r.user).filter(|u| u.0 == r.month) {
+                tokens(&mut user.1);
+            }
+            let Some(st) = counters.keys.get_mut(&r.key) else { continue };
+            if let Some((_, c)) = st.requests.iter_mut().find(|(s, _)| *s == r.second) {
+                replace(c, r.requests, used.requests);
+            }
+            if let Some((_, c)) = st.tokens.iter_mut().find(|(s, _)| *s == r.second) {
+                tokens(c);
+            }
+            if st.day.0 == r.day {
+                tokens(&mut st.day.1);
+            }
+            if st.month.0 == r.month {
+                tokens(&mut st.month.1);
+            }
         }
         Ok(())
     }
@@ -250,6 +286,7 @@ mod tests {
     #[tokio::test]
     async fn in_memory_limiter_meets_the_contract() {
         crate::conformance::limiter_contract(&super::InMemoryLimiter::default()).await;
+        crate::conformance::claim_contract(&super::InMemoryLimiter::default()).await;
     }
 
     #[tokio::test]

@@ -21,18 +21,18 @@ use gateway_core::{ApiKeyId, UserId};
 
 use gateway_ratelimit::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
 use gateway_ratelimit::{
-    Decision, Holder, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation,
-    SharedLimiter, Snapshot, Subject, Window,
+    Claim, Decision, Holder, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation,
+    SharedLimiter, Snapshot, Subject, Used, Window,
 };
 
 use crate::{RedisConn, RedisError, slot};
 
-/// The reserve script's answer (see `lua/reserve_v3.lua`).
-type Answer = (i64, i64, u64, u64, u64, u64);
+/// The claim script's answer (see `lua/reserve_v4.lua`).
+type Answer = (i64, i64, u64, u64, u64, u64, u64, u64, i64);
 
 /// The scripts, sent by hash and loaded when Redis lost them (see `RedisLimiter::eval`).
-const RESERVE_LUA: &str = include_str!("../lua/reserve_v3.lua");
-const SETTLE_LUA: &str = include_str!("../lua/settle_v3.lua");
+const RESERVE_LUA: &str = include_str!("../lua/reserve_v4.lua");
+const SETTLE_LUA: &str = include_str!("../lua/settle_v4.lua");
 const RESTORE_LUA: &str = include_str!("../lua/restore_v1.lua");
 
 /// Settlements per settle script call (each costs about 6 µs of Redis time).
@@ -197,10 +197,10 @@ impl RedisLimiter {
         unavailable(e)
     }
 
-    async fn try_reserve(
+    async fn try_claim(
         &self,
         who: &Subject,
-        tokens: u64,
+        claim: &Claim,
         now_ms: i64,
     ) -> Result<Option<Decision>, LimitError> {
         let (key, user, limits) = (who.key, who.user, &who.limits);
@@ -220,10 +220,28 @@ impl RedisLimiter {
             .arg(limits.tpm)
             .arg(limits.daily_tokens)
             .arg(limits.monthly_tokens);
-        cmd.arg(tokens).arg(to_midnight).arg(to_month_end).arg(self.span);
+        cmd.arg(claim.need).arg(to_midnight).arg(to_month_end).arg(self.span);
         cmd.arg(u8::from(self.durable.is_some())).arg(who.ceiling);
-        let (allowed, window, retry_after, req_used, tok_used, reset): Answer =
+        cmd.arg(claim.requests)
+            .arg(claim.tokens)
+            .arg(claim.until_ms.div_euclid(1000))
+            .arg(claim.share.max(1));
+        match &claim.ending {
+            Some((r, used)) => {
+                let (requests, tokens) = deltas(r, used);
+                cmd.arg(r.second).arg(requests.to_string()).arg(tokens.to_string());
+            }
+            None => {
+                cmd.arg("").arg(0).arg(0);
+            }
+        }
+        let (allowed, window, retry_after, req_used, tok_used, reset, n, t, second): Answer =
             self.eval(RESERVE_LUA, &cmd).await?;
+        if allowed != -1
+            && let Some((r, _)) = &claim.ending
+        {
+            self.mark_changed([(r.key, Changed { user: r.user, day: r.day, month: r.month })]);
+        }
         let snapshot = Snapshot {
             reset_requests_secs: reset,
             reset_tokens_secs: reset,
@@ -233,8 +251,17 @@ impl RedisLimiter {
             -1 => Ok(None),
             1 => {
                 self.mark_changed([(key, Changed { user, day, month })]);
-                let reservation =
-                    Reservation { key, user, tokens, second: now, day, month, fallback: false };
+                let reservation = Reservation {
+                    key,
+                    user,
+                    requests: n,
+                    tokens: t,
+                    second,
+                    day,
+                    month,
+                    fallback: false,
+                    lease: 0,
+                };
                 Ok(Some(Decision::Allowed { reservation, snapshot }))
             }
             _ => {
@@ -378,24 +405,24 @@ impl RedisLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn reserve(
+    async fn claim(
         &self,
         who: &Subject,
-        tokens: u64,
+        claim: &Claim,
         now_ms: i64,
     ) -> Result<Decision, LimitError> {
-        if let Some(decision) = self.try_reserve(who, tokens, now_ms).await? {
+        if let Some(decision) = self.try_claim(who, claim, now_ms).await? {
             return Ok(decision);
         }
         self.restore(now_ms).await?;
-        self.try_reserve(who, tokens, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
+        self.try_claim(who, claim, now_ms).await?.ok_or_else(|| unavailable(NotRestored))
     }
 
-    async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
-        let changed: Vec<(&Reservation, i128)> = settlements
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
+        let changed: Vec<(&Reservation, (i128, i128))> = used
             .iter()
-            .map(|(r, actual)| (r, i128::from(*actual) - i128::from(r.tokens)))
-            .filter(|(_, delta)| *delta != 0)
+            .map(|(r, used)| (r, deltas(r, used)))
+            .filter(|(_, (requests, tokens))| *requests != 0 || *tokens != 0)
             .collect();
         // One call per batch (in a cluster, per slot), the batches at once.
         let calls = self.batches(&changed, |(r, _)| r.user, SETTLE_CHUNK).into_iter().map(
@@ -408,8 +435,8 @@ impl RateLimiter for RedisLimiter {
                         .arg(self.counter(r.user, Counter::Month(r.key, r.month)))
                         .arg(self.counter(r.user, Counter::UserMonth(r.month)));
                 }
-                for (r, delta) in &chunk {
-                    cmd.arg(r.second).arg(delta.to_string());
+                for (r, (requests, tokens)) in &chunk {
+                    cmd.arg(r.second).arg(requests.to_string()).arg(tokens.to_string());
                 }
                 self.eval::<i64>(SETTLE_LUA, &cmd).await?;
                 let changed = chunk
@@ -421,10 +448,14 @@ impl RateLimiter for RedisLimiter {
         );
         futures_util::future::join_all(calls).await.into_iter().collect()
     }
+}
 
-    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), LimitError> {
-        self.settle_many(&[(r.clone(), actual_tokens)]).await
-    }
+/// What a reservation used minus what it counted: requests, tokens.
+fn deltas(r: &Reservation, used: &Used) -> (i128, i128) {
+    (
+        i128::from(used.requests) - i128::from(r.requests),
+        i128::from(used.tokens) - i128::from(r.tokens),
+    )
 }
 
 /// A key whose quota counters changed since the last mirror flush.
@@ -461,7 +492,8 @@ impl std::fmt::Display for CounterKey<'_> {
         // reservation touches one slot.
         write!(f, "{}:rl:v2:{{{}}}", self.prefix, self.user)?;
         match self.counter {
-            Counter::Minute(key) => write!(f, ":{key}:w"),
+            // `w2`: seconds a lease counts ahead of now (v4 scripts); `w` was v3's.
+            Counter::Minute(key) => write!(f, ":{key}:w2"),
             Counter::Day(key, day) => write!(f, ":{key}:d:{day}"),
             Counter::Month(key, month) => write!(f, ":{key}:m:{month}"),
             Counter::UserMonth(month) => write!(f, ":m:{month}"),

@@ -73,15 +73,26 @@ async fn wipe(prefix: &str, which: impl Fn(usize) -> bool) -> usize {
 #[tokio::test]
 async fn the_limiter_meets_the_contract_on_a_cluster() {
     gateway_ratelimit::conformance::limiter_contract(&limiter(&prefix())).await;
+    gateway_ratelimit::conformance::claim_contract(&limiter(&prefix())).await;
+    gateway_ratelimit::conformance::lease_property(std::sync::Arc::new(limiter(&prefix())), 0..5)
+        .await;
 }
 
-/// Two hundred reservations at once from two limiters (two gateway instances) sharing the
-/// cluster: a key allowing 10 a minute admits exactly 10, and so does a user's ceiling across
+/// Two hundred reservations at once from two leased limiters (two gateway instances) sharing
+/// the cluster: a key allowing 10 a minute admits exactly 10, and so does a user's ceiling across
 /// three keys.
 #[tokio::test]
 async fn two_instances_on_a_cluster_admit_exactly_the_limit() {
     let p = prefix();
-    let instances = [limiter(&p), limiter(&p)];
+    // Each instance admits through leases, as the gateway does.
+    let leased = || {
+        let shared = std::sync::Arc::new(limiter(&p));
+        std::sync::Arc::new(gateway_ratelimit::LeasedLimiter::new(
+            shared,
+            gateway_ratelimit::LeaseConfig::default(),
+        ))
+    };
+    let instances = [leased(), leased()];
     let now = now_ms();
     let run = |subjects: Vec<Subject>| {
         let instances = instances.clone();

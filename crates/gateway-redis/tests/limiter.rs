@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use gateway_core::{ApiKeyId, Limits, UserId};
 use gateway_ratelimit::{
-    Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LimitError, QuotaStore,
-    QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Subject, Window,
+    Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LeaseConfig, LeasedLimiter,
+    LimitError, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Subject,
+    Window,
 };
 use gateway_redis::bus::{Bus, Heard, Invalidation};
 use gateway_redis::{RedisConn, RedisLimiter};
@@ -32,6 +33,53 @@ fn limiter() -> RedisLimiter {
 async fn redis_limiter_meets_the_contract() {
     let l = limiter();
     gateway_ratelimit::conformance::limiter_contract(&l).await;
+    gateway_ratelimit::conformance::claim_contract(&limiter()).await;
+}
+
+/// Leases of simulated instances over one Redis: never more than a limit, and at most the
+/// stated share held unused by the others when a request is refused.
+#[tokio::test]
+async fn leases_over_redis_never_over_admit_and_hold_at_most_the_stated_share() {
+    gateway_ratelimit::conformance::lease_property(Arc::new(limiter()), 0..25).await;
+}
+
+/// The same 200-at-once as below, through leases: two instances, each a `LeasedLimiter` over
+/// its own connection, admit exactly the limit (leases shrink to single requests near it).
+#[tokio::test]
+async fn concurrent_requests_through_leases_on_two_instances_admit_exactly_the_limit() {
+    let url = redis_url();
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let instances: Vec<Arc<LeasedLimiter>> = (0..2)
+        .map(|_| {
+            let shared = RedisLimiter::new(conn(&url), &prefix, Duration::from_secs(5));
+            Arc::new(LeasedLimiter::new(Arc::new(shared), LeaseConfig::default()))
+        })
+        .collect();
+    let now = 1_800_000_000_000;
+    let base =
+        Limits { rpm: 10, tpm: 1_000_000, daily_tokens: 1_000_000, monthly_tokens: 1_000_000 };
+    for (limits, window) in [
+        (base, Window::RequestsPerMinute),
+        (Limits { rpm: 1000, tpm: 50, ..base }, Window::TokensPerMinute),
+        (Limits { rpm: 1000, daily_tokens: 50, ..base }, Window::TokensPerDay),
+    ] {
+        let who = alone(ApiKeyId::new(), &limits);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let l = instances[i % 2].clone();
+                tokio::spawn(async move { l.reserve(&who, 5, now).await.unwrap() })
+            })
+            .collect();
+        let (mut admitted, mut windows) = (0, Vec::new());
+        for t in tasks {
+            match t.await.unwrap() {
+                Decision::Allowed { .. } => admitted += 1,
+                Decision::Refused { window, .. } => windows.push(window),
+            }
+        }
+        windows.dedup();
+        assert_eq!((admitted, windows), (10, vec![window]), "{limits:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,395 @@
+//! Leased admission: exact limits across instances without a round trip to the shared limiter
+//! for every request.
+//!
+//! Exactness across instances needs only that the sum of what the instances admit never
+//! exceeds a limit. So an instance takes a **lease** on part of a key's remaining budget (some
+//! requests and tokens, in every window at once: minute, day, month and the user's monthly
+//! ceiling) in one call to the shared limiter, admits requests against it in memory, and gives
+//! back what it did not use when the lease ends. The shared limiter counts the whole lease the
+//! moment it is granted, in the per-minute second the lease ends in ([`crate::Claim`]), so at no
+//! time does any window hold less than what the instances admitted under it.
+//!
+//! **Size.** A lease asks for twice what the key's previous lease on this instance used (one
+//! request at first), tokens at the key's average need, and gets at most `1/share` of what
+//! remains in the key's tightest window ([`crate::grant`]). Far from its limits a busy key
+//! gets large leases and almost never waits for Redis; as it nears a limit the leases shrink,
+//! down to one request and exactly the tokens it needs, which is a plain reservation: then
+//! every request is checked against the shared counters again, as without leases.
+//!
+//! **Fairness bound.** A lease never holds more than `1/share` of what remained when it was
+//! granted, and it ends within `duration`. So when a request is refused, the budget other
+//! instances hold unused in their leases of the same key is at most `(k - 1)/share` of the
+//! limit (`k` instances), and it comes back at most `duration` later; a key with fewer than
+//! `share` requests left gets single-request leases that hold nothing unused. (Tested by
+//! `conformance::lease_property` with simulated instances.)
+//!
+//! **Settlements** keep their meaning: a request reserves its estimate and is settled to its
+//! real tokens. While its lease lives, the difference stays in the lease (a refund makes room
+//! for more requests); once the lease has ended, it goes to the shared limiter. What a lease
+//! gives back is queued and sent with the next batch of settlements or by
+//! [`LeasedLimiter::expire`], which the owner calls a few times a second; [`LeasedLimiter::release_all`]
+//! gives everything back at shutdown. An instance that dies holding leases loses their unused
+//! part until the windows move on (the per-minute ones within a minute; the daily and monthly
+//! quotas keep it, at most `1/share` of what remained per key).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gateway_core::ApiKeyId;
+use tokio::sync::Notify;
+
+use crate::window::periods;
+use crate::{Claim, Decision, LimitError, RateLimiter, Reservation, Snapshot, Subject, Used};
+
+/// How leases are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The longest a lease is used; also the longest an instance holds budget it does not use.
+    pub duration: Duration,
+    /// A lease takes at most `1/share` of what remains in the key's tightest window.
+    pub share: u64,
+    /// Most requests in one lease.
+    pub max_requests: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { duration: Duration::from_secs(2), share: 16, max_requests: 100_000 }
+    }
+}
+
+/// What the leases did, for metrics.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Calls to the shared limiter for a request (leases and plain reservations).
+    pub claims: AtomicU64,
+    /// Requests admitted from a lease in memory, without a call.
+    pub local: AtomicU64,
+    /// Leases that ended and gave their unused part back.
+    pub returned: AtomicU64,
+}
+
+/// A [`RateLimiter`] that admits from leases on the shared limiter `inner` (see the module docs).
+pub struct LeasedLimiter {
+    inner: Arc<dyn RateLimiter>,
+    config: LeaseConfig,
+    slots: RwLock<HashMap<ApiKeyId, Arc<Slot>>>,
+    /// Unused parts of ended leases, and settlements of requests whose lease has ended, to send.
+    outgoing: Mutex<Vec<(Reservation, Used)>>,
+    next_id: AtomicU64,
+    stats: LeaseStats,
+}
+
+impl std::fmt::Debug for LeasedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedLimiter").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// One key's lease on this instance.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    /// Told when a claim for the key ends (its waiters look again).
+    claimed: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    lease: Option<Lease>,
+    /// A claim for the key is under way: other requests wait for it instead of claiming too.
+    claiming: bool,
+    /// Requests the key's last lease admitted (the next asks for twice as many).
+    last_used: u64,
+    /// Average tokens a request of the key needs.
+    average_need: u64,
+    /// When the key was last asked for (idle slots are dropped).
+    touched_ms: i64,
+}
+
+struct Lease {
+    id: u64,
+    /// What the shared limiter counted.
+    grant: Reservation,
+    /// The key's limits it was granted under: other limits (a plan change) end it.
+    who: Subject,
+    until_ms: i64,
+    used_requests: u64,
+    /// Tokens of the requests admitted: estimates, replaced by real counts as they settle.
+    used_tokens: u64,
+    /// The shared limiter's view right after the grant.
+    snapshot: Snapshot,
+}
+
+impl Lease {
+    /// Admits one request needing `need` tokens, if the lease still covers it.
+    fn take(&mut self, who: &Subject, need: u64, now_ms: i64) -> Option<(Reservation, Snapshot)> {
+        if self.who != *who
+            || now_ms >= self.until_ms
+            || self.used_requests >= self.grant.requests
+            || self.used_tokens.saturating_add(need) > self.grant.tokens
+        {
+            return None;
+        }
+        self.used_requests += 1;
+        self.used_tokens += need;
+        Some((self.admitted(need), self.view()))
+    }
+
+    fn admitted(&self, need: u64) -> Reservation {
+        Reservation { requests: 1, tokens: need, lease: self.id, ..self.grant }
+    }
+
+    /// The headers' view: the shared limiter's after the grant, plus what the lease still
+    /// holds.
+    fn view(&self) -> Snapshot {
+        let s = self.snapshot;
+        Snapshot {
+            remaining_requests: s.remaining_requests + (self.grant.requests - self.used_requests),
+            remaining_tokens: s.remaining_tokens
+                + self.grant.tokens.saturating_sub(self.used_tokens),
+            ..s
+        }
+    }
+
+    /// What goes back to the shared limiter when the lease ends.
+    fn ended(self) -> (Reservation, Used) {
+        (self.grant, Used { requests: self.used_requests, tokens: self.used_tokens })
+    }
+}
+
+/// Ends the claim of a slot however the claiming request goes (a client that leaves drops its
+/// future mid-claim): the waiters are told and may claim themselves.
+struct Claiming<'a>(&'a Slot);
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner).claiming = false;
+        self.0.claimed.notify_waiters();
+    }
+}
+
+/// The last millisecond of the UTC day `now_ms` is in: no lease outlives its day's quotas.
+fn day_end_ms(now_ms: i64) -> i64 {
+    let (_, _, to_midnight, _) = periods(now_ms);
+    (now_ms.div_euclid(1000) + i64::try_from(to_midnight).unwrap_or(0)) * 1000 - 1
+}
+
+impl LeasedLimiter {
+    pub fn new(inner: Arc<dyn RateLimiter>, config: LeaseConfig) -> Self {
+        Self {
+            inner,
+            config,
+            slots: RwLock::default(),
+            outgoing: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            stats: LeaseStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &LeaseStats {
+        &self.stats
+    }
+
+    /// Requests and tokens this instance's live lease of `key` holds unused.
+    pub fn held(&self, key: ApiKeyId) -> (u64, u64) {
+        let slot = self.slots.read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+        let Some(slot) = slot else { return (0, 0) };
+        let st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.lease.as_ref().map_or((0, 0), |l| {
+            (l.grant.requests - l.used_requests, l.grant.tokens.saturating_sub(l.used_tokens))
+        })
+    }
+
+    fn slot(&self, key: ApiKeyId) -> Arc<Slot> {
+        if let Some(slot) = self.slots.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return slot.clone();
+        }
+        self.slots.write().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone()
+    }
+
+    /// What the next lease of a key asks for.
+    fn ask(&self, st: &SlotState, need: u64, now_ms: i64) -> Claim {
+        let requests = st.last_used.saturating_mul(2).clamp(1, self.config.max_requests);
+        let per_request = st.average_need.max(1);
+        let until = now_ms
+            .saturating_add(i64::try_from(self.config.duration.as_millis()).unwrap_or(i64::MAX))
+            .min(day_end_ms(now_ms));
+        Claim {
+            ending: None,
+            requests,
+            tokens: requests.saturating_mul(per_request).max(need),
+            need,
+            until_ms: until,
+            share: self.config.share.max(1),
+        }
+    }
+
+    fn queue(&self, items: impl IntoIterator<Item = (Reservation, Used)>) {
+        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner).extend(items);
+    }
+
+    /// Sends what is queued for the shared limiter (and `more`), in one call.
+    async fn flush(&self, mut more: Vec<(Reservation, Used)>) -> Result<(), LimitError> {
+        more.append(&mut self.outgoing.lock().unwrap_or_else(PoisonError::into_inner));
+        if more.is_empty() {
+            return Ok(());
+        }
+        let result = self.inner.adjust(&more).await;
+        if result.is_err() {
+            // Tried again with the next batch: a lost return would hold budget for good.
+            let mut outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+            more.append(&mut outgoing);
+            *outgoing = more;
+        }
+        result
+    }
+
+    /// Ends the leases whose time is up and sends back their unused parts (and whatever else
+    /// is queued); drops the slots of keys idle for a minute. Call it a few times a second.
+    pub async fn expire(&self, now_ms: i64) -> Result<(), LimitError> {
+        let mut ended = Vec::new();
+        self.slots.write().unwrap_or_else(PoisonError::into_inner).retain(|_, slot| {
+            let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if st.lease.as_ref().is_some_and(|l| now_ms >= l.until_ms) {
+                let lease = st.lease.take().map(Lease::ended);
+                if let Some((_, used)) = &lease {
+                    st.last_used = used.requests;
+                }
+                ended.extend(lease);
+            }
+            let idle = st.lease.is_none() && !st.claiming && now_ms - st.touched_ms > 60_000;
+            !idle || Arc::strong_count(slot) > 1
+        });
+        self.stats.returned.fetch_add(ended.len() as u64, Ordering::Relaxed);
+        self.flush(ended).await
+    }
+
+    /// Ends every lease now and sends back what they hold unused (at shutdown).
+    pub async fn release_all(&self) -> Result<(), LimitError> {
+        let mut ended = Vec::new();
+        for slot in self.slots.read().unwrap_or_else(PoisonError::into_inner).values() {
+            let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            ended.extend(st.lease.take().map(Lease::ended));
+        }
+        self.stats.returned.fetch_add(ended.len() as u64, Ordering::Relaxed);
+        self.flush(ended).await
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LeasedLimiter {
+    /// Admits one request needing `claim.need` tokens: from the key's lease when it covers it,
+    /// otherwise through a new lease (one call; requests arriving meanwhile wait for it).
+    async fn claim(
+        &self,
+        who: &Subject,
+        claim: &Claim,
+        now_ms: i64,
+    ) -> Result<Decision, LimitError> {
+        let need = claim.need;
+        let slot = self.slot(who.key);
+        let (ask, guard) = loop {
+            let waiting = {
+                let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.touched_ms = now_ms;
+                st.average_need =
+                    if st.average_need == 0 { need } else { (st.average_need * 7 + need) / 8 };
+                if let Some((reservation, snapshot)) =
+                    st.lease.as_mut().and_then(|l| l.take(who, need, now_ms))
+                {
+                    self.stats.local.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Decision::Allowed { reservation, snapshot });
+                }
+                if st.claiming {
+                    let waiting = slot.claimed.notified();
+                    Some(waiting)
+                } else {
+                    st.claiming = true;
+                    let ending = st.lease.take().map(|lease| {
+                        st.last_used = lease.used_requests;
+                        self.stats.returned.fetch_add(1, Ordering::Relaxed);
+                        lease.ended()
+                    });
+                    let mut ask = self.ask(&st, need, now_ms);
+                    match ending {
+                        // Given back in the same step as the new claim.
+                        Some(e) if e.0.day == periods(now_ms).0 => ask.ending = Some(e),
+                        // Yesterday's quotas: a call of its own.
+                        Some(e) => self.queue([e]),
+                        None => {}
+                    }
+                    break (ask, Claiming(&slot));
+                }
+            };
+            if let Some(waiting) = waiting {
+                waiting.await;
+            }
+        };
+        self.stats.claims.fetch_add(1, Ordering::Relaxed);
+        let decision = self.inner.claim(who, &ask, now_ms).await;
+        let Ok(Decision::Allowed { reservation, snapshot }) = decision else {
+            drop(guard);
+            return decision;
+        };
+        if (reservation.requests, reservation.tokens) == (1, need) {
+            // A plain reservation: nothing left to lease.
+            let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.last_used = st.last_used.max(1);
+            drop(st);
+            drop(guard);
+            return Ok(Decision::Allowed { reservation, snapshot });
+        }
+        let lease = Lease {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            grant: reservation,
+            who: *who,
+            until_ms: ask.until_ms,
+            used_requests: 1,
+            used_tokens: need,
+            snapshot,
+        };
+        let (reservation, snapshot) = (lease.admitted(need), lease.view());
+        let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = st.lease.replace(lease) {
+            // Cannot happen while this request claims; never lose one anyway.
+            self.queue([old.ended()]);
+        }
+        drop(st);
+        drop(guard);
+        Ok(Decision::Allowed { reservation, snapshot })
+    }
+
+    /// Settlements of requests whose lease lives stay in the lease; the others, with the
+    /// unused parts of ended leases, go to the shared limiter in one call.
+    async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
+        let mut forward = Vec::new();
+        for (r, u) in used {
+            if r.lease != 0 && self.settle_in_lease(r, u) {
+                continue;
+            }
+            forward.push((*r, *u));
+        }
+        self.flush(forward).await
+    }
+}
+
+impl LeasedLimiter {
+    /// Replaces a request's estimate with its real tokens inside its lease, if that lease is
+    /// still the key's live one.
+    fn settle_in_lease(&self, r: &Reservation, used: &Used) -> bool {
+        let slot = self.slots.read().unwrap_or_else(PoisonError::into_inner).get(&r.key).cloned();
+        let Some(slot) = slot else { return false };
+        let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match st.lease.as_mut() {
+            Some(lease) if lease.id == r.lease => {
+                lease.used_tokens = (lease.used_tokens + used.tokens).saturating_sub(r.tokens);
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -9,9 +9,11 @@
 //! moment it is granted, in the per-minute second the lease ends in ([`crate::Claim`]), so at no
 //! time does any window hold less than what the instances admitted under it.
 //!
-//! **Size.** A lease asks for twice what the key's previous lease on this instance used (one
-//! request at first), tokens at the key's average need, and gets at most `1/share` of what
-//! remains in the key's tightest window ([`crate::grant`]). Far from its limits a busy key
+//! **Size.** A lease asks for twice what the key's previous lease on this instance used if
+//! that one ran out before its time, as many as it used if it did not (one request at first),
+//! tokens at the key's average need, and gets at most `1/share` of what remains in the key's
+//! tightest window ([`crate::grant`]). A key too slow to use a lease of two within its time
+//! gets plain reservations: nothing to give back. Far from its limits a busy key
 //! gets large leases and almost never waits for Redis; as it nears a limit the leases shrink,
 //! down to one request and exactly the tokens it needs, which is a plain reservation: then
 //! every request is checked against the shared counters again, as without leases.
@@ -70,6 +72,9 @@ pub struct LeaseStats {
     pub local: AtomicU64,
     /// Leases that ended and gave their unused part back.
     pub returned: AtomicU64,
+    /// Give-backs dropped because the shared limiter stayed unreachable (their budget stays
+    /// counted until the windows move on).
+    pub dropped: AtomicU64,
 }
 
 /// A [`RateLimiter`] that admits from leases on the shared limiter `inner` (see the module docs).
@@ -102,8 +107,14 @@ struct SlotState {
     lease: Option<Lease>,
     /// A claim for the key is under way: other requests wait for it instead of claiming too.
     claiming: bool,
-    /// Requests the key's last lease admitted (the next asks for twice as many).
+    /// Requests the key's last lease admitted.
     last_used: u64,
+    /// The last lease ran out before its time: the next asks for twice as many (else for as
+    /// many as it used: a key too slow to use a lease gets plain reservations, no give-back).
+    last_ran_out: bool,
+    /// When the key last got a plain reservation: another request within a lease's time
+    /// shows it busy enough for a lease of two.
+    single_at_ms: Option<i64>,
     /// Average tokens a request of the key needs.
     average_need: u64,
     /// When the key was last asked for (idle slots are dropped).
@@ -172,6 +183,12 @@ impl Drop for Claiming<'_> {
     }
 }
 
+/// Give-backs waiting for the shared limiter, at most.
+const MAX_QUEUED: usize = 100_000;
+
+/// Give-backs sent in one call.
+const FLUSH_CHUNK: usize = 1024;
+
 /// The last millisecond of the UTC day `now_ms` is in: no lease outlives its day's quotas.
 fn day_end_ms(now_ms: i64) -> i64 {
     let (_, _, to_midnight, _) = periods(now_ms);
@@ -213,7 +230,11 @@ impl LeasedLimiter {
 
     /// What the next lease of a key asks for.
     fn ask(&self, st: &SlotState, need: u64, now_ms: i64) -> Claim {
-        let requests = st.last_used.saturating_mul(2).clamp(1, self.config.max_requests);
+        let lease_ms = i64::try_from(self.config.duration.as_millis()).unwrap_or(i64::MAX);
+        let busy = st.single_at_ms.is_some_and(|at| now_ms.saturating_sub(at) < lease_ms);
+        let wanted =
+            if st.last_ran_out || busy { st.last_used.saturating_mul(2) } else { st.last_used };
+        let requests = wanted.clamp(1, self.config.max_requests);
         let per_request = st.average_need.max(1);
         let until = now_ms
             .saturating_add(i64::try_from(self.config.duration.as_millis()).unwrap_or(i64::MAX))
@@ -228,24 +249,40 @@ impl LeasedLimiter {
         }
     }
 
+    /// Queues what goes back to the shared limiter. Beyond [`MAX_QUEUED`] (a shared limiter
+    /// unreachable for long), the oldest are dropped and counted: a lost give-back only keeps
+    /// budget counted that was not used (refusing early, never admitting more).
     fn queue(&self, items: impl IntoIterator<Item = (Reservation, Used)>) {
-        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner).extend(items);
+        let mut outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+        outgoing.extend(items);
+        if outgoing.len() > MAX_QUEUED {
+            let dropped = outgoing.len() - MAX_QUEUED;
+            outgoing.drain(..dropped);
+            self.stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
     }
 
-    /// Sends what is queued for the shared limiter (and `more`), in one call.
-    async fn flush(&self, mut more: Vec<(Reservation, Used)>) -> Result<(), LimitError> {
-        more.append(&mut self.outgoing.lock().unwrap_or_else(PoisonError::into_inner));
-        if more.is_empty() {
-            return Ok(());
+    /// Sends what is queued (and `more`) to the shared limiter, in calls of at most
+    /// [`FLUSH_CHUNK`]; on a failure, what was not sent stays queued for the next flush.
+    async fn flush(&self, more: Vec<(Reservation, Used)>) -> Result<(), LimitError> {
+        self.queue(more);
+        loop {
+            let chunk: Vec<(Reservation, Used)> = {
+                let mut outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = outgoing.len().min(FLUSH_CHUNK);
+                outgoing.drain(..n).collect()
+            };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.inner.adjust(&chunk).await {
+                let mut outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+                let rest = std::mem::take(&mut *outgoing);
+                *outgoing = chunk;
+                outgoing.extend(rest);
+                return Err(e);
+            }
         }
-        let result = self.inner.adjust(&more).await;
-        if result.is_err() {
-            // Tried again with the next batch: a lost return would hold budget for good.
-            let mut outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
-            more.append(&mut outgoing);
-            *outgoing = more;
-        }
-        result
     }
 
     /// Ends the leases whose time is up and sends back their unused parts (and whatever else
@@ -258,6 +295,7 @@ impl LeasedLimiter {
                 let lease = st.lease.take().map(Lease::ended);
                 if let Some((_, used)) = &lease {
                     st.last_used = used.requests;
+                    st.last_ran_out = false;
                 }
                 ended.extend(lease);
             }
@@ -311,6 +349,8 @@ impl RateLimiter for LeasedLimiter {
                     st.claiming = true;
                     let ending = st.lease.take().map(|lease| {
                         st.last_used = lease.used_requests;
+                        st.last_ran_out = now_ms < lease.until_ms && lease.who == *who;
+                        st.single_at_ms = None;
                         self.stats.returned.fetch_add(1, Ordering::Relaxed);
                         lease.ended()
                     });
@@ -336,9 +376,12 @@ impl RateLimiter for LeasedLimiter {
             return decision;
         };
         if (reservation.requests, reservation.tokens) == (1, need) {
-            // A plain reservation: nothing left to lease.
+            // A plain reservation: nothing left to lease. A key asked again within a lease's
+            // time grows into leases.
             let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.last_used = st.last_used.max(1);
+            st.last_used = 1;
+            st.last_ran_out = false;
+            st.single_at_ms = Some(now_ms);
             drop(st);
             drop(guard);
             return Ok(Decision::Allowed { reservation, snapshot });
@@ -363,17 +406,18 @@ impl RateLimiter for LeasedLimiter {
         Ok(Decision::Allowed { reservation, snapshot })
     }
 
-    /// Settlements of requests whose lease lives stay in the lease; the others, with the
-    /// unused parts of ended leases, go to the shared limiter in one call.
+    /// Settlements of requests whose lease lives stay in the lease; the others go to the
+    /// shared limiter (the unused parts of ended leases go with [`LeasedLimiter::expire`]).
     async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
-        let mut forward = Vec::new();
-        for (r, u) in used {
-            if r.lease != 0 && self.settle_in_lease(r, u) {
-                continue;
-            }
-            forward.push((*r, *u));
+        let forward: Vec<(Reservation, Used)> = used
+            .iter()
+            .filter(|(r, u)| r.lease == 0 || !self.settle_in_lease(r, u))
+            .copied()
+            .collect();
+        if forward.is_empty() {
+            return Ok(());
         }
-        self.flush(forward).await
+        self.inner.adjust(&forward).await
     }
 }
 
@@ -391,5 +435,130 @@ impl LeasedLimiter {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::InMemoryLimiter;
+    use gateway_core::{Limits, UserId};
+    use std::sync::atomic::AtomicBool;
+
+    /// The in-memory limiter, whose `adjust` can be made to fail, counting the calls it gets.
+    #[derive(Default)]
+    struct Flaky {
+        inner: InMemoryLimiter,
+        down: AtomicBool,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl RateLimiter for Flaky {
+        async fn claim(&self, who: &Subject, c: &Claim, now: i64) -> Result<Decision, LimitError> {
+            self.inner.claim(who, c, now).await
+        }
+
+        async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
+            self.calls.lock().unwrap().push(used.len());
+            if self.down.load(Ordering::Relaxed) {
+                return Err(LimitError::Unavailable("down".into()));
+            }
+            self.inner.adjust(used).await
+        }
+    }
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn who() -> Subject {
+        let limits =
+            Limits { rpm: 1 << 40, tpm: 1 << 40, daily_tokens: 1 << 40, monthly_tokens: 1 << 40 };
+        Subject { key: ApiKeyId::new(), user: UserId::new(), limits, ceiling: 1 << 40 }
+    }
+
+    /// Gives `l` a live lease for a fresh key (a second request asks for two).
+    async fn leased(l: &LeasedLimiter) -> Subject {
+        let w = who();
+        for _ in 0..2 {
+            assert!(matches!(l.reserve(&w, 1, T0).await.unwrap(), Decision::Allowed { .. }));
+        }
+        assert!(l.held(w.key).0 > 0, "a lease with requests to spare");
+        w
+    }
+
+    #[tokio::test]
+    async fn give_backs_go_in_bounded_calls_and_wait_out_an_outage() {
+        let shared = Arc::new(Flaky::default());
+        let l = LeasedLimiter::new(shared.clone(), LeaseConfig::default());
+        let mut keys = Vec::new();
+        for _ in 0..2500 {
+            keys.push(leased(&l).await);
+        }
+        shared.calls.lock().unwrap().clear();
+        shared.down.store(true, Ordering::Relaxed);
+        let later = T0 + 60_000;
+        assert!(l.expire(later).await.is_err());
+        assert_eq!(*shared.calls.lock().unwrap(), vec![FLUSH_CHUNK], "stops at the first failure");
+        assert_eq!(l.outgoing.lock().unwrap().len(), 2500, "nothing lost");
+        shared.down.store(false, Ordering::Relaxed);
+        shared.calls.lock().unwrap().clear();
+        l.expire(later + 250).await.unwrap();
+        assert_eq!(*shared.calls.lock().unwrap(), vec![FLUSH_CHUNK, FLUSH_CHUNK, 452]);
+        assert!(l.outgoing.lock().unwrap().is_empty());
+        assert!(keys.iter().all(|w| l.held(w.key) == (0, 0)));
+        // Settlements never carry the give-back queue.
+        shared.calls.lock().unwrap().clear();
+        let w = leased(&l).await;
+        let r = match l.reserve(&w, 5, T0).await.unwrap() {
+            Decision::Allowed { reservation, .. } => reservation,
+            other @ Decision::Refused { .. } => panic!("{other:?}"),
+        };
+        l.settle(&r, 1).await.unwrap();
+        assert!(shared.calls.lock().unwrap().is_empty(), "settled inside the live lease");
+    }
+
+    #[tokio::test]
+    async fn a_queue_the_shared_limiter_cannot_take_is_bounded() {
+        let shared = Arc::new(Flaky::default());
+        let l = LeasedLimiter::new(shared.clone(), LeaseConfig::default());
+        let w = leased(&l).await;
+        let grant = Reservation {
+            key: w.key,
+            user: w.user,
+            requests: 2,
+            tokens: 2,
+            second: T0 / 1000,
+            day: 20_270_115,
+            month: 202_701,
+            fallback: false,
+            lease: 0,
+        };
+        l.queue(std::iter::repeat_n((grant, Used { requests: 1, tokens: 1 }), MAX_QUEUED + 10));
+        assert_eq!(l.outgoing.lock().unwrap().len(), MAX_QUEUED);
+        assert_eq!(l.stats().dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn a_key_too_slow_for_its_lease_falls_back_to_plain_reservations() {
+        let shared = Arc::new(Flaky::default());
+        let l = LeasedLimiter::new(shared.clone(), LeaseConfig::default());
+        let w = who();
+        // One request every three seconds: each lease of two expires with one unused.
+        let mut t = T0;
+        for _ in 0..6 {
+            assert!(matches!(l.reserve(&w, 1, t).await.unwrap(), Decision::Allowed { .. }));
+            t += 3000;
+            l.expire(t).await.unwrap();
+        }
+        assert_eq!(l.held(w.key), (0, 0));
+        assert_eq!(l.stats().returned.load(Ordering::Relaxed), 0, "no lease to give back");
+        assert_eq!(l.stats().claims.load(Ordering::Relaxed), 6, "a plain reservation each");
+        // Requests close together grow into leases.
+        for _ in 0..8 {
+            assert!(matches!(l.reserve(&w, 1, t).await.unwrap(), Decision::Allowed { .. }));
+        }
+        assert!(l.stats().local.load(Ordering::Relaxed) >= 4, "{:?}", l.stats());
     }
 }

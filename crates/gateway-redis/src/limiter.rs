@@ -38,6 +38,9 @@ const RESTORE_LUA: &str = include_str!("../lua/restore_v1.lua");
 /// Settlements per settle script call (each costs about 6 µs of Redis time).
 const SETTLE_CHUNK: usize = 256;
 
+/// The least time a settle batch gets (it runs off the request path).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Counters restored per script call.
 const RESTORE_CHUNK: usize = 500;
 
@@ -166,6 +169,16 @@ impl RedisLimiter {
         source: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, LimitError> {
+        self.eval_within(source, cmd, self.timeout).await
+    }
+
+    /// [`RedisLimiter::eval`] with its own time limit (batches off the request path get more).
+    async fn eval_within<T: redis::FromRedisValue>(
+        &self,
+        source: &str,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T, LimitError> {
         let run = async {
             let mut conn = self.conn.get().await.map_err(|e| self.broken(e))?;
             match cmd.query_async::<T>(&mut conn).await {
@@ -181,12 +194,12 @@ impl RedisLimiter {
                 other => other.map_err(|e| self.broken(e)),
             }
         };
-        match tokio::time::timeout(self.timeout, run).await {
+        match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
             Err(_) => {
                 // A call cut short may leave its answer on the connection: start a new one.
                 self.conn.reset();
-                Err(unavailable(RedisError::Timeout(self.timeout)))
+                Err(unavailable(RedisError::Timeout(timeout)))
             }
         }
     }
@@ -438,7 +451,8 @@ impl RateLimiter for RedisLimiter {
                 for (r, (requests, tokens)) in &chunk {
                     cmd.arg(r.second).arg(requests.to_string()).arg(tokens.to_string());
                 }
-                self.eval::<i64>(SETTLE_LUA, &cmd).await?;
+                // Off the request path: a large batch may take longer than a reservation may.
+                self.eval_within::<i64>(SETTLE_LUA, &cmd, self.timeout.max(BATCH_TIMEOUT)).await?;
                 let changed = chunk
                     .iter()
                     .map(|(r, _)| (r.key, Changed { user: r.user, day: r.day, month: r.month }));

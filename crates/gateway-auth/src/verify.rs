@@ -5,8 +5,11 @@
 //! bcrypt. A miss looks the key up by its prefix and runs bcrypt on the blocking pool, behind a
 //! concurrency bound and a bounded queue (beyond it: [`VerifyError::Busy`], never an unbounded
 //! pile-up). Concurrent misses for the same key share one verification. Wrong keys land in a
-//! negative cache. A bearer that is not a well-formed `bm_` key never reaches the database or
-//! bcrypt. An unknown prefix waits as long as a bcrypt verification takes before answering,
+//! negative cache. When a verified entry's time is up, the key is looked up again (revocation,
+//! expiry, suspension and plan changes are seen), but if its record still holds the very hash
+//! the bearer was checked against, bcrypt is not run again: many keys in use cost a lookup per
+//! key and TTL, not a bcrypt. A bearer that is not a well-formed `bm_` key never reaches the
+//! database or bcrypt. An unknown prefix waits as long as a bcrypt verification takes before answering,
 //! so it is told apart from a wrong secret neither by the answer nor by its timing, without
 //! spending the CPU.
 
@@ -125,8 +128,20 @@ impl Default for VerifierConfig {
 }
 
 enum Cached {
-    Valid { principal: Arc<Principal>, until_ms: i64 },
-    Refused { error: VerifyError, key_id: Option<ApiKeyId>, user_id: Option<UserId>, until_ms: i64 },
+    /// `verified`: the stored bcrypt hash the bearer was checked against. When the entry
+    /// expires and the key's record still holds that hash, the bearer is known to match it:
+    /// the refresh reads the record again, but runs no bcrypt.
+    Valid {
+        principal: Arc<Principal>,
+        until_ms: i64,
+        verified: Verified,
+    },
+    Refused {
+        error: VerifyError,
+        key_id: Option<ApiKeyId>,
+        user_id: Option<UserId>,
+        until_ms: i64,
+    },
 }
 
 impl Cached {
@@ -153,6 +168,21 @@ impl Cached {
 
 type Shared = Arc<OnceCell<Result<Arc<Principal>, VerifyError>>>;
 
+/// Which stored hash a bearer matched, kept to refresh its entry without bcrypt (never shown:
+/// no `Debug`).
+#[derive(Clone)]
+struct Verified {
+    hash: Arc<str>,
+}
+
+/// What the cache knows of a bearer.
+enum Lookup {
+    Hit(Result<Arc<Principal>, VerifyError>),
+    /// A verified entry whose time is up.
+    Stale(Verified),
+    Miss,
+}
+
 /// Verifies bearer strings against the key store, with the caches described above.
 pub struct KeyVerifier {
     keys: Arc<dyn KeyStore>,
@@ -166,6 +196,8 @@ pub struct KeyVerifier {
     waiting: AtomicUsize,
     /// Moving average of one bcrypt verification, in microseconds.
     bcrypt_micros: AtomicU64,
+    /// bcrypt verifications run (cache misses that needed one).
+    bcrypt_runs: AtomicU64,
     /// Last uses of entries dropped from the cache before they were flushed.
     orphaned_uses: Mutex<Vec<(ApiKeyId, i64)>>,
 }
@@ -206,6 +238,7 @@ impl KeyVerifier {
             bcrypt,
             waiting: AtomicUsize::new(0),
             bcrypt_micros: AtomicU64::new(estimate / 4),
+            bcrypt_runs: AtomicU64::new(0),
             orphaned_uses: Mutex::default(),
         }
     }
@@ -228,15 +261,18 @@ impl KeyVerifier {
         let parsed = apikey::parse(token).ok_or(VerifyError::Malformed)?;
         let digest = self.hasher.hash(token.as_bytes());
         let now = self.clock.now_unix_ms();
-        if let Some(hit) = self.cached(&digest, now) {
-            return hit;
-        }
+        let stale = match self.cached(&digest, now) {
+            Lookup::Hit(hit) => return hit,
+            Lookup::Stale(verified) => Some(verified),
+            Lookup::Miss => None,
+        };
         let shared: Shared = {
             let mut inflight =
                 self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             inflight.entry(digest).or_default().clone()
         };
-        let result = shared.get_or_init(|| self.verify_uncached(parsed, digest)).await.clone();
+        let result =
+            shared.get_or_init(|| self.verify_uncached(parsed, digest, stale)).await.clone();
         let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if inflight.get(&digest).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
             inflight.remove(&digest);
@@ -244,22 +280,31 @@ impl KeyVerifier {
         result
     }
 
-    fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Result<Arc<Principal>, VerifyError>> {
+    fn cached(&self, digest: &[u8; 32], now: i64) -> Lookup {
         let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match cache.get(digest) {
-            Some(Cached::Valid { principal, until_ms }) if *until_ms > now => {
+            Some(Cached::Valid { principal, until_ms, .. }) if *until_ms > now => {
                 principal.last_used_ms.store(now, Ordering::Relaxed);
-                Some(Ok(principal.clone()))
+                Lookup::Hit(Ok(principal.clone()))
             }
-            Some(Cached::Refused { error, until_ms, .. }) if *until_ms > now => Some(Err(*error)),
-            _ => None,
+            Some(Cached::Refused { error, until_ms, .. }) if *until_ms > now => {
+                Lookup::Hit(Err(*error))
+            }
+            Some(Cached::Valid { verified, .. }) => Lookup::Stale(verified.clone()),
+            _ => Lookup::Miss,
         }
+    }
+
+    /// bcrypt verifications run so far (misses of keys not seen with their current hash).
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.bcrypt_runs.load(Ordering::Relaxed)
     }
 
     async fn verify_uncached(
         &self,
         parsed: apikey::ParsedKey<'_>,
         digest: [u8; 32],
+        stale: Option<Verified>,
     ) -> Result<Arc<Principal>, VerifyError> {
         let prefix = format!("bm_{}", parsed.prefix);
         let record = match self.keys.find_key_by_prefix(&prefix).await {
@@ -278,13 +323,29 @@ impl KeyVerifier {
         };
         let now = self.clock.now();
         let previous_until = record.previous_key_expires_at.filter(|t| *t > now);
-        let matched = self
-            .bcrypt_verify(
-                parsed.secret.to_owned(),
-                record.key_hash.clone(),
-                previous_until.and(record.previous_key_hash.clone()),
-            )
-            .await?;
+        let previous_hash = previous_until.and(record.previous_key_hash.as_deref());
+        // An expired entry of this very bearer, checked against a hash the record still holds:
+        // the answer bcrypt would give is known.
+        let known = stale.and_then(|v| {
+            if *v.hash == *record.key_hash {
+                Some(SecretMatch::Current)
+            } else if previous_hash == Some(&*v.hash) {
+                Some(SecretMatch::Previous)
+            } else {
+                None
+            }
+        });
+        let matched = match known {
+            Some(m) => m,
+            None => {
+                self.bcrypt_verify(
+                    parsed.secret.to_owned(),
+                    record.key_hash.clone(),
+                    previous_hash.map(str::to_owned),
+                )
+                .await?
+            }
+        };
         let meta = &record.meta;
         let refusal = match matched {
             SecretMatch::None => Some(VerifyError::Unknown),
@@ -320,6 +381,12 @@ impl KeyVerifier {
         if let (SecretMatch::Previous, Some(grace_end)) = (&matched, previous_until) {
             until = until.min(grace_end);
         }
+        let verified = Verified {
+            hash: match matched {
+                SecretMatch::Previous => previous_hash.unwrap_or_default().into(),
+                _ => record.key_hash.as_str().into(),
+            },
+        };
         let now_ms = self.clock.now_unix_ms();
         let principal = Arc::new(Principal {
             user_id: owner.id,
@@ -337,7 +404,7 @@ impl KeyVerifier {
         });
         self.insert(
             digest,
-            Cached::Valid { principal: principal.clone(), until_ms: unix_ms(until) },
+            Cached::Valid { principal: principal.clone(), until_ms: unix_ms(until), verified },
         );
         Ok(principal)
     }
@@ -356,6 +423,7 @@ impl KeyVerifier {
         let permit = self.bcrypt.acquire().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let _permit = permit.map_err(|_| VerifyError::Unavailable)?;
+        self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let matched = tokio::task::spawn_blocking(move || {
             if bcrypt::verify(&secret, &current).unwrap_or(false) {
@@ -711,6 +779,49 @@ mod tests {
             f.accounts.get_key(f.user, k.meta.id).await.unwrap().last_used_at,
             Some(f.clock.now())
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_looked_up_again_without_bcrypt_unless_the_hash_changed() {
+        let f = fixture(Duration::from_mins(5)).await;
+        let v = &f.verifier;
+        let k =
+            f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
+        let first = v.verify(&k.key).await.unwrap();
+        assert_eq!(v.bcrypt_runs(), 1);
+        // Past the TTL: the record is read again (a new principal), bcrypt is not.
+        f.clock.advance(time::Duration::seconds(31));
+        let again = v.verify(&k.key).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "the entry was refreshed from the store");
+        assert_eq!(v.bcrypt_runs(), 1);
+        // What changed in the record meanwhile is seen at the refresh.
+        let off = crate::KeyUpdate { is_active: Some(false), ..Default::default() };
+        f.accounts.update_key(f.user, k.meta.id, off).await.unwrap();
+        f.clock.advance(time::Duration::seconds(31));
+        assert_eq!(v.verify(&k.key).await.unwrap_err(), VerifyError::Inactive);
+        let on = crate::KeyUpdate { is_active: Some(true), ..Default::default() };
+        f.accounts.update_key(f.user, k.meta.id, on).await.unwrap();
+        v.invalidate_key(k.meta.id);
+        assert!(v.verify(&k.key).await.is_ok());
+        assert_eq!(v.bcrypt_runs(), 2, "an invalidated entry is verified in full");
+        // A rotation moves the old hash to the previous slot: the old bearer's entry refreshes
+        // against it without bcrypt while the grace lasts; the new bearer needs one bcrypt.
+        let new = f.accounts.rotate_key(f.user, k.meta.id).await.unwrap();
+        f.clock.advance(time::Duration::seconds(31));
+        assert!(v.verify(&k.key).await.is_ok(), "the old secret, in its grace period");
+        assert!(v.verify(&new.key).await.is_ok());
+        assert_eq!(v.bcrypt_runs(), 3);
+        f.clock.advance(time::Duration::seconds(31));
+        assert!(v.verify(&k.key).await.is_ok());
+        assert!(v.verify(&new.key).await.is_ok());
+        assert_eq!(v.bcrypt_runs(), 3);
+        // Past the grace period the old bearer is refused (its hash is gone: checked in full).
+        f.clock.advance(time::Duration::minutes(5));
+        assert_eq!(v.verify(&k.key).await.unwrap_err(), VerifyError::Unknown);
+        // A wrong secret for the same prefix never rides on another bearer's entry.
+        let wrong = format!("{}_{}", k.meta.key_prefix, apikey::generate_secret().unwrap());
+        assert_eq!(v.verify(&wrong).await.unwrap_err(), VerifyError::Unknown);
+        assert_eq!(v.bcrypt_runs(), 5);
     }
 
     #[tokio::test]

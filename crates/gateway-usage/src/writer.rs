@@ -178,6 +178,10 @@ fn read_spill(path: &Path) -> Vec<UsageRecord> {
 #[derive(Debug)]
 pub struct UsageWriter {
     tx: mpsc::Sender<UsageRecord>,
+    /// Told when a whole batch has queued (the writer is otherwise woken once per batch, by
+    /// its timer, not once per record).
+    full: Arc<tokio::sync::Notify>,
+    batch_size: usize,
     stats: Arc<WriterStats>,
     spill: Arc<Spill>,
     quarantine_path: PathBuf,
@@ -193,8 +197,27 @@ impl UsageWriter {
         let spill = Arc::new(Spill { path: config.spill_path.clone(), file: Mutex::default() });
         let quarantine_path = config.quarantine_path.clone();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(store, config, rx, stats.clone(), spill.clone(), stopped));
-        Self { tx, stats, spill, quarantine_path, stop, task: Mutex::new(Some(task)) }
+        let full = Arc::new(tokio::sync::Notify::new());
+        let batch_size = config.batch_size.max(1);
+        let task = tokio::spawn(run(
+            store,
+            config,
+            rx,
+            stats.clone(),
+            spill.clone(),
+            stopped,
+            full.clone(),
+        ));
+        Self {
+            tx,
+            full,
+            batch_size,
+            stats,
+            spill,
+            quarantine_path,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     /// Where records the database refused are kept.
@@ -206,7 +229,12 @@ impl UsageWriter {
     /// goes to the spill file instead; only if that fails too is it dropped, counted and logged.
     pub fn record(&self, record: UsageRecord) {
         let record = match self.tx.try_send(record) {
-            Ok(()) => return,
+            Ok(()) => {
+                if self.queue_depth() >= self.batch_size {
+                    self.full.notify_one();
+                }
+                return;
+            }
             Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => r,
         };
         if self.spill.append(std::slice::from_ref(&record)) {
@@ -243,6 +271,7 @@ async fn run(
     stats: Arc<WriterStats>,
     spill: Arc<Spill>,
     mut stopped: watch::Receiver<bool>,
+    full: Arc<tokio::sync::Notify>,
 ) {
     let quarantine = Quarantine::new(config.quarantine_path.clone());
     let out = Out {
@@ -270,15 +299,19 @@ async fn run(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        // One timer per batch, and whatever has queued taken at once (not a timer and a
-        // wake-up per record).
-        let flush = tokio::time::sleep(config.flush_every);
-        tokio::pin!(flush);
-        while batch.len() < config.batch_size {
-            let room = config.batch_size - batch.len();
+        // Then sleep until the flush interval is over or a whole batch has queued (the
+        // sender says so), and take what has queued at once: one wake-up per batch, not one
+        // per record (each would wake this task, often on the other worker thread).
+        if rx.len() + 1 < config.batch_size {
             tokio::select! {
-                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                () = &mut flush => break,
+                () = tokio::time::sleep(config.flush_every) => {}
+                () = full.notified() => {}
+            }
+        }
+        while batch.len() < config.batch_size {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
         healthy = write_or_spill(&out, &mut batch).await;

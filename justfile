@@ -35,14 +35,16 @@ migrate:
 litellm-check:
     bash scripts/litellm-check.sh
 
-# The benchmark harness: gateway (Postgres, Redis limits, usage) against bluesminds-mock with
-# oha, closed and open loop, streaming, memory, attribution, usage completeness; writes a dated
-# section into docs/BENCHMARKS.md. Starts Postgres and Redis as .ci/run does.
+# The benchmark harness: gateway (Postgres, Redis limits, usage) against bluesminds-mock, with
+# the bare proxy (bluesminds-bare-proxy) as the limit line: wrk closed loop at c=32 and c=1,
+# oha open loop, streaming, memory, attribution, usage completeness, the ratios to the bare
+# proxy; writes a dated section into docs/BENCHMARKS.md. Starts Postgres and Redis as .ci/run
+# does.
 bench:
     bash scripts/bench.sh
 
-# The same closed-loop and c=1 runs against LiteLLM's proxy and Portkey's gateway, side by side
-# (outside CI: installs them from PyPI and npm on first use).
+# The same closed-loop (c=32) and c=1 runs against the bare proxy, LiteLLM's proxy and
+# Portkey's gateway, side by side (outside CI: installs them from PyPI and npm on first use).
 bench-peers:
     bash scripts/bench-peers.sh
 

@@ -10,6 +10,7 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 MOCK_ADDR=127.0.0.1:9401
 GW_ADDR=127.0.0.1:3401
+BARE_ADDR=127.0.0.1:3409
 DB_NAME="bm_bench_$$"
 PG_BASE="${TEST_DATABASE_URL%/*}"
 DB_URL="$PG_BASE/$DB_NAME"
@@ -21,6 +22,55 @@ HOLD='{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"Hold 
 
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.txt "$OUT"/results.jsonl
+
+ensure_wrk() {
+  command -v wrk >/dev/null 2>&1 || apt_install wrk
+}
+
+# wrk NAME URL [key] [wrk args...]: one closed-loop run of `scripts/wrk-post.lua` (or
+# $WRK_SCRIPT); its JSON line kept as $OUT/NAME.wrk.json. WRK_HEADERS (`name: value|...`) adds
+# headers; WRK_KEYS_FILE gives scripts/wrk-keys.lua its keys.
+wrk_load() {
+  local name=$1 url=$2 key=$3; shift 3
+  WRK_BODY="$CHAT" WRK_KEY="$key" WRK_HEADERS="${WRK_HEADERS:-}" WRK_KEYS_FILE="${WRK_KEYS_FILE:-}" \
+    ${WRK_PIN:+taskset -c "$WRK_PIN"} wrk -t1 --latency -s "${WRK_SCRIPT:-scripts/wrk-post.lua}" "$@" "$url" \
+    | grep '^{' > "$OUT/$name.wrk.json"
+}
+
+# The bare proxy in front of the mock: the limit line.
+start_bare_proxy() {
+  "$BIN"/bluesminds-bare-proxy --listen "$BARE_ADDR" --upstream "http://$MOCK_ADDR" > "$OUT/bare-proxy.log" 2>&1 &
+  BARE_PID=$!
+  PIDS+=($!)
+  wait_for "bare proxy" curl -s "http://$BARE_ADDR/health" -o /dev/null
+}
+
+# Waits until a gateway has no request in flight upstream (streams a client just left are
+# concluded when the gateway notices).
+wait_idle() {
+  for _ in $(seq 1 100); do
+    n=$(curl -s "http://$1/metrics" | awk '/^bluesminds_upstream_in_flight\{/ {n += $NF} END {printf "%d", n}')
+    if [ "$n" = 0 ]; then
+      # ...and its count of concluded requests has stopped moving.
+      local a b
+      a=$(gateway_requests "$1"); sleep 0.2; b=$(gateway_requests "$1")
+      [ "$a" = "$b" ] && return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# pin CPUS PID...: every thread of each process on CPUS (taskset, util-linux).
+pin() {
+  local cpus=$1; shift
+  for pid in "$@"; do taskset -acp "$cpus" "$pid" >/dev/null 2>&1 || true; done
+}
+
+# Requests a gateway concluded (every status), from its /metrics.
+gateway_requests() {
+  curl -s "http://$1/metrics" | awk '/^bluesminds_requests_total\{/ {n += $NF} END {printf "%d", n}'
+}
 
 ensure_oha() {
   if command -v oha >/dev/null 2>&1; then return; fi
@@ -61,7 +111,7 @@ start_gateway() { # name, extra environment assignments... (BIND: another addres
     DATABASE_URL="$DB_URL" REDIS_URL="$TEST_REDIS_URL" \
     JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" \
     BLUESMINDS_REDIS__KEY_PREFIX="$PREFIX" BLUESMINDS_BIND="$addr" \
-    BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 \
+    BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 BLUESMINDS_AUTH__KEY_BCRYPT_COST=4 \
     LITELLM_SERVER_1_URL="http://$MOCK_ADDR" LITELLM_SERVER_1_MODELS="gpt-4" \
     "$@" "$BIN"/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
   GW_PID=$!
@@ -83,8 +133,9 @@ gateway_cli() {
 usage_rows() { psql "$DB_URL" -Atc 'SELECT count(*) FROM usage_logs'; }
 
 # An admin's key with limits far above the load (enforced, never hit).
+BENCH_PASSWORD="bench password $$"
 provision_key() {
-  local password="bench password $$"
+  local password=$BENCH_PASSWORD
   gateway_cli admin create --email bench@bluesminds.local --password "$password" >/dev/null
   local cookie
   cookie=$(curl -si "http://$GW_ADDR/api/auth/login" -H 'content-type: application/json' \
@@ -107,12 +158,14 @@ setup_mock_and_database() {
   ensure_postgres
   ensure_redis
   ensure_oha
+  ensure_wrk
   command -v curl >/dev/null || apt_install curl
   log "release build"
   cargo build --release --locked -p bluesminds -p bluesminds-mock --bins
 
   log "mock upstream on $MOCK_ADDR"
   "$BIN"/bluesminds-mock --addr "$MOCK_ADDR" > "$OUT/mock.log" 2>&1 &
+  MOCK_PID=$!
   PIDS+=($!)
   wait_for mock curl -sf "http://$MOCK_ADDR/health" -o /dev/null || wait_for mock curl -s "http://$MOCK_ADDR/" -o /dev/null
 

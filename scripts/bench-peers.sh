@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `just bench-peers` (outside CI: installs from PyPI and npm): the same closed-loop (c=64) and
-# c=1 measurements as `just bench`, direct to the mock, through BluesMinds (production
-# configuration), through LiteLLM's proxy and through Portkey's gateway, each pointed at the
-# same mock, in one run; writes a dated section into docs/BENCHMARKS.md.
+# `just bench-peers` (outside CI: installs from PyPI and npm): the same closed-loop (wrk, one
+# thread, c=32 and c=1) measurements as `just bench`, direct to the mock, through the bare
+# proxy (the limit line), through BluesMinds (production configuration), through LiteLLM's
+# proxy and through Portkey's gateway, each pointed at the same mock, in one run; writes a
+# dated section into docs/BENCHMARKS.md.
 #
 # Peer configurations (say so in the results): LiteLLM `litellm[proxy]` from PyPI in
 # .venv-litellm, one worker, a config file and a master key, no database (it would download
@@ -64,14 +65,15 @@ wait_for portkey curl -fs "http://127.0.0.1:$PORTKEY_PORT/" || die "Portkey did 
 versions="litellm $("$venv/bin/pip" show litellm | awk '/^Version/ {print $2}'), @portkey-ai/gateway $(node -p "require('$portkey/node_modules/@portkey-ai/gateway/package.json').version"), node $(node --version)"
 record "{\"phase\":\"versions\",\"text\":\"$versions\"}"
 
-for c in 64 1; do
-  log "concurrency $c, $SECONDS_EACH s each"
-  EXTRA_HEADERS=()
-  load "direct-c$c" "http://$MOCK_ADDR/v1/chat/completions" "" -z "${SECONDS_EACH}s" -c "$c"
-  load "bluesminds-c$c" "http://$GW_ADDR/v1/chat/completions" "$KEY" -z "${SECONDS_EACH}s" -c "$c"
-  load "litellm-c$c" "http://$LITELLM_ADDR/v1/chat/completions" "sk-litellm-master" -z "${SECONDS_EACH}s" -c "$c"
-  EXTRA_HEADERS=(-H "x-portkey-provider: openai" -H "x-portkey-custom-host: http://$MOCK_ADDR/v1")
-  load "portkey-c$c" "http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" "sk-mock" -z "${SECONDS_EACH}s" -c "$c"
+start_bare_proxy
+for c in 32 1; do
+  log "concurrency $c, $SECONDS_EACH s each (wrk -t1)"
+  wrk_load "direct-c$c" "http://$MOCK_ADDR/v1/chat/completions" "" "-c$c" "-d${SECONDS_EACH}s"
+  wrk_load "bare-c$c" "http://$BARE_ADDR/v1/chat/completions" "" "-c$c" "-d${SECONDS_EACH}s"
+  wrk_load "bluesminds-c$c" "http://$GW_ADDR/v1/chat/completions" "$KEY" "-c$c" "-d${SECONDS_EACH}s"
+  wrk_load "litellm-c$c" "http://$LITELLM_ADDR/v1/chat/completions" "sk-litellm-master" "-c$c" "-d${SECONDS_EACH}s"
+  WRK_HEADERS="x-portkey-provider: openai|x-portkey-custom-host: http://$MOCK_ADDR/v1" \
+    wrk_load "portkey-c$c" "http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" "sk-mock" "-c$c" "-d${SECONDS_EACH}s"
 done
 
 log "report"

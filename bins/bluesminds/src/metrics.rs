@@ -255,14 +255,15 @@ impl Metrics {
                 &st.failed_batches,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            counter(&mut out, name, help, v.load(Ordering::Relaxed));
         }
         out
     }
+}
+
+/// One counter without labels, with its help and type lines.
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
 }
 
 /// How requests were admitted under leases: by a call to Redis (a new lease or a plain
@@ -285,11 +286,7 @@ pub fn render_leases(out: &mut String, stats: &gateway_ratelimit::LeaseStats) {
             &stats.returned,
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            n.load(Ordering::Relaxed)
-        );
+        counter(out, name, help, n.load(Ordering::Relaxed));
     }
 }
 

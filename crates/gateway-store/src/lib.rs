@@ -44,7 +44,7 @@ pub use plans::SqlPlanStore;
 pub use prices::SqlPriceStore;
 pub use quotas::SqlQuotaStore;
 pub use servers::SqlServerStore;
-pub use usage::SqlUsageStore;
+pub use usage::{InsertMethod, SqlUsageStore};
 
 /// Connection pool settings.
 #[derive(Clone, Debug)]

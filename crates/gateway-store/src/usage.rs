@@ -2,10 +2,14 @@
 //! daily rollup (`usage_daily`) kept in the same transaction from exactly the records that were
 //! new, so a retried batch counts nothing twice.
 //!
-//! On Postgres a batch is two statements of fixed text whatever its size (`INSERT ... SELECT *
-//! FROM UNNEST($1, ..., $19)`, one array per column, then the rollup's upsert, also from
-//! arrays; the insert runs again with `RETURNING` only when some records were stored already): prepared once per connection, where a multi-row `VALUES` list would be
-//! new SQL text with 18 parameters a row to build, send, parse and plan for every batch. The
+//! On Postgres a batch goes in by `COPY usage_logs (...) FROM STDIN (FORMAT binary)` (the rows
+//! encoded here in PostgreSQL's binary format: nothing to parse but the bytes), then the
+//! rollup's upsert from arrays, in one transaction. A batch holding a record stored already (a
+//! retry, a replayed spill) fails the copy on the primary key, and goes again as `INSERT ...
+//! SELECT * FROM UNNEST($1, ..., $19) ON CONFLICT DO NOTHING` (one array per column; run again
+//! with `RETURNING` to learn which records were new). Statements of fixed text, prepared once
+//! per connection; `InsertMethod::Unnest` keeps the insert for every batch (both are measured
+//! by `cargo bench -p gateway-store --bench usage_writer`). The
 //! rollup's rows are upserted in key order, so two instances adding to the same rows lock them
 //! in the same order. On SQLite (one writer at a time) the rows are added up in process.
 
@@ -31,11 +35,32 @@ use crate::{Store, StoreError};
 #[derive(Clone, Debug)]
 pub struct SqlUsageStore {
     store: Store,
+    method: InsertMethod,
+}
+
+/// How a batch of usage rows goes into Postgres (both are measured by
+/// `cargo bench -p gateway-store --bench usage_writer`; docs/BENCHMARKS.md says which won).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InsertMethod {
+    /// `INSERT ... SELECT * FROM UNNEST(<one array per column>) ON CONFLICT DO NOTHING`.
+    Unnest,
+    /// `COPY usage_logs FROM STDIN (FORMAT binary)`; a batch holding a row stored already
+    /// (a retry, a replay) fails the copy and goes again by `Unnest`. The default: about a
+    /// third less Postgres CPU per row.
+    #[default]
+    CopyBinary,
 }
 
 impl SqlUsageStore {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, method: InsertMethod::default() }
+    }
+
+    /// How batches go into Postgres (SQLite has one way).
+    #[must_use]
+    pub fn with_insert_method(mut self, method: InsertMethod) -> Self {
+        self.method = method;
+        self
     }
 }
 
@@ -84,7 +109,16 @@ impl UsageStore for SqlUsageStore {
         }
         if self.store.backend() == DatabaseBackend::Postgres {
             let pool = self.store.connection().get_postgres_connection_pool();
-            return insert_postgres(pool, records).await.map_err(|e| {
+            let copied = match self.method {
+                InsertMethod::CopyBinary => copy_postgres(pool, records).await,
+                InsertMethod::Unnest => Ok(false),
+            };
+            let inserted = match copied {
+                Ok(true) => Ok(()),
+                Ok(false) => insert_postgres(pool, records).await,
+                Err(e) => Err(e),
+            };
+            return inserted.map_err(|e| {
                 let refused = refuses_data(&e);
                 let e = StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
                     Arc::new(e),
@@ -274,6 +308,81 @@ const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, m
     latency_ms_max = greatest(usage_daily.latency_ms_max, excluded.latency_ms_max), \
     latency_hist = bm_hist_add(usage_daily.latency_hist, excluded.latency_hist)";
 
+/// The columns of a usage row, in the order both inserts send them.
+const COLUMNS: &str = "request_id, created_at, user_id, api_key_id, server_id, endpoint, model, \
+    prompt_tokens, completion_tokens, total_tokens, cost_micros, latency_ms, upstream_latency_ms, \
+    status_code, is_error, error_message, streamed, client_disconnected, usage_estimated";
+
+/// Postgres by `COPY ... FROM STDIN (FORMAT binary)`, then the rollup, in one transaction.
+/// `Ok(false)`: some record was stored already (a retry or a replay); nothing was written and
+/// the caller goes the `ON CONFLICT` way.
+async fn copy_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<bool, sqlx::Error> {
+    let mut txn = pool.begin().await?;
+    let statement = format!("COPY usage_logs ({COLUMNS}) FROM STDIN (FORMAT binary)");
+    let mut copy = txn.copy_in_raw(&statement).await?;
+    copy.send(copy_binary(records)).await?;
+    match copy.finish().await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    upsert_rollup(&mut txn, &rollup::rollup(records)).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Rows in PostgreSQL's binary COPY format: the header, then per row the field count and each
+/// field as its length (-1: NULL) and its bytes in network order, then the trailer.
+fn copy_binary(records: &[UsageRecord]) -> Vec<u8> {
+    /// Microseconds from the Unix epoch to Postgres's, 2000-01-01.
+    const PG_EPOCH_US: i128 = 946_684_800_000_000;
+    let mut out = Vec::with_capacity(19 + records.len() * 260);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&[0; 8]); // flags, header extension length
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let null = |out: &mut Vec<u8>| out.extend_from_slice(&(-1i32).to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&19i16.to_be_bytes());
+        field(&mut out, r.request_id.as_uuid().as_bytes());
+        let us = r.created_at.unix_timestamp_nanos() / 1000 - PG_EPOCH_US;
+        field(&mut out, &(us as i64).to_be_bytes());
+        field(&mut out, r.user_id.as_uuid().as_bytes());
+        match r.api_key_id {
+            Some(k) => field(&mut out, k.as_uuid().as_bytes()),
+            None => null(&mut out),
+        }
+        match r.server_id {
+            Some(s) => field(&mut out, s.as_uuid().as_bytes()),
+            None => null(&mut out),
+        }
+        field(&mut out, r.endpoint.as_bytes());
+        field(&mut out, r.model.as_bytes());
+        for n in [r.prompt_tokens, r.completion_tokens, r.total_tokens] {
+            field(&mut out, &i64_of(n).to_be_bytes());
+        }
+        field(&mut out, &r.cost_micros.to_be_bytes());
+        field(&mut out, &i32_of(r.latency_ms).to_be_bytes());
+        match r.upstream_latency_ms {
+            Some(ms) => field(&mut out, &i32_of(ms).to_be_bytes()),
+            None => null(&mut out),
+        }
+        field(&mut out, &i16_of(r.status_code).to_be_bytes());
+        field(&mut out, &[u8::from(r.is_error)]);
+        match &r.error_message {
+            Some(m) => field(&mut out, m.as_bytes()),
+            None => null(&mut out),
+        }
+        for b in [r.streamed, r.client_disconnected, r.usage_estimated] {
+            field(&mut out, &[u8::from(b)]);
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
 /// Postgres: the batch inserted, then the records that were new added to the rollup, in one
 /// transaction.
 async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
@@ -298,32 +407,42 @@ async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result
             records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at))),
         )
     };
-    if !deltas.is_empty() {
-        fn column<T>(rows: &[DayRow], f: impl Fn(&DayRow) -> T) -> Vec<T> {
-            rows.iter().map(f).collect()
-        }
-        let hist = |r: &DayRow| {
-            let counts: Vec<String> = r.latency_hist.iter().map(u64::to_string).collect();
-            format!("{{{}}}", counts.join(","))
-        };
-        sqlx::query(UPSERT_DAILY)
-            .bind(column(&deltas, |r| r.user_id.as_uuid()))
-            .bind(column(&deltas, |r| r.day))
-            .bind(column(&deltas, |r| r.api_key_id.map_or(NO_KEY, |k| k.as_uuid())))
-            .bind(column(&deltas, |r| r.model.clone()))
-            .bind(column(&deltas, |r| i64_of(r.requests)))
-            .bind(column(&deltas, |r| i64_of(r.errors)))
-            .bind(column(&deltas, |r| i64_of(r.prompt_tokens)))
-            .bind(column(&deltas, |r| i64_of(r.completion_tokens)))
-            .bind(column(&deltas, |r| i64_of(r.total_tokens)))
-            .bind(column(&deltas, |r| r.cost_micros))
-            .bind(column(&deltas, |r| i64_of(r.latency_ms_sum)))
-            .bind(column(&deltas, |r| i32_of(r.latency_ms_max)))
-            .bind(column(&deltas, hist))
-            .execute(&mut *txn)
-            .await?;
-    }
+    upsert_rollup(&mut txn, &deltas).await?;
     txn.commit().await
+}
+
+/// The rollup's rows of the new records added to `usage_daily`.
+async fn upsert_rollup(
+    txn: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    deltas: &[DayRow],
+) -> Result<(), sqlx::Error> {
+    fn column<T>(rows: &[DayRow], f: impl Fn(&DayRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let hist = |r: &DayRow| {
+        let counts: Vec<String> = r.latency_hist.iter().map(u64::to_string).collect();
+        format!("{{{}}}", counts.join(","))
+    };
+    sqlx::query(UPSERT_DAILY)
+        .bind(column(deltas, |r| r.user_id.as_uuid()))
+        .bind(column(deltas, |r| r.day))
+        .bind(column(deltas, |r| r.api_key_id.map_or(NO_KEY, |k| k.as_uuid())))
+        .bind(column(deltas, |r| r.model.clone()))
+        .bind(column(deltas, |r| i64_of(r.requests)))
+        .bind(column(deltas, |r| i64_of(r.errors)))
+        .bind(column(deltas, |r| i64_of(r.prompt_tokens)))
+        .bind(column(deltas, |r| i64_of(r.completion_tokens)))
+        .bind(column(deltas, |r| i64_of(r.total_tokens)))
+        .bind(column(deltas, |r| r.cost_micros))
+        .bind(column(deltas, |r| i64_of(r.latency_ms_sum)))
+        .bind(column(deltas, |r| i32_of(r.latency_ms_max)))
+        .bind(column(deltas, hist))
+        .execute(&mut **txn)
+        .await?;
+    Ok(())
 }
 
 /// `query` (one of the batch inserts) with the records' 19 column arrays bound.

@@ -214,11 +214,28 @@ async fn sql_price_store_meets_the_price_contract_and_is_seeded() {
     }
 }
 
+/// Each backend with each way it inserts usage batches (Postgres has two).
+fn insert_methods() -> Vec<(gateway_store::testing::Backend, gateway_store::InsertMethod)> {
+    use gateway_store::InsertMethod;
+    backends()
+        .into_iter()
+        .flat_map(|b| {
+            let methods = match b {
+                gateway_store::testing::Backend::Postgres => {
+                    vec![InsertMethod::Unnest, InsertMethod::CopyBinary]
+                }
+                gateway_store::testing::Backend::Sqlite => vec![InsertMethod::Unnest],
+            };
+            methods.into_iter().map(move |m| (b, m))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn sql_usage_store_meets_the_usage_contract() {
-    for backend in backends() {
+    for (backend, method) in insert_methods() {
         let db = TestDb::migrated(backend).await;
-        let store = gateway_store::SqlUsageStore::new(db.store.clone());
+        let store = gateway_store::SqlUsageStore::new(db.store.clone()).with_insert_method(method);
         gateway_usage::conformance::usage_store_contract(&store, &store).await;
     }
 }
@@ -230,9 +247,9 @@ async fn sql_usage_store_meets_the_usage_contract() {
 async fn the_rollup_kept_by_the_writer_equals_the_one_rebuilt_from_the_rows() {
     use gateway_usage::rollup::LATENCY_BOUNDS;
     use gateway_usage::{GroupBy, StatsQuery, UsageQueries, UsageRecord, UsageStore};
-    for backend in backends() {
+    for (backend, method) in insert_methods() {
         let db = TestDb::migrated(backend).await;
-        let store = gateway_store::SqlUsageStore::new(db.store.clone());
+        let store = gateway_store::SqlUsageStore::new(db.store.clone()).with_insert_method(method);
         let user = gateway_core::UserId::new();
         let key = gateway_core::ApiKeyId::new();
         let base = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
@@ -289,9 +306,11 @@ async fn the_rollup_kept_by_the_writer_equals_the_one_rebuilt_from_the_rows() {
 async fn a_record_the_database_refuses_is_quarantined_and_its_batch_written() {
     use gateway_usage::{UsageError, UsageRecord, UsageStore, UsageWriter, WriterConfig};
     use std::sync::atomic::Ordering;
-    for backend in backends() {
+    for (backend, method) in insert_methods() {
         let db = TestDb::migrated(backend).await;
-        let store = std::sync::Arc::new(gateway_store::SqlUsageStore::new(db.store.clone()));
+        let store = std::sync::Arc::new(
+            gateway_store::SqlUsageStore::new(db.store.clone()).with_insert_method(method),
+        );
         let mut bad = UsageRecord::example();
         bad.model = "gpt-4\0".into();
         let refused = store.insert_batch(std::slice::from_ref(&bad)).await;

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# How fast the dashboard's pages answer on a database with many usage rows (outside CI:
-# `just page-timings`). A fresh Postgres database gets ROWS usage rows (default 1,000,000) for
+# How fast the dashboard's pages and the statistics API answer on a database with many usage
+# rows (outside CI: `just page-timings`). A fresh Postgres database gets ROWS usage rows (default 1,000,000) for
 # one user this month and as many spread over OTHERS other users (default 2,000), loaded by
 # SQL, then the daily rollup rebuilt from them (`bluesminds usage rebuild-rollup`); the
 # release binary serves it; each page is fetched RUNS times (default 5) with the user's (or
-# the admin's) session, and the median and slowest times at the client are printed. The
-# database is dropped afterwards.
+# the admin's) session, and the median and slowest times at the client are printed, then the
+# statistics query's plan (EXPLAIN ANALYZE). The database is dropped afterwards.
+# ROWS=5000000 gives the user 5 million rows among 10 million.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,3 +105,18 @@ time_page "keys /dashboard/keys" "$user_cookie" /dashboard/keys
 time_page "billing /dashboard/billing" "$user_cookie" /dashboard/billing
 time_page "admin /admin" "$admin_cookie" /admin
 time_page "admin users /admin/users" "$admin_cookie" /admin/users
+month_start=$(date -u +%Y-%m-01)
+today=$(date -u +%Y-%m-%d)
+time_page "stats, this month by day (API)" "$user_cookie" \
+  "/api/usage/stats?from=$month_start&to=$today&group_by=day"
+time_page "stats, this month by model (API)" "$user_cookie" \
+  "/api/usage/stats?from=$month_start&to=$today&group_by=model"
+
+log "the statistics query of the heavy user's month (what /api/usage/stats runs), in Postgres"
+psql "$url" -c "SELECT count(*) AS usage_rows FROM usage_logs"
+psql "$url" <<SQL
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
+SELECT * FROM usage_daily
+WHERE user_id = (SELECT id FROM users WHERE email = 'heavy@example.com')
+  AND day >= date_trunc('month', now())::date AND day < (now() + interval '1 day')::date;
+SQL

@@ -285,6 +285,11 @@ pub fn render_leases(out: &mut String, stats: &gateway_ratelimit::LeaseStats) {
             "Leases that ended and gave their unused part back.",
             &stats.returned,
         ),
+        (
+            "bluesminds_ratelimit_lease_givebacks_dropped_total",
+            "Give-backs of unused lease budget dropped because Redis stayed unreachable (the budget stays counted until the windows move on).",
+            &stats.dropped,
+        ),
     ] {
         counter(out, name, help, n.load(Ordering::Relaxed));
     }

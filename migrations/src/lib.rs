@@ -28,6 +28,8 @@ mod m20261201_000004_payments;
 mod m20261201_000005_redemption_codes;
 mod m20261201_000006_subscription_lines;
 mod m20261201_000007_usage_daily;
+mod m20261206_000001_usage_retention;
+pub mod retention;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -45,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_redemption_codes::Migration),
             Box::new(m20261201_000006_subscription_lines::Migration),
             Box::new(m20261201_000007_usage_daily::Migration),
+            Box::new(m20261206_000001_usage_retention::Migration),
         ]
     }
 }
@@ -87,7 +90,8 @@ pub fn partition_name(start: Date) -> String {
     format!("usage_logs_y{:04}m{:02}", start.year(), start.month() as u8)
 }
 
-/// The DDL that creates the partition of `usage_logs` for the month starting at `start`.
+/// The DDL that creates a plain partition of `usage_logs` for the month starting at `start`
+/// (the first migration's; later months are partitioned by retention class).
 pub fn partition_ddl(start: Date) -> String {
     let end = month_start(start, 1);
     format!(
@@ -98,8 +102,10 @@ pub fn partition_ddl(start: Date) -> String {
 }
 
 /// Creates the monthly partitions of `usage_logs` from the month of `now` through
-/// `months_ahead` months later, so inserts never fail when a month turns. A no-op on SQLite.
-/// Returns the names of the partitions ensured.
+/// `months_ahead` months later, so inserts never fail when a month turns, each partitioned by
+/// retention class ([`retention`]); a month that exists as a plain partition (made before
+/// retention classes) is left as it is. A no-op on SQLite. Returns the names of the months
+/// ensured.
 pub async fn ensure_usage_partitions<C: ConnectionTrait>(
     db: &C,
     now: OffsetDateTime,
@@ -111,10 +117,35 @@ pub async fn ensure_usage_partitions<C: ConnectionTrait>(
     let mut names = Vec::new();
     for i in 0..=months_ahead {
         let start = month_start(now.date(), i);
-        db.execute_unprepared(&partition_ddl(start)).await?;
-        names.push(partition_name(start));
+        let name = partition_name(start);
+        let plain = db
+            .query_one_raw(sea_orm_migration::sea_orm::Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT 1 FROM pg_class WHERE relname = $1 AND relkind = 'r'",
+                [name.clone().into()],
+            ))
+            .await?
+            .is_some();
+        if !plain {
+            for ddl in retention::partition_ddl_by_retention(start) {
+                db.execute_unprepared(&ddl).await?;
+            }
+        }
+        names.push(name);
     }
     Ok(names)
+}
+
+/// The first migration's monthly partitions, plain (before `usage_logs.retention_days`).
+pub(crate) async fn ensure_plain_usage_partitions<C: ConnectionTrait>(
+    db: &C,
+    now: OffsetDateTime,
+    months_ahead: u32,
+) -> Result<(), DbErr> {
+    for i in 0..=months_ahead {
+        db.execute_unprepared(&partition_ddl(month_start(now.date(), i))).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

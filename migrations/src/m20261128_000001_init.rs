@@ -16,7 +16,8 @@ impl MigrationTrait for Migration {
         match manager.get_database_backend() {
             DatabaseBackend::Postgres => {
                 db.execute_unprepared(POSTGRES).await?;
-                crate::ensure_usage_partitions(db, time::OffsetDateTime::now_utc(), 1).await?;
+                crate::ensure_plain_usage_partitions(db, time::OffsetDateTime::now_utc(), 1)
+                    .await?;
             }
             DatabaseBackend::Sqlite => {
                 db.execute_unprepared(SQLITE).await?;

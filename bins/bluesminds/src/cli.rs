@@ -62,6 +62,11 @@ pub enum UsageCommand {
     /// usage records, in one transaction; usage writers wait meanwhile. For after a restore
     /// of usage_logs, or rows written by an instance too old to keep the rollup.
     RebuildRollup,
+    /// Drop the raw usage records that have outlived their plan's retention: whole monthly
+    /// partitions of a retention class on Postgres, rows on SQLite. The daily rollup and the
+    /// invoices keep the totals. Serving gateways do it every six hours; a second run drops
+    /// nothing.
+    DropExpired,
 }
 
 #[derive(Debug, Subcommand)]

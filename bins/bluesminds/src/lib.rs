@@ -244,6 +244,17 @@ async fn partition_maintenance(store: gateway_store::Store) {
                 tracing::error!(error = %e, "cannot create usage_logs partitions; inserts will fail when the month turns");
             }
         }
+        // Raw usage past its plan's retention goes by whole partitions (every instance tries;
+        // a second run finds nothing to drop).
+        match store.drop_expired_usage(time::OffsetDateTime::now_utc()).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(?dropped, "usage records past their retention dropped");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drop expired usage records; retrying later");
+            }
+        }
     }
 }
 

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             Command::Usage { command: UsageCommand::RebuildRollup } => {
                 rebuild_rollup(&config).await
             }
+            Command::Usage { command: UsageCommand::DropExpired } => drop_expired(&config).await,
             Command::Demo => {
                 Box::pin(bluesminds::demo::run(config, bluesminds::shutdown_signal())).await
             }
@@ -247,6 +248,21 @@ async fn billing(config: &Config, command: BillingCommand) -> anyhow::Result<()>
             Ok(())
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+async fn drop_expired(config: &Config) -> anyhow::Result<()> {
+    let store = bluesminds::app::open_store(config, config.database.migrate_on_start).await?;
+    let dropped = store
+        .drop_expired_usage(time::OffsetDateTime::now_utc())
+        .await
+        .context("cannot drop expired usage records")?;
+    if dropped.is_empty() {
+        println!("no usage records have outlived their retention");
+    } else {
+        println!("dropped (past their plan's retention): {}", dropped.join(", "));
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // a CLI command's progress and outcome

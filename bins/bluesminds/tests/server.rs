@@ -348,10 +348,18 @@ async fn migrate_twice_on_sqlite_is_a_no_op_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("applied 8 pending migration(s)"), "{out}");
+    assert!(out.contains("applied 9 pending migration(s)"), "{out}");
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("applied 0 pending migration(s)"), "{out}");
+}
+
+#[tokio::test]
+async fn usage_drop_expired_says_what_it_dropped_and_drops_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_to_end(&["usage", "drop-expired"], &[], dir.path()).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("no usage records have outlived their retention"), "{out}");
 }
 
 #[tokio::test]

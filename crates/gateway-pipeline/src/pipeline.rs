@@ -213,7 +213,8 @@ impl Pipeline {
         request_id: RequestId,
         started: Instant,
     ) -> Call {
-        let draft = Draft::new(request_id, started, &principal, endpoint);
+        let retention = self.plans.plan(principal.tier).retention_days;
+        let draft = Draft::new(request_id, started, &principal, endpoint, retention);
         Call { pipeline: self.clone(), principal, draft }
     }
 
@@ -547,6 +548,7 @@ impl Draft {
         started: Instant,
         principal: &Principal,
         endpoint: Endpoint,
+        retention_days: u32,
     ) -> Self {
         // Microseconds, as Postgres stores them: the log's cursor is then exact on every backend.
         let now = time::OffsetDateTime::now_utc();
@@ -571,6 +573,7 @@ impl Draft {
             streamed: false,
             client_disconnected: false,
             usage_estimated: false,
+            retention_days,
         };
         Self { record, endpoint, started, prompt_estimate: 0, trace: None }
     }

@@ -359,6 +359,7 @@ async fn a_whole_answer_is_relayed_and_charged_its_reported_usage() {
     assert_eq!((r.cost_micros, reply.cost_micros), (450, Some(450)));
     assert_eq!(r.model, "gpt-4");
     assert!(r.server_id.is_some() && r.upstream_latency_ms.is_some());
+    assert_eq!(r.retention_days, 7, "kept as long as the free plan keeps history");
     assert_eq!(w.settled().await, vec![(reserved_for_chat(), 12)]);
 }
 

@@ -32,7 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement,
+    TransactionTrait,
+};
 use time::OffsetDateTime;
 
 pub use auth::SqlAuthStore;
@@ -72,6 +75,9 @@ pub struct Store {
 
 /// The advisory lock `Store::migrate` holds on Postgres ("bmmigr" in ASCII).
 const MIGRATE_LOCK: i64 = 0x626d_6d69_6772;
+
+/// The advisory lock of the retention job ("bmdrop"): one instance drops at a time.
+const DROP_LOCK: i64 = 0x626d_6472_6f70;
 
 impl Store {
     /// Opens a pool. SQLite files get WAL journaling and a busy timeout, so the usage writer and
@@ -170,6 +176,52 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError> {
         migration::ensure_usage_partitions(&self.db, now, 1).await.map_err(StoreError::Db)
+    }
+
+    /// Drops the raw usage rows that have outlived their plan's retention at `now`, by whole
+    /// partitions on Postgres (rows on SQLite); the daily rollup and the invoices keep their
+    /// totals. Idempotent: returns what it dropped, nothing on a second run.
+    pub async fn drop_expired_usage(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+        // Rows of months made before retention classes, and rows of an unknown class, go once
+        // the longest retention of any plan (or the 365 days old rows were given) has passed.
+        let longest = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.backend(),
+                "SELECT max(retention_days) AS n FROM billing_plans",
+            ))
+            .await
+            .map_err(StoreError::Db)?
+            .and_then(|r| r.try_get::<Option<i32>>("", "n").ok().flatten())
+            .map_or(0, |n| u32::try_from(n).unwrap_or(0));
+        let longest = migration::retention::retention_class(longest)
+            .max(gateway_usage::DEFAULT_RETENTION_DAYS);
+        if self.backend() != DatabaseBackend::Postgres {
+            return migration::retention::drop_expired_usage(&self.db, now, longest)
+                .await
+                .map_err(StoreError::Db);
+        }
+        // One transaction under a lock that only one instance gets (the others find the work
+        // done, or being done); the drops are catalog changes, over in milliseconds.
+
+        let txn = self.db.begin().await.map_err(StoreError::Db)?;
+        let locked = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                [DROP_LOCK.into()],
+            ))
+            .await
+            .map_err(StoreError::Db)?
+            .is_some_and(|r| r.try_get::<bool>("", "locked").unwrap_or(false));
+        if !locked {
+            return Ok(Vec::new());
+        }
+        let dropped = migration::retention::drop_expired_usage(&txn, now, longest)
+            .await
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::Db)?;
+        Ok(dropped)
     }
 
     /// A cheap round trip, for readiness checks.

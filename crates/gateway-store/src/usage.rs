@@ -98,7 +98,13 @@ fn row(r: &UsageRecord) -> usage_logs::ActiveModel {
         streamed: Set(r.streamed),
         client_disconnected: Set(r.client_disconnected),
         usage_estimated: Set(r.usage_estimated),
+        retention_days: Set(retention_of(r)),
     }
+}
+
+/// The retention class a record is stored under (its plan's retention, rounded up).
+fn retention_of(r: &UsageRecord) -> i32 {
+    i32::try_from(migration::retention::retention_class(r.retention_days)).unwrap_or(i32::MAX)
 }
 
 #[async_trait]
@@ -276,12 +282,12 @@ macro_rules! insert_unnest {
         "INSERT INTO usage_logs (request_id, created_at, user_id, \
     api_key_id, server_id, endpoint, model, prompt_tokens, completion_tokens, total_tokens, \
     cost_micros, latency_ms, upstream_latency_ms, status_code, is_error, error_message, \
-    streamed, client_disconnected, usage_estimated) \
+    streamed, client_disconnected, usage_estimated, retention_days) \
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], \
     $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], \
     $13::int4[], $14::int2[], $15::bool[], $16::text[], $17::bool[], $18::bool[], \
-    $19::bool[]) \
-    ON CONFLICT (request_id, created_at) DO NOTHING"
+    $19::bool[], $20::int4[]) \
+    ON CONFLICT (request_id, created_at, retention_days) DO NOTHING"
     };
 }
 const INSERT_UNNEST: &str = insert_unnest!();
@@ -311,7 +317,8 @@ const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, m
 /// The columns of a usage row, in the order both inserts send them.
 const COLUMNS: &str = "request_id, created_at, user_id, api_key_id, server_id, endpoint, model, \
     prompt_tokens, completion_tokens, total_tokens, cost_micros, latency_ms, upstream_latency_ms, \
-    status_code, is_error, error_message, streamed, client_disconnected, usage_estimated";
+    status_code, is_error, error_message, streamed, client_disconnected, usage_estimated, \
+    retention_days";
 
 /// Postgres by `COPY ... FROM STDIN (FORMAT binary)`, then the rollup, in one transaction.
 /// `Ok(false)`: some record was stored already (a retry or a replay); nothing was written and
@@ -336,7 +343,7 @@ async fn copy_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<b
 fn copy_binary(records: &[UsageRecord]) -> Vec<u8> {
     /// Microseconds from the Unix epoch to Postgres's, 2000-01-01.
     const PG_EPOCH_US: i128 = 946_684_800_000_000;
-    let mut out = Vec::with_capacity(19 + records.len() * 260);
+    let mut out = Vec::with_capacity(19 + records.len() * 270);
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&[0; 8]); // flags, header extension length
     let field = |out: &mut Vec<u8>, bytes: &[u8]| {
@@ -345,7 +352,7 @@ fn copy_binary(records: &[UsageRecord]) -> Vec<u8> {
     };
     let null = |out: &mut Vec<u8>| out.extend_from_slice(&(-1i32).to_be_bytes());
     for r in records {
-        out.extend_from_slice(&19i16.to_be_bytes());
+        out.extend_from_slice(&20i16.to_be_bytes());
         field(&mut out, r.request_id.as_uuid().as_bytes());
         let us = r.created_at.unix_timestamp_nanos() / 1000 - PG_EPOCH_US;
         field(&mut out, &(us as i64).to_be_bytes());
@@ -378,6 +385,7 @@ fn copy_binary(records: &[UsageRecord]) -> Vec<u8> {
         for b in [r.streamed, r.client_disconnected, r.usage_estimated] {
             field(&mut out, &[u8::from(b)]);
         }
+        field(&mut out, &retention_of(r).to_be_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -445,7 +453,7 @@ async fn upsert_rollup(
     Ok(())
 }
 
-/// `query` (one of the batch inserts) with the records' 19 column arrays bound.
+/// `query` (one of the batch inserts) with the records' 20 column arrays bound.
 fn bind_records<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     records: &'q [UsageRecord],
@@ -473,6 +481,7 @@ fn bind_records<'q>(
         .bind(column(records, |r| r.streamed))
         .bind(column(records, |r| r.client_disconnected))
         .bind(column(records, |r| r.usage_estimated))
+        .bind(column(records, retention_of))
 }
 
 fn record_of(row: usage_logs::Model) -> UsageRecord {
@@ -497,6 +506,8 @@ fn record_of(row: usage_logs::Model) -> UsageRecord {
         streamed: row.streamed,
         client_disconnected: row.client_disconnected,
         usage_estimated: row.usage_estimated,
+        retention_days: u32::try_from(row.retention_days)
+            .unwrap_or(gateway_usage::DEFAULT_RETENTION_DAYS),
     }
 }
 

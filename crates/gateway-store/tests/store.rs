@@ -51,7 +51,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 8, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 9, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -108,6 +108,7 @@ fn usage_row(request_id: uuid::Uuid, created_at: OffsetDateTime) -> usage_logs::
         streamed: Set(false),
         client_disconnected: Set(false),
         usage_estimated: Set(false),
+        retention_days: Set(30),
     }
 }
 
@@ -540,4 +541,184 @@ async fn four_replicas_migrating_one_fresh_postgres_at_once_all_succeed() {
         assert_eq!(result, Ok(()));
     }
     assert_eq!(db.store.pending_migrations().await.unwrap(), 0);
+}
+
+/// Raw rows go once their plan's retention has passed: by whole partitions on Postgres (a
+/// month's retention class after the month and the class; a month made before classes, and
+/// now empty months, whole), row by row on SQLite. The daily rollup keeps the totals, and a
+/// second run drops nothing.
+#[tokio::test]
+async fn expired_usage_goes_by_whole_partitions_and_the_rollup_keeps_the_totals() {
+    use gateway_usage::{GroupBy, StatsQuery, UsageQueries, UsageRecord, UsageStore};
+    for (backend, method) in insert_methods() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlUsageStore::new(db.store.clone()).with_insert_method(method);
+        let conn = db.store.connection();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let user = gateway_core::UserId::new();
+        // A free plan's 7 days, a starter's 30, a custom 45 (kept as 60), an enterprise's 365.
+        let records: Vec<UsageRecord> = [7, 30, 45, 365]
+            .iter()
+            .flat_map(|&days| {
+                (0..5).map(move |_| UsageRecord {
+                    user_id: user,
+                    created_at: now,
+                    retention_days: days,
+                    ..UsageRecord::example()
+                })
+            })
+            .collect();
+        store.insert_batch(&records).await.unwrap();
+        let this = migration::partition_name(migration::month_start(now.date(), 0));
+        let month_end = migration::month_start(now.date(), 1).midnight().assume_utc();
+        let count = || async {
+            let row = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT count(*) AS n FROM usage_logs",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        };
+        if backend == Backend::Postgres {
+            let rows = conn
+                .query_all_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT tableoid::regclass::text AS part, retention_days FROM usage_logs",
+                ))
+                .await
+                .unwrap();
+            for row in rows {
+                let (part, class) = (
+                    row.try_get::<String>("", "part").unwrap(),
+                    row.try_get::<i32>("", "retention_days").unwrap(),
+                );
+                assert_eq!(part, format!("{this}_r{class}"), "each row in its class's partition");
+                assert!([7, 30, 60, 365].contains(&class), "{class}");
+            }
+        }
+        let stats = || async {
+            let q = StatsQuery {
+                user_id: user,
+                from: now.date(),
+                to: now.date().next_day().unwrap(),
+                group_by: GroupBy::Day,
+            };
+            store.stats(&q).await.unwrap()
+        };
+        let before = stats().await;
+        assert_eq!(before.iter().map(|r| r.requests).sum::<u64>(), 20);
+
+        assert!(db.store.drop_expired_usage(now).await.unwrap().is_empty(), "nothing yet");
+        let week_after = month_end + time::Duration::days(8);
+        let dropped = db.store.drop_expired_usage(week_after).await.unwrap();
+        match backend {
+            Backend::Postgres => {
+                assert!(dropped.contains(&format!("{this}_r7")), "{dropped:?}");
+                // The classes holding rows stay; the empty ones of the month go.
+                let kept = [30, 60, 365].map(|c| format!("{this}_r{c}"));
+                assert!(kept.iter().all(|k| !dropped.contains(k)), "{dropped:?}");
+                assert!(dropped.contains(&format!("{this}_r3650")), "{dropped:?}");
+                // The month's default stays, so a spill replayed later still finds a home.
+                assert!(!dropped.contains(&format!("{this}_rother")), "{dropped:?}");
+                assert_eq!(count().await, 15, "the 7-day rows went, whole");
+            }
+            Backend::Sqlite => {
+                // Row by row: every row older than its retention, at least the 7-day ones.
+                let left = count().await;
+                assert!((5..=15).contains(&left), "{left}");
+            }
+        }
+        assert_eq!(stats().await, before, "the rollup keeps the totals");
+        assert!(db.store.drop_expired_usage(week_after).await.unwrap().is_empty(), "idempotent");
+
+        // A year and a month on, the longest class has passed too: the month goes whole.
+        let later = month_end + time::Duration::days(366);
+        let dropped = db.store.drop_expired_usage(later).await.unwrap();
+        assert_eq!(count().await, 0, "{backend:?}: {dropped:?}");
+        if backend == Backend::Postgres {
+            assert!(dropped.contains(&this), "{dropped:?}");
+            assert!(!partitions(&db).await.contains(&this));
+        }
+        assert_eq!(stats().await, before, "the rollup keeps the totals");
+
+        // A month made before retention classes (a plain partition) goes whole after the
+        // longest retention of any plan.
+        if backend == Backend::Postgres {
+            conn.execute_unprepared(
+                "CREATE TABLE usage_logs_y2020m01 PARTITION OF usage_logs \
+                 FOR VALUES FROM ('2020-01-01 00:00:00+00') TO ('2020-02-01 00:00:00+00')",
+            )
+            .await
+            .unwrap();
+            usage_logs::Entity::insert(usage_row(
+                uuid::Uuid::now_v7(),
+                datetime!(2020-01-15 12:00 UTC),
+            ))
+            .exec_without_returning(conn)
+            .await
+            .unwrap();
+            let dropped =
+                db.store.drop_expired_usage(datetime!(2021-01-30 23:59 UTC)).await.unwrap();
+            // 365 days after the month's end (2020 was a leap year).
+            assert!(!dropped.contains(&"usage_logs_y2020m01".to_owned()), "not before a year");
+            let dropped =
+                db.store.drop_expired_usage(datetime!(2021-01-31 00:00 UTC)).await.unwrap();
+            assert!(dropped.contains(&"usage_logs_y2020m01".to_owned()), "{dropped:?}");
+        }
+    }
+}
+
+/// Upgrading a database that holds usage: the month with rows stays a plain partition (its
+/// rows keep the 365 days given to rows written before retention classes), the empty month
+/// ahead is made again by class, and both take new rows.
+#[tokio::test]
+async fn the_retention_migration_keeps_the_rows_of_a_month_already_written() {
+    use migration::MigratorTrait;
+    let db = TestDb::empty(Backend::Postgres).await;
+    let conn = db.store.connection();
+    migration::Migrator::up(conn, Some(8)).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let id = uuid::Uuid::now_v7();
+    conn.execute_unprepared(&format!(
+        "INSERT INTO usage_logs (request_id, created_at, user_id, endpoint, model, latency_ms, status_code) \
+         VALUES ('{id}', now(), gen_random_uuid(), 'chat.completions', 'gpt-4', 5, 200)"
+    ))
+    .await
+    .unwrap();
+    db.store.migrate().await.unwrap();
+    let kinds = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT c.relname::text AS name, c.relkind::text AS kind FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'usage_logs'::regclass \
+             ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    let kinds: Vec<(String, String)> = kinds
+        .iter()
+        .map(|r| (r.try_get("", "name").unwrap(), r.try_get("", "kind").unwrap()))
+        .collect();
+    let this = migration::partition_name(migration::month_start(now.date(), 0));
+    let next = migration::partition_name(migration::month_start(now.date(), 1));
+    assert_eq!(kinds, vec![(this, "r".to_owned()), (next, "p".to_owned())]);
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT retention_days FROM usage_logs WHERE request_id = '{id}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i32>("", "retention_days").unwrap(), 365);
+    let next_month = migration::month_start(now.date(), 1).midnight().assume_utc();
+    for at in [now, next_month] {
+        usage_logs::Entity::insert(usage_row(uuid::Uuid::now_v7(), at))
+            .exec_without_returning(conn)
+            .await
+            .unwrap();
+    }
 }

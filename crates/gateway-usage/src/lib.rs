@@ -43,7 +43,7 @@ pub use query::{
     GroupBy, LogQuery, PlatformTotals, StatsQuery, StatsRow, StatusFilter, UsageQueries,
 };
 pub use read::UsageReader;
-pub use record::UsageRecord;
+pub use record::{DEFAULT_RETENTION_DAYS, UsageRecord};
 pub use writer::{UsageWriter, WriterConfig, WriterStats};
 
 use async_trait::async_trait;

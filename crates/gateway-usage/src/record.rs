@@ -33,6 +33,18 @@ pub struct UsageRecord {
     /// and generated (never zero for an answer that generated something).
     #[serde(default)]
     pub usage_estimated: bool,
+    /// Days the raw row is kept: the retention of the user's plan when the request was made
+    /// (the store keeps it at least that long, by whole partitions; the rollup keeps the
+    /// totals for good).
+    #[serde(default = "default_retention")]
+    pub retention_days: u32,
+}
+
+/// The retention of a record spilled before rows carried one: the longest seeded plan's.
+pub const DEFAULT_RETENTION_DAYS: u32 = 365;
+
+fn default_retention() -> u32 {
+    DEFAULT_RETENTION_DAYS
 }
 
 impl UsageRecord {
@@ -58,6 +70,7 @@ impl UsageRecord {
             streamed: false,
             client_disconnected: false,
             usage_estimated: false,
+            retention_days: DEFAULT_RETENTION_DAYS,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Model {
     pub streamed: bool,
     pub client_disconnected: bool,
     pub usage_estimated: bool,
+    /// The retention class of the row's plan, in days (the partition it lives in on Postgres).
+    pub retention_days: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -29,7 +29,10 @@ mod m20261201_000005_redemption_codes;
 mod m20261201_000006_subscription_lines;
 mod m20261201_000007_usage_daily;
 mod m20261206_000001_usage_retention;
+mod m20261206_000002_usage_daily_hot;
 pub mod retention;
+
+pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -48,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_subscription_lines::Migration),
             Box::new(m20261201_000007_usage_daily::Migration),
             Box::new(m20261206_000001_usage_retention::Migration),
+            Box::new(m20261206_000002_usage_daily_hot::Migration),
         ]
     }
 }

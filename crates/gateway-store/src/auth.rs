@@ -1,5 +1,7 @@
 //! SQL adapter of the auth ports (users and API keys).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use gateway_auth::{
     AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
@@ -439,7 +441,25 @@ impl KeyStore for SqlAuthStore {
     }
 
     async fn touch_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> Result<(), AuthError> {
-        // One short transaction per batch; a later time never goes backwards.
+        // A later time never goes backwards. Postgres: one statement for the whole batch (a
+        // gateway serving 10,000 keys flushes 10,000 of them every ten seconds).
+        let conn = self.store.connection();
+        if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            let ids: Vec<uuid::Uuid> = used.iter().map(|(id, _)| id.as_uuid()).collect();
+            let times: Vec<OffsetDateTime> = used.iter().map(|(_, at)| *at).collect();
+            sqlx::query(
+                "UPDATE api_keys AS k SET last_used_at = u.at \
+                 FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+                 WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+            )
+            .bind(ids)
+            .bind(times)
+            .execute(conn.get_postgres_connection_pool())
+            .await
+            .map_err(|e| db_err(DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
+            return Ok(());
+        }
+        // SQLite: one short transaction per batch.
         let txn = self.store.connection().begin().await.map_err(db_err)?;
         for (id, at) in used {
             api_keys::Entity::update_many()

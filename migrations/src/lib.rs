@@ -30,6 +30,7 @@ mod m20261201_000006_subscription_lines;
 mod m20261201_000007_usage_daily;
 mod m20261206_000001_usage_retention;
 mod m20261206_000002_usage_daily_hot;
+mod m20261206_000003_audit_log;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_usage_daily::Migration),
             Box::new(m20261206_000001_usage_retention::Migration),
             Box::new(m20261206_000002_usage_daily_hot::Migration),
+            Box::new(m20261206_000003_audit_log::Migration),
         ]
     }
 }

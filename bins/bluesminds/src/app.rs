@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use gateway_auth::audit::AuditLog;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
 use gateway_balancer::{
     BreakerConfig, HealthConfig, ServerAdmin, ServerPool, ServerStore, ServerStoreError,
@@ -18,11 +19,11 @@ use gateway_proxy::client::{ClientConfig, UpstreamClient};
 use gateway_proxy::probe::HttpProber;
 use gateway_proxy::request::{ForbiddenFields, RequestRules};
 use gateway_ratelimit::ResilientLimiter;
-use gateway_redis::RedisConn;
 use gateway_redis::bus::Bus;
+use gateway_redis::{RedisConn, RedisFailures};
 use gateway_store::{
-    SqlAuthStore, SqlBillingStore, SqlPaymentStore, SqlPlanStore, SqlPriceStore, SqlQuotaStore,
-    SqlServerStore, SqlUsageStore, Store, StoreConfig,
+    SqlAuditLog, SqlAuthStore, SqlBillingStore, SqlPaymentStore, SqlPlanStore, SqlPriceStore,
+    SqlQuotaStore, SqlServerStore, SqlUsageStore, Store, StoreConfig,
 };
 use gateway_usage::{UsageQueries, UsageReader, UsageRecord, UsageSink, UsageWriter, WriterConfig};
 use tokio::sync::Semaphore;
@@ -39,6 +40,8 @@ pub struct App {
     /// The invalidation channel between instances, when Redis is configured.
     pub bus: Option<Bus>,
     pub accounts: Accounts,
+    /// The append-only audit log.
+    pub audit: Arc<dyn AuditLog>,
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
     pub pool: Arc<ServerPool>,
@@ -146,10 +149,21 @@ impl App {
         let plans = Arc::new(Plans::new(Arc::new(SqlPlanStore::new(store.clone()))));
         let billing_store = Arc::new(SqlBillingStore::new(store.clone()));
         plans.reload().await.context("cannot load the plans")?;
-        let accounts =
+        let throttle_window = accounts_config.throttle.window;
+        let mut accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
                 .with_invalidations(invalidations.clone())
                 .with_plans(plans.clone());
+        if let Some(redis) = &redis {
+            // Failed logins counted across instances; each instance's own count while Redis
+            // does not answer within the limiter's timeout.
+            accounts = accounts.with_shared_failures(Arc::new(RedisFailures::new(
+                redis.clone(),
+                &config.redis.key_prefix,
+                throttle_window,
+                Duration::from_millis(config.limits.redis_timeout_ms),
+            )));
+        }
         let pool = Arc::new(ServerPool::new(BreakerConfig {
             failure_threshold: config.health.failure_threshold,
             cooldown: Duration::from_secs(config.health.cooldown_secs),
@@ -239,12 +253,14 @@ impl App {
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
+        let audit: Arc<dyn AuditLog> = Arc::new(SqlAuditLog::new(store.clone()));
         Ok(App {
             config,
             store,
             redis,
             bus,
             accounts,
+            audit,
             verifier,
             pool,
             servers,

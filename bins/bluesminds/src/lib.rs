@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` in-process or through the binary, and stop it when they choose.
 
 pub mod app;
+mod audit;
 mod bus;
 pub mod cli;
 pub mod config;

@@ -85,6 +85,8 @@ pub struct Metrics {
     counters: Mutex<Counters>,
     /// Requests refused by the in-flight cap.
     pub shed: AtomicU64,
+    /// Audit entries that could not be written.
+    pub audit_failures: AtomicU64,
 }
 
 fn escape(v: &str) -> String {
@@ -179,6 +181,11 @@ impl Metrics {
             out,
             "# HELP bluesminds_shed_requests_total Requests refused by the in-flight cap.\n# TYPE bluesminds_shed_requests_total counter\nbluesminds_shed_requests_total {}",
             self.shed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bluesminds_audit_write_failures_total Audit log entries that could not be written.\n# TYPE bluesminds_audit_write_failures_total counter\nbluesminds_audit_write_failures_total {}",
+            self.audit_failures.load(Ordering::Relaxed)
         );
 
         out.push_str("# HELP bluesminds_upstream_healthy Whether an upstream server is healthy (1), degraded (0.5) or not (0).\n# TYPE bluesminds_upstream_healthy gauge\n");

@@ -11,6 +11,8 @@ pub enum Route<'a> {
     Metrics,
     Signup,
     Login,
+    AuthActivity,
+    AdminAudit,
     Logout,
     Me,
     UpdateMe,
@@ -176,6 +178,8 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "auth", "signup"] => pick(m, "POST", &[(Method::POST, Route::Signup)]),
         ["api", "auth", "login"] => pick(m, "POST", &[(Method::POST, Route::Login)]),
         ["api", "auth", "logout"] => pick(m, "POST", &[(Method::POST, Route::Logout)]),
+        ["api", "auth", "activity"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AuthActivity)]),
+        ["api", "admin", "audit"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminAudit)]),
         ["api", "auth", "me"] => pick(
             m,
             "GET, HEAD, PATCH",

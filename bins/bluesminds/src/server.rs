@@ -20,6 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use crate::app::App;
+use crate::audit;
 use crate::handlers;
 use crate::http::{Guarded, ResBody, error_response};
 use crate::router::{self, Routed};
@@ -105,6 +106,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 /// One request: route, admit under the in-flight cap, dispatch, stamp the request id.
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let ctx = Ctx { request_id: RequestId::new(), started: Instant::now(), peer };
+    let tls = app.config.server.public_url.starts_with("https://");
     // The route borrows the path while the handler consumes the request; cloning a `Uri` only
     // bumps reference counts.
     let uri = req.uri().clone();
@@ -118,11 +120,19 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
                     Err(_) => {
                         tracing::warn!(request_id = %ctx.request_id, "in-flight cap reached: shedding");
                         app.metrics.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return finish(error_response(&ApiError::overloaded()), None, ctx);
+                        return finish(error_response(&ApiError::overloaded()), None, ctx, tls);
                     }
                 }
             };
-            (handlers::dispatch(&app, route, req, ctx).await, permit)
+            let res = match audit::action(&route) {
+                None => handlers::dispatch(&app, route, req, ctx).await,
+                Some(action) => {
+                    let (res, note) = audit::scope(handlers::dispatch(&app, route, req, ctx)).await;
+                    audit::record(&app, ctx, action, note, res.status().as_u16()).await;
+                    res
+                }
+            };
+            (res, permit)
         }
         Routed::MethodNotAllowed(allow) => {
             let err = ApiError::new(
@@ -141,15 +151,36 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
             (error_response(&err), None)
         }
     };
-    finish(res, permit, ctx)
+    finish(res, permit, ctx, tls)
 }
 
-fn finish(res: Response<ResBody>, permit: Option<OwnedSemaphorePermit>, ctx: Ctx) -> Resp {
+fn finish(
+    res: Response<ResBody>,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: Ctx,
+    tls: bool,
+) -> Resp {
     let (mut parts, body) = res.into_parts();
     if let Ok(v) = HeaderValue::try_from(ctx.request_id.to_string()) {
         parts.headers.insert(X_REQUEST_ID, v);
     }
+    secure(&mut parts.headers, tls);
     Response::from_parts(parts, Guarded::new(body, permit))
+}
+
+/// The security headers of every response (a page's own, stricter ones stay): no MIME
+/// sniffing, no framing, no referrer beyond this origin, and behind TLS (an `https://`
+/// `server.public_url`) HSTS for a year.
+fn secure(h: &mut http::HeaderMap, tls: bool) {
+    use http::header::{
+        REFERRER_POLICY, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    h.entry(X_CONTENT_TYPE_OPTIONS).or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
+    h.entry(REFERRER_POLICY).or_insert(HeaderValue::from_static("same-origin"));
+    if tls {
+        h.entry(STRICT_TRANSPORT_SECURITY).or_insert(HeaderValue::from_static("max-age=31536000"));
+    }
 }
 
 /// Reads a whole request body under the size limit and the body timeout.

@@ -572,6 +572,40 @@ async fn repeated_failed_logins_are_refused_for_a_while() {
     assert!((1..=900).contains(&retry), "{retry}");
 }
 
+/// Failed logins are counted in Redis: ten failures spread over two instances lock the email
+/// on both (the right password included), and Redis holds no email in its keys.
+#[tokio::test]
+async fn failed_logins_on_two_instances_lock_the_email_on_both() {
+    let (_db, env) =
+        support::shared_backends(&[("BLUESMINDS_AUTH__LOGIN_SLOWDOWN_AFTER", "20")]).await;
+    let a = Gateway::start(&[], &support::env_refs(&env)).await;
+    let b = Gateway::start(&[], &support::env_refs(&env)).await;
+    signup_and_login(a.addr, "shared-lock@example.com").await;
+    let attempt = async |gw: &Gateway, password: &str| {
+        let body = json!({"email": "shared-lock@example.com", "password": password});
+        call(gw.addr, "POST", "/api/auth/login", None, &body).await
+    };
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(attempt(gw, "wrong password!").await.status, 401, "attempt {i}");
+    }
+    for gw in [&a, &b] {
+        let refused = attempt(gw, "correct horse battery").await;
+        assert_eq!(refused.status, 429, "five failures here and five there lock it everywhere");
+        assert_eq!(refused.openai_error()["code"], "too_many_attempts");
+    }
+    // Another email is not locked (the address allows five times as many failures).
+    signup_and_login(b.addr, "other-user@example.com").await;
+
+    let prefix = &env.iter().find(|(k, _)| k == "BLUESMINDS_REDIS__KEY_PREFIX").unwrap().1;
+    let client = redis::Client::open(gateway_store::testing::require_redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}:login:*")).query_async(&mut conn).await.unwrap();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| !k.contains('@') && !k.contains("127.0.0.1")), "{keys:?}");
+}
+
 #[tokio::test]
 async fn cookie_requests_from_a_foreign_origin_are_refused() {
     let gw = Gateway::start(&[], &[("BLUESMINDS_PUBLIC_URL", "https://gw.example.com")]).await;
@@ -713,4 +747,132 @@ async fn revocation_reaches_a_second_instance_through_redis() {
     let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
     until_refused(key2).await;
     assert_eq!(with_key(b.addr, "/api/v1/models", &new_key).await.status, 200);
+}
+
+/// The audit log through the binary: sign-ins that fail and succeed, a key made and revoked, an
+/// admin's change to the user and an anonymous attempt are recorded with actor, target,
+/// outcome, address and request id; admins read and filter them in pages; the user sees their
+/// own events (the failed sign-in to their email and the admin's change included) and not the
+/// admin's; no entry holds a password, a key or a session.
+#[tokio::test]
+async fn security_actions_are_audited_and_each_user_sees_their_own() {
+    let gw = Gateway::start(&[], &MODELS_ENV).await;
+    let addr = gw.addr;
+    let wrong = call(
+        addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": "audit@example.com", "password": "not the password"}),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let alice = signup_and_login(addr, "audit@example.com").await;
+    let (key_id, key) = create_key(addr, &alice, json!({"name": "audited"})).await;
+    let revoked =
+        call(addr, "DELETE", &format!("/api/keys/{key_id}"), Some(&alice.cookie), &Value::Null)
+            .await;
+    assert!(revoked.status < 300, "{revoked:?}");
+    let anonymous = call(addr, "POST", "/api/keys", None, &json!({"name": "x"})).await;
+    assert_eq!(anonymous.status, 401);
+    let admin = support::admin_session(&gw).await;
+    let admin_cookie = admin.strip_prefix("bm_session=").unwrap();
+    let path = format!("/api/admin/users/{}", alice.id);
+    let r = call(addr, "PATCH", &path, Some(admin_cookie), &json!({"tier": "starter"})).await;
+    assert_eq!(r.status, 200);
+
+    let audit =
+        call(addr, "GET", "/api/admin/audit?limit=200", Some(admin_cookie), &Value::Null).await;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    let text = String::from_utf8_lossy(&audit.body).into_owned();
+    for secret in [
+        key.as_str(),
+        alice.cookie.as_str(),
+        admin_cookie,
+        "correct horse battery",
+        "not the password",
+    ] {
+        assert!(!text.contains(secret), "the audit log holds a secret");
+    }
+    let entries = audit.json()["data"].as_array().unwrap().clone();
+    let find = |action: &str, outcome: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {action} {outcome} in {entries:#?}"))
+            .clone()
+    };
+    let failed = find("auth.login", "refused");
+    assert_eq!(failed["target"], "email:audit@example.com");
+    assert!(failed["actor_id"].is_null());
+    assert_eq!(failed["status"], 401);
+    assert_eq!(failed["source_ip"], "127.0.0.1");
+    assert_eq!(failed["request_id"].as_str(), wrong.header("x-request-id"));
+    let signed_in = entries
+        .iter()
+        .find(|e| {
+            e["action"] == "auth.login"
+                && e["target"] == "email:audit@example.com"
+                && e["outcome"] == "ok"
+        })
+        .unwrap();
+    assert_eq!(signed_in["actor_id"], alice.id.as_str());
+    assert_eq!(find("key.create", "ok")["actor_id"], alice.id.as_str());
+    assert_eq!(find("key.revoke", "ok")["target"], format!("key:{key_id}"));
+    assert!(find("key.create", "refused")["actor_id"].is_null(), "the anonymous attempt");
+    let changed = find("admin.user.update", "ok");
+    assert_eq!(changed["target"], format!("user:{}", alice.id));
+    assert_ne!(changed["actor_id"], alice.id.as_str());
+
+    // Filters and pages.
+    let refused =
+        call(addr, "GET", "/api/admin/audit?outcome=refused", Some(admin_cookie), &Value::Null)
+            .await;
+    let refused = refused.json()["data"].as_array().unwrap().clone();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    let auth_only =
+        call(addr, "GET", "/api/admin/audit?action=auth.", Some(admin_cookie), &Value::Null).await;
+    assert!(
+        auth_only.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"].as_str().unwrap().starts_with("auth."))
+    );
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/api/admin/audit?limit=2{cursor}");
+        let page = call(addr, "GET", &path, Some(admin_cookie), &Value::Null).await.json();
+        seen.extend(
+            page["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let all: Vec<String> = entries.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(seen, all, "pages of two, newest first, cover every entry once");
+    let bad =
+        call(addr, "GET", "/api/admin/audit?outcome=maybe", Some(admin_cookie), &Value::Null).await;
+    assert_eq!(bad.status, 400);
+
+    // The user's own activity, and no admin view for them.
+    let mine = call(addr, "GET", "/api/auth/activity", Some(&alice.cookie), &Value::Null).await;
+    assert_eq!(mine.status, 200);
+    let mine = mine.json()["data"].as_array().unwrap().clone();
+    let actions: Vec<&str> = mine.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for want in ["auth.login", "auth.signup", "key.create", "key.revoke", "admin.user.update"] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    assert!(mine.iter().any(|e| e["outcome"] == "refused" && e["action"] == "auth.login"));
+    assert!(
+        mine.iter().all(|e| e["actor_id"] == alice.id.as_str()
+            || e["target"] == "email:audit@example.com"
+            || e["target"] == format!("user:{}", alice.id)),
+        "only her own events"
+    );
+    let denied = call(addr, "GET", "/api/admin/audit", Some(&alice.cookie), &Value::Null).await;
+    assert_eq!(denied.status, 403);
 }

@@ -58,6 +58,30 @@ async fn healthz_answers_and_every_response_has_a_fresh_request_id() {
     }
 }
 
+/// Every response carries the security headers (an answer, an error, a page, a refusal of a
+/// key); HSTS only when the public URL is https (the gateway behind TLS).
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_hsts_only_behind_tls() {
+    let plain = Gateway::start(&[], &[]).await;
+    let tls = Gateway::start(&[], &[("BLUESMINDS_PUBLIC_URL", "https://gw.example.com")]).await;
+    for (gw, hsts) in [(&plain, None), (&tls, Some("max-age=31536000"))] {
+        let replies = [
+            request(gw.addr, "GET", "/healthz", b"").await,
+            request(gw.addr, "GET", "/nope", b"").await,
+            request(gw.addr, "GET", "/login", b"").await,
+            request_with(gw.addr, "GET", "/v1/models", &[("authorization", "Bearer bm_x_y")], b"")
+                .await,
+        ];
+        for r in &replies {
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{}", r.status);
+            assert_eq!(r.header("x-frame-options"), Some("DENY"), "{}", r.status);
+            assert_eq!(r.header("referrer-policy"), Some("same-origin"), "{}", r.status);
+            assert_eq!(r.header("strict-transport-security"), hsts, "{}", r.status);
+        }
+        assert_eq!(replies.map(|r| r.status), [200, 404, 200, 401]);
+    }
+}
+
 #[tokio::test]
 async fn bad_json_and_oversized_bodies_get_openai_errors_and_write_nothing() {
     let gw = Gateway::start(&[], &[("BLUESMINDS_SERVER__MAX_BODY_BYTES", "1024")]).await;
@@ -348,7 +372,7 @@ async fn migrate_twice_on_sqlite_is_a_no_op_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("applied 10 pending migration(s)"), "{out}");
+    assert!(out.contains("applied 11 pending migration(s)"), "{out}");
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("applied 0 pending migration(s)"), "{out}");

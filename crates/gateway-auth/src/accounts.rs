@@ -10,7 +10,7 @@ use gateway_core::{
 };
 use time::OffsetDateTime;
 
-use crate::throttle::{Admission, LoginThrottle, ThrottleConfig};
+use crate::throttle::{Admission, LoginThrottle, SharedFailures, ThrottleConfig};
 use crate::token::{KeyedHasher, is_session_token, new_session_token};
 use crate::{
     AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
@@ -189,6 +189,7 @@ pub struct Accounts {
     /// The plans: how many keys a user may hold, and the limits a key may not exceed.
     plans: Arc<dyn PlanSource>,
     throttle: Arc<LoginThrottle>,
+    shared_failures: Option<Arc<dyn SharedFailures>>,
     /// A hash checked when the email is unknown, so such logins take as long as wrong passwords.
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
@@ -212,6 +213,7 @@ impl Accounts {
             invalidations: Arc::new(NoInvalidations),
             plans: Arc::new(DefaultPlans::default()),
             dummy_hash: Arc::default(),
+            shared_failures: None,
         }
     }
 
@@ -224,9 +226,25 @@ impl Accounts {
 
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.throttle = Arc::new(LoginThrottle::new(self.config.throttle.clone(), clock.clone()));
         self.clock = clock;
+        self.throttle = Arc::new(self.make_throttle());
         self
+    }
+
+    /// Counts failed logins in `shared` too (the gateway's Redis), so every instance sees them.
+    #[must_use]
+    pub fn with_shared_failures(mut self, shared: Arc<dyn SharedFailures>) -> Self {
+        self.shared_failures = Some(shared);
+        self.throttle = Arc::new(self.make_throttle());
+        self
+    }
+
+    fn make_throttle(&self) -> LoginThrottle {
+        let throttle = LoginThrottle::new(self.config.throttle.clone(), self.clock.clone());
+        match &self.shared_failures {
+            Some(shared) => throttle.with_shared(shared.clone(), self.session_hasher.clone()),
+            None => throttle,
+        }
     }
 
     #[must_use]
@@ -291,7 +309,7 @@ impl Accounts {
         client: &str,
     ) -> Result<(User, NewSession), AuthError> {
         let email = normalize_email(email).map_err(|_| AuthError::InvalidCredentials)?;
-        match self.throttle.admit(&email, client) {
+        match self.throttle.admit(&email, client).await {
             Admission::Refuse { retry_after_secs } => {
                 return Err(AuthError::Throttled { retry_after_secs });
             }
@@ -305,13 +323,13 @@ impl Accounts {
         };
         let ok = password::verify(pass, &hash).await? && record.is_some();
         let Some(record) = record.filter(|_| ok) else {
-            self.throttle.failed(&email, client);
+            self.throttle.failed(&email, client).await;
             return Err(AuthError::InvalidCredentials);
         };
         if record.user.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
         }
-        self.throttle.succeeded(&email);
+        self.throttle.succeeded(&email).await;
         let session = self.open_session(record.user.id).await?;
         Ok((record.user, session))
     }

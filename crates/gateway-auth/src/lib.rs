@@ -5,7 +5,8 @@
 //! `gateway-store` implements them on Postgres and SQLite. [`Accounts`] holds the rules (email
 //! normalisation, password policy, login throttling, sessions, key issuing, rotation and
 //! revocation) on top of any store. [`KeyVerifier`] authenticates a bearer on every gateway
-//! request: a cached hit costs one HMAC and a map lookup (see [`verify`]).
+//! request: a cached hit costs one HMAC and a map lookup (see [`verify`]). [`audit`] defines
+//! the append-only audit log of security- and money-relevant actions and its port.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -27,6 +28,7 @@
 
 mod accounts;
 pub mod apikey;
+pub mod audit;
 mod error;
 mod memory;
 pub mod password;

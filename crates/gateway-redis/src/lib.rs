@@ -6,6 +6,7 @@
 //!   instance sharing the Redis; quotas mirrored to a durable store and restored into a Redis
 //!   that lost them.
 //! - [`bus::Bus`]: the invalidation channel between instances (pub/sub).
+//! - [`RedisFailures`]: failed logins counted across instances (`gateway_auth`'s throttle).
 //! - [`RedisConn::ping`]: the readiness check.
 //!
 //! `REDIS_URL` may name a single Redis or a Redis Cluster (see [`RedisConn::open`]); in a
@@ -18,6 +19,8 @@ pub mod bus;
 mod connection;
 mod limiter;
 pub mod slot;
+mod throttle;
 
 pub use connection::{Conn, RedisConn, RedisError};
 pub use limiter::RedisLimiter;
+pub use throttle::RedisFailures;

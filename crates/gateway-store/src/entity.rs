@@ -2,6 +2,7 @@
 //! vocabulary: the domain crates see their own types, converted at the adapter boundary.
 
 pub mod api_keys;
+pub mod audit_log;
 pub mod billing_plans;
 pub mod billing_webhook_events;
 pub mod credit_ledger;

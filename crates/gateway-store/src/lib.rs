@@ -14,6 +14,7 @@
 //! # let _ = auth; Ok(()) }
 //! ```
 
+mod audit;
 mod auth;
 mod billing;
 mod codes;
@@ -38,6 +39,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
+pub use audit::SqlAuditLog;
 pub use auth::SqlAuthStore;
 pub use billing::SqlBillingStore;
 pub use codes::SqlCodeStore;

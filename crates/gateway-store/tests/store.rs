@@ -51,7 +51,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 10, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 11, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -722,5 +722,73 @@ async fn the_retention_migration_keeps_the_rows_of_a_month_already_written() {
             .exec_without_returning(conn)
             .await
             .unwrap();
+    }
+}
+
+/// The audit log keeps what is appended, reads it newest first with filters (a user's own
+/// events: theirs and those about them), and the database refuses every update and delete.
+#[tokio::test]
+async fn the_audit_log_is_append_only_and_reads_newest_first() {
+    use gateway_auth::audit::{AuditEntry, AuditLog, AuditQuery, Outcome};
+    use gateway_core::{RequestId, UserId};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let log = gateway_store::SqlAuditLog::new(db.store.clone());
+        let (alice, admin) = (UserId::new(), UserId::new());
+        let at = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let entry =
+            |actor: Option<UserId>, action: &str, target: Option<String>, outcome| AuditEntry {
+                id: uuid::Uuid::now_v7(),
+                at,
+                actor_id: actor,
+                action: action.to_owned(),
+                target,
+                outcome,
+                status: if outcome == Outcome::Ok { 200 } else { 401 },
+                source_ip: Some("10.0.0.1".into()),
+                request_id: RequestId::new(),
+                detail: None,
+            };
+        let written = [
+            entry(None, "auth.login", Some("email:a@x.co".into()), Outcome::Refused),
+            entry(Some(alice), "auth.login", Some("email:a@x.co".into()), Outcome::Ok),
+            entry(Some(admin), "admin.user.update", Some(format!("user:{alice}")), Outcome::Ok),
+            entry(Some(admin), "admin.price.add", None, Outcome::Ok),
+        ];
+        for e in &written {
+            log.append(e).await.unwrap();
+        }
+        let all = log.list(&AuditQuery { limit: 10, ..AuditQuery::default() }).await.unwrap();
+        let newest_first: Vec<_> = written.iter().rev().cloned().collect();
+        assert_eq!(all, newest_first, "{backend:?}");
+        let mine = AuditQuery {
+            actor_id: Some(alice),
+            or_targets: vec!["email:a@x.co".into(), format!("user:{alice}")],
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        assert_eq!(log.list(&mine).await.unwrap(), newest_first[1..].to_vec(), "{backend:?}");
+        let q =
+            AuditQuery { action_prefix: Some("admin.".into()), limit: 10, ..AuditQuery::default() };
+        assert_eq!(log.list(&q).await.unwrap().len(), 2);
+        let q = AuditQuery { outcome: Some(Outcome::Refused), limit: 10, ..AuditQuery::default() };
+        assert_eq!(log.list(&q).await.unwrap(), vec![written[0].clone()]);
+        let q = AuditQuery { before: Some(written[2].id), limit: 1, ..AuditQuery::default() };
+        assert_eq!(log.list(&q).await.unwrap(), vec![written[1].clone()], "the next page");
+
+        let conn = db.store.connection();
+        for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
+            let refused = conn.execute_unprepared(sql).await;
+            let err = refused.expect_err(sql).to_string();
+            assert!(err.contains("append-only"), "{backend:?}: {err}");
+        }
+        if backend == Backend::Postgres {
+            let err = conn.execute_unprepared("TRUNCATE audit_log").await.unwrap_err().to_string();
+            assert!(err.contains("append-only"), "{err}");
+        }
+        assert_eq!(
+            log.list(&AuditQuery { limit: 10, ..AuditQuery::default() }).await.unwrap().len(),
+            4
+        );
     }
 }

@@ -31,11 +31,13 @@ struct SignupBody {
 pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     check_origin(app, &req)?;
     let input: SignupBody = json_body(app, req).await?;
+    crate::audit::target(super::web::email_target(&input.email));
     let user = app
         .accounts
         .signup(&input.email, &input.password, input.full_name)
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?;
+    crate::audit::actor(user.id);
     Ok(json(StatusCode::CREATED, &user))
 }
 
@@ -50,11 +52,13 @@ pub async fn login(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     check_origin(app, &req)?;
     let input: LoginBody = json_body(app, req).await?;
     let client = ctx.peer.ip().to_string();
+    crate::audit::target(super::web::email_target(&input.email));
     let (user, session) = app
         .accounts
         .login(&input.email, &input.password, &client)
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?;
+    crate::audit::actor(user.id);
     let expires_at = session
         .expires_at
         .format(&time::format_description::well_known::Rfc3339)
@@ -99,6 +103,7 @@ pub async fn update_me(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let err = |e| from_auth(ctx.request_id, e);
     let new_session = match (input.password.as_deref(), input.current_password.as_deref()) {
         (Some(new), Some(current)) => {
+            crate::audit::detail("password change");
             gateway_auth::password::validate(new).map_err(err)?;
             Some(app.accounts.change_password(user.id, current, new).await.map_err(err)?)
         }

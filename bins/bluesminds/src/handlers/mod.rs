@@ -1,6 +1,7 @@
 //! Handlers translate HTTP to domain calls and back; no business rule lives here.
 
 mod admin;
+mod audit;
 mod auth;
 mod billing;
 mod gateway;
@@ -39,6 +40,8 @@ pub async fn dispatch(
         Route::Login => auth::login(app, req, ctx).await,
         Route::Logout => auth::logout(app, req, ctx).await,
         Route::Me => auth::me(app, req, ctx).await,
+        Route::AuthActivity => audit::activity(app, req, ctx).await,
+        Route::AdminAudit => audit::admin(app, req, ctx).await,
         Route::UpdateMe => auth::update_me(app, req, ctx).await,
         Route::AdminUpdateUser(id) => auth::admin_update_user(app, req, ctx, id).await,
         Route::AdminListServers => admin::list_servers(app, req, ctx).await,

@@ -116,6 +116,10 @@ pub async fn webhook(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
             "refused"
         }
     };
+    if let Handled::Applied { user, .. } = &handled {
+        crate::audit::target(format!("user:{user}"));
+    }
+    crate::audit::detail(format!("{} {}: {outcome}", event.event_type, event.id));
     Ok(json(StatusCode::OK, &json!({"received": true, "outcome": outcome})))
 }
 

@@ -55,7 +55,9 @@ pub async fn require_user<B>(app: &App, req: &Request<B>, ctx: Ctx) -> Result<Us
     check_origin(app, req)?;
     let token = session_token(req)
         .ok_or_else(|| from_auth(ctx.request_id, gateway_auth::AuthError::Unauthenticated))?;
-    app.accounts.session_user(token).await.map_err(|e| from_auth(ctx.request_id, e))
+    let user = app.accounts.session_user(token).await.map_err(|e| from_auth(ctx.request_id, e))?;
+    crate::audit::actor(user.id);
+    Ok(user)
 }
 
 /// The signed-in admin of a request.

@@ -59,7 +59,9 @@ pub(super) fn viewer(user: &User) -> Viewer {
 /// caller redirects to the sign-in page).
 pub(super) async fn session_user(app: &App, req: &Request<Incoming>) -> Option<User> {
     let token = session_token(req)?;
-    app.accounts.session_user(token).await.ok()
+    let user = app.accounts.session_user(token).await.ok()?;
+    crate::audit::actor(user.id);
+    Some(user)
 }
 
 /// An API error as the errors of a form: next to its field when it names one.
@@ -72,6 +74,11 @@ pub(super) fn form_error(e: &ApiError) -> Vec<FieldError> {
 
 pub(super) fn status_of(e: &ApiError) -> StatusCode {
     StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// The audit target of a sign-in or sign-up: the email as the accounts store it.
+pub(super) fn email_target(email: &str) -> String {
+    format!("email:{}", email.trim().to_lowercase())
 }
 
 /// Static assets, embedded in the binary.
@@ -111,8 +118,10 @@ pub async fn login(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let fields = form::parse(&read_body(app, req).await?);
     let email = form::field(&fields, "email").unwrap_or_default().to_owned();
     let password = form::field(&fields, "password").unwrap_or_default();
+    crate::audit::target(email_target(&email));
     match app.accounts.login(&email, password, &ctx.peer.ip().to_string()).await {
-        Ok((_, session)) => {
+        Ok((user, session)) => {
+            crate::audit::actor(user.id);
             let mut res = redirect("/dashboard");
             set_session_cookie(app, &mut res, &session);
             Ok(res)
@@ -143,7 +152,11 @@ pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let password = form::field(&fields, "password").unwrap_or_default().to_owned();
     let full_name = form::field(&fields, "full_name").map(str::trim).filter(|n| !n.is_empty());
     let shell = Shell::new("Create an account", None, Nav::None);
+    crate::audit::target(email_target(&email));
     let created = app.accounts.signup(&email, &password, full_name.map(str::to_owned)).await;
+    if let Ok(user) = &created {
+        crate::audit::actor(user.id);
+    }
     if let Err(e) = created {
         let e = from_auth(ctx.request_id, e);
         let content = pages::signup(&email, full_name.unwrap_or_default(), &form_error(&e));

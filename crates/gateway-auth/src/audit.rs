@@ -1,0 +1,121 @@
+//! The audit log: who did what to what, when, from where, and how it ended, for every security-
+//! or money-relevant action (sign-ins, password and session changes, keys, admin changes to
+//! users, servers, plans, prices, credits, codes and invoices, payment webhooks).
+//!
+//! Entries are appended and read, never changed: the port has no update or delete, and the
+//! database refuses both (triggers). No entry holds a secret: targets are ids or an email,
+//! details are short notes chosen by the code, never request content.
+
+use async_trait::async_trait;
+use gateway_core::{RequestId, UserId};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// How an action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It was done.
+    Ok,
+    /// It was refused: not signed in, not allowed, throttled, a bad signature.
+    Refused,
+    /// It failed on its input or on the gateway.
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome of an answer with this HTTP status.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            100..=399 => Outcome::Ok,
+            401 | 403 | 429 => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ok" => Some(Outcome::Ok),
+            "refused" => Some(Outcome::Refused),
+            "failed" => Some(Outcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One audited action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Time-ordered (UUID v7): the cursor of the pages.
+    pub id: uuid::Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The signed-in user who acted (none: an anonymous sign-in attempt, a webhook).
+    pub actor_id: Option<UserId>,
+    /// What was done, as `area.verb` (`auth.login`, `key.revoke`, `admin.price.add`, ...).
+    pub action: String,
+    /// What it was done to: `user:<id>`, `email:<address>`, `key:<id>`, `server:<id>`, ...
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// The client's address.
+    pub source_ip: Option<String>,
+    pub request_id: RequestId,
+    /// A short note chosen by the code (never request content).
+    pub detail: Option<String>,
+}
+
+/// Which entries to read, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Entries by this actor...
+    pub actor_id: Option<UserId>,
+    /// ...or, with `actor_id`, about one of these targets too (a user's own activity: what
+    /// they did and what was done to their account).
+    pub or_targets: Vec<String>,
+    /// Actions starting with this (`auth.`, `admin.price`).
+    pub action_prefix: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    /// Entries older than this one (the previous page's last id).
+    pub before: Option<uuid::Uuid>,
+    pub limit: u32,
+}
+
+/// The audit log's storage: append and read, nothing else.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn append(&self, entry: &AuditEntry) -> Result<(), crate::AuthError>;
+    async fn list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, crate::AuthError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_s_status_says_how_the_action_ended() {
+        assert_eq!(Outcome::of_status(201), Outcome::Ok);
+        assert_eq!(Outcome::of_status(303), Outcome::Ok);
+        for s in [401, 403, 429] {
+            assert_eq!(Outcome::of_status(s), Outcome::Refused);
+        }
+        for s in [400, 404, 409, 422, 500, 503] {
+            assert_eq!(Outcome::of_status(s), Outcome::Failed);
+        }
+        for o in [Outcome::Ok, Outcome::Refused, Outcome::Failed] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}

@@ -31,6 +31,7 @@ mod m20261201_000007_usage_daily;
 mod m20261206_000001_usage_retention;
 mod m20261206_000002_usage_daily_hot;
 mod m20261206_000003_audit_log;
+mod m20261206_000004_password_resets;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_usage_retention::Migration),
             Box::new(m20261206_000002_usage_daily_hot::Migration),
             Box::new(m20261206_000003_audit_log::Migration),
+            Box::new(m20261206_000004_password_resets::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use gateway_auth::Mailer;
 use gateway_auth::audit::AuditLog;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
 use gateway_balancer::{
@@ -13,6 +14,7 @@ use gateway_balancer::{
 use gateway_billing::payments::{Catalog, CreditPack, Payments};
 use gateway_billing::{Billing, Plans, Prices};
 use gateway_core::{HealthStatus, ServerId, SystemClock, UpstreamServer};
+use gateway_mail::SmtpMailer;
 use gateway_pipeline::trace::{Sampler, Tracer};
 use gateway_pipeline::{Limiting, Pipeline, PipelineConfig, Ports};
 use gateway_proxy::client::{ClientConfig, UpstreamClient};
@@ -42,6 +44,10 @@ pub struct App {
     pub accounts: Accounts,
     /// The append-only audit log.
     pub audit: Arc<dyn AuditLog>,
+    /// Account mail (password resets), when `[email]` names an SMTP server.
+    pub mailer: Option<Arc<dyn Mailer>>,
+    /// Reset mails sent per email in the last hour (this instance).
+    pub reset_mails: Arc<crate::handlers::ResetMails>,
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
     pub pool: Arc<ServerPool>,
@@ -254,6 +260,13 @@ impl App {
         let public_origin = origin_of(&config.server.public_url);
         let secure_cookies = public_origin.starts_with("https://");
         let audit: Arc<dyn AuditLog> = Arc::new(SqlAuditLog::new(store.clone()));
+        let mailer: Option<Arc<dyn Mailer>> = if config.email.smtp_url.is_empty() {
+            None
+        } else {
+            let m = SmtpMailer::new(&config.email.smtp_url, &config.email.from)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(Arc::new(m))
+        };
         Ok(App {
             config,
             store,
@@ -261,6 +274,8 @@ impl App {
             bus,
             accounts,
             audit,
+            mailer,
+            reset_mails: Arc::default(),
             verifier,
             pool,
             servers,

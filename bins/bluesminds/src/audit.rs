@@ -61,6 +61,8 @@ pub fn action(route: &Route<'_>) -> Option<(&'static str, Option<String>)> {
         Route::Logout | Route::WebLogout => ("auth.logout", None),
         Route::UpdateMe | Route::WebSaveProfile => ("account.update", None),
         Route::WebChangePassword => ("auth.password.change", None),
+        Route::PasswordForgot | Route::WebForgot => ("auth.password.forgot", None),
+        Route::PasswordReset | Route::WebReset => ("auth.password.reset", None),
         Route::WebSignOutEverywhere => ("auth.sessions.end_all", None),
         Route::CreateKey | Route::WebCreateKey => ("key.create", None),
         Route::UpdateKey(k) => ("key.update", id("key", k)),
@@ -100,8 +102,15 @@ pub async fn record(
 ) {
     // An action that needs a signed-in user and has none was refused, even when the answer
     // is a redirect to the sign-in page.
-    let anonymous_ok =
-        matches!(action, "auth.signup" | "auth.login" | "auth.logout" | "payments.webhook");
+    let anonymous_ok = matches!(
+        action,
+        "auth.signup"
+            | "auth.login"
+            | "auth.logout"
+            | "auth.password.forgot"
+            | "auth.password.reset"
+            | "payments.webhook"
+    );
     let outcome = if note.actor.is_none() && !anonymous_ok {
         Outcome::Refused
     } else {

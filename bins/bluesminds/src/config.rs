@@ -26,9 +26,32 @@ pub struct Config {
     pub billing: BillingConfig,
     pub log: LogConfig,
     pub traces: TracesConfig,
+    pub email: EmailConfig,
     /// Upstream servers seeded at start (`LITELLM_SERVER_N_URL`, `_API_KEY`, `_MODELS`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamSeed>,
+}
+
+/// `[email]`: account mail (password resets). Off while `smtp_url` is empty: the reset
+/// endpoints then say so, and everything else works.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Secret (it may hold the SMTP password; `SMTP_URL`): `smtps://user:pass@host:465`,
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://host:25` (plain: a
+    /// local relay).
+    pub smtp_url: String,
+    /// The sender, `Name <address>` or an address (`EMAIL_FROM`).
+    pub from: String,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &if self.smtp_url.is_empty() { "" } else { "<redacted>" })
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -564,6 +587,8 @@ impl Config {
             .merge(Env::raw().only(&["API_KEY_SECRET"]).map(|_| "auth.api_key_secret".into()))
             .merge(Env::raw().only(&["BLUESMINDS_BIND"]).map(|_| "server.bind".into()))
             .merge(Env::raw().only(&["BLUESMINDS_PUBLIC_URL"]).map(|_| "server.public_url".into()))
+            .merge(Env::raw().only(&["SMTP_URL"]).map(|_| "email.smtp_url".into()))
+            .merge(Env::raw().only(&["EMAIL_FROM"]).map(|_| "email.from".into()))
             .merge(Env::prefixed("BLUESMINDS_").filter(|k| k.as_str().contains("__")).split("__")))
     }
 
@@ -594,6 +619,16 @@ impl Config {
                 format!("{:?} is not an address like 127.0.0.1:3000", s.bind),
             )
         })?;
+        let e = &self.email;
+        if !e.smtp_url.is_empty() && e.from.is_empty() {
+            return Err(ConfigError::key("email.from", "is needed when email.smtp_url is set"));
+        }
+        if !(e.smtp_url.is_empty()
+            || e.smtp_url.starts_with("smtp://")
+            || e.smtp_url.starts_with("smtps://"))
+        {
+            return Err(ConfigError::key("email.smtp_url", "must start with smtp:// or smtps://"));
+        }
         if !(s.public_url.starts_with("http://") || s.public_url.starts_with("https://")) {
             return Err(ConfigError::key(
                 "server.public_url",

@@ -13,6 +13,12 @@ pub enum Route<'a> {
     Login,
     AuthActivity,
     AdminAudit,
+    PasswordForgot,
+    PasswordReset,
+    WebForgotPage,
+    WebForgot,
+    WebResetPage,
+    WebReset,
     Logout,
     Me,
     UpdateMe,
@@ -178,6 +184,22 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
         ["api", "auth", "signup"] => pick(m, "POST", &[(Method::POST, Route::Signup)]),
         ["api", "auth", "login"] => pick(m, "POST", &[(Method::POST, Route::Login)]),
         ["api", "auth", "logout"] => pick(m, "POST", &[(Method::POST, Route::Logout)]),
+        ["api", "auth", "password", "forgot"] => {
+            pick(m, "POST", &[(Method::POST, Route::PasswordForgot)])
+        }
+        ["api", "auth", "password", "reset"] => {
+            pick(m, "POST", &[(Method::POST, Route::PasswordReset)])
+        }
+        ["forgot-password"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebForgotPage), (Method::POST, Route::WebForgot)],
+        ),
+        ["reset-password"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebResetPage), (Method::POST, Route::WebReset)],
+        ),
         ["api", "auth", "activity"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AuthActivity)]),
         ["api", "admin", "audit"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminAudit)]),
         ["api", "auth", "me"] => pick(

@@ -876,3 +876,100 @@ async fn security_actions_are_audited_and_each_user_sees_their_own() {
     let denied = call(addr, "GET", "/api/admin/audit", Some(&alice.cookie), &Value::Null).await;
     assert_eq!(denied.status, 403);
 }
+
+/// The reset link of a mail the sink received (quoted-printable undone).
+fn reset_token(mail: &str) -> String {
+    let text = mail.replace("=\n", "").replace("=3D", "=");
+    let at =
+        text.find("/reset-password?token=").expect("a reset link") + "/reset-password?token=".len();
+    text[at..].chars().take_while(char::is_ascii_hexdigit).collect()
+}
+
+/// Password recovery by email through the binary and a local SMTP server: the forgot step
+/// answers the same for any email and mails only real accounts; the link's token works once,
+/// not with a weak password (which leaves it usable), ends every session, and wrong tokens
+/// are refused, then throttled; the dashboard's page takes the link. Without SMTP both steps
+/// say recovery by email is not set up.
+#[tokio::test]
+async fn password_reset_by_email_works_once_and_ends_every_session() {
+    let sink = support::SmtpSink::start().await;
+    let smtp = format!("smtp://{}", sink.addr);
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("SMTP_URL", smtp.as_str()),
+            ("EMAIL_FROM", "BluesMinds <noreply@example.com>"),
+            ("BLUESMINDS_AUTH__LOGIN_LOCKOUT_AFTER", "2"),
+            ("BLUESMINDS_AUTH__LOGIN_SLOWDOWN_AFTER", "100"),
+        ],
+    )
+    .await;
+    let addr = gw.addr;
+    let alice = signup_and_login(addr, "reset@example.com").await;
+    let forgot = async |email: &str| {
+        call(addr, "POST", "/api/auth/password/forgot", None, &json!({"email": email})).await
+    };
+    let unknown = forgot("nobody@example.com").await;
+    let known = forgot("Reset@Example.com").await;
+    assert_eq!((unknown.status, known.status), (202, 202));
+    assert_eq!(unknown.body, known.body, "the same answer whether or not the account exists");
+    let mails = sink.wait_for(1).await;
+    assert!(mails.iter().all(|m| m.contains("To: reset@example.com")), "{mails:?}");
+    let token = reset_token(&mails[0]);
+    assert_eq!(token.len(), 64, "{}", mails[0]);
+
+    // The dashboard's page takes the link.
+    let page = request_with(addr, "GET", &format!("/reset-password?token={token}"), &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains(&token));
+
+    let reset = async |token: &str, password: &str| {
+        call(
+            addr,
+            "POST",
+            "/api/auth/password/reset",
+            None,
+            &json!({"token": token, "password": password}),
+        )
+        .await
+    };
+    assert_eq!(reset(&token, "short").await.status, 400, "a weak password is refused first");
+    let done = reset(&token, "a brand new password").await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(
+        call(addr, "GET", "/api/auth/me", Some(&alice.cookie), &Value::Null).await.status,
+        401
+    );
+    let login = async |password: &str| {
+        call(
+            addr,
+            "POST",
+            "/api/auth/login",
+            None,
+            &json!({"email": "reset@example.com", "password": password}),
+        )
+        .await
+        .status
+    };
+    assert_eq!(login("a brand new password").await, 200);
+    let reused = reset(&token, "another new password").await;
+    assert_eq!(reused.status, 400, "single use");
+    assert_eq!(reused.openai_error()["param"], "token");
+
+    // Guessing: refused, then throttled for the address.
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(reset(&format!("{i:064x}"), "a guessed password!").await.status);
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+
+    // Without SMTP: said plainly.
+    let bare = Gateway::start(&[], &[]).await;
+    let r = call(bare.addr, "POST", "/api/auth/password/forgot", None, &json!({"email": "a@b.co"}))
+        .await;
+    assert_eq!(r.status, 503);
+    assert!(r.openai_error()["message"].as_str().unwrap().contains("not set up"));
+    let page = request_with(bare.addr, "GET", "/forgot-password", &[], b"").await;
+    assert!(String::from_utf8_lossy(&page.body).contains("not set up on this gateway"));
+}

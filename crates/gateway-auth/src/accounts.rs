@@ -162,6 +162,9 @@ impl Default for AccountsConfig {
     }
 }
 
+/// How long a password-reset link works.
+pub const RESET_TTL: Duration = Duration::from_mins(30);
+
 /// The stores `Accounts` works on.
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // trait objects of stores
@@ -436,6 +439,67 @@ impl Accounts {
         self.stores.users.set_password_hash(user_id, &hash).await?;
         self.stores.sessions.revoke_user_sessions(user_id, self.clock.now()).await?;
         self.open_session(user_id).await
+    }
+
+    /// Starts a password reset for the account of `email`: a single-use token, live for
+    /// [`RESET_TTL`], stored as a keyed hash. `None` when there is no such active account; the
+    /// caller answers the same either way and mails the token out of the request's time.
+    pub async fn start_password_reset(
+        &self,
+        email: &str,
+    ) -> Result<Option<(User, String)>, AuthError> {
+        let Ok(email) = normalize_email(email) else { return Ok(None) };
+        let Some(record) = self.stores.users.find_user_by_email(&email).await? else {
+            return Ok(None);
+        };
+        if record.user.status == UserStatus::Suspended {
+            return Ok(None);
+        }
+        let token = new_session_token()?;
+        let now = self.clock.now();
+        self.stores
+            .sessions
+            .insert_reset(&self.reset_hash(&token), record.user.id, now, now + RESET_TTL)
+            .await?;
+        Ok(Some((record.user, token)))
+    }
+
+    /// Sets a new password with a reset token: the token and every other of the user's are used
+    /// up, and every session of the user ends. A weak password is refused before the token is
+    /// used, so it can be tried again.
+    /// Wrong tokens count as failures of the client's address (as failed logins do), so
+    /// guessing is refused long before it could find one.
+    pub async fn finish_password_reset(
+        &self,
+        token: &str,
+        new: &str,
+        client: &str,
+    ) -> Result<User, AuthError> {
+        if let Admission::Refuse { retry_after_secs } = self.throttle.admit_address(client).await {
+            return Err(AuthError::Throttled { retry_after_secs });
+        }
+        password::validate(new)?;
+        let invalid =
+            || AuthError::invalid("token", "is not a valid reset link: it may be used or expired");
+        let now = self.clock.now();
+        let taken = if is_session_token(token) {
+            self.stores.sessions.take_reset(&self.reset_hash(token), now).await?
+        } else {
+            None
+        };
+        let Some(user_id) = taken else {
+            self.throttle.failed_address(client).await;
+            return Err(invalid());
+        };
+        let hash = password::hash(new, self.config.password_cost).await?;
+        self.stores.users.set_password_hash(user_id, &hash).await?;
+        self.stores.sessions.revoke_user_sessions(user_id, now).await?;
+        self.owner(user_id).await
+    }
+
+    /// A reset token's stored hash (a label keeps it apart from session hashes).
+    fn reset_hash(&self, token: &str) -> Vec<u8> {
+        self.session_hasher.hash(format!("reset:{token}").as_bytes()).to_vec()
     }
 
     /// Sets a user's own spend cap: from 0 to ten times their plan's monthly price, or `None`

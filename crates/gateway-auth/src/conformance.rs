@@ -240,4 +240,16 @@ pub async fn session_store_contract(users: &dyn UserStore, sessions: &dyn Sessio
     for s in [&b, &c] {
         assert!(sessions.find_session(&s.token_hash).await.unwrap().unwrap().revoked_at.is_some());
     }
+
+    // Password-reset tokens: live until their expiry, single use, and taking one uses up the
+    // user's others.
+    let until = t0 + time::Duration::minutes(30);
+    for hash in [[7u8; 32], [8; 32], [6; 32]] {
+        sessions.insert_reset(&hash, user.id, t0, until).await.unwrap();
+    }
+    assert_eq!(sessions.take_reset(&[5; 32], t0).await.unwrap(), None, "unknown");
+    assert_eq!(sessions.take_reset(&[6; 32], until).await.unwrap(), None, "expired");
+    assert_eq!(sessions.take_reset(&[7; 32], t0).await.unwrap(), Some(user.id));
+    assert_eq!(sessions.take_reset(&[7; 32], t0).await.unwrap(), None, "used");
+    assert_eq!(sessions.take_reset(&[8; 32], t0).await.unwrap(), None, "used up by the other");
 }

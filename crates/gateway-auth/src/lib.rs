@@ -47,7 +47,7 @@ pub use accounts::{
 pub use error::AuthError;
 pub use memory::InMemoryAuthStore;
 pub use ports::{
-    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, NewUser, Population, ProfileUpdate,
+    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, Mailer, NewUser, Population, ProfileUpdate,
     SessionRecord, SessionStore, UserQuery, UserRecord, UserStore,
 };
 pub use verify::{KeyVerifier, Principal, VerifierConfig, VerifyError};

@@ -23,6 +23,8 @@ struct Inner {
     users: HashMap<UserId, UserRecord>,
     keys: HashMap<ApiKeyId, KeyRecord>,
     sessions: Vec<SessionRecord>,
+    /// Password-reset tokens: hash, user, expiry, used.
+    resets: Vec<(Vec<u8>, UserId, OffsetDateTime, bool)>,
 }
 
 impl InMemoryAuthStore {
@@ -285,6 +287,37 @@ impl SessionStore for InMemoryAuthStore {
             n += 1;
         }
         Ok(n)
+    }
+
+    async fn insert_reset(
+        &self,
+        token_hash: &[u8],
+        user_id: UserId,
+        _created_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), AuthError> {
+        self.lock().resets.push((token_hash.to_vec(), user_id, expires_at, false));
+        Ok(())
+    }
+
+    async fn take_reset(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<UserId>, AuthError> {
+        let mut inner = self.lock();
+        let Some(user) = inner
+            .resets
+            .iter()
+            .find(|(h, _, until, used)| h == token_hash && !*used && *until > now)
+            .map(|(_, u, _, _)| *u)
+        else {
+            return Ok(None);
+        };
+        for r in inner.resets.iter_mut().filter(|r| r.1 == user) {
+            r.3 = true;
+        }
+        Ok(Some(user))
     }
 }
 

@@ -234,4 +234,26 @@ pub trait SessionStore: Send + Sync {
         user_id: UserId,
         at: OffsetDateTime,
     ) -> Result<u64, AuthError>;
+    /// Stores the hash of a password-reset token of a user, live until `expires_at`.
+    async fn insert_reset(
+        &self,
+        token_hash: &[u8],
+        user_id: UserId,
+        created_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), AuthError>;
+    /// Uses a password-reset token: when it is live (unused and unexpired at `now`), marks it
+    /// and every other token of its user used and returns the user; else `None`. Of two
+    /// concurrent uses of one token, one gets the user.
+    async fn take_reset(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<UserId>, AuthError>;
+}
+
+/// Sends account mail (password resets). An adapter (`gateway-mail`: SMTP) implements it.
+#[async_trait]
+pub trait Mailer: Send + Sync {
+    async fn send(&self, to: &str, subject: &str, text: &str) -> Result<(), String>;
 }

@@ -131,11 +131,23 @@ impl LoginThrottle {
 
     /// Decides on an attempt for `email` from `ip`.
     pub async fn admit(&self, email: &str, ip: &str) -> Admission {
-        let now = self.clock.now_unix_ms();
         let keys = Self::keys(email, ip);
-        let mut windows = {
+        self.decide(&keys, &[self.config.lock_after_per_email, self.config.lock_after_per_ip]).await
+    }
+
+    /// Decides on an attempt that names no email (a password-reset token) from `ip`: the
+    /// address's count only.
+    pub async fn admit_address(&self, ip: &str) -> Admission {
+        self.decide(&[format!("i:{ip}")], &[self.config.lock_after_per_ip]).await
+    }
+
+    /// The live windows of `keys` (in memory, and the shared store's when it knows more), and
+    /// what they mean for an attempt: refused at `limits`, slowed after `slow_after`.
+    async fn decide(&self, keys: &[String], limits: &[u32]) -> Admission {
+        let now = self.clock.now_unix_ms();
+        let mut windows: Vec<Option<Failures>> = {
             let entries = self.lock();
-            [self.live(&entries, &keys[0], now), self.live(&entries, &keys[1], now)]
+            keys.iter().map(|k| self.live(&entries, k, now)).collect()
         };
         if let Some((shared, hasher)) = &self.shared {
             let hashed: Vec<String> = keys.iter().map(|k| Self::shared_key(hasher, k)).collect();
@@ -152,18 +164,15 @@ impl LoginThrottle {
                 }
             }
         }
-        let [by_email, by_ip] = windows;
-        for (entry, limit) in
-            [(by_email, self.config.lock_after_per_email), (by_ip, self.config.lock_after_per_ip)]
-        {
-            if let Some(e) = entry.filter(|e| e.count >= limit) {
+        for (entry, limit) in windows.iter().zip(limits) {
+            if let Some(e) = entry.filter(|e| e.count >= *limit) {
                 let remaining_ms = e.since_ms + self.window_ms() - now;
                 return Admission::Refuse {
                     retry_after_secs: (remaining_ms.max(0) as u64).div_ceil(1000).max(1),
                 };
             }
         }
-        let failures = by_email.map_or(0, |e| e.count).max(by_ip.map_or(0, |e| e.count));
+        let failures = windows.iter().map(|w| w.map_or(0, |e| e.count)).max().unwrap_or(0);
         let delay = if failures < self.config.slow_after {
             Duration::ZERO
         } else {
@@ -175,9 +184,17 @@ impl LoginThrottle {
 
     /// Records a failed attempt.
     pub async fn failed(&self, email: &str, ip: &str) {
+        self.count(&Self::keys(email, ip)).await;
+    }
+
+    /// Records a failed attempt that names no email (a wrong reset token) from `ip`.
+    pub async fn failed_address(&self, ip: &str) {
+        self.count(&[format!("i:{ip}")]).await;
+    }
+
+    async fn count(&self, keys: &[String]) {
         let now = self.clock.now_unix_ms();
         let window = self.window_ms();
-        let keys = Self::keys(email, ip);
         {
             let mut entries = self.lock();
             if entries.len() >= self.config.max_entries {
@@ -189,7 +206,7 @@ impl LoginThrottle {
                     entries.remove(&k);
                 }
             }
-            for key in &keys {
+            for key in keys {
                 let e = entries.entry(key.clone()).or_insert(Failures { count: 0, since_ms: now });
                 if now - e.since_ms >= window {
                     *e = Failures { count: 0, since_ms: now };

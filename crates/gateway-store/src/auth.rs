@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
-use crate::entity::{api_keys, sessions, users};
+use crate::entity::{api_keys, password_resets, sessions, users};
 use crate::{Store, StoreError};
 
 /// Users and keys in Postgres or SQLite.
@@ -545,5 +545,62 @@ impl SessionStore for SqlAuthStore {
             .await
             .map_err(db_err)?;
         Ok(res.rows_affected)
+    }
+
+    async fn insert_reset(
+        &self,
+        token_hash: &[u8],
+        user_id: UserId,
+        created_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), AuthError> {
+        let row = password_resets::ActiveModel {
+            token_hash: Set(token_hash.to_vec()),
+            user_id: Set(user_id.as_uuid()),
+            created_at: Set(created_at),
+            expires_at: Set(expires_at),
+            used_at: Set(None),
+        };
+        password_resets::Entity::insert(row)
+            .exec_without_returning(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn take_reset(
+        &self,
+        token_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<UserId>, AuthError> {
+        let txn = self.store.connection().begin().await.map_err(db_err)?;
+        let Some(row) = password_resets::Entity::find_by_id(token_hash.to_vec())
+            .one(&txn)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        // The conditional update is the single use: of two concurrent takes, one changes the row.
+        let taken = password_resets::Entity::update_many()
+            .col_expr(password_resets::Column::UsedAt, Expr::value(now))
+            .filter(password_resets::Column::TokenHash.eq(token_hash.to_vec()))
+            .filter(password_resets::Column::UsedAt.is_null())
+            .filter(password_resets::Column::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        if taken.rows_affected != 1 {
+            return Ok(None);
+        }
+        password_resets::Entity::update_many()
+            .col_expr(password_resets::Column::UsedAt, Expr::value(now))
+            .filter(password_resets::Column::UserId.eq(row.user_id))
+            .filter(password_resets::Column::UsedAt.is_null())
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(Some(UserId(row.user_id)))
     }
 }

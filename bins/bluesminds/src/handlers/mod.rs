@@ -8,12 +8,15 @@ mod gateway;
 mod keys;
 mod ops;
 mod payments;
+mod recovery;
 mod session;
 mod usage;
 mod web;
 mod web_admin;
 
 use std::sync::Arc;
+
+pub use recovery::Sent as ResetMails;
 
 use gateway_core::ApiError;
 use gateway_proxy::request::Endpoint;
@@ -41,6 +44,12 @@ pub async fn dispatch(
         Route::Logout => auth::logout(app, req, ctx).await,
         Route::Me => auth::me(app, req, ctx).await,
         Route::AuthActivity => audit::activity(app, req, ctx).await,
+        Route::PasswordForgot => recovery::forgot(app, req, ctx).await,
+        Route::PasswordReset => recovery::reset(app, req, ctx).await,
+        Route::WebForgotPage => Ok(recovery::forgot_page(app)),
+        Route::WebForgot => recovery::forgot_form(app, req, ctx).await,
+        Route::WebResetPage => Ok(recovery::reset_page(&req)),
+        Route::WebReset => recovery::reset_form(app, req, ctx).await,
         Route::AdminAudit => audit::admin(app, req, ctx).await,
         Route::UpdateMe => auth::update_me(app, req, ctx).await,
         Route::AdminUpdateUser(id) => auth::admin_update_user(app, req, ctx, id).await,

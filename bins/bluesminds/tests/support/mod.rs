@@ -454,3 +454,77 @@ pub async fn summary_when(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A local SMTP server that accepts every message and keeps it (headers and body as sent), for
+/// the mail the gateway sends. Plain SMTP on loopback, no authentication.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let messages: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let keep = messages.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
+                    if write.write_all(b"220 sink ESMTP\r\n").await.is_err() {
+                        return;
+                    }
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                            "DATA" => {
+                                if write.write_all(b"354 end with .\r\n").await.is_err() {
+                                    return;
+                                }
+                                let mut message = String::new();
+                                while let Ok(Some(l)) = lines.next_line().await {
+                                    if l == "." {
+                                        break;
+                                    }
+                                    message.push_str(&l);
+                                    message.push('\n');
+                                }
+                                keep.lock().unwrap().push(message);
+                                b"250 queued\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            }
+                            _ => b"250 ok\r\n",
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SmtpSink { addr, messages }
+    }
+
+    /// Waits for the `n`th message (1-based) and returns every message so far.
+    pub async fn wait_for(&self, n: usize) -> Vec<String> {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let got = self.messages.lock().unwrap().clone();
+                if got.len() >= n {
+                    return got;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the mail arrives in time")
+    }
+}

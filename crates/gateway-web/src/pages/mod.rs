@@ -82,6 +82,65 @@ pub fn login(email: &str, errors: &[FieldError]) -> Markup {
                 div.actions {
                     button type="submit" { "Sign in" }
                     a href="/signup" { "Create an account" }
+                    a href="/forgot-password" { "Forgot your password?" }
+                }
+            }
+        }
+    }
+}
+
+/// `/forgot-password`: the form, or what happens next once sent. Without mail set up on the
+/// gateway, it says so and who can help.
+pub fn forgot_password(email: &str, mail_on: bool, sent: bool, errors: &[FieldError]) -> Markup {
+    html! {
+        div.card.narrow {
+            h1 { "Reset your password" }
+            @if !mail_on {
+                p.notice.error role="alert" {
+                    "Password reset by email is not set up on this gateway. Ask its administrator \
+                     to reset your password."
+                }
+            } @else if sent {
+                p.notice role="status" {
+                    "If an account exists for " strong { (email) } ", a link to reset its \
+                     password is on its way. It works for 30 minutes and once."
+                }
+                p { a href="/login" { "Back to sign in" } }
+            } @else {
+                (form_errors(errors))
+                form method="post" action="/forgot-password" {
+                    (input("email", "Email", "email", email, "email", errors))
+                    div.actions {
+                        button type="submit" { "Send me a reset link" }
+                        a href="/login" { "Back to sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/reset-password?token=...`: a new password for the account of the link; done, a way to
+/// sign in.
+pub fn reset_password(token: &str, done: bool, errors: &[FieldError]) -> Markup {
+    html! {
+        div.card.narrow {
+            h1 { "Choose a new password" }
+            @if done {
+                p.notice role="status" {
+                    "Your password is changed and every session of your account has ended."
+                }
+                p { a href="/login" { "Sign in with the new password" } }
+            } @else {
+                (form_errors(errors))
+                form method="post" action="/reset-password" {
+                    input type="hidden" name="token" value=(token);
+                    (input("password", "New password", "password", "", "new-password", errors))
+                    p.hint { "8 characters at least." }
+                    div.actions {
+                        button type="submit" { "Set the new password" }
+                        a href="/forgot-password" { "Send a new link" }
+                    }
                 }
             }
         }

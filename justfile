@@ -19,6 +19,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The supply-chain policy of deny.toml (installs cargo-deny once); advisories need GitHub.
+deny:
+    cargo deny --version >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
+    cargo deny check bans licenses sources
+
 # Serve the gateway (embedded SQLite unless DATABASE_URL says otherwise).
 run *ARGS:
     cargo run --release --locked -p bluesminds -- serve {{ARGS}}

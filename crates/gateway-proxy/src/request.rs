@@ -179,6 +179,12 @@ pub fn inspect<'a>(
     if body.is_empty() {
         return Err(ApiError::invalid_request("The request body is empty; expected JSON."));
     }
+    // JSON is UTF-8, and serde skips the strings of fields it ignores without checking them:
+    // a stray byte there would reach the upstream, whose parser fails on it (a 500 that reads
+    // as the server's failure). Found by tests/fuzz.rs.
+    if std::str::from_utf8(body).is_err() {
+        return Err(ApiError::invalid_request("The request body is not valid UTF-8."));
+    }
     if nested_deeper_than(body, rules.max_json_depth) {
         return Err(ApiError::invalid_request(format!(
             "The JSON body is nested deeper than {} levels.",
@@ -533,6 +539,14 @@ mod tests {
 
     fn chat(body: &str) -> Result<RequestView<'_>, ApiError> {
         inspect(body.as_bytes(), Endpoint::ChatCompletions, &RequestRules::default())
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_even_in_a_field_it_ignores() {
+        // Found by tests/fuzz.rs: serde skips an ignored field's string without checking it.
+        let body = b"{\"model\":\"e\",\"input\":\"a\",\"encoding_format\":\"f\xffoat\"}";
+        let e = inspect(body, Endpoint::Embeddings, &RequestRules::default()).unwrap_err();
+        assert_eq!(e.message, "The request body is not valid UTF-8.");
     }
 
     #[test]

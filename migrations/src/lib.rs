@@ -32,6 +32,7 @@ mod m20261206_000001_usage_retention;
 mod m20261206_000002_usage_daily_hot;
 mod m20261206_000003_audit_log;
 mod m20261206_000004_password_resets;
+mod m20261206_000005_email_verification;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_usage_daily_hot::Migration),
             Box::new(m20261206_000003_audit_log::Migration),
             Box::new(m20261206_000004_password_resets::Migration),
+            Box::new(m20261206_000005_email_verification::Migration),
         ]
     }
 }

@@ -149,6 +149,7 @@ impl App {
                 lock_after_per_ip: a.login_lockout_after.saturating_mul(5),
                 ..gateway_auth::throttle::ThrottleConfig::default()
             },
+            verify_email: config.email.verify_signups,
         };
         let invalidations =
             Arc::new(CacheInvalidations { verifier: verifier.clone(), bus: bus.clone() });

@@ -63,6 +63,8 @@ pub fn action(route: &Route<'_>) -> Option<(&'static str, Option<String>)> {
         Route::WebChangePassword => ("auth.password.change", None),
         Route::PasswordForgot | Route::WebForgot => ("auth.password.forgot", None),
         Route::PasswordReset | Route::WebReset => ("auth.password.reset", None),
+        Route::EmailVerify | Route::WebVerify => ("auth.email.verify", None),
+        Route::EmailResend => ("auth.email.resend", None),
         Route::WebSignOutEverywhere => ("auth.sessions.end_all", None),
         Route::CreateKey | Route::WebCreateKey => ("key.create", None),
         Route::UpdateKey(k) => ("key.update", id("key", k)),
@@ -109,6 +111,8 @@ pub async fn record(
             | "auth.logout"
             | "auth.password.forgot"
             | "auth.password.reset"
+            | "auth.email.verify"
+            | "auth.email.resend"
             | "payments.webhook"
     );
     let outcome = if note.actor.is_none() && !anonymous_ok {

@@ -43,6 +43,8 @@ pub struct EmailConfig {
     pub smtp_url: String,
     /// The sender, `Name <address>` or an address (`EMAIL_FROM`).
     pub from: String,
+    /// New accounts must open a mailed link before they can sign in (needs `smtp_url`).
+    pub verify_signups: bool,
 }
 
 impl std::fmt::Debug for EmailConfig {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for EmailConfig {
         f.debug_struct("EmailConfig")
             .field("smtp_url", &if self.smtp_url.is_empty() { "" } else { "<redacted>" })
             .field("from", &self.from)
+            .field("verify_signups", &self.verify_signups)
             .finish()
     }
 }
@@ -620,6 +623,12 @@ impl Config {
             )
         })?;
         let e = &self.email;
+        if e.verify_signups && e.smtp_url.is_empty() {
+            return Err(ConfigError::key(
+                "email.verify_signups",
+                "needs email.smtp_url: the links go out by mail",
+            ));
+        }
         if !e.smtp_url.is_empty() && e.from.is_empty() {
             return Err(ConfigError::key("email.from", "is needed when email.smtp_url is set"));
         }
@@ -892,6 +901,9 @@ mod tests {
             (&[("DATABASE_URL", "mysql://x")], "database.url"),
             (&[("DATABASE_URL", "postgres://h/db")], "auth.jwt_secret"),
             (&[("JWT_SECRET", "short")], "auth.jwt_secret"),
+            (&[("BLUESMINDS_EMAIL__VERIFY_SIGNUPS", "true")], "email.verify_signups"),
+            (&[("SMTP_URL", "smtp://h:25")], "email.from"),
+            (&[("SMTP_URL", "http://h"), ("EMAIL_FROM", "a@b.co")], "email.smtp_url"),
             (&[("LITELLM_SERVER_1_URL", "ftp://x")], "LITELLM_SERVER_1_URL"),
             (&[("BLUESMINDS_SERVER__MAX_BODY_BYTES", "0")], "server.max_body_bytes"),
             (&[("REDIS_URL", "memcached://h:1")], "redis.url"),

@@ -46,6 +46,11 @@ pub fn from_auth(request_id: RequestId, e: AuthError) -> ApiError {
         AuthError::Suspended => {
             ApiError::new(ErrorKind::AccountSuspended, "This account is suspended.")
         }
+        AuthError::EmailUnverified => ApiError::new(
+            ErrorKind::PermissionDenied,
+            "Confirm your email address first: open the link we mailed to it. For a new link: \
+             /verify-email (or POST /api/auth/email/resend).",
+        ),
         AuthError::Throttled { retry_after_secs } => ApiError::new(
             ErrorKind::TooManyAttempts,
             "Too many failed sign-in attempts. Try again later.",

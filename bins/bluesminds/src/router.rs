@@ -19,6 +19,10 @@ pub enum Route<'a> {
     WebForgot,
     WebResetPage,
     WebReset,
+    EmailVerify,
+    EmailResend,
+    WebVerifyPage,
+    WebVerify,
     Logout,
     Me,
     UpdateMe,
@@ -194,6 +198,17 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
             m,
             "GET, HEAD, POST",
             &[(Method::GET, Route::WebForgotPage), (Method::POST, Route::WebForgot)],
+        ),
+        ["api", "auth", "email", "verify"] => {
+            pick(m, "POST", &[(Method::POST, Route::EmailVerify)])
+        }
+        ["api", "auth", "email", "resend"] => {
+            pick(m, "POST", &[(Method::POST, Route::EmailResend)])
+        }
+        ["verify-email"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::WebVerifyPage), (Method::POST, Route::WebVerify)],
         ),
         ["reset-password"] => pick(
             m,

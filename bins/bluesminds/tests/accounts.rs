@@ -973,3 +973,56 @@ async fn password_reset_by_email_works_once_and_ends_every_session() {
     let page = request_with(bare.addr, "GET", "/forgot-password", &[], b"").await;
     assert!(String::from_utf8_lossy(&page.body).contains("not set up on this gateway"));
 }
+
+/// With `email.verify_signups`, a new account cannot sign in until it opens the mailed link;
+/// a new link can be asked for (the same answer for any email); a link works once, and
+/// opening one uses up the account's others.
+#[tokio::test]
+async fn a_new_account_signs_in_once_its_email_is_confirmed() {
+    let sink = support::SmtpSink::start().await;
+    let smtp = format!("smtp://{}", sink.addr);
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("SMTP_URL", smtp.as_str()),
+            ("EMAIL_FROM", "noreply@example.com"),
+            ("BLUESMINDS_EMAIL__VERIFY_SIGNUPS", "true"),
+        ],
+    )
+    .await;
+    let addr = gw.addr;
+    let creds = json!({"email": "verify@example.com", "password": "correct horse battery"});
+    assert_eq!(call(addr, "POST", "/api/auth/signup", None, &creds).await.status, 201);
+    let first = sink.wait_for(1).await;
+    assert!(
+        first[0].contains("To: verify@example.com") && first[0].contains("/verify-email?token=")
+    );
+    let token = |mail: &str| {
+        let text = mail.replace("=\n", "").replace("=3D", "=");
+        let at = text.find("/verify-email?token=").unwrap() + "/verify-email?token=".len();
+        text[at..].chars().take_while(char::is_ascii_hexdigit).collect::<String>()
+    };
+    let refused = call(addr, "POST", "/api/auth/login", None, &creds).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.openai_error()["message"].as_str().unwrap().contains("Confirm your email"));
+
+    let resend = async |email: &str| {
+        call(addr, "POST", "/api/auth/email/resend", None, &json!({"email": email})).await
+    };
+    let (unknown, known) = (resend("nobody@example.com").await, resend("verify@example.com").await);
+    assert_eq!((unknown.status, known.status), (202, 202));
+    assert_eq!(unknown.body, known.body);
+    let mails = sink.wait_for(2).await;
+    assert!(mails.iter().all(|m| m.contains("To: verify@example.com")), "{mails:?}");
+    let (one, two) = (token(&mails[0]), token(&mails[1]));
+    assert_ne!(one, two);
+
+    let page = request_with(addr, "GET", &format!("/verify-email?token={one}"), &[], b"").await;
+    assert!(String::from_utf8_lossy(&page.body).contains("Confirm my email address"));
+    let verify = async |t: &str| {
+        call(addr, "POST", "/api/auth/email/verify", None, &json!({"token": t})).await.status
+    };
+    assert_eq!(verify(&one).await, 200);
+    assert_eq!(verify(&two).await, 400, "opening one link uses up the others");
+    assert_eq!(call(addr, "POST", "/api/auth/login", None, &creds).await.status, 200);
+}

@@ -148,6 +148,8 @@ pub struct AccountsConfig {
     /// How long a rotated key's old secret keeps working.
     pub rotation_grace: Duration,
     pub throttle: ThrottleConfig,
+    /// New accounts must open a mailed link before they can sign in.
+    pub verify_email: bool,
 }
 
 impl Default for AccountsConfig {
@@ -158,6 +160,7 @@ impl Default for AccountsConfig {
             session_ttl: Duration::from_hours(24 * 7),
             rotation_grace: Duration::ZERO,
             throttle: ThrottleConfig::default(),
+            verify_email: false,
         }
     }
 }
@@ -285,6 +288,7 @@ impl Accounts {
             full_name: None,
             role: Role::Admin,
             tier: Tier::Enterprise,
+            email_unverified: false,
         };
         self.stores.users.insert_user(new).await
     }
@@ -299,7 +303,14 @@ impl Accounts {
         let email = normalize_email(email)?;
         let full_name = validate_profile_field("full_name", full_name)?;
         let password_hash = password::hash(pass, self.config.password_cost).await?;
-        let new = NewUser { email, password_hash, full_name, role: Role::User, tier: Tier::Free };
+        let new = NewUser {
+            email,
+            password_hash,
+            full_name,
+            role: Role::User,
+            tier: Tier::Free,
+            email_unverified: self.config.verify_email,
+        };
         self.stores.users.insert_user(new).await
     }
 
@@ -331,6 +342,9 @@ impl Accounts {
         };
         if record.user.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
+        }
+        if record.email_unverified {
+            return Err(AuthError::EmailUnverified);
         }
         self.throttle.succeeded(&email).await;
         let session = self.open_session(record.user.id).await?;
@@ -493,13 +507,70 @@ impl Accounts {
         };
         let hash = password::hash(new, self.config.password_cost).await?;
         self.stores.users.set_password_hash(user_id, &hash).await?;
+        // The link came through the mailbox: the address is verified too.
+        self.stores.users.set_email_verified(user_id).await?;
         self.stores.sessions.revoke_user_sessions(user_id, now).await?;
+        self.owner(user_id).await
+    }
+
+    /// A verification token for a new account's email (single use, [`RESET_TTL`], stored as a
+    /// keyed hash), to mail.
+    pub async fn start_email_verification(&self, user_id: UserId) -> Result<String, AuthError> {
+        let token = new_session_token()?;
+        let now = self.clock.now();
+        let hash = self.labelled_hash("verify", &token);
+        self.stores.sessions.insert_reset(&hash, user_id, now, now + RESET_TTL).await?;
+        Ok(token)
+    }
+
+    /// A new verification token for the account of `email` when it is still unverified (the
+    /// caller answers the same either way).
+    pub async fn resend_email_verification(
+        &self,
+        email: &str,
+    ) -> Result<Option<(User, String)>, AuthError> {
+        let Ok(email) = normalize_email(email) else { return Ok(None) };
+        match self.stores.users.find_user_by_email(&email).await? {
+            Some(record) if record.email_unverified => {
+                let token = self.start_email_verification(record.user.id).await?;
+                Ok(Some((record.user, token)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Verifies the email of the account a mailed token belongs to. Wrong tokens count against
+    /// the client's address, as wrong reset tokens do.
+    pub async fn verify_email(&self, token: &str, client: &str) -> Result<User, AuthError> {
+        if let Admission::Refuse { retry_after_secs } = self.throttle.admit_address(client).await {
+            return Err(AuthError::Throttled { retry_after_secs });
+        }
+        let taken = if is_session_token(token) {
+            let hash = self.labelled_hash("verify", token);
+            self.stores.sessions.take_reset(&hash, self.clock.now()).await?
+        } else {
+            None
+        };
+        let Some(user_id) = taken else {
+            self.throttle.failed_address(client).await;
+            return Err(AuthError::invalid(
+                "token",
+                "is not a valid verification link: it may be used or expired",
+            ));
+        };
+        self.stores.users.set_email_verified(user_id).await?;
         self.owner(user_id).await
     }
 
     /// A reset token's stored hash (a label keeps it apart from session hashes).
     fn reset_hash(&self, token: &str) -> Vec<u8> {
-        self.session_hasher.hash(format!("reset:{token}").as_bytes()).to_vec()
+        self.labelled_hash("reset", token)
+    }
+
+    /// A mailed token's stored hash under its purpose's label: a verification link is no
+    /// reset link, and neither is a session.
+    fn labelled_hash(&self, label: &str, token: &str) -> Vec<u8> {
+        self.session_hasher.hash(format!("{label}:{token}").as_bytes()).to_vec()
     }
 
     /// Sets a user's own spend cap: from 0 to ten times their plan's monthly price, or `None`

@@ -16,6 +16,7 @@ use crate::{
 
 fn new_user(email: &str) -> NewUser {
     NewUser {
+        email_unverified: false,
         email: email.to_owned(),
         password_hash: "$2b$04$notarealhashbutshapedlikeone".to_owned(),
         full_name: Some("Ada".to_owned()),

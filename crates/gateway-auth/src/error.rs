@@ -21,6 +21,9 @@ pub enum AuthError {
     /// The account is suspended.
     #[error("account suspended")]
     Suspended,
+    /// The account signed up under email verification and has not opened its link yet.
+    #[error("email not verified")]
+    EmailUnverified,
     /// Too many failed logins; retry after this many seconds.
     #[error("too many failed logins")]
     Throttled { retry_after_secs: u64 },

@@ -64,9 +64,14 @@ impl UserStore for InMemoryAuthStore {
             past_due_after: None,
             created_at: OffsetDateTime::now_utc(),
         };
-        inner
-            .users
-            .insert(user.id, UserRecord { user: user.clone(), password_hash: new.password_hash });
+        inner.users.insert(
+            user.id,
+            UserRecord {
+                user: user.clone(),
+                password_hash: new.password_hash,
+                email_unverified: new.email_unverified,
+            },
+        );
         Ok(user)
     }
 
@@ -89,6 +94,11 @@ impl UserStore for InMemoryAuthStore {
         rec.user.role = role;
         password_hash.clone_into(&mut rec.password_hash);
         Ok(rec.user.clone())
+    }
+
+    async fn set_email_verified(&self, id: UserId) -> Result<(), AuthError> {
+        self.lock().user_mut(id)?.email_unverified = false;
+        Ok(())
     }
 
     async fn set_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), AuthError> {

@@ -16,6 +16,8 @@ pub struct NewUser {
     pub full_name: Option<String>,
     pub role: Role,
     pub tier: Tier,
+    /// Signed up under email verification: no sign-in until the mailed link is opened.
+    pub email_unverified: bool,
 }
 
 /// A stored user with the password hash, which never leaves this crate's services.
@@ -23,6 +25,8 @@ pub struct NewUser {
 pub struct UserRecord {
     pub user: User,
     pub password_hash: String,
+    /// No sign-in until the mailed verification link is opened.
+    pub email_unverified: bool,
 }
 
 /// A stored key: what the API shows plus the bcrypt hashes of its current and, during a
@@ -160,6 +164,8 @@ pub trait UserStore: Send + Sync {
         password_hash: &str,
     ) -> Result<User, AuthError>;
     async fn set_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), AuthError>;
+    /// Marks the user's email as verified (a link mailed to it was opened).
+    async fn set_email_verified(&self, id: UserId) -> Result<(), AuthError>;
     async fn update_profile(&self, id: UserId, update: ProfileUpdate) -> Result<User, AuthError>;
     async fn update_admin_fields(
         &self,

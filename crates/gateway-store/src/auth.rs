@@ -63,7 +63,11 @@ fn user_from_row(row: users::Model) -> Result<UserRecord, AuthError> {
         past_due_after: row.past_due_after,
         created_at: row.created_at,
     };
-    Ok(UserRecord { user, password_hash: row.password_hash })
+    Ok(UserRecord {
+        user,
+        password_hash: row.password_hash,
+        email_unverified: row.email_unverified,
+    })
 }
 
 fn opt_u64(v: Option<i64>) -> Option<u64> {
@@ -137,6 +141,7 @@ impl UserStore for SqlAuthStore {
             creem_subscription_id: Set(None),
             subscription_ends_at: Set(None),
             subscription_event_at: Set(None),
+            email_unverified: Set(new.email_unverified),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -181,6 +186,16 @@ impl UserStore for SqlAuthStore {
             return Err(AuthError::NotFound("user"));
         }
         Ok(self.find_user_by_id(id).await?.ok_or(AuthError::NotFound("user"))?.user)
+    }
+
+    async fn set_email_verified(&self, id: UserId) -> Result<(), AuthError> {
+        users::Entity::update_many()
+            .col_expr(users::Column::EmailUnverified, Expr::value(false))
+            .filter(users::Column::Id.eq(id.as_uuid()))
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     async fn set_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), AuthError> {

@@ -38,6 +38,15 @@ pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?;
     crate::audit::actor(user.id);
+    if app.config.email.verify_signups {
+        let token = app
+            .accounts
+            .start_email_verification(user.id)
+            .await
+            .map_err(|e| from_auth(ctx.request_id, e))?;
+        super::recovery::send_verification(app, &user, token);
+        crate::audit::detail("verification mailed");
+    }
     Ok(json(StatusCode::CREATED, &user))
 }
 

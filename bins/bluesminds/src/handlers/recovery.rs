@@ -198,3 +198,128 @@ pub async fn reset_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         }
     }
 }
+
+/// Mails `user` the link that confirms their address, off the request.
+pub(super) fn send_verification(app: &App, user: &gateway_core::User, token: String) {
+    let Some(mailer) = app.mailer.clone() else { return };
+    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
+    let (id, email) = (user.id, user.email.clone());
+    tokio::spawn(async move {
+        let text = format!(
+            "Welcome to BluesMinds. To confirm that {email} is yours, open this link within 30 \
+             minutes:\n\n{base}/verify-email?token={token}\n\nIf you did not sign up, ignore \
+             this mail: the account cannot be used without it.\n"
+        );
+        if let Err(e) = mailer.send(&email, "Confirm your email address", &text).await {
+            tracing::error!(user = %id, error = %e, "verification mail could not be sent");
+        }
+    });
+}
+
+/// A new verification link for `email` when its account waits for one, off the request.
+fn resend_verification(app: &App, email: String) {
+    let accounts = app.accounts.clone();
+    let sent = app.reset_mails.clone();
+    let app_mail = (app.mailer.clone(), app.config.server.public_url.clone());
+    tokio::spawn(async move {
+        let Ok(Some((user, token))) = accounts.resend_email_verification(&email).await else {
+            return;
+        };
+        if !sent.allow(&user.email) {
+            return;
+        }
+        let (Some(mailer), public_url) = app_mail else { return };
+        let base = public_url.trim_end_matches('/');
+        let text = format!(
+            "To confirm that {} is yours, open this link within 30 minutes:\n\n\
+             {base}/verify-email?token={token}\n",
+            user.email
+        );
+        if let Err(e) = mailer.send(&user.email, "Confirm your email address", &text).await {
+            tracing::error!(user = %user.id, error = %e, "verification mail could not be sent");
+        }
+    });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    token: String,
+}
+
+/// `POST /api/auth/email/verify` `{"token"}`.
+pub async fn verify(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let input: VerifyBody = json_body(app, req).await?;
+    let client = ctx.peer.ip().to_string();
+    let user = app
+        .accounts
+        .verify_email(&input.token, &client)
+        .await
+        .map_err(|e| from_auth(ctx.request_id, e))?;
+    crate::audit::actor(user.id);
+    crate::audit::target(format!("user:{}", user.id));
+    Ok(json(StatusCode::OK, &json!({"message": "Your email address is confirmed; sign in."})))
+}
+
+/// `POST /api/auth/email/resend` `{"email"}`: 202 and the same message for any email.
+pub async fn resend(app: &App, req: Request<Incoming>, _ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let input: ForgotBody = json_body(app, req).await?;
+    if app.mailer.is_none() {
+        return Err(not_set_up());
+    }
+    crate::audit::target(email_target(&input.email));
+    resend_verification(app, input.email);
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({"message": "If this email belongs to an account waiting for its confirmation, a new link is on its way."}),
+    ))
+}
+
+/// `GET /verify-email[?token=...]`: the confirm button of a mailed link, or a form for a new one.
+pub fn verify_page(req: &Request<Incoming>) -> Response<ResBody> {
+    let fields = form::parse(req.uri().query().unwrap_or("").as_bytes());
+    let shell = Shell::new("Confirm your email address", None, Nav::None);
+    let step = match form::field(&fields, "token") {
+        Some(token) => pages::VerifyStep::Confirm(token),
+        None => pages::VerifyStep::Resend { email: "", sent: false },
+    };
+    html(StatusCode::OK, &shell, &pages::verify_email(&step, &[]))
+}
+
+/// `POST /verify-email`: a token confirms; an email asks for a new link.
+pub async fn verify_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    check_origin(app, &req)?;
+    let fields = form::parse(&read_body(app, req).await?);
+    let shell = Shell::new("Confirm your email address", None, Nav::None);
+    if let Some(token) = form::field(&fields, "token") {
+        let client = ctx.peer.ip().to_string();
+        return match app.accounts.verify_email(token, &client).await {
+            Ok(user) => {
+                crate::audit::actor(user.id);
+                crate::audit::target(format!("user:{}", user.id));
+                Ok(html(
+                    StatusCode::OK,
+                    &shell,
+                    &pages::verify_email(&pages::VerifyStep::Confirmed, &[]),
+                ))
+            }
+            Err(e) => {
+                let e = from_auth(ctx.request_id, e);
+                let step = pages::VerifyStep::Resend { email: "", sent: false };
+                Ok(html(status_of(&e), &shell, &pages::verify_email(&step, &form_error(&e))))
+            }
+        };
+    }
+    let email = form::field(&fields, "email").unwrap_or_default().trim().to_owned();
+    if app.mailer.is_none() {
+        let e = not_set_up();
+        let step = pages::VerifyStep::Resend { email: &email, sent: false };
+        return Ok(html(status_of(&e), &shell, &pages::verify_email(&step, &form_error(&e))));
+    }
+    crate::audit::target(email_target(&email));
+    resend_verification(app, email.clone());
+    let step = pages::VerifyStep::Resend { email: &email, sent: true };
+    Ok(html(StatusCode::OK, &shell, &pages::verify_email(&step, &[])))
+}

@@ -162,6 +162,17 @@ pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         let content = pages::signup(&email, full_name.unwrap_or_default(), &form_error(&e));
         return Ok(html(status_of(&e), &shell, &content));
     }
+    if let (Ok(user), true) = (&created, app.config.email.verify_signups) {
+        let token = app
+            .accounts
+            .start_email_verification(user.id)
+            .await
+            .map_err(|e| from_auth(ctx.request_id, e))?;
+        super::recovery::send_verification(app, user, token);
+        let step = pages::VerifyStep::CheckMail(&user.email);
+        let shell = Shell::new("Confirm your email address", None, Nav::None);
+        return Ok(html(StatusCode::CREATED, &shell, &pages::verify_email(&step, &[])));
+    }
     match app.accounts.login(&email, &password, &ctx.peer.ip().to_string()).await {
         Ok((_, session)) => {
             let mut res = redirect("/dashboard");

@@ -22,6 +22,8 @@ pub struct Model {
     pub creem_subscription_id: Option<String>,
     pub subscription_ends_at: Option<TimeDateTimeWithTimeZone>,
     pub subscription_event_at: Option<i64>,
+    /// Signed up under `email.verify_signups` and has not opened the mailed link yet.
+    pub email_unverified: bool,
     pub created_at: TimeDateTimeWithTimeZone,
     pub updated_at: TimeDateTimeWithTimeZone,
 }

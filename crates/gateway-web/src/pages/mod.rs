@@ -120,6 +120,66 @@ pub fn forgot_password(email: &str, mail_on: bool, sent: bool, errors: &[FieldEr
     }
 }
 
+/// What `/verify-email` shows: a link's confirm button, the result, or a form for a new link.
+#[derive(Debug)]
+pub enum VerifyStep<'a> {
+    /// Opened from the mail: one button confirms (a link scanner's visit changes nothing).
+    Confirm(&'a str),
+    Confirmed,
+    /// No token: a form for a new link; `sent` once asked.
+    Resend {
+        email: &'a str,
+        sent: bool,
+    },
+    /// After sign-up: where the link went.
+    CheckMail(&'a str),
+}
+
+/// `/verify-email`.
+pub fn verify_email(step: &VerifyStep<'_>, errors: &[FieldError]) -> Markup {
+    html! {
+        div.card.narrow {
+            h1 { "Confirm your email address" }
+            (form_errors(errors))
+            @match step {
+                VerifyStep::Confirm(token) => {
+                    form method="post" action="/verify-email" {
+                        input type="hidden" name="token" value=(token);
+                        div.actions { button type="submit" { "Confirm my email address" } }
+                    }
+                }
+                VerifyStep::Confirmed => {
+                    p.notice role="status" { "Your email address is confirmed." }
+                    p { a href="/login" { "Sign in" } }
+                }
+                VerifyStep::CheckMail(email) => {
+                    p.notice role="status" {
+                        "Your account is created. We mailed a link to " strong { (email) }
+                        ": open it within 30 minutes to confirm the address, then sign in."
+                    }
+                    p { a href="/verify-email" { "No mail? Send a new link" } }
+                }
+                VerifyStep::Resend { email, sent: true } => {
+                    p.notice role="status" {
+                        "If " strong { (email) } " belongs to an account waiting for its \
+                         confirmation, a new link is on its way."
+                    }
+                    p { a href="/login" { "Back to sign in" } }
+                }
+                VerifyStep::Resend { email, sent: false } => {
+                    form method="post" action="/verify-email" {
+                        (input("email", "Email", "email", email, "email", errors))
+                        div.actions {
+                            button type="submit" { "Send me a new link" }
+                            a href="/login" { "Back to sign in" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `/reset-password?token=...`: a new password for the account of the link; done, a way to
 /// sign in.
 pub fn reset_password(token: &str, done: bool, errors: &[FieldError]) -> Markup {

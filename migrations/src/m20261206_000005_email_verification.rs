@@ -3,26 +3,17 @@
 //! label). Existing accounts are verified (`false`).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DatabaseBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
+const POSTGRES: &str =
+    "ALTER TABLE users ADD COLUMN IF NOT EXISTS email_unverified boolean NOT NULL DEFAULT false";
+const SQLITE: &str = "ALTER TABLE users ADD COLUMN email_unverified integer NOT NULL DEFAULT 0";
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let sql = match manager.get_database_backend() {
-            DatabaseBackend::Postgres => {
-                "ALTER TABLE users ADD COLUMN IF NOT EXISTS email_unverified boolean NOT NULL DEFAULT false"
-            }
-            DatabaseBackend::Sqlite => {
-                "ALTER TABLE users ADD COLUMN email_unverified integer NOT NULL DEFAULT 0"
-            }
-            other => {
-                return Err(DbErr::Migration(format!("unsupported database backend {other:?}")));
-            }
-        };
-        manager.get_connection().execute_unprepared(sql).await?;
-        Ok(())
+        crate::run_dialect(manager, POSTGRES, SQLITE).await
     }
 }

@@ -877,11 +877,11 @@ async fn security_actions_are_audited_and_each_user_sees_their_own() {
     assert_eq!(denied.status, 403);
 }
 
-/// The reset link of a mail the sink received (quoted-printable undone).
-fn reset_token(mail: &str) -> String {
+/// The token of the link to `page` in a mail the sink received (quoted-printable undone).
+fn mailed_token(mail: &str, page: &str) -> String {
     let text = mail.replace("=\n", "").replace("=3D", "=");
-    let at =
-        text.find("/reset-password?token=").expect("a reset link") + "/reset-password?token=".len();
+    let link = format!("{page}?token=");
+    let at = text.find(&link).unwrap_or_else(|| panic!("no {page} link in {mail}")) + link.len();
     text[at..].chars().take_while(char::is_ascii_hexdigit).collect()
 }
 
@@ -915,7 +915,7 @@ async fn password_reset_by_email_works_once_and_ends_every_session() {
     assert_eq!(unknown.body, known.body, "the same answer whether or not the account exists");
     let mails = sink.wait_for(1).await;
     assert!(mails.iter().all(|m| m.contains("To: reset@example.com")), "{mails:?}");
-    let token = reset_token(&mails[0]);
+    let token = mailed_token(&mails[0], "/reset-password");
     assert_eq!(token.len(), 64, "{}", mails[0]);
 
     // The dashboard's page takes the link.
@@ -997,11 +997,6 @@ async fn a_new_account_signs_in_once_its_email_is_confirmed() {
     assert!(
         first[0].contains("To: verify@example.com") && first[0].contains("/verify-email?token=")
     );
-    let token = |mail: &str| {
-        let text = mail.replace("=\n", "").replace("=3D", "=");
-        let at = text.find("/verify-email?token=").unwrap() + "/verify-email?token=".len();
-        text[at..].chars().take_while(char::is_ascii_hexdigit).collect::<String>()
-    };
     let refused = call(addr, "POST", "/api/auth/login", None, &creds).await;
     assert_eq!(refused.status, 403);
     assert!(refused.openai_error()["message"].as_str().unwrap().contains("Confirm your email"));
@@ -1014,7 +1009,8 @@ async fn a_new_account_signs_in_once_its_email_is_confirmed() {
     assert_eq!(unknown.body, known.body);
     let mails = sink.wait_for(2).await;
     assert!(mails.iter().all(|m| m.contains("To: verify@example.com")), "{mails:?}");
-    let (one, two) = (token(&mails[0]), token(&mails[1]));
+    let (one, two) =
+        (mailed_token(&mails[0], "/verify-email"), mailed_token(&mails[1], "/verify-email"));
     assert_ne!(one, two);
 
     let page = request_with(addr, "GET", &format!("/verify-email?token={one}"), &[], b"").await;

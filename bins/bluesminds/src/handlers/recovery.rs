@@ -199,44 +199,44 @@ pub async fn reset_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     }
 }
 
+/// The mail of a verification link.
+async fn mail_verification(
+    mailer: &dyn Mailer,
+    base: &str,
+    user: &gateway_core::User,
+    token: &str,
+) {
+    let text = format!(
+        "To confirm that {email} is yours and start using BluesMinds, open this link within 30 \
+         minutes:\n\n{base}/verify-email?token={token}\n\nIf you did not sign up, ignore this \
+         mail: the account cannot be used without it.\n",
+        email = user.email,
+    );
+    if let Err(e) = mailer.send(&user.email, "Confirm your email address", &text).await {
+        tracing::error!(user = %user.id, error = %e, "verification mail could not be sent");
+    }
+}
+
 /// Mails `user` the link that confirms their address, off the request.
 pub(super) fn send_verification(app: &App, user: &gateway_core::User, token: String) {
     let Some(mailer) = app.mailer.clone() else { return };
     let base = app.config.server.public_url.trim_end_matches('/').to_owned();
-    let (id, email) = (user.id, user.email.clone());
-    tokio::spawn(async move {
-        let text = format!(
-            "Welcome to BluesMinds. To confirm that {email} is yours, open this link within 30 \
-             minutes:\n\n{base}/verify-email?token={token}\n\nIf you did not sign up, ignore \
-             this mail: the account cannot be used without it.\n"
-        );
-        if let Err(e) = mailer.send(&email, "Confirm your email address", &text).await {
-            tracing::error!(user = %id, error = %e, "verification mail could not be sent");
-        }
-    });
+    let user = user.clone();
+    tokio::spawn(async move { mail_verification(mailer.as_ref(), &base, &user, &token).await });
 }
 
 /// A new verification link for `email` when its account waits for one, off the request.
 fn resend_verification(app: &App, email: String) {
+    let Some(mailer) = app.mailer.clone() else { return };
     let accounts = app.accounts.clone();
     let sent = app.reset_mails.clone();
-    let app_mail = (app.mailer.clone(), app.config.server.public_url.clone());
+    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
     tokio::spawn(async move {
         let Ok(Some((user, token))) = accounts.resend_email_verification(&email).await else {
             return;
         };
-        if !sent.allow(&user.email) {
-            return;
-        }
-        let (Some(mailer), public_url) = app_mail else { return };
-        let base = public_url.trim_end_matches('/');
-        let text = format!(
-            "To confirm that {} is yours, open this link within 30 minutes:\n\n\
-             {base}/verify-email?token={token}\n",
-            user.email
-        );
-        if let Err(e) = mailer.send(&user.email, "Confirm your email address", &text).await {
-            tracing::error!(user = %user.id, error = %e, "verification mail could not be sent");
+        if sent.allow(&user.email) {
+            mail_verification(mailer.as_ref(), &base, &user, &token).await;
         }
     });
 }

@@ -170,6 +170,39 @@ pub fn nested_deeper_than(body: &[u8], max: usize) -> bool {
     false
 }
 
+/// Whether a string of `body` holds a `\\uD800`-`\\uDFFF` escape that is not one half of a
+/// pair. JSON's grammar allows it, but it is no text: serde and the upstream's encoders fail on
+/// it later (a 500 that reads as the server's failure). Found by tests/fuzz.rs. One pass over
+/// the backslashes; outside strings a backslash is a syntax error the parser reports anyway.
+pub fn has_lone_surrogate(body: &[u8]) -> bool {
+    fn unit(b: &[u8]) -> Option<u16> {
+        let hex = std::str::from_utf8(b.get(..4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    }
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'\\', &body[i..]) {
+        let at = i + at;
+        match body.get(at + 1) {
+            Some(b'u') => match unit(&body[at + 2..]) {
+                Some(0xD800..=0xDBFF) => {
+                    let low = (body.get(at + 6..at + 8) == Some(b"\\u"))
+                        .then(|| unit(&body[at + 8..]))
+                        .flatten();
+                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                        return true;
+                    }
+                    i = at + 12;
+                }
+                Some(0xDC00..=0xDFFF) => return true,
+                _ => i = at + 2,
+            },
+            Some(_) => i = at + 2,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Parses and checks a request body for `endpoint` in one pass (after a scan for depth).
 pub fn inspect<'a>(
     body: &'a [u8],
@@ -184,6 +217,12 @@ pub fn inspect<'a>(
     // as the server's failure). Found by tests/fuzz.rs.
     if std::str::from_utf8(body).is_err() {
         return Err(ApiError::invalid_request("The request body is not valid UTF-8."));
+    }
+    if has_lone_surrogate(body) {
+        return Err(ApiError::invalid_request(
+            "The request body has a string with an unpaired UTF-16 surrogate escape (such as \
+             \\ud800 alone), which is no text.",
+        ));
     }
     if nested_deeper_than(body, rules.max_json_depth) {
         return Err(ApiError::invalid_request(format!(
@@ -539,6 +578,23 @@ mod tests {
 
     fn chat(body: &str) -> Result<RequestView<'_>, ApiError> {
         inspect(body.as_bytes(), Endpoint::ChatCompletions, &RequestRules::default())
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_are_found_and_pairs_pass() {
+        assert!(has_lone_surrogate(br#"{"input":["\ud800a"]}"#), "found by tests/fuzz.rs");
+        assert!(has_lone_surrogate(br#"{"a":"\uDC00"}"#));
+        assert!(has_lone_surrogate(br#"{"a":"\ud83d"}"#));
+        assert!(has_lone_surrogate(br#"{"a":"\ud83d\u0041"}"#));
+        assert!(!has_lone_surrogate(br#"{"a":"\ud83d\ude00 and \u00e9 \\ud800"}"#));
+        assert!(!has_lone_surrogate(br#"{"a":"\\\\", "b":"\""}"#));
+        let e = inspect(
+            br#"{"model":"e","input":["\ud800a"]}"#,
+            Endpoint::Embeddings,
+            &RequestRules::default(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("surrogate"), "{}", e.message);
     }
 
     #[test]

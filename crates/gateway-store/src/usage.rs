@@ -528,6 +528,22 @@ impl UsageQueries for SqlUsageStore {
             let cursor = Expr::tuple([Expr::value(t), Expr::value(id.as_uuid())]);
             select = select.filter(row.lt(cursor)).filter(C::CreatedAt.lte(t));
         }
+        if let Some(now) = q.retained_at {
+            // The record's own retention, so what a user sees ends with it, whenever its
+            // partition goes.
+            let kept = if self.store.backend() == DatabaseBackend::Postgres {
+                Expr::cust_with_values(
+                    "created_at >= $1::timestamptz - make_interval(days => retention_days)",
+                    [now],
+                )
+            } else {
+                Expr::cust_with_values(
+                    "julianday(created_at) + retention_days >= julianday(?)",
+                    [now],
+                )
+            };
+            select = select.filter(kept);
+        }
         if let Some(m) = &q.model {
             select = select.filter(C::Model.eq(m.as_str()));
         }

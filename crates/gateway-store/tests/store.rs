@@ -612,6 +612,26 @@ async fn expired_usage_goes_by_whole_partitions_and_the_rollup_keeps_the_totals(
         };
         let before = stats().await;
         assert_eq!(before.iter().map(|r| r.requests).sum::<u64>(), 20);
+        // The log hides a record once its own retention has passed, before its partition goes.
+        let logs_at = |at: OffsetDateTime| {
+            let store = store.clone();
+            async move {
+                let q = gateway_usage::LogQuery {
+                    user_id: user,
+                    before: None,
+                    limit: 100,
+                    model: None,
+                    key_id: None,
+                    status: None,
+                    retained_at: Some(at),
+                };
+                store.logs(&q).await.unwrap()
+            }
+        };
+        assert_eq!(logs_at(now).await.len(), 20, "{backend:?}");
+        let eight_days_on = logs_at(now + time::Duration::days(8)).await;
+        assert_eq!(eight_days_on.len(), 15, "{backend:?}: the 7-day rows are past their retention");
+        assert!(eight_days_on.iter().all(|r| r.retention_days > 7));
 
         assert!(db.store.drop_expired_usage(now).await.unwrap().is_empty(), "nothing yet");
         let week_after = month_end + time::Duration::days(8);

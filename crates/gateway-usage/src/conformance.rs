@@ -13,8 +13,15 @@ use crate::{UsageQueries, UsageRecord, UsageStore};
 
 /// Every record of `user`, newest first, read page by page.
 async fn all_of(q: &dyn UsageQueries, user: UserId, limit: u32) -> Vec<UsageRecord> {
-    let mut query =
-        LogQuery { user_id: user, before: None, limit, model: None, key_id: None, status: None };
+    let mut query = LogQuery {
+        user_id: user,
+        before: None,
+        limit,
+        model: None,
+        key_id: None,
+        status: None,
+        retained_at: None,
+    };
     let mut seen = Vec::new();
     loop {
         let page = q.logs(&query).await.unwrap();
@@ -88,6 +95,7 @@ pub async fn usage_store_contract(store: &dyn UsageStore, queries: &dyn UsageQue
         model: None,
         key_id: None,
         status: None,
+        retained_at: None,
     };
     let errors =
         queries.logs(&LogQuery { status: Some(StatusFilter::Error), ..q.clone() }).await.unwrap();

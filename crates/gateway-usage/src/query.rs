@@ -26,6 +26,10 @@ pub struct LogQuery {
     pub model: Option<String>,
     pub key_id: Option<ApiKeyId>,
     pub status: Option<StatusFilter>,
+    /// Only records still within their retention at this time (`created_at` plus the
+    /// record's `retention_days`): what a user sees stops when its plan's retention ends,
+    /// whenever its partition is dropped.
+    pub retained_at: Option<OffsetDateTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +90,9 @@ pub struct PlatformTotals {
 pub fn matches(r: &UsageRecord, q: &LogQuery) -> bool {
     r.user_id == q.user_id
         && q.before.is_none_or(|(t, id)| (r.created_at, r.request_id) < (t, id))
+        && q.retained_at.is_none_or(|now| {
+            r.created_at + time::Duration::days(i64::from(r.retention_days)) >= now
+        })
         && q.model.as_ref().is_none_or(|m| &r.model == m)
         && q.key_id.is_none_or(|k| r.api_key_id == Some(k))
         && q.status.is_none_or(|s| match s {

@@ -139,6 +139,7 @@ impl UsageReader {
             model: req.model,
             key_id: req.key_id,
             status: req.status,
+            retained_at: Some(OffsetDateTime::now_utc()),
         };
         let data = self.queries.logs(&query).await?;
         let next_cursor = (data.len() == limit as usize)

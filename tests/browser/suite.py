@@ -22,7 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -34,6 +39,20 @@ PASSWORD = "correct horse battery"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "admin password 1"
 
+
+
+def gone(element):
+    """Whether `element`'s document has been replaced. Chromium says so either as a stale
+    reference or as "Node with given id does not belong to the document"."""
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
 
 class Proc:
     """A child process whose first stdout line naming an http:// address is its address."""
@@ -179,7 +198,11 @@ class Suite:
     def submit(self, button_text, scope="main"):
         buttons = self.driver.find_elements(By.CSS_SELECTOR, f"{scope} button[type=submit]")
         button = next(b for b in buttons if b.text.strip() == button_text)
+        page = self.driver.find_element(By.TAG_NAME, "html")
         button.click()
+        # The answer has replaced the page before the step reads it: else a text the old page
+        # also shows matches at once, or the next navigation races this one.
+        WebDriverWait(self.driver, WAIT).until(lambda _: gone(page))
 
     def accept_confirm(self):
         WebDriverWait(self.driver, WAIT).until(EC.alert_is_present())

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gateway_auth::Principal;
 use gateway_balancer::ServerPool;
 use gateway_billing::{Ceiling, CeilingKind, Prices, Tokens, UNLIMITED_TOKENS, monthly_ceiling};
-use gateway_core::{ApiError, ErrorKind, PlanSource, RequestId, Role, Scope, ServerId, Tier};
+use gateway_core::{ApiError, ErrorKind, Plan, PlanSource, RequestId, Role, Scope, ServerId, Tier};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, printable};
@@ -213,8 +213,8 @@ impl Pipeline {
         request_id: RequestId,
         started: Instant,
     ) -> Call {
-        let retention = self.plans.plan(principal.tier).retention_days;
-        let draft = Draft::new(request_id, started, &principal, endpoint, retention);
+        let plan = self.plans.plan(principal.tier);
+        let draft = Draft::new(request_id, started, &principal, endpoint, plan);
         Call { pipeline: self.clone(), principal, draft }
     }
 
@@ -463,7 +463,7 @@ impl Pipeline {
         if let Some(limits) = &self.limits {
             let completes = endpoint == Endpoint::ChatCompletions;
             let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
-            let (who, standing) = self.standing(principal, draft.record.created_at);
+            let (who, standing) = self.standing(principal, &draft.plan, draft.record.created_at);
             let span = draft.trace.as_deref_mut().map(|t| {
                 let s = t.start("limits", SpanKind::Internal, None);
                 t.set(s, "bluesminds.tokens_reserved", estimate);
@@ -511,10 +511,16 @@ impl Pipeline {
 
 impl Pipeline {
     /// What limits the principal's request at `now`: its plan (the free plan while the owner
-    /// is past due), the key's limits under it and the owner's monthly ceiling. From memory.
-    fn standing(&self, principal: &Principal, now: time::OffsetDateTime) -> (Subject, Standing) {
+    /// is past due), the key's limits under it and the owner's monthly ceiling. From memory:
+    /// `plan` is the principal's, read when the request started.
+    fn standing(
+        &self,
+        principal: &Principal,
+        plan: &Arc<Plan>,
+        now: time::OffsetDateTime,
+    ) -> (Subject, Standing) {
         let past_due = principal.is_past_due(now);
-        let plan = self.plans.plan(if past_due { Tier::Free } else { principal.tier });
+        let plan = if past_due { self.plans.plan(Tier::Free) } else { plan.clone() };
         let mut ceiling = monthly_ceiling(&plan, principal.overage_cap_micros);
         if principal.role == Role::Admin {
             // Operators run the gateway; their own keys are not billed against a ceiling.
@@ -540,6 +546,8 @@ struct Draft {
     prompt_estimate: u64,
     /// The request's trace, when it is sampled.
     trace: Option<Box<Trace>>,
+    /// The principal's plan when the request started (its retention is the record's).
+    plan: Arc<Plan>,
 }
 
 impl Draft {
@@ -548,7 +556,7 @@ impl Draft {
         started: Instant,
         principal: &Principal,
         endpoint: Endpoint,
-        retention_days: u32,
+        plan: Arc<Plan>,
     ) -> Self {
         // Microseconds, as Postgres stores them: the log's cursor is then exact on every backend.
         let now = time::OffsetDateTime::now_utc();
@@ -573,9 +581,9 @@ impl Draft {
             streamed: false,
             client_disconnected: false,
             usage_estimated: false,
-            retention_days,
+            retention_days: plan.retention_days,
         };
-        Self { record, endpoint, started, prompt_estimate: 0, trace: None }
+        Self { record, endpoint, started, prompt_estimate: 0, trace: None, plan }
     }
 }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gateway_auth::Mailer;
 use gateway_auth::audit::AuditLog;
 use gateway_auth::{Accounts, AccountsConfig, AuthStores, KeyVerifier, VerifierConfig};
 use gateway_balancer::{
@@ -44,10 +43,6 @@ pub struct App {
     pub accounts: Accounts,
     /// The append-only audit log.
     pub audit: Arc<dyn AuditLog>,
-    /// Account mail (password resets), when `[email]` names an SMTP server.
-    pub mailer: Option<Arc<dyn Mailer>>,
-    /// Reset mails sent per email in the last hour (this instance).
-    pub reset_mails: Arc<crate::handlers::ResetMails>,
     /// Authenticates API keys on every gateway request.
     pub verifier: Arc<KeyVerifier>,
     pub pool: Arc<ServerPool>,
@@ -78,8 +73,8 @@ pub struct App {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One permit per request in flight (open streams included).
     pub in_flight: Arc<Semaphore>,
-    /// `Secure` on cookies: the public URL is https.
-    pub secure_cookies: bool,
+    /// The public URL is https: cookies are `Secure` and every response carries HSTS.
+    pub behind_tls: bool,
     /// `scheme://host[:port]` of the public URL, for the CSRF `Origin` check.
     pub public_origin: String,
     /// The OTLP exporter of request traces, when `[traces]` names an endpoint.
@@ -161,6 +156,11 @@ impl App {
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
                 .with_invalidations(invalidations.clone())
                 .with_plans(plans.clone());
+        if !config.email.smtp_url.is_empty() {
+            let mailer = SmtpMailer::new(&config.email.smtp_url, &config.email.from)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            accounts = accounts.with_mail(Arc::new(mailer), &config.server.public_url);
+        }
         if let Some(redis) = &redis {
             // Failed logins counted across instances; each instance's own count while Redis
             // does not answer within the limiter's timeout.
@@ -259,15 +259,8 @@ impl App {
         let codes = Arc::new(gateway_store::SqlCodeStore::new(store.clone()));
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         let public_origin = origin_of(&config.server.public_url);
-        let secure_cookies = public_origin.starts_with("https://");
+        let behind_tls = public_origin.starts_with("https://");
         let audit: Arc<dyn AuditLog> = Arc::new(SqlAuditLog::new(store.clone()));
-        let mailer: Option<Arc<dyn Mailer>> = if config.email.smtp_url.is_empty() {
-            None
-        } else {
-            let m = SmtpMailer::new(&config.email.smtp_url, &config.email.from)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Some(Arc::new(m))
-        };
         Ok(App {
             config,
             store,
@@ -275,8 +268,6 @@ impl App {
             bus,
             accounts,
             audit,
-            mailer,
-            reset_mails: Arc::default(),
             verifier,
             pool,
             servers,
@@ -296,7 +287,7 @@ impl App {
             usage_reader: UsageReader::new(usage_queries),
             metrics,
             in_flight,
-            secure_cookies,
+            behind_tls,
             public_origin,
         })
     }

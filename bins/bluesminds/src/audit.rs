@@ -52,80 +52,89 @@ pub async fn scope<F: Future>(f: F) -> (F::Output, Note) {
     .await
 }
 
+/// An audited route's action.
+#[derive(Debug)]
+pub struct Action {
+    /// `area.verb`.
+    name: &'static str,
+    /// The target the route names (a path id), unless the handler notes one.
+    target: Option<String>,
+    /// Anyone may do it (sign-in, sign-up, recovery, payment webhooks); the others need a
+    /// signed-in actor, and without one they were refused.
+    anonymous: bool,
+}
+
 /// The action a route performs, if it is audited.
-pub fn action(route: &Route<'_>) -> Option<(&'static str, Option<String>)> {
-    let id = |kind: &str, id: &str| Some(format!("{kind}:{id}"));
+pub fn action(route: &Route<'_>) -> Option<Action> {
+    let of = |name, target: Option<(&str, &str)>| Action {
+        name,
+        target: target.map(|(kind, id)| format!("{kind}:{id}")),
+        anonymous: false,
+    };
+    let anyone = |name| Action { name, target: None, anonymous: true };
     Some(match *route {
-        Route::Signup | Route::WebSignup => ("auth.signup", None),
-        Route::Login | Route::WebLogin => ("auth.login", None),
-        Route::Logout | Route::WebLogout => ("auth.logout", None),
-        Route::UpdateMe | Route::WebSaveProfile => ("account.update", None),
-        Route::WebChangePassword => ("auth.password.change", None),
-        Route::PasswordForgot | Route::WebForgot => ("auth.password.forgot", None),
-        Route::PasswordReset | Route::WebReset => ("auth.password.reset", None),
-        Route::EmailVerify | Route::WebVerify => ("auth.email.verify", None),
-        Route::EmailResend => ("auth.email.resend", None),
-        Route::WebSignOutEverywhere => ("auth.sessions.end_all", None),
-        Route::CreateKey | Route::WebCreateKey => ("key.create", None),
-        Route::UpdateKey(k) => ("key.update", id("key", k)),
-        Route::DeleteKey(k) | Route::WebRevokeKey(k) => ("key.revoke", id("key", k)),
-        Route::RotateKey(k) | Route::WebRotateKey(k) => ("key.rotate", id("key", k)),
-        Route::AdminUpdateUser(u) => ("admin.user.update", id("user", u)),
-        Route::AdminCreateServer => ("admin.server.create", None),
-        Route::AdminUpdateServer(s) => ("admin.server.update", id("server", s)),
-        Route::AdminDeleteServer(s) => ("admin.server.delete", id("server", s)),
-        Route::AdminUpdatePlan(t) => ("admin.plan.update", id("plan", t)),
-        Route::AdminAddPrice => ("admin.price.add", None),
-        Route::AdminUpdatePrice(p) => ("admin.price.update", id("price", p)),
-        Route::AdminDeletePrice(p) => ("admin.price.delete", id("price", p)),
-        Route::AdminCredits(u) => ("admin.credits.grant", id("user", u)),
-        Route::AdminClosePeriod => ("admin.invoices.close_period", None),
-        Route::AdminCreateCode => ("admin.code.create", None),
-        Route::AdminRevokeCode(c) => ("admin.code.revoke", id("code", c)),
-        Route::WebAdminForm(path) => ("admin.form", Some(format!("page:{path}"))),
-        Route::BillingSettings | Route::WebSetCap => ("billing.settings.update", None),
-        Route::BillingCheckout | Route::WebCheckout => ("billing.checkout", None),
-        Route::BillingPortal => ("billing.portal", None),
-        Route::BillingRedeem | Route::WebRedeem => ("billing.redeem", None),
-        Route::BillingPayInvoice(i) => ("billing.invoice.pay", id("invoice", i)),
-        Route::BillingWebhook => ("payments.webhook", None),
+        Route::Signup | Route::WebSignup => anyone("auth.signup"),
+        Route::Login | Route::WebLogin => anyone("auth.login"),
+        Route::Logout | Route::WebLogout => anyone("auth.logout"),
+        Route::PasswordForgot | Route::WebForgot => anyone("auth.password.forgot"),
+        Route::PasswordReset | Route::WebReset => anyone("auth.password.reset"),
+        Route::EmailVerify | Route::WebVerify => anyone("auth.email.verify"),
+        Route::EmailResend => anyone("auth.email.resend"),
+        Route::BillingWebhook => anyone("payments.webhook"),
+        Route::UpdateMe | Route::WebSaveProfile => of("account.update", None),
+        Route::WebChangePassword => of("auth.password.change", None),
+        Route::WebSignOutEverywhere => of("auth.sessions.end_all", None),
+        Route::CreateKey | Route::WebCreateKey => of("key.create", None),
+        Route::UpdateKey(k) => of("key.update", Some(("key", k))),
+        Route::DeleteKey(k) | Route::WebRevokeKey(k) => of("key.revoke", Some(("key", k))),
+        Route::RotateKey(k) | Route::WebRotateKey(k) => of("key.rotate", Some(("key", k))),
+        Route::AdminUpdateUser(u) => of("admin.user.update", Some(("user", u))),
+        Route::AdminCreateServer => of("admin.server.create", None),
+        Route::AdminUpdateServer(s) => of("admin.server.update", Some(("server", s))),
+        Route::AdminDeleteServer(s) => of("admin.server.delete", Some(("server", s))),
+        Route::AdminUpdatePlan(t) => of("admin.plan.update", Some(("plan", t))),
+        Route::AdminAddPrice => of("admin.price.add", None),
+        Route::AdminUpdatePrice(p) => of("admin.price.update", Some(("price", p))),
+        Route::AdminDeletePrice(p) => of("admin.price.delete", Some(("price", p))),
+        Route::AdminCredits(u) => of("admin.credits.grant", Some(("user", u))),
+        Route::AdminClosePeriod => of("admin.invoices.close_period", None),
+        Route::AdminCreateCode => of("admin.code.create", None),
+        Route::AdminRevokeCode(c) => of("admin.code.revoke", Some(("code", c))),
+        Route::WebAdminForm(path) => of("admin.form", Some(("page", path))),
+        Route::BillingSettings | Route::WebSetCap => of("billing.settings.update", None),
+        Route::BillingCheckout | Route::WebCheckout => of("billing.checkout", None),
+        Route::BillingPortal => of("billing.portal", None),
+        Route::BillingRedeem | Route::WebRedeem => of("billing.redeem", None),
+        Route::BillingPayInvoice(i) => of("billing.invoice.pay", Some(("invoice", i))),
         _ => return None,
     })
 }
 
+/// How an action ended, from its answer's HTTP status.
+fn outcome_of(status: u16) -> Outcome {
+    match status {
+        100..=399 => Outcome::Ok,
+        401 | 403 | 429 => Outcome::Refused,
+        _ => Outcome::Failed,
+    }
+}
+
 /// Appends the entry of an audited request that ended with `status`. A failure to write is
 /// logged and counted, and the answer goes out: the action has happened either way.
-pub async fn record(
-    app: &App,
-    ctx: Ctx,
-    (action, route_target): (&'static str, Option<String>),
-    note: Note,
-    status: u16,
-) {
+pub async fn record(app: &App, ctx: Ctx, action: Action, note: Note, status: u16) {
     // An action that needs a signed-in user and has none was refused, even when the answer
     // is a redirect to the sign-in page.
-    let anonymous_ok = matches!(
-        action,
-        "auth.signup"
-            | "auth.login"
-            | "auth.logout"
-            | "auth.password.forgot"
-            | "auth.password.reset"
-            | "auth.email.verify"
-            | "auth.email.resend"
-            | "payments.webhook"
-    );
-    let outcome = if note.actor.is_none() && !anonymous_ok {
+    let outcome = if note.actor.is_none() && !action.anonymous {
         Outcome::Refused
     } else {
-        Outcome::of_status(status)
+        outcome_of(status)
     };
     let entry = AuditEntry {
         id: uuid::Uuid::now_v7(),
         at: time::OffsetDateTime::now_utc(),
         actor_id: note.actor,
-        action: action.to_owned(),
-        target: note.target.or(route_target),
+        action: action.name.to_owned(),
+        target: note.target.or(action.target),
         outcome,
         status,
         source_ip: Some(ctx.peer.ip().to_string()),
@@ -135,6 +144,23 @@ pub async fn record(
     };
     if let Err(e) = app.audit.append(&entry).await {
         app.metrics.audit_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(request_id = %ctx.request_id, action, error = %e, "could not write the audit log");
+        tracing::error!(request_id = %ctx.request_id, action = entry.action, error = %e, "could not write the audit log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_s_status_says_how_the_action_ended() {
+        assert_eq!(outcome_of(201), Outcome::Ok);
+        assert_eq!(outcome_of(303), Outcome::Ok);
+        for s in [401, 403, 429] {
+            assert_eq!(outcome_of(s), Outcome::Refused);
+        }
+        for s in [400, 404, 409, 422, 500, 503] {
+            assert_eq!(outcome_of(s), Outcome::Failed);
+        }
     }
 }

@@ -106,7 +106,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 /// One request: route, admit under the in-flight cap, dispatch, stamp the request id.
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Resp {
     let ctx = Ctx { request_id: RequestId::new(), started: Instant::now(), peer };
-    let tls = app.config.server.public_url.starts_with("https://");
+    let tls = app.behind_tls;
     // The route borrows the path while the handler consumes the request; cloning a `Uri` only
     // bumps reference counts.
     let uri = req.uri().clone();

@@ -10,6 +10,8 @@ use gateway_core::{
 };
 use time::OffsetDateTime;
 
+use crate::mail::{AccountMail, Link};
+use crate::ports::Mailer;
 use crate::throttle::{Admission, LoginThrottle, SharedFailures, ThrottleConfig};
 use crate::token::{KeyedHasher, is_session_token, new_session_token};
 use crate::{
@@ -196,6 +198,8 @@ pub struct Accounts {
     plans: Arc<dyn PlanSource>,
     throttle: Arc<LoginThrottle>,
     shared_failures: Option<Arc<dyn SharedFailures>>,
+    /// Account mail, when set up.
+    mail: Option<AccountMail>,
     /// A hash checked when the email is unknown, so such logins take as long as wrong passwords.
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
@@ -220,6 +224,7 @@ impl Accounts {
             plans: Arc::new(DefaultPlans::default()),
             dummy_hash: Arc::default(),
             shared_failures: None,
+            mail: None,
         }
     }
 
@@ -234,6 +239,13 @@ impl Accounts {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self.throttle = Arc::new(self.make_throttle());
+        self
+    }
+
+    /// Sends account mail (reset and verification links under `public_url`) through `mailer`.
+    #[must_use]
+    pub fn with_mail(mut self, mailer: Arc<dyn Mailer>, public_url: &str) -> Self {
+        self.mail = Some(AccountMail::new(mailer, public_url));
         self
     }
 
@@ -455,27 +467,61 @@ impl Accounts {
         self.open_session(user_id).await
     }
 
-    /// Starts a password reset for the account of `email`: a single-use token, live for
-    /// [`RESET_TTL`], stored as a keyed hash. `None` when there is no such active account; the
-    /// caller answers the same either way and mails the token out of the request's time.
-    pub async fn start_password_reset(
+    /// Whether account mail is set up ([`Accounts::with_mail`]).
+    pub fn mails(&self) -> bool {
+        self.mail.is_some()
+    }
+
+    /// Whether new accounts must confirm their email before they sign in.
+    pub fn verifies_email(&self) -> bool {
+        self.config.verify_email
+    }
+
+    /// Mails a password-reset link to the account of `email`, if there is such an active account:
+    /// a single-use token, live for [`RESET_TTL`], stored as a keyed hash. The caller answers
+    /// the same either way and runs this off the request; failures are logged.
+    pub async fn mail_password_reset(&self, email: &str) {
+        self.mail_link(email, Link::Reset, |r| r.user.status != UserStatus::Suspended).await;
+    }
+
+    /// Mails an email-verification link to the account of `email` when it still waits for its
+    /// confirmation (after sign-up, or asked again). Off the request, as
+    /// [`Accounts::mail_password_reset`].
+    pub async fn mail_email_verification(&self, email: &str) {
+        self.mail_link(email, Link::Verify, |r| r.email_unverified).await;
+    }
+
+    /// Mails a `link` to the account of `email` when `wanted` says it should get one.
+    async fn mail_link(
         &self,
         email: &str,
-    ) -> Result<Option<(User, String)>, AuthError> {
-        let Ok(email) = normalize_email(email) else { return Ok(None) };
-        let Some(record) = self.stores.users.find_user_by_email(&email).await? else {
-            return Ok(None);
+        link: Link,
+        wanted: impl Fn(&crate::UserRecord) -> bool,
+    ) {
+        let Some(mail) = &self.mail else { return };
+        let Ok(email) = normalize_email(email) else { return };
+        let user = match self.stores.users.find_user_by_email(&email).await {
+            Ok(Some(record)) if wanted(&record) => record.user,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "link mail: account lookup failed");
+                return;
+            }
         };
-        if record.user.status == UserStatus::Suspended {
-            return Ok(None);
+        match self.link_token(link.label(), user.id).await {
+            Ok(token) => mail.send_link(&user, link, &token).await,
+            Err(e) => tracing::error!(user = %user.id, error = %e, "link mail: no token stored"),
         }
+    }
+
+    /// A new single-use token for a mailed link, live for [`RESET_TTL`], stored under its
+    /// purpose's label.
+    async fn link_token(&self, label: &str, user_id: UserId) -> Result<String, AuthError> {
         let token = new_session_token()?;
         let now = self.clock.now();
-        self.stores
-            .sessions
-            .insert_reset(&self.reset_hash(&token), record.user.id, now, now + RESET_TTL)
-            .await?;
-        Ok(Some((record.user, token)))
+        let hash = self.labelled_hash(label, &token);
+        self.stores.sessions.insert_reset(&hash, user_id, now, now + RESET_TTL).await?;
+        Ok(token)
     }
 
     /// Sets a new password with a reset token: the token and every other of the user's are used
@@ -497,7 +543,10 @@ impl Accounts {
             || AuthError::invalid("token", "is not a valid reset link: it may be used or expired");
         let now = self.clock.now();
         let taken = if is_session_token(token) {
-            self.stores.sessions.take_reset(&self.reset_hash(token), now).await?
+            self.stores
+                .sessions
+                .take_reset(&self.labelled_hash(Link::Reset.label(), token), now)
+                .await?
         } else {
             None
         };
@@ -513,32 +562,6 @@ impl Accounts {
         self.owner(user_id).await
     }
 
-    /// A verification token for a new account's email (single use, [`RESET_TTL`], stored as a
-    /// keyed hash), to mail.
-    pub async fn start_email_verification(&self, user_id: UserId) -> Result<String, AuthError> {
-        let token = new_session_token()?;
-        let now = self.clock.now();
-        let hash = self.labelled_hash("verify", &token);
-        self.stores.sessions.insert_reset(&hash, user_id, now, now + RESET_TTL).await?;
-        Ok(token)
-    }
-
-    /// A new verification token for the account of `email` when it is still unverified (the
-    /// caller answers the same either way).
-    pub async fn resend_email_verification(
-        &self,
-        email: &str,
-    ) -> Result<Option<(User, String)>, AuthError> {
-        let Ok(email) = normalize_email(email) else { return Ok(None) };
-        match self.stores.users.find_user_by_email(&email).await? {
-            Some(record) if record.email_unverified => {
-                let token = self.start_email_verification(record.user.id).await?;
-                Ok(Some((record.user, token)))
-            }
-            _ => Ok(None),
-        }
-    }
-
     /// Verifies the email of the account a mailed token belongs to. Wrong tokens count against
     /// the client's address, as wrong reset tokens do.
     pub async fn verify_email(&self, token: &str, client: &str) -> Result<User, AuthError> {
@@ -546,7 +569,7 @@ impl Accounts {
             return Err(AuthError::Throttled { retry_after_secs });
         }
         let taken = if is_session_token(token) {
-            let hash = self.labelled_hash("verify", token);
+            let hash = self.labelled_hash(Link::Verify.label(), token);
             self.stores.sessions.take_reset(&hash, self.clock.now()).await?
         } else {
             None
@@ -560,11 +583,6 @@ impl Accounts {
         };
         self.stores.users.set_email_verified(user_id).await?;
         self.owner(user_id).await
-    }
-
-    /// A reset token's stored hash (a label keeps it apart from session hashes).
-    fn reset_hash(&self, token: &str) -> Vec<u8> {
-        self.labelled_hash("reset", token)
     }
 
     /// A mailed token's stored hash under its purpose's label: a verification link is no

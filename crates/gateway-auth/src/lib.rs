@@ -30,6 +30,7 @@ mod accounts;
 pub mod apikey;
 pub mod audit;
 mod error;
+mod mail;
 mod memory;
 pub mod password;
 mod ports;
@@ -45,6 +46,7 @@ pub use accounts::{
     NoInvalidations, normalize_email, validate_key_name,
 };
 pub use error::AuthError;
+pub use mail::MAILS_PER_HOUR;
 pub use memory::InMemoryAuthStore;
 pub use ports::{
     AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, Mailer, NewUser, Population, ProfileUpdate,

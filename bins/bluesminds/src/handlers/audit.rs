@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::session::{require_admin, require_user};
-use super::usage::params;
+use super::usage::{bad, get, params};
 use crate::app::App;
 use crate::errors::internal;
 use crate::http::{ResBody, json};
@@ -21,14 +21,6 @@ type Reply = Result<Response<ResBody>, ApiError>;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
-
-fn get<'p>(p: &'p [(&str, String)], name: &str) -> Option<&'p str> {
-    p.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
-}
-
-fn bad(param: &'static str, message: &str) -> ApiError {
-    ApiError::invalid_param(param, format!("Invalid '{param}': {message}."))
-}
 
 fn limit(p: &[(&str, String)]) -> Result<u32, ApiError> {
     match get(p, "limit") {

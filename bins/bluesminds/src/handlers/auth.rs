@@ -38,13 +38,8 @@ pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .await
         .map_err(|e| from_auth(ctx.request_id, e))?;
     crate::audit::actor(user.id);
-    if app.config.email.verify_signups {
-        let token = app
-            .accounts
-            .start_email_verification(user.id)
-            .await
-            .map_err(|e| from_auth(ctx.request_id, e))?;
-        super::recovery::send_verification(app, &user, token);
+    if app.accounts.verifies_email() {
+        super::recovery::start_verification(app, user.email.clone());
         crate::audit::detail("verification mailed");
     }
     Ok(json(StatusCode::CREATED, &user))

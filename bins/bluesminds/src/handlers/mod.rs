@@ -16,8 +16,6 @@ mod web_admin;
 
 use std::sync::Arc;
 
-pub use recovery::Sent as ResetMails;
-
 use gateway_core::ApiError;
 use gateway_proxy::request::Endpoint;
 use http::{Request, Response};

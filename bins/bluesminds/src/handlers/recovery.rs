@@ -4,14 +4,9 @@
 //!
 //! The forgot step answers at once and the same whether or not the email has an account: the
 //! lookup, the token and the mail happen afterwards, off the request, so neither the answer nor
-//! its time tells an account exists. Each email gets at most [`MAILS_PER_HOUR`] mails an hour
-//! from an instance. Without `[email]` both steps say that recovery by email is not set up.
+//! its time tells an account exists (`Accounts` writes and limits the mails). Without `[email]`
+//! both steps say that recovery by email is not set up.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use gateway_auth::{Accounts, Mailer};
 use gateway_core::{ApiError, ErrorKind};
 use gateway_web::{Nav, Shell, form, pages};
 use http::{Request, Response, StatusCode};
@@ -29,31 +24,6 @@ use crate::server::{Ctx, read_body};
 
 type Reply = Result<Response<ResBody>, ApiError>;
 
-/// Reset mails one email may get from one instance in an hour.
-pub const MAILS_PER_HOUR: usize = 3;
-
-/// When each email was last mailed (per instance), for [`MAILS_PER_HOUR`].
-#[derive(Debug, Default)]
-pub struct Sent(Mutex<HashMap<String, Vec<Instant>>>);
-
-impl Sent {
-    /// Whether one more mail to `email` is allowed now (and counts it).
-    fn allow(&self, email: &str) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let hour = Duration::from_hours(1);
-        map.retain(|_, times| {
-            times.retain(|t| t.elapsed() < hour);
-            !times.is_empty()
-        });
-        let times = map.entry(email.to_owned()).or_default();
-        if times.len() >= MAILS_PER_HOUR {
-            return false;
-        }
-        times.push(Instant::now());
-        true
-    }
-}
-
 fn not_set_up() -> ApiError {
     ApiError::new(
         ErrorKind::ServiceUnavailable,
@@ -62,31 +32,17 @@ fn not_set_up() -> ApiError {
     )
 }
 
-/// Starts the reset of `email` off the request: the token, then the mail.
-fn start_reset(app: &App, mailer: Arc<dyn Mailer>, email: String) {
-    let accounts: Accounts = app.accounts.clone();
-    let sent = app.reset_mails.clone();
-    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
-    tokio::spawn(async move {
-        let Ok(Some((user, token))) = accounts.start_password_reset(&email).await else {
-            return;
-        };
-        if !sent.allow(&user.email) {
-            tracing::warn!(user = %user.id, "password reset mail not sent: the hourly limit for this account is reached");
-            return;
-        }
-        let text = format!(
-            "Someone asked to reset the password of your BluesMinds account ({email}).\n\n\
-             To choose a new password, open this link within 30 minutes:\n\n\
-             {base}/reset-password?token={token}\n\n\
-             It works once. If you did not ask for it, ignore this mail: your password stays \
-             as it is.\n",
-            email = user.email,
-        );
-        if let Err(e) = mailer.send(&user.email, "Reset your BluesMinds password", &text).await {
-            tracing::error!(user = %user.id, error = %e, "password reset mail could not be sent");
-        }
-    });
+/// Mails a reset link to the account of `email`, if there is one, after the answer.
+fn start_reset(app: &App, email: String) {
+    let accounts = app.accounts.clone();
+    tokio::spawn(async move { accounts.mail_password_reset(&email).await });
+}
+
+/// Mails a verification link to the account of `email` when it waits for one, after the
+/// answer (sign-up, or asked again).
+pub(super) fn start_verification(app: &App, email: String) {
+    let accounts = app.accounts.clone();
+    tokio::spawn(async move { accounts.mail_email_verification(&email).await });
 }
 
 const SENT_MESSAGE: &str = "If an account exists for this email, a link to reset its password is \
@@ -102,9 +58,11 @@ struct ForgotBody {
 pub async fn forgot(app: &App, req: Request<Incoming>, _ctx: Ctx) -> Reply {
     check_origin(app, &req)?;
     let input: ForgotBody = json_body(app, req).await?;
-    let mailer = app.mailer.clone().ok_or_else(not_set_up)?;
+    if !app.accounts.mails() {
+        return Err(not_set_up());
+    }
     crate::audit::target(email_target(&input.email));
-    start_reset(app, mailer, input.email);
+    start_reset(app, input.email);
     Ok(json(StatusCode::ACCEPTED, &json!({"message": SENT_MESSAGE})))
 }
 
@@ -120,7 +78,7 @@ struct ResetBody {
 pub async fn reset(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     check_origin(app, &req)?;
     let input: ResetBody = json_body(app, req).await?;
-    if app.mailer.is_none() {
+    if !app.accounts.mails() {
         return Err(not_set_up());
     }
     let client = ctx.peer.ip().to_string();
@@ -140,9 +98,9 @@ pub async fn reset(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
 /// `GET /forgot-password`.
 pub fn forgot_page(app: &App) -> Response<ResBody> {
     let shell = Shell::new("Reset your password", None, Nav::None);
-    let content = pages::forgot_password("", app.mailer.is_some(), false, &[]);
-    let status =
-        if app.mailer.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mails = app.accounts.mails();
+    let content = pages::forgot_password("", mails, false, &[]);
+    let status = if mails { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     html(status, &shell, &content)
 }
 
@@ -152,12 +110,12 @@ pub async fn forgot_form(app: &App, req: Request<Incoming>, _ctx: Ctx) -> Reply 
     let fields = form::parse(&read_body(app, req).await?);
     let email = form::field(&fields, "email").unwrap_or_default().trim().to_owned();
     let shell = Shell::new("Reset your password", None, Nav::None);
-    let Some(mailer) = app.mailer.clone() else {
+    if !app.accounts.mails() {
         let content = pages::forgot_password(&email, false, false, &[]);
         return Ok(html(StatusCode::SERVICE_UNAVAILABLE, &shell, &content));
-    };
+    }
     crate::audit::target(email_target(&email));
-    start_reset(app, mailer, email.clone());
+    start_reset(app, email.clone());
     Ok(html(StatusCode::OK, &shell, &pages::forgot_password(&email, true, true, &[])))
 }
 
@@ -177,7 +135,7 @@ pub async fn reset_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
     let token = form::field(&fields, "token").unwrap_or_default().to_owned();
     let password = form::field(&fields, "password").unwrap_or_default();
     let shell = Shell::new("Choose a new password", None, Nav::None);
-    if app.mailer.is_none() {
+    if !app.accounts.mails() {
         let e = not_set_up();
         return Ok(html(
             status_of(&e),
@@ -197,48 +155,6 @@ pub async fn reset_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
             Ok(html(status_of(&e), &shell, &pages::reset_password(&token, false, &form_error(&e))))
         }
     }
-}
-
-/// The mail of a verification link.
-async fn mail_verification(
-    mailer: &dyn Mailer,
-    base: &str,
-    user: &gateway_core::User,
-    token: &str,
-) {
-    let text = format!(
-        "To confirm that {email} is yours and start using BluesMinds, open this link within 30 \
-         minutes:\n\n{base}/verify-email?token={token}\n\nIf you did not sign up, ignore this \
-         mail: the account cannot be used without it.\n",
-        email = user.email,
-    );
-    if let Err(e) = mailer.send(&user.email, "Confirm your email address", &text).await {
-        tracing::error!(user = %user.id, error = %e, "verification mail could not be sent");
-    }
-}
-
-/// Mails `user` the link that confirms their address, off the request.
-pub(super) fn send_verification(app: &App, user: &gateway_core::User, token: String) {
-    let Some(mailer) = app.mailer.clone() else { return };
-    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
-    let user = user.clone();
-    tokio::spawn(async move { mail_verification(mailer.as_ref(), &base, &user, &token).await });
-}
-
-/// A new verification link for `email` when its account waits for one, off the request.
-fn resend_verification(app: &App, email: String) {
-    let Some(mailer) = app.mailer.clone() else { return };
-    let accounts = app.accounts.clone();
-    let sent = app.reset_mails.clone();
-    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
-    tokio::spawn(async move {
-        let Ok(Some((user, token))) = accounts.resend_email_verification(&email).await else {
-            return;
-        };
-        if sent.allow(&user.email) {
-            mail_verification(mailer.as_ref(), &base, &user, &token).await;
-        }
-    });
 }
 
 #[derive(Deserialize)]
@@ -266,11 +182,11 @@ pub async fn verify(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
 pub async fn resend(app: &App, req: Request<Incoming>, _ctx: Ctx) -> Reply {
     check_origin(app, &req)?;
     let input: ForgotBody = json_body(app, req).await?;
-    if app.mailer.is_none() {
+    if !app.accounts.mails() {
         return Err(not_set_up());
     }
     crate::audit::target(email_target(&input.email));
-    resend_verification(app, input.email);
+    start_verification(app, input.email);
     Ok(json(
         StatusCode::ACCEPTED,
         &json!({"message": "If this email belongs to an account waiting for its confirmation, a new link is on its way."}),
@@ -313,13 +229,13 @@ pub async fn verify_form(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         };
     }
     let email = form::field(&fields, "email").unwrap_or_default().trim().to_owned();
-    if app.mailer.is_none() {
+    if !app.accounts.mails() {
         let e = not_set_up();
         let step = pages::VerifyStep::Resend { email: &email, sent: false };
         return Ok(html(status_of(&e), &shell, &pages::verify_email(&step, &form_error(&e))));
     }
     crate::audit::target(email_target(&email));
-    resend_verification(app, email.clone());
+    start_verification(app, email.clone());
     let step = pages::VerifyStep::Resend { email: &email, sent: true };
     Ok(html(StatusCode::OK, &shell, &pages::verify_email(&step, &[])))
 }

@@ -73,7 +73,7 @@ pub async fn require_admin<B>(app: &App, req: &Request<B>, ctx: Ctx) -> Result<U
 }
 
 fn cookie(app: &App, value: &str, max_age: i64) -> Option<HeaderValue> {
-    let secure = if app.secure_cookies { "; Secure" } else { "" };
+    let secure = if app.behind_tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
     ))

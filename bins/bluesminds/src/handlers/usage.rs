@@ -49,11 +49,11 @@ pub(super) fn params<'a>(
     Ok(out)
 }
 
-fn get<'p>(params: &'p [(&str, String)], name: &str) -> Option<&'p str> {
+pub(super) fn get<'p>(params: &'p [(&str, String)], name: &str) -> Option<&'p str> {
     params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
 }
 
-fn bad(param: &'static str, message: &str) -> ApiError {
+pub(super) fn bad(param: &'static str, message: &str) -> ApiError {
     ApiError::invalid_param(param, format!("Invalid '{param}': {message}."))
 }
 

@@ -11,10 +11,7 @@ use gateway_web::pages::{
     self, FieldError, KeyForm, KeyRow, LogRow, NewKeyShown, Overview, PlanLimits, Usage, UsageRow,
 };
 use gateway_web::{Markup, Nav, Shell, Viewer, form};
-use http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, LOCATION, REFERRER_POLICY,
-    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
-};
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
@@ -27,7 +24,8 @@ use crate::server::{Ctx, read_body};
 
 type Reply = Result<Response<ResBody>, ApiError>;
 
-/// An HTML page with the headers every page carries.
+/// An HTML page with the headers every page carries (the server adds those of every response:
+/// nosniff, frame denial, referrer policy).
 pub(super) fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Response<ResBody> {
     let mut res = Response::new(ResBody::full(shell.render(content).into_string()));
     *res.status_mut() = status;
@@ -37,9 +35,6 @@ pub(super) fn html(status: StatusCode, shell: &Shell, content: &Markup) -> Respo
         CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(gateway_web::CONTENT_SECURITY_POLICY),
     );
-    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
@@ -76,9 +71,12 @@ pub(super) fn status_of(e: &ApiError) -> StatusCode {
     StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-/// The audit target of a sign-in or sign-up: the email as the accounts store it.
+/// The audit target of a sign-in or sign-up: the email as the accounts store it (as typed,
+/// lowercased, when it is no valid address).
 pub(super) fn email_target(email: &str) -> String {
-    format!("email:{}", email.trim().to_lowercase())
+    let email =
+        gateway_auth::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+    format!("email:{email}")
 }
 
 /// Static assets, embedded in the binary.
@@ -91,7 +89,6 @@ pub fn asset(name: &str) -> Response<ResBody> {
     let h = res.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     res
 }
 
@@ -162,13 +159,8 @@ pub async fn signup(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         let content = pages::signup(&email, full_name.unwrap_or_default(), &form_error(&e));
         return Ok(html(status_of(&e), &shell, &content));
     }
-    if let (Ok(user), true) = (&created, app.config.email.verify_signups) {
-        let token = app
-            .accounts
-            .start_email_verification(user.id)
-            .await
-            .map_err(|e| from_auth(ctx.request_id, e))?;
-        super::recovery::send_verification(app, user, token);
+    if let (Ok(user), true) = (&created, app.accounts.verifies_email()) {
+        super::recovery::start_verification(app, user.email.clone());
         let step = pages::VerifyStep::CheckMail(&user.email);
         let shell = Shell::new("Confirm your email address", None, Nav::None);
         return Ok(html(StatusCode::CREATED, &shell, &pages::verify_email(&step, &[])));

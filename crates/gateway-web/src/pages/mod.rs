@@ -167,6 +167,8 @@ pub fn verify_email(step: &VerifyStep<'_>, errors: &[FieldError]) -> Markup {
                     p { a href="/login" { "Back to sign in" } }
                 }
                 VerifyStep::Resend { email, sent: false } => {
+                    p { "A new account opens once its email address is confirmed. Enter it to \
+                        get a new link (it works for 30 minutes)." }
                     form method="post" action="/verify-email" {
                         (input("email", "Email", "email", email, "email", errors))
                         div.actions {

@@ -404,6 +404,29 @@ async fn a_stream_is_relayed_and_charged_its_usage_chunk_when_it_ends() {
 }
 
 #[tokio::test]
+async fn a_stream_is_recorded_before_the_client_reads_its_done_event() {
+    // A client (an SDK) takes `[DONE]` as the end: by then the request must be recorded, even
+    // if the upstream has not closed yet, so a gateway killed at that moment loses no usage.
+    let w = world(LimitOverrides::default()).await;
+    w.upstream.script(A, Script::Stream(vec![DELTA, USAGE_CHUNK, DONE], Tail::Hang));
+    w.upstream.script(B, Script::Stream(vec![DELTA, USAGE_CHUNK, DONE], Tail::Hang));
+    let reply = w.chat(CHAT_STREAM).await;
+    let Answer::Stream { mut body, .. } = reply.answer else { panic!("a stream") };
+    loop {
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        if std::str::from_utf8(&frame).unwrap().contains("[DONE]") {
+            break;
+        }
+    }
+    let r = w.records.only();
+    assert_eq!((r.prompt_tokens, r.completion_tokens, r.total_tokens), (9, 4, 13));
+    assert!(!r.is_error && !r.client_disconnected);
+    drop(body); // the client leaves after `[DONE]`, the upstream still open: nothing changes
+    assert_eq!(w.records.only(), r);
+    assert_eq!(w.settled().await, vec![(reserved_for_chat(), 13)]);
+}
+
+#[tokio::test]
 async fn a_stream_the_client_leaves_is_charged_what_was_generated_and_is_no_error() {
     let w = world(LimitOverrides::default()).await;
     w.upstream.script(A, Script::Stream(vec![DELTA], Tail::Hang));

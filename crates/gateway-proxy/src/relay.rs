@@ -101,6 +101,12 @@ impl RelayBody {
         }
     }
 
+    /// Concludes a complete stream (once; later calls do nothing).
+    fn succeed(&mut self) {
+        let latency_ms = self.started.elapsed().as_millis() as u64;
+        self.end(Outcome::Success { latency_ms }, None, false);
+    }
+
     fn fail(&mut self, message: &str, code: &str) {
         tracing::warn!(error = message, "stream ended early");
         let mut last = self.tap.finish().map(|b| b.to_vec()).unwrap_or_default();
@@ -135,24 +141,33 @@ impl Body for RelayBody {
                     this.idle_timer.as_mut().reset(deadline);
                     if let Some(out) = frame.into_data().ok().and_then(|data| this.tap.feed(data)) {
                         this.first_chunk.get_or_insert_with(Instant::now);
+                        if this.tap.saw_done() {
+                            // The stream is complete for the client once it reads `[DONE]`:
+                            // the request is concluded (its usage recorded) before that.
+                            this.succeed();
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
+                }
+                Poll::Ready(Some(Err(_)) | None) if this.tap.saw_done() => {
+                    // After `[DONE]` nothing is owed: what the upstream does next is moot.
+                    this.last = this.tap.finish();
+                    this.state = State::Ending;
+                    this.succeed();
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.fail(&format!("The upstream failed mid-stream: {e}"), "upstream_error");
                 }
                 Poll::Ready(None) => {
-                    if this.tap.saw_done() {
-                        this.last = this.tap.finish();
-                        this.state = State::Ending;
-                        let latency_ms = this.started.elapsed().as_millis() as u64;
-                        this.end(Outcome::Success { latency_ms }, None, false);
-                    } else {
-                        this.fail("The upstream ended the stream before [DONE].", "upstream_error");
-                    }
+                    this.fail("The upstream ended the stream before [DONE].", "upstream_error");
                 }
                 Poll::Pending => {
                     if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        if this.tap.saw_done() {
+                            this.last = this.tap.finish();
+                            this.state = State::Ending;
+                            continue;
+                        }
                         let msg =
                             format!("The upstream sent nothing for {} s.", this.idle.as_secs());
                         this.fail(&msg, "upstream_timeout");

@@ -121,7 +121,7 @@ impl App {
         let bus = redis.as_ref().map(|r| Bus::new(r.clone(), &config.redis.key_prefix));
         let auth_store = Arc::new(SqlAuthStore::new(store.clone()));
         let a = &config.auth;
-        let verifier = Arc::new(KeyVerifier::new(
+        let verifier = KeyVerifier::new(
             auth_store.clone(),
             auth_store.clone(),
             a.api_key_secret.as_bytes(),
@@ -130,9 +130,10 @@ impl App {
                 ttl: Duration::from_millis(a.key_cache_ttl_ms),
                 negative_ttl: Duration::from_millis(a.key_cache_ttl_ms),
                 bcrypt_cost: a.key_bcrypt_cost,
+                stale_grace: Duration::from_secs(a.key_cache_grace_secs),
                 ..VerifierConfig::default()
             },
-        ));
+        );
         let accounts_config = AccountsConfig {
             password_cost: a.bcrypt_cost,
             key_cost: a.key_bcrypt_cost,
@@ -213,6 +214,7 @@ impl App {
                 capacity: config.usage.queue_capacity,
                 batch_size: config.usage.batch_size,
                 flush_every: Duration::from_millis(config.usage.flush_interval_ms),
+                journal: config.usage.journal,
                 ..WriterConfig::new(config.usage_spill_path())
             },
         ));

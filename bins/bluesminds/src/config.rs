@@ -177,6 +177,9 @@ pub struct AuthConfig {
     /// How long a verified key is trusted without looking again (revocations reach other
     /// instances within a second through Redis, within this time without it).
     pub key_cache_ttl_ms: u64,
+    /// How long past `key_cache_ttl_ms` a verified key keeps working while it is looked up
+    /// again in the background, and while the database cannot be reached.
+    pub key_cache_grace_secs: u64,
     /// Failed logins (per email) after which each attempt is slowed down.
     pub login_slowdown_after: u32,
     /// Failed logins per email within 15 minutes after which the email is refused (429) for
@@ -194,6 +197,7 @@ impl Default for AuthConfig {
             session_ttl_secs: 7 * 24 * 3600,
             key_rotation_grace_secs: 0,
             key_cache_ttl_ms: 30_000,
+            key_cache_grace_secs: 600,
             login_slowdown_after: 3,
             login_lockout_after: 10,
         }
@@ -211,6 +215,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("session_ttl_secs", &self.session_ttl_secs)
             .field("key_rotation_grace_secs", &self.key_rotation_grace_secs)
             .field("key_cache_ttl_ms", &self.key_cache_ttl_ms)
+            .field("key_cache_grace_secs", &self.key_cache_grace_secs)
             .field("login_slowdown_after", &self.login_slowdown_after)
             .field("login_lockout_after", &self.login_lockout_after)
             .finish()
@@ -275,6 +280,9 @@ pub struct UsageConfig {
     /// The append-only file of records the database could not take yet; empty: beside the
     /// SQLite file, or `bluesminds-usage-spill.jsonl` in the working directory.
     pub spill_path: String,
+    /// Append each record to a journal beside the spill file before the client has its
+    /// answer, so a process killed outright (SIGKILL, the OOM killer) loses no record.
+    pub journal: bool,
 }
 
 impl Default for UsageConfig {
@@ -285,6 +293,7 @@ impl Default for UsageConfig {
             batch_size: 500,
             flush_interval_ms: 100,
             spill_path: String::new(),
+            journal: true,
         }
     }
 }

@@ -12,6 +12,15 @@
 //! database or bcrypt. An unknown prefix waits as long as a bcrypt verification takes before answering,
 //! so it is told apart from a wrong secret neither by the answer nor by its timing, without
 //! spending the CPU.
+//!
+//! An entry whose time is up is refreshed in the background while the request it came with is
+//! served from it, for at most [`VerifierConfig::stale_grace`] past its TTL: no request waits
+//! for the database to confirm a key it verified a moment ago, and while the database cannot
+//! be reached, keys verified before the outage keep working for that long (a failed refresh is
+//! tried again every [`REFRESH_RETRY`]). Past the grace the refresh is the request's own, and an
+//! unreachable database refuses it ([`VerifyError::Unavailable`]): a database error never
+//! makes a key valid that was not verified before. Revocations published on the bus remove
+//! entries at once, outage or not.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -112,7 +121,13 @@ pub struct VerifierConfig {
     pub max_waiting: usize,
     /// bcrypt cost used to calibrate the wait of unknown prefixes.
     pub bcrypt_cost: u32,
+    /// How long past its TTL a verified entry is still served while it is refreshed in the
+    /// background (and while the refresh fails because the database is unreachable).
+    pub stale_grace: Duration,
 }
+
+/// How long after a failed background refresh the next one starts.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 impl Default for VerifierConfig {
     fn default() -> Self {
@@ -124,6 +139,7 @@ impl Default for VerifierConfig {
             max_concurrent_bcrypt: (cores / 2).max(1),
             max_waiting: 256,
             bcrypt_cost: 12,
+            stale_grace: Duration::from_mins(10),
         }
     }
 }
@@ -136,6 +152,12 @@ enum Cached {
         principal: Arc<Principal>,
         until_ms: i64,
         verified: Verified,
+        /// Until when it may be served while it is refreshed: `until_ms` plus the grace, never
+        /// past the key's expiry or the end of a rotated secret's grace period.
+        serve_until_ms: i64,
+        /// When a background refresh may start next (first at `until_ms`; pushed back by
+        /// [`REFRESH_RETRY`] when one starts, so one runs at a time).
+        refresh_after_ms: AtomicI64,
     },
     Refused {
         error: VerifyError,
@@ -179,13 +201,18 @@ struct Verified {
 /// What the cache knows of a bearer.
 enum Lookup {
     Hit(Result<Arc<Principal>, VerifyError>),
-    /// A verified entry whose time is up.
+    /// A verified entry whose time is up, in its grace: served, and refreshed in the
+    /// background by this request.
+    Refresh(Arc<Principal>, Verified),
+    /// A verified entry past its grace.
     Stale(Verified),
     Miss,
 }
 
 /// Verifies bearer strings against the key store, with the caches described above.
 pub struct KeyVerifier {
+    /// Itself, for the background refreshes it spawns.
+    me: std::sync::Weak<KeyVerifier>,
     keys: Arc<dyn KeyStore>,
     users: Arc<dyn UserStore>,
     hasher: KeyedHasher,
@@ -223,12 +250,13 @@ impl KeyVerifier {
         api_key_secret: &[u8],
         clock: Arc<dyn Clock>,
         config: VerifierConfig,
-    ) -> Self {
+    ) -> Arc<Self> {
         let bcrypt = Semaphore::new(config.max_concurrent_bcrypt.max(1));
         // A first estimate of a bcrypt verification (about 60 µs per 2^cost on a current
         // core), replaced by measurements as real verifications run.
         let estimate = 60u64 << config.bcrypt_cost.min(20);
-        Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             keys,
             users,
             hasher: KeyedHasher::new(api_key_secret),
@@ -241,7 +269,7 @@ impl KeyVerifier {
             bcrypt_micros: AtomicU64::new(estimate / 4),
             bcrypt_runs: AtomicU64::new(0),
             orphaned_uses: Mutex::default(),
-        }
+        })
     }
 
     /// Verifies an `Authorization` header value.
@@ -264,6 +292,10 @@ impl KeyVerifier {
         let now = self.clock.now_unix_ms();
         let stale = match self.cached(&digest, now) {
             Lookup::Hit(hit) => return hit,
+            Lookup::Refresh(principal, verified) => {
+                self.refresh_in_background(token, digest, verified);
+                return Ok(principal);
+            }
             Lookup::Stale(verified) => Some(verified),
             Lookup::Miss => None,
         };
@@ -281,11 +313,43 @@ impl KeyVerifier {
         result
     }
 
+    /// Refreshes an entry in its grace from the store, off the request.
+    fn refresh_in_background(&self, token: &str, digest: [u8; 32], verified: Verified) {
+        let Some(me) = self.me.upgrade() else { return };
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let Some(parsed) = apikey::parse(&token) else { return };
+            if let Err(VerifyError::Unavailable) =
+                me.verify_uncached(parsed, digest, Some(verified)).await
+            {
+                tracing::warn!(
+                    retry_in_s = REFRESH_RETRY.as_secs(),
+                    "a cached key could not be refreshed; it is served from the cache until its grace ends"
+                );
+            }
+        });
+    }
+
     fn cached(&self, digest: &[u8; 32], now: i64) -> Lookup {
         let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match cache.get(digest) {
             Some(Cached::Valid { principal, until_ms, .. }) if *until_ms > now => {
                 principal.last_used_ms.store(now, Ordering::Relaxed);
+                Lookup::Hit(Ok(principal.clone()))
+            }
+            Some(Cached::Valid {
+                principal, verified, serve_until_ms, refresh_after_ms, ..
+            }) if *serve_until_ms > now => {
+                principal.last_used_ms.store(now, Ordering::Relaxed);
+                let due = refresh_after_ms.load(Ordering::Relaxed);
+                let retry = now + REFRESH_RETRY.as_millis() as i64;
+                if due <= now
+                    && refresh_after_ms
+                        .compare_exchange(due, retry, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Lookup::Refresh(principal.clone(), verified.clone());
+                }
                 Lookup::Hit(Ok(principal.clone()))
             }
             Some(Cached::Refused { error, until_ms, .. }) if *until_ms > now => {
@@ -379,11 +443,17 @@ impl KeyVerifier {
         // burst of new clients) do not all look again in the same instant.
         let spread = self.config.ttl.mul_f64(f64::from(digest[0]) / 255.0 / 5.0);
         let mut until = now + self.config.ttl.saturating_sub(spread);
-        if let Some(exp) = meta.expires_at {
-            until = until.min(exp);
-        }
+        // What no stale entry outlives: the key's expiry, a rotated secret's last moment.
+        let mut hard_end = meta.expires_at;
         if let (SecretMatch::Previous, Some(grace_end)) = (&matched, previous_until) {
-            until = until.min(grace_end);
+            hard_end = Some(hard_end.map_or(grace_end, |t| t.min(grace_end)));
+        }
+        if let Some(end) = hard_end {
+            until = until.min(end);
+        }
+        let mut serve_until = until + self.config.stale_grace;
+        if let Some(end) = hard_end {
+            serve_until = serve_until.min(end);
         }
         let verified = Verified {
             hash: match matched {
@@ -406,9 +476,16 @@ impl KeyVerifier {
             last_used_ms: AtomicI64::new(now_ms),
             flushed_ms: AtomicI64::new(0),
         });
+        let until_ms = unix_ms(until);
         self.insert(
             digest,
-            Cached::Valid { principal: principal.clone(), until_ms: unix_ms(until), verified },
+            Cached::Valid {
+                principal: principal.clone(),
+                until_ms,
+                verified,
+                serve_until_ms: unix_ms(serve_until),
+                refresh_after_ms: AtomicI64::new(until_ms),
+            },
         );
         Ok(principal)
     }
@@ -588,7 +665,7 @@ mod tests {
 
     struct Fixture {
         accounts: Accounts,
-        verifier: KeyVerifier,
+        verifier: Arc<KeyVerifier>,
         clock: TestClock,
         user: UserId,
     }
@@ -793,16 +870,20 @@ mod tests {
             f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
         let first = v.verify(&k.key).await.unwrap();
         assert_eq!(v.bcrypt_runs(), 1);
-        // Past the TTL: the record is read again (a new principal), bcrypt is not.
+        // Past the TTL: the request is served from the entry while the record is read again in
+        // the background (a new principal), without bcrypt.
         f.clock.advance(time::Duration::seconds(31));
-        let again = v.verify(&k.key).await.unwrap();
+        let stale = v.verify(&k.key).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &stale), "no request waits for the refresh");
+        let again = after_refresh(v, &k.key, &stale).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &again), "the entry was refreshed from the store");
         assert_eq!(v.bcrypt_runs(), 1);
         // What changed in the record meanwhile is seen at the refresh.
         let off = crate::KeyUpdate { is_active: Some(false), ..Default::default() };
         f.accounts.update_key(f.user, k.meta.id, off).await.unwrap();
         f.clock.advance(time::Duration::seconds(31));
-        assert_eq!(v.verify(&k.key).await.unwrap_err(), VerifyError::Inactive);
+        let stale = v.verify(&k.key).await.unwrap();
+        assert_eq!(after_refresh(v, &k.key, &stale).await.unwrap_err(), VerifyError::Inactive);
         let on = crate::KeyUpdate { is_active: Some(true), ..Default::default() };
         f.accounts.update_key(f.user, k.meta.id, on).await.unwrap();
         v.invalidate_key(k.meta.id);
@@ -812,12 +893,14 @@ mod tests {
         // against it without bcrypt while the grace lasts; the new bearer needs one bcrypt.
         let new = f.accounts.rotate_key(f.user, k.meta.id).await.unwrap();
         f.clock.advance(time::Duration::seconds(31));
-        assert!(v.verify(&k.key).await.is_ok(), "the old secret, in its grace period");
+        let stale = v.verify(&k.key).await.unwrap();
+        assert!(after_refresh(v, &k.key, &stale).await.is_ok(), "the old secret, in its grace");
         assert!(v.verify(&new.key).await.is_ok());
         assert_eq!(v.bcrypt_runs(), 3);
         f.clock.advance(time::Duration::seconds(31));
-        assert!(v.verify(&k.key).await.is_ok());
-        assert!(v.verify(&new.key).await.is_ok());
+        let (old_stale, new_stale) = (v.verify(&k.key).await, v.verify(&new.key).await);
+        assert!(after_refresh(v, &k.key, &old_stale.unwrap()).await.is_ok());
+        assert!(after_refresh(v, &new.key, &new_stale.unwrap()).await.is_ok());
         assert_eq!(v.bcrypt_runs(), 3);
         // Past the grace period the old bearer is refused (its hash is gone: checked in full).
         f.clock.advance(time::Duration::minutes(5));
@@ -826,6 +909,77 @@ mod tests {
         let wrong = format!("{}_{}", k.meta.key_prefix, apikey::generate_secret().unwrap());
         assert_eq!(v.verify(&wrong).await.unwrap_err(), VerifyError::Unknown);
         assert_eq!(v.bcrypt_runs(), 5);
+    }
+
+    /// Calls `verify` until the background refresh an expired entry started has landed (the
+    /// answer is no longer `stale`); bounded by turns of the runtime, not by time.
+    async fn after_refresh(
+        v: &KeyVerifier,
+        key: &str,
+        stale: &Arc<Principal>,
+    ) -> Result<Arc<Principal>, VerifyError> {
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+            match v.verify(key).await {
+                Ok(p) if Arc::ptr_eq(&p, stale) => {}
+                other => return other,
+            }
+        }
+        panic!("the background refresh never landed")
+    }
+
+    #[tokio::test]
+    async fn while_the_store_is_down_a_verified_key_works_for_its_grace_and_no_longer() {
+        use crate::{KeyStore as _, UserStore as _};
+        let store = Arc::new(InMemoryAuthStore::default());
+        let accounts = Accounts::new(
+            AuthStores::from(store.clone()),
+            b"s",
+            AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() },
+        );
+        let user = accounts.signup("d@example.com", "password-1", None).await.unwrap().id;
+        let k = accounts.create_key(user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
+        let record = store.find_key_by_prefix(&k.meta.key_prefix).await.unwrap().unwrap();
+        let owner = store.find_user_by_id(user).await.unwrap().unwrap();
+        // Stores that answer from those records, or fail while `down`.
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut keys = crate::ports::MockKeyStore::new();
+        let d = down.clone();
+        keys.expect_find_key_by_prefix().returning(move |_| {
+            if d.load(Ordering::Relaxed) {
+                Err(crate::AuthError::Conflict("simulated outage"))
+            } else {
+                Ok(Some(record.clone()))
+            }
+        });
+        let mut users = crate::ports::MockUserStore::new();
+        users.expect_find_user_by_id().returning(move |_| Ok(Some(owner.clone())));
+        let clock = TestClock::at(time::macros::datetime!(2026-03-01 12:00 UTC));
+        let v = KeyVerifier::new(
+            Arc::new(keys),
+            Arc::new(users),
+            b"k",
+            Arc::new(clock.clone()),
+            VerifierConfig { bcrypt_cost: 4, ..VerifierConfig::default() },
+        );
+        let first = v.verify(&k.key).await.unwrap();
+        down.store(true, Ordering::Relaxed);
+        // Past the TTL, the database gone: served from the entry, the refresh failing behind.
+        clock.advance(time::Duration::seconds(31));
+        for _ in 0..100 {
+            let p = v.verify(&k.key).await.unwrap();
+            assert!(Arc::ptr_eq(&p, &first));
+            tokio::task::yield_now().await;
+        }
+        clock.advance(time::Duration::minutes(9));
+        assert!(v.verify(&k.key).await.is_ok(), "still within the ten minutes of grace");
+        // Past the grace the database must confirm the key, and it cannot.
+        clock.advance(time::Duration::minutes(2));
+        assert_eq!(v.verify(&k.key).await.unwrap_err(), VerifyError::Unavailable);
+        // Back: confirmed without bcrypt (the record still holds the hash it matched).
+        down.store(false, Ordering::Relaxed);
+        assert!(v.verify(&k.key).await.is_ok());
+        assert_eq!(v.bcrypt_runs(), 1);
     }
 
     #[tokio::test]

@@ -251,7 +251,7 @@ async fn world(overrides: LimitOverrides) -> World {
     let pipeline = Arc::new(
         Pipeline::new(
             Ports {
-                keys: Arc::new(verifier),
+                keys: verifier,
                 pool: pool.clone(),
                 upstream: upstream.clone(),
                 limits: Some(Limiting::new(limiter.clone(), DEFAULT_COMPLETION)),

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use gateway_core::{RequestId, error_chain};
 
+use crate::journal::{Journal, Mark};
 use crate::{UsageError, UsageRecord, UsageStore};
 
 /// Writer settings.
@@ -30,6 +31,9 @@ pub struct WriterConfig {
     /// The append-only file of records the database refused (JSON lines, the spill file's
     /// format): kept for an operator, never retried on their own.
     pub quarantine_path: PathBuf,
+    /// Journal each record before it is queued (see [`crate::journal`]); a start recovers
+    /// what an earlier run journaled either way.
+    pub journal: bool,
 }
 
 impl WriterConfig {
@@ -44,6 +48,7 @@ impl WriterConfig {
             attempts: 3,
             spill_path,
             quarantine_path: PathBuf::from(quarantine),
+            journal: true,
         }
     }
 }
@@ -59,6 +64,9 @@ pub struct WriterStats {
     pub failed_batches: AtomicU64,
     /// Records the database refused, set aside in the quarantine file.
     pub quarantined: AtomicU64,
+    /// Records an earlier run left in its journal (it did not stop cleanly), moved to the
+    /// spill file at start.
+    pub recovered: AtomicU64,
 }
 
 /// The spill file. Appends come from any thread; replay takes the file over by renaming it.
@@ -174,10 +182,18 @@ fn read_spill(path: &Path) -> Vec<UsageRecord> {
     out
 }
 
+/// A record waiting for the writer, holding its journal segment.
+#[derive(Debug)]
+struct Queued {
+    record: UsageRecord,
+    mark: Mark,
+}
+
 /// The handle the gateway records through.
 #[derive(Debug)]
 pub struct UsageWriter {
-    tx: mpsc::Sender<UsageRecord>,
+    tx: mpsc::Sender<Queued>,
+    journal: Arc<Journal>,
     /// Told when a whole batch has queued (the writer is otherwise woken once per batch, by
     /// its timer, not once per record).
     full: Arc<tokio::sync::Notify>,
@@ -190,11 +206,15 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    /// Starts the writer task (replaying any spill file left by an earlier run).
+    /// Starts the writer task (replaying any spill file, and any journal, left by an earlier
+    /// run).
     pub fn start(store: Arc<dyn UsageStore>, config: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let spill = Arc::new(Spill { path: config.spill_path.clone(), file: Mutex::default() });
+        let (journal, left) = Journal::open(&config.spill_path, config.journal);
+        recover(&left, &spill, &stats);
+        let journal = Arc::new(journal);
         let quarantine_path = config.quarantine_path.clone();
         let (stop, stopped) = watch::channel(false);
         let full = Arc::new(tokio::sync::Notify::new());
@@ -207,9 +227,11 @@ impl UsageWriter {
             spill.clone(),
             stopped,
             full.clone(),
+            journal.clone(),
         ));
         Self {
             tx,
+            journal,
             full,
             batch_size,
             stats,
@@ -225,24 +247,33 @@ impl UsageWriter {
         &self.quarantine_path
     }
 
-    /// Hands a record over without waiting. If the writer is behind (or stopping), the record
-    /// goes to the spill file instead; only if that fails too is it dropped, counted and logged.
+    /// Hands a record over without waiting: written to the journal (so a killed process
+    /// loses nothing), then queued. If the writer is behind (or stopping), the record goes to
+    /// the spill file instead; only if that fails too is it left to the journal, counted and
+    /// logged.
     pub fn record(&self, record: UsageRecord) {
-        let record = match self.tx.try_send(record) {
+        let mark = self.journal.append(&record);
+        let queued = match self.tx.try_send(Queued { record, mark }) {
             Ok(()) => {
                 if self.queue_depth() >= self.batch_size {
                     self.full.notify_one();
                 }
                 return;
             }
-            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => r,
+            Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => q,
         };
-        if self.spill.append(std::slice::from_ref(&record)) {
+        if self.spill.append(std::slice::from_ref(&queued.record)) {
             self.stats.spilled.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(request_id = %record.request_id, "usage record dropped: the writer is full and the spill file failed");
+            tracing::error!(request_id = %queued.record.request_id, "usage record not persisted: the writer is full and the spill file failed; the journal keeps it for the next start");
+            std::mem::forget(queued.mark);
         }
+    }
+
+    /// Appends to the journal that failed (each is a record a killed process would lose).
+    pub fn journal_failures(&self) -> u64 {
+        self.journal.failures.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -264,14 +295,41 @@ impl UsageWriter {
     }
 }
 
+/// Moves the journal segments an earlier run left into the spill file (replayed next), then
+/// removes them; a segment that cannot be moved stays for the next start.
+fn recover(left: &[PathBuf], spill: &Spill, stats: &WriterStats) {
+    for path in left {
+        let records = read_spill(path);
+        if !records.is_empty() && !spill.append(&records) {
+            continue;
+        }
+        stats.recovered.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if !records.is_empty() {
+            tracing::warn!(records = records.len(), path = %path.display(), "usage records recovered from the journal of a run that did not stop cleanly; replaying them");
+        }
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remove a recovered usage journal segment; its records may be replayed again (harmless)");
+        }
+    }
+}
+
+/// The journal marks of a batch, one per run of records in the same segment.
+fn hold(marks: &mut Vec<Mark>, mark: Mark) {
+    if !marks.last().is_some_and(|m| Arc::ptr_eq(m, &mark)) {
+        marks.push(mark);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     store: Arc<dyn UsageStore>,
     config: WriterConfig,
-    mut rx: mpsc::Receiver<UsageRecord>,
+    mut rx: mpsc::Receiver<Queued>,
     stats: Arc<WriterStats>,
     spill: Arc<Spill>,
     mut stopped: watch::Receiver<bool>,
     full: Arc<tokio::sync::Notify>,
+    journal: Arc<Journal>,
 ) {
     let quarantine = Quarantine::new(config.quarantine_path.clone());
     let out = Out {
@@ -282,7 +340,11 @@ async fn run(
         quarantine: &quarantine,
     };
     let mut healthy = replay(&out).await;
+    // While the store fails, batches go straight to the spill file, but for one attempt a
+    // second (which also tells when it is back): the queue never waits behind retries.
+    let mut last_try = tokio::time::Instant::now();
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(config.batch_size);
+    let mut marks: Vec<Mark> = Vec::new();
     loop {
         // Wait for a first record (retrying a pending replay now and then), then gather more
         // until the batch is full or the flush interval is over.
@@ -298,7 +360,9 @@ async fn run(
             }
         };
         let Some(first) = first else { break };
-        batch.push(first);
+        journal.rotate_if_due();
+        batch.push(first.record);
+        hold(&mut marks, first.mark);
         // Then sleep until the flush interval is over or a whole batch has queued (the
         // sender says so), and take what has queued at once: one wake-up per batch, not one
         // per record (each would wake this task, often on the other worker thread).
@@ -310,21 +374,52 @@ async fn run(
         }
         while batch.len() < config.batch_size {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(q) => {
+                    batch.push(q.record);
+                    hold(&mut marks, q.mark);
+                }
                 Err(_) => break,
             }
         }
-        healthy = write_or_spill(&out, &mut batch).await;
+        let attempts = if healthy {
+            config.attempts.max(1)
+        } else {
+            u32::from(last_try.elapsed() >= PROBE_EVERY)
+        };
+        if attempts > 0 {
+            last_try = tokio::time::Instant::now();
+        }
+        healthy = persist(&out, &mut batch, &mut marks, attempts).await;
         if healthy && spill.path.exists() {
             healthy = replay(&out).await;
         }
     }
-    if !batch.is_empty() {
-        write_or_spill(&out, &mut batch).await;
-    }
+    journal.close();
     if healthy {
         replay(&out).await;
     }
+}
+
+/// While the store fails, how often a batch is tried against it rather than spilled at once.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// [`write_or_spill`] with `attempts` (0: spill at once), then lets go of the batch's journal
+/// segments, unless a record could be neither written nor spilled: the journal then keeps it
+/// for the next start.
+async fn persist(
+    out: &Out<'_>,
+    batch: &mut Vec<UsageRecord>,
+    marks: &mut Vec<Mark>,
+    attempts: u32,
+) -> bool {
+    let dropped = out.stats.dropped.load(Ordering::Relaxed);
+    let healthy = write_or_spill(out, batch, attempts).await;
+    if out.stats.dropped.load(Ordering::Relaxed) == dropped {
+        marks.clear();
+    } else {
+        marks.drain(..).for_each(std::mem::forget);
+    }
+    healthy
 }
 
 /// Where the writer task puts records: the store, else the spill file, else (refused records)
@@ -373,12 +468,11 @@ async fn isolate(out: &Out<'_>, records: &[UsageRecord]) -> Vec<UsageRecord> {
     Vec::new()
 }
 
-/// Writes one batch with retries and backoff; if it still fails, spills it. A batch the store
-/// refuses is split until the records at fault are quarantined and the rest written. Returns
-/// whether the store accepted it.
-async fn write_or_spill(out: &Out<'_>, batch: &mut Vec<UsageRecord>) -> bool {
+/// Writes one batch in up to `attempts` tries with backoff; if it still fails, spills it. A
+/// batch the store refuses is split until the records at fault are quarantined and the rest
+/// written. Returns whether the store accepted it.
+async fn write_or_spill(out: &Out<'_>, batch: &mut Vec<UsageRecord>, attempts: u32) -> bool {
     let mut backoff = Duration::from_millis(50);
-    let attempts = out.config.attempts.max(1);
     for attempt in 1..=attempts {
         match out.store.insert_batch(batch).await {
             Ok(()) => {
@@ -408,12 +502,15 @@ async fn write_or_spill(out: &Out<'_>, batch: &mut Vec<UsageRecord>) -> bool {
     }
     if out.spill.append(batch) {
         out.stats.spilled.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        tracing::warn!(records = batch.len(), path = %out.spill.path.display(), "usage records spilled to disk; they are replayed when the database is back");
+        if attempts > 0 {
+            // Once per attempt against the store (about a second), not once per batch.
+            tracing::warn!(records = batch.len(), spilled = out.stats.spilled.load(Ordering::Relaxed), path = %out.spill.path.display(), "usage records spilled to disk; they are replayed when the database is back");
+        }
     } else {
         out.stats.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::error!(
             records = batch.len(),
-            "usage records dropped: the database and the spill file both failed"
+            "usage records not persisted: the database and the spill file both failed; the journal keeps them for the next start"
         );
     }
     batch.clear();
@@ -557,6 +654,67 @@ mod tests {
             21,
             "after shutdown, records still go to disk"
         );
+    }
+
+    /// The journal segments in `dir`.
+    fn journal_files(dir: &tempfile::TempDir) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".journal."))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn records_held_in_memory_are_on_disk_in_the_journal_until_persisted() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        store.set_failing(true);
+        let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        config.flush_every = Duration::from_millis(5);
+        config.attempts = u32::MAX; // retried, never spilled: held in memory only
+        let w = UsageWriter::start(store.clone(), config);
+        let records: Vec<_> = (0..10).map(|_| UsageRecord::example()).collect();
+        for r in &records {
+            w.record(r.clone());
+        }
+        // What a process killed now would leave on disk: every record.
+        let on_disk: Vec<_> = journal_files(&dir).iter().flat_map(|p| read_spill(p)).collect();
+        assert_eq!(on_disk, records);
+        assert_eq!(w.stats().spilled.load(Ordering::Relaxed), 0);
+        assert_eq!(w.journal_failures(), 0);
+        // Once they are written, the journal lets go of them.
+        store.set_failing(false);
+        let started = std::time::Instant::now();
+        while store.len() < 10 {
+            assert!(started.elapsed() < Duration::from_secs(20), "never written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        w.shutdown().await;
+        assert_eq!(journal_files(&dir), Vec::<PathBuf>::new(), "a clean stop leaves no journal");
+    }
+
+    #[tokio::test]
+    async fn a_journal_left_by_a_killed_run_is_replayed_at_start_without_double_counting() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<_> = (0..6).map(|_| UsageRecord::example()).collect();
+        // The killed run had written the first two already.
+        store.insert_batch(&records[..2]).await.unwrap();
+        let left = Spill {
+            path: dir.path().join("spill.jsonl.journal.1765000000000.000003"),
+            file: Mutex::default(),
+        };
+        assert!(left.append(&records));
+        let w = writer(&store, &dir, 10);
+        w.shutdown().await;
+        assert_eq!(store.len(), 6, "every record once");
+        assert_eq!(w.stats().recovered.load(Ordering::Relaxed), 6);
+        assert_eq!(journal_files(&dir), Vec::<PathBuf>::new());
+        assert!(!dir.path().join("spill.jsonl").exists());
     }
 
     fn poisoned() -> UsageRecord {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
-use support::{Gateway, PATIENCE, Reply, command, request_with};
+use support::{Gateway, PATIENCE, Reply, command, mailed_token, request_with};
 
 const MODELS_ENV: [(&str, &str); 2] = [
     ("LITELLM_SERVER_1_URL", "http://127.0.0.1:9"),
@@ -875,14 +875,6 @@ async fn security_actions_are_audited_and_each_user_sees_their_own() {
     );
     let denied = call(addr, "GET", "/api/admin/audit", Some(&alice.cookie), &Value::Null).await;
     assert_eq!(denied.status, 403);
-}
-
-/// The token of the link to `page` in a mail the sink received (quoted-printable undone).
-fn mailed_token(mail: &str, page: &str) -> String {
-    let text = mail.replace("=\n", "").replace("=3D", "=");
-    let link = format!("{page}?token=");
-    let at = text.find(&link).unwrap_or_else(|| panic!("no {page} link in {mail}")) + link.len();
-    text[at..].chars().take_while(char::is_ascii_hexdigit).collect()
 }
 
 /// Password recovery by email through the binary and a local SMTP server: the forgot step

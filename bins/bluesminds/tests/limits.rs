@@ -13,7 +13,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use serde_json::json;
 use support::{
-    Gateway, Mock, PATIENCE, Reply, chat_request, env_refs, post_with_key, request_with,
+    Gateway, Mock, PATIENCE, PrivateRedis, Reply, chat_request, env_refs, post_with_key,
+    request_with,
 };
 
 const MODELS: &str = "gpt-4,text-embedding-3-small";
@@ -259,56 +260,6 @@ async fn reservations_settle_to_what_was_used_and_failed_requests_are_refunded()
     assert!(r.status >= 500, "{:?}", r.body);
     assert!(r.header("x-ratelimit-remaining-tokens").is_some(), "headers on failures too");
     wait_for_charge(&env, &key_id, used).await;
-}
-
-/// A Redis server of the test's own, which it can stop and restart on the same port.
-struct PrivateRedis {
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = PrivateRedis { port, child: None };
-        r.restart().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (empty: it keeps nothing on disk) and waits until it answers.
-    async fn restart(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed when TEST_REDIS_URL is set");
-        self.child = Some(child);
-        let started = std::time::Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(started.elapsed() < PATIENCE, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
 }
 
 /// A gateway on a fresh Postgres database and a private Redis.

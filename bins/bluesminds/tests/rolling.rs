@@ -18,17 +18,13 @@ use async_openai::config::OpenAIConfig;
 use futures_util::StreamExt;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::json;
-use support::{Gateway, Mock, PATIENCE, chat_request, env_refs};
+use support::{Gateway, Mock, PATIENCE, chat_request, env_refs, free_port};
 
 /// How long a stopping instance keeps serving while it reports not ready: well above what
 /// HAProxy needs to notice (one failed check, every 100 ms).
 const SHUTDOWN_DELAY_MS: &str = "1000";
 /// SDK clients sending without pause.
 const CLIENTS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// HAProxy in front of `backends`, with a stats page, as a child process.
 struct Haproxy {

@@ -20,6 +20,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bluesminds");
 /// Upper bound for anything that should happen promptly; never a performance assertion.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// A loopback port free now (for a process to bind, and to bind again after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A running gateway process.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -178,6 +183,33 @@ pub async fn request_with(
     body: &[u8],
 ) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
+    send(stream, addr, method, path, headers, body).await
+}
+
+/// [`request_with`] from another loopback address (all of 127.0.0.0/8 is loopback on Linux):
+/// a client the gateway tells apart from the others by its address.
+pub async fn request_from(
+    source: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    send(stream, addr, method, path, headers, body).await
+}
+
+async fn send(
+    stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let mut req =
@@ -527,4 +559,62 @@ impl SmtpSink {
         .await
         .expect("the mail arrives in time")
     }
+}
+
+/// A Redis server of the test's own, which it can stop and restart on the same port.
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let mut r = PrivateRedis { port: free_port(), child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (empty: it keeps nothing on disk) and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed when TEST_REDIS_URL is set");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(started.elapsed() < PATIENCE, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+/// The token of the link to `page` in a mail the sink received (quoted-printable undone).
+pub fn mailed_token(mail: &str, page: &str) -> String {
+    let text = mail.replace("=\n", "").replace("=3D", "=");
+    let link = format!("{page}?token=");
+    let at = text.find(&link).unwrap_or_else(|| panic!("no {page} link in {mail}")) + link.len();
+    text[at..].chars().take_while(char::is_ascii_hexdigit).collect()
 }

@@ -146,12 +146,14 @@ impl App {
                 ..gateway_auth::throttle::ThrottleConfig::default()
             },
             verify_email: config.email.verify_signups,
+            admin_emails: config.auth.admin_emails.clone(),
         };
         let invalidations =
             Arc::new(CacheInvalidations { verifier: verifier.clone(), bus: bus.clone() });
         let plans = Arc::new(Plans::new(Arc::new(SqlPlanStore::new(store.clone()))));
         let billing_store = Arc::new(SqlBillingStore::new(store.clone()));
         plans.reload().await.context("cannot load the plans")?;
+        apply_free_tier(&plans, &config.billing.free_tier).await?;
         let throttle_window = accounts_config.throttle.window;
         let mut accounts =
             Accounts::new(AuthStores::from(auth_store), a.jwt_secret.as_bytes(), accounts_config)
@@ -172,6 +174,7 @@ impl App {
                 Duration::from_millis(config.limits.redis_timeout_ms),
             )));
         }
+        promote_admins(&accounts, &config).await?;
         let pool = Arc::new(ServerPool::new(BreakerConfig {
             failure_threshold: config.health.failure_threshold,
             cooldown: Duration::from_secs(config.health.cooldown_secs),
@@ -339,6 +342,56 @@ impl App {
 
 /// Adds the servers given as `LITELLM_SERVER_N_*` to the database unless a server with the
 /// same base URL is there already (an admin may have changed it since).
+/// `billing.free_tier` (`DEFAULT_RATE_LIMIT_*`, `DEFAULT_QUOTA_*`) written to the free plan.
+async fn apply_free_tier(
+    plans: &Plans,
+    limits: &crate::config::FreeTierLimits,
+) -> anyhow::Result<()> {
+    if !limits.is_set() {
+        return Ok(());
+    }
+    let update = gateway_billing::PlanUpdate {
+        rate_limit_rpm: limits.rate_limit_rpm,
+        rate_limit_tpm: limits.rate_limit_tpm,
+        quota_daily: limits.quota_daily,
+        quota_monthly: limits.quota_monthly,
+        ..Default::default()
+    };
+    let plan = plans.update(gateway_core::Tier::Free, &update).await.map_err(|e| match e {
+        gateway_billing::UpdatePlanError::Invalid(e) => {
+            anyhow::anyhow!("billing.free_tier (DEFAULT_RATE_LIMIT_*, DEFAULT_QUOTA_*): {e}")
+        }
+        gateway_billing::UpdatePlanError::Store(e) => {
+            anyhow::Error::new(e).context("cannot save the free plan's limits")
+        }
+    })?;
+    let l = plan.limits;
+    tracing::info!(
+        rpm = l.rpm,
+        tpm = l.tpm,
+        daily_tokens = l.daily_tokens,
+        monthly_tokens = l.monthly_tokens,
+        "the free plan's limits are set by the configuration"
+    );
+    Ok(())
+}
+
+/// `auth.admin_emails` (`ADMIN_EMAILS`): existing accounts made administrators.
+async fn promote_admins(accounts: &Accounts, config: &Config) -> anyhow::Result<()> {
+    if config.auth.admin_emails.is_empty() {
+        return Ok(());
+    }
+    if !config.email.verify_signups {
+        tracing::warn!(
+            "auth.admin_emails (ADMIN_EMAILS): whoever signs up with one of these emails becomes an administrator, and without email.verify_signups nobody has to prove the address is theirs; create admins with `bluesminds admin create` instead, or turn verification on"
+        );
+    }
+    for email in accounts.promote_admins().await.context("cannot promote auth.admin_emails")? {
+        tracing::info!(email = %email, "made an administrator by auth.admin_emails");
+    }
+    Ok(())
+}
+
 async fn seed_servers(store: &dyn ServerStore, config: &Config) -> anyhow::Result<()> {
     let existing: Vec<String> = store
         .list_servers()

@@ -185,6 +185,9 @@ pub struct AuthConfig {
     /// Failed logins per email within 15 minutes after which the email is refused (429) for
     /// the rest of the window; five times as many per client address.
     pub login_lockout_after: u32,
+    /// Accounts with these emails are administrators, made so at sign-up and at every start
+    /// (`ADMIN_EMAILS`, comma separated, as the original product had it).
+    pub admin_emails: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -200,6 +203,7 @@ impl Default for AuthConfig {
             key_cache_grace_secs: 600,
             login_slowdown_after: 3,
             login_lockout_after: 10,
+            admin_emails: Vec::new(),
         }
     }
 }
@@ -216,6 +220,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("key_rotation_grace_secs", &self.key_rotation_grace_secs)
             .field("key_cache_ttl_ms", &self.key_cache_ttl_ms)
             .field("key_cache_grace_secs", &self.key_cache_grace_secs)
+            .field("admin_emails", &self.admin_emails)
             .field("login_slowdown_after", &self.login_slowdown_after)
             .field("login_lockout_after", &self.login_lockout_after)
             .finish()
@@ -432,6 +437,26 @@ pub struct BillingConfig {
     pub close_periods: bool,
     /// Payments through Creem; off while `api_key` or `webhook_secret` is empty.
     pub creem: CreemConfig,
+    /// The free plan's limits, written to it at every start when set (the original product's
+    /// `DEFAULT_RATE_LIMIT_RPM`, `DEFAULT_RATE_LIMIT_TPM`, `DEFAULT_QUOTA_DAILY`,
+    /// `DEFAULT_QUOTA_MONTHLY`); unset, the plan keeps what admins gave it.
+    pub free_tier: FreeTierLimits,
+}
+
+/// `[billing.free_tier]`: the free plan's limits from the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreeTierLimits {
+    pub rate_limit_rpm: Option<u64>,
+    pub rate_limit_tpm: Option<u64>,
+    pub quota_daily: Option<u64>,
+    pub quota_monthly: Option<u64>,
+}
+
+impl FreeTierLimits {
+    pub fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
 }
 
 /// `[billing.creem]`: the Creem account payments go to.
@@ -515,6 +540,7 @@ impl Default for BillingConfig {
             grace_days: 14,
             close_periods: true,
             creem: CreemConfig::default(),
+            free_tier: FreeTierLimits::default(),
         }
     }
 }
@@ -601,6 +627,26 @@ impl Config {
             .merge(Env::raw().only(&["BLUESMINDS_PUBLIC_URL"]).map(|_| "server.public_url".into()))
             .merge(Env::raw().only(&["SMTP_URL"]).map(|_| "email.smtp_url".into()))
             .merge(Env::raw().only(&["EMAIL_FROM"]).map(|_| "email.from".into()))
+            .merge(
+                Env::raw()
+                    .only(&["DEFAULT_RATE_LIMIT_RPM"])
+                    .map(|_| "billing.free_tier.rate_limit_rpm".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DEFAULT_RATE_LIMIT_TPM"])
+                    .map(|_| "billing.free_tier.rate_limit_tpm".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DEFAULT_QUOTA_DAILY"])
+                    .map(|_| "billing.free_tier.quota_daily".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DEFAULT_QUOTA_MONTHLY"])
+                    .map(|_| "billing.free_tier.quota_monthly".into()),
+            )
             .merge(Env::prefixed("BLUESMINDS_").filter(|k| k.as_str().contains("__")).split("__")))
     }
 
@@ -617,6 +663,14 @@ impl Config {
         let mut config: Config = figment.extract().map_err(|e| ConfigError(figment_message(&e)))?;
         let env: std::collections::BTreeMap<String, String> = env.into_iter().collect();
         traces::apply_otel_env(&mut config.traces, &env)?;
+        if let Some(emails) = env.get("ADMIN_EMAILS") {
+            config.auth.admin_emails.extend(
+                emails.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from),
+            );
+        }
+        for email in &mut config.auth.admin_emails {
+            *email = email.trim().to_lowercase();
+        }
         config.upstreams.extend(upstream_seeds(env)?);
         config.validate()?;
         Ok(config)
@@ -831,8 +885,11 @@ pub fn upstream_seeds(
                 "must be an http:// or https:// URL with a host",
             ));
         }
-        let api_key =
-            vars.get(&format!("LITELLM_SERVER_{n}_API_KEY")).filter(|k| !k.is_empty()).cloned();
+        // `_KEY` is the original product's name for it.
+        let api_key = [format!("LITELLM_SERVER_{n}_API_KEY"), format!("LITELLM_SERVER_{n}_KEY")]
+            .iter()
+            .find_map(|name| vars.get(name).filter(|k| !k.is_empty()))
+            .cloned();
         let models = vars
             .get(&format!("LITELLM_SERVER_{n}_MODELS"))
             .map(|m| {
@@ -890,6 +947,31 @@ mod tests {
             assert_eq!(c.upstreams[0].api_key.as_deref(), Some("sk-up"));
             assert_eq!(c.upstreams[1].url, "http://b:4000");
             assert!(!format!("{:?}", c.upstreams).contains("sk-up"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_original_products_environment_names_work() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LITELLM_SERVER_1_URL", "http://a:4000");
+            jail.set_env("LITELLM_SERVER_1_KEY", "sk-old-name");
+            jail.set_env("ADMIN_EMAILS", " Boss@Example.com, ops@example.com ,");
+            jail.set_env("DEFAULT_RATE_LIMIT_RPM", "5");
+            jail.set_env("DEFAULT_RATE_LIMIT_TPM", "5000");
+            jail.set_env("DEFAULT_QUOTA_DAILY", "700");
+            jail.set_env("DEFAULT_QUOTA_MONTHLY", "9000");
+            let c = load(jail).map_err(|e| e.to_string())?;
+            assert_eq!(c.upstreams[0].api_key.as_deref(), Some("sk-old-name"));
+            assert_eq!(c.auth.admin_emails, vec!["boss@example.com", "ops@example.com"]);
+            let f = &c.billing.free_tier;
+            assert_eq!(
+                (f.rate_limit_rpm, f.rate_limit_tpm, f.quota_daily, f.quota_monthly),
+                (Some(5), Some(5000), Some(700), Some(9000))
+            );
+            jail.set_env("DEFAULT_QUOTA_DAILY", "lots");
+            let e = load(jail).expect_err("not a number").to_string();
+            assert!(e.contains("quota_daily"), "{e}");
             Ok(())
         });
     }

@@ -286,11 +286,14 @@ async fn scopes_and_malformed_bearers_are_refused() {
     let r = with_key(gw.addr, "/api/v1/models", &chat_only).await;
     assert_eq!(r.status, 403);
     assert!(r.openai_error()["message"].as_str().unwrap().contains("'models' scope"));
+    // The bare key, without `Bearer `, is the same key (the original product took it).
+    let bare =
+        request_with(gw.addr, "GET", "/api/v1/models", &[("authorization", &chat_only)], b"").await;
+    assert_eq!(bare.status, 403, "authenticated, and refused by scope: {:?}", bare.body);
 
     let sql = "x' OR (SELECT pg_sleep(5)) IS NOT NULL--";
     for header in [
         None,
-        Some(chat_only.clone()), // no "Bearer"
         Some(format!("Basic {chat_only}")),
         Some("Bearer sk-not-ours".into()),
         Some(format!("Bearer {sql}")),
@@ -1013,4 +1016,89 @@ async fn a_new_account_signs_in_once_its_email_is_confirmed() {
     assert_eq!(verify(&one).await, 200);
     assert_eq!(verify(&two).await, 400, "opening one link uses up the others");
     assert_eq!(call(addr, "POST", "/api/auth/login", None, &creds).await.status, 200);
+}
+
+/// The original product's environment: `ADMIN_EMAILS` makes admins (at sign-up, and at start
+/// for accounts that exist), `DEFAULT_RATE_LIMIT_*` and `DEFAULT_QUOTA_*` set the free plan,
+/// `LITELLM_SERVER_N_KEY` is the upstream's key, and a key works without `Bearer `.
+#[tokio::test]
+async fn the_original_products_environment_still_works() {
+    let mock = support::Mock::start().await;
+    let url = mock.url();
+    let env = [
+        ("LITELLM_SERVER_1_URL", url.as_str()),
+        ("LITELLM_SERVER_1_MODELS", "gpt-4"),
+        ("LITELLM_SERVER_1_KEY", "sk-upstream-by-its-old-name"),
+        ("ADMIN_EMAILS", "boss@example.com, early@example.com"),
+        ("DEFAULT_RATE_LIMIT_RPM", "2"),
+        ("DEFAULT_QUOTA_DAILY", "5000"),
+    ];
+    let gw = Gateway::start(&[], &env).await;
+    let role = async |gw: &Gateway, s: &Session| {
+        call(gw.addr, "GET", "/api/auth/me", Some(&s.cookie), &Value::Null).await.json()["role"]
+            .clone()
+    };
+    let boss = signup_and_login(gw.addr, "Boss@Example.com").await;
+    assert_eq!(role(&gw, &boss).await, "admin");
+    let staff = signup_and_login(gw.addr, "staff@example.com").await;
+    assert_eq!(role(&gw, &staff).await, "user");
+    signup_and_login(gw.addr, "early@example.com").await;
+    let free = call(gw.addr, "GET", "/api/billing/plans", None, &Value::Null).await.json();
+    let free =
+        free["data"].as_array().unwrap().iter().find(|p| p["tier"] == "free").unwrap().clone();
+    assert_eq!(
+        (free["rpm"].as_u64(), free["daily_tokens"].as_u64()),
+        (Some(2), Some(5000)),
+        "{free}"
+    );
+
+    let (_, key) = create_key(gw.addr, &staff, json!({"name": "old client"})).await;
+    let chat =
+        json!({"model": "gpt-4", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let send = async || {
+        request_with(
+            gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &key)],
+            chat.to_string().as_bytes(),
+        )
+        .await
+    };
+    let first = send().await;
+    assert_eq!(first.status, 200, "a bare key works: {:?}", first.body);
+    assert_eq!(first.header("x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(
+        mock.stats.last_authorization.lock().unwrap().as_deref(),
+        Some("Bearer sk-upstream-by-its-old-name")
+    );
+    assert_eq!(send().await.status, 200);
+    assert_eq!(send().await.status, 429, "two a minute, as DEFAULT_RATE_LIMIT_RPM says");
+
+    // An account that existed before its email was listed is promoted at the next start.
+    let mut gw = gw;
+    gw.terminate().await;
+    let (_, _) = gw.wait().await;
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| *k != "ADMIN_EMAILS");
+    env.push(("ADMIN_EMAILS", "staff@example.com"));
+    let again = Gateway::start_in(dir, &[], &env).await;
+    let staff = signup_and_login_existing(again.addr, "staff@example.com").await;
+    assert_eq!(role(&again, &staff).await, "admin");
+    let early = signup_and_login_existing(again.addr, "early@example.com").await;
+    assert_eq!(role(&again, &early).await, "admin", "listed before: stays an admin");
+}
+
+async fn signup_and_login_existing(addr: SocketAddr, email: &str) -> Session {
+    let r = call(
+        addr,
+        "POST",
+        "/api/auth/login",
+        None,
+        &json!({"email": email, "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    Session { cookie: session_cookie(&r), id: r.json()["user"]["id"].as_str().unwrap().to_owned() }
 }

@@ -152,6 +152,9 @@ pub struct AccountsConfig {
     pub throttle: ThrottleConfig,
     /// New accounts must open a mailed link before they can sign in.
     pub verify_email: bool,
+    /// Accounts with these emails (lower case) are administrators: made so at sign-up, and by
+    /// [`Accounts::promote_admins`] (`ADMIN_EMAILS` of the original product).
+    pub admin_emails: Vec<String>,
 }
 
 impl Default for AccountsConfig {
@@ -163,6 +166,7 @@ impl Default for AccountsConfig {
             rotation_grace: Duration::ZERO,
             throttle: ThrottleConfig::default(),
             verify_email: false,
+            admin_emails: Vec::new(),
         }
     }
 }
@@ -277,6 +281,22 @@ impl Accounts {
 
     // === accounts ===
 
+    /// Makes the existing accounts of [`AccountsConfig::admin_emails`] administrators (at
+    /// start); returns the emails it promoted.
+    pub async fn promote_admins(&self) -> Result<Vec<String>, AuthError> {
+        let mut promoted = Vec::new();
+        for email in &self.config.admin_emails {
+            let Some(found) = self.stores.users.find_user_by_email(email).await? else { continue };
+            if found.user.role != Role::Admin {
+                let update = AdminUserUpdate { role: Some(Role::Admin), ..Default::default() };
+                self.stores.users.update_admin_fields(found.user.id, update).await?;
+                self.invalidations.user_changed(found.user.id);
+                promoted.push(email.clone());
+            }
+        }
+        Ok(promoted)
+    }
+
     /// Creates an admin account, or promotes an existing one and sets its password.
     pub async fn create_or_promote_admin(
         &self,
@@ -315,11 +335,12 @@ impl Accounts {
         let email = normalize_email(email)?;
         let full_name = validate_profile_field("full_name", full_name)?;
         let password_hash = password::hash(pass, self.config.password_cost).await?;
+        let role = if self.config.admin_emails.contains(&email) { Role::Admin } else { Role::User };
         let new = NewUser {
             email,
             password_hash,
             full_name,
-            role: Role::User,
+            role,
             tier: Tier::Free,
             email_unverified: self.config.verify_email,
         };

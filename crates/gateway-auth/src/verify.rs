@@ -277,12 +277,14 @@ impl KeyVerifier {
         &self,
         authorization: Option<&str>,
     ) -> Result<Arc<Principal>, VerifyError> {
-        let value = authorization.ok_or(VerifyError::Missing)?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or(VerifyError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(VerifyError::Malformed);
-        }
-        self.verify(token.trim()).await
+        let value = authorization.ok_or(VerifyError::Missing)?.trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            Some(_) => return Err(VerifyError::Malformed),
+            // The bare key, as the original product took it.
+            None => value,
+        };
+        self.verify(token).await
     }
 
     /// Verifies a bearer token (`bm_...`).
@@ -712,6 +714,14 @@ mod tests {
         assert_eq!(f.verifier.cached_entries(), 1);
         let again = f.verifier.verify(&issued.key).await.unwrap();
         assert!(Arc::ptr_eq(&p, &again), "the second call is a cache hit");
+        let bare = f.verifier.verify_header(Some(&issued.key)).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&p, &bare),
+            "the key without `Bearer `, as the original product took it"
+        );
+        for refused in [format!("Basic {}", issued.key), "Bearer".to_owned(), String::new()] {
+            assert!(f.verifier.verify_header(Some(&refused)).await.is_err(), "{refused:?}");
+        }
     }
 
     #[tokio::test]
@@ -721,11 +731,6 @@ mod tests {
             f.accounts.create_key(f.user, NewKey::named("k", vec![Scope::Models])).await.unwrap();
         let v = &f.verifier;
         assert_eq!(v.verify_header(None).await.unwrap_err(), VerifyError::Missing);
-        assert_eq!(
-            v.verify_header(Some(&issued.key)).await.unwrap_err(),
-            VerifyError::Malformed,
-            "no Bearer"
-        );
         assert_eq!(v.verify_header(Some("Basic abc")).await.unwrap_err(), VerifyError::Malformed);
         assert_eq!(v.verify("sk-openai-style").await.unwrap_err(), VerifyError::Malformed);
         assert_eq!(v.verify("bm_x' OR 1=1--").await.unwrap_err(), VerifyError::Malformed);

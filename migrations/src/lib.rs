@@ -33,6 +33,7 @@ mod m20261206_000002_usage_daily_hot;
 mod m20261206_000003_audit_log;
 mod m20261206_000004_password_resets;
 mod m20261206_000005_email_verification;
+mod m20261207_000001_user_deleted_at;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -58,6 +59,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000003_audit_log::Migration),
             Box::new(m20261206_000004_password_resets::Migration),
             Box::new(m20261206_000005_email_verification::Migration),
+            Box::new(m20261207_000001_user_deleted_at::Migration),
         ]
     }
 }

@@ -89,6 +89,7 @@ pub fn action(route: &Route<'_>) -> Option<Action> {
         Route::DeleteKey(k) | Route::WebRevokeKey(k) => of("key.revoke", Some(("key", k))),
         Route::RotateKey(k) | Route::WebRotateKey(k) => of("key.rotate", Some(("key", k))),
         Route::AdminUpdateUser(u) => of("admin.user.update", Some(("user", u))),
+        Route::AdminDeleteUser(u) => of("admin.user.delete", Some(("user", u))),
         Route::AdminCreateServer => of("admin.server.create", None),
         Route::AdminUpdateServer(s) => of("admin.server.update", Some(("server", s))),
         Route::AdminDeleteServer(s) => of("admin.server.delete", Some(("server", s))),

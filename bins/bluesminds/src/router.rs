@@ -33,6 +33,10 @@ pub enum Route<'a> {
     DeleteKey(&'a str),
     RotateKey(&'a str),
     AdminUpdateUser(&'a str),
+    AdminUsers,
+    AdminDeleteUser(&'a str),
+    AdminKeys,
+    AdminStats,
     AdminListServers,
     AdminCreateServer,
     AdminUpdateServer(&'a str),
@@ -237,9 +241,17 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
             ],
         ),
         ["api", "keys", id, "rotate"] => pick(m, "POST", &[(Method::POST, Route::RotateKey(id))]),
-        ["api", "admin", "users", id] => {
-            pick(m, "PATCH", &[(Method::PATCH, Route::AdminUpdateUser(id))])
-        }
+        ["api", "admin", "users"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminUsers)]),
+        ["api", "admin", "users", id] => pick(
+            m,
+            "PATCH, DELETE",
+            &[
+                (Method::PATCH, Route::AdminUpdateUser(id)),
+                (Method::DELETE, Route::AdminDeleteUser(id)),
+            ],
+        ),
+        ["api", "admin", "keys"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminKeys)]),
+        ["api", "admin", "stats"] => pick(m, "GET, HEAD", &[(Method::GET, Route::AdminStats)]),
         ["api", "usage", "logs"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageLogs)]),
         ["api", "usage", "stats"] => pick(m, "GET, HEAD", &[(Method::GET, Route::UsageStats)]),
         ["api", "billing", "plans"] => pick(m, "GET, HEAD", &[(Method::GET, Route::BillingPlans)]),

@@ -1102,3 +1102,138 @@ async fn signup_and_login_existing(addr: SocketAddr, email: &str) -> Session {
     assert_eq!(r.status, 200, "{:?}", r.body);
     Session { cookie: session_cookie(&r), id: r.json()["user"]["id"].as_str().unwrap().to_owned() }
 }
+
+/// The administrators' JSON views on Postgres: users searched, filtered and paged; every key
+/// listed without a secret; the platform by day; and a soft delete that ends the account's
+/// keys and sessions at once and keeps its history.
+#[tokio::test]
+async fn admins_list_users_and_keys_see_the_platform_by_day_and_delete_softly() {
+    let mock = support::Mock::start().await;
+    let (_db, mut env) = support::shared_backends(&[]).await;
+    env.push(("LITELLM_SERVER_1_URL".into(), mock.url()));
+    env.push(("LITELLM_SERVER_1_MODELS".into(), "gpt-4".into()));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    let addr = gw.addr;
+    let admin_cookie = support::admin_session(&gw).await;
+    let admin = admin_cookie.strip_prefix("bm_session=").unwrap();
+    let get =
+        async |path: &str, cookie: &str| call(addr, "GET", path, Some(cookie), &Value::Null).await;
+    let emails = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let alice = signup_and_login(addr, "alice@views.example").await;
+    let bob = signup_and_login(addr, "bob@views.example").await;
+    let carol = signup_and_login(addr, "carol@views.example").await;
+    let patch = async |id: &str, body: Value| {
+        let r = call(addr, "PATCH", &format!("/api/admin/users/{id}"), Some(admin), &body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    };
+    patch(&bob.id, json!({"tier": "pro"})).await;
+    patch(&carol.id, json!({"status": "suspended"})).await;
+
+    let all = get("/api/admin/users?q=views.example", admin).await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!(
+        emails(&all.json()),
+        ["alice@views.example", "bob@views.example", "carol@views.example"]
+    );
+    assert!(!String::from_utf8_lossy(&all.body).contains("password"), "no hash in the list");
+    assert_eq!(
+        emails(&get("/api/admin/users?tier=pro", admin).await.json()),
+        ["bob@views.example"]
+    );
+    assert_eq!(
+        emails(&get("/api/admin/users?status=suspended", admin).await.json()),
+        ["carol@views.example"]
+    );
+    let first = get("/api/admin/users?q=views&limit=2", admin).await.json();
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second =
+        get(&format!("/api/admin/users?q=views&limit=2&cursor={cursor}"), admin).await.json();
+    assert_eq!(emails(&second), ["carol@views.example"]);
+    assert_eq!(second["next_cursor"], Value::Null);
+    let refused = get("/api/admin/users?tier=gold", admin).await;
+    assert_eq!((refused.status, refused.openai_error()["param"].as_str()), (400, Some("tier")));
+    for path in ["/api/admin/users", "/api/admin/keys", "/api/admin/stats"] {
+        assert_eq!(get(path, &alice.cookie).await.status, 403, "{path} is for admins");
+    }
+
+    // Keys: every owner's, never a secret.
+    let (_, alice_key) = create_key(addr, &alice, json!({"name": "a1"})).await;
+    let (bob_key_id, _) = create_key(addr, &bob, json!({"name": "b1"})).await;
+    let keys = get("/api/admin/keys", admin).await;
+    let text = String::from_utf8_lossy(&keys.body).into_owned();
+    assert!(!text.contains(&alice_key) && !text.contains("$2"), "no secret, no hash: {text}");
+    let listed = keys.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+    let bobs = get(&format!("/api/admin/keys?user_id={}", bob.id), admin).await.json();
+    assert_eq!(bobs["data"][0]["id"], bob_key_id.as_str());
+    let paged = get("/api/admin/keys?limit=1", admin).await.json();
+    let next = paged["next_cursor"].as_str().unwrap();
+    let rest = get(&format!("/api/admin/keys?limit=1&cursor={next}"), admin).await.json();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_ne!(rest["data"][0]["id"], paged["data"][0]["id"]);
+
+    // The platform by day: alice's request, its tokens and its cost.
+    let chat =
+        json!({"model": "gpt-4", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let r = support::post_with_key(addr, "/v1/chat/completions", &alice_key, &chat).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    support::summary_when(addr, &format!("bm_session={}", alice.cookie), |s| {
+        s["requests"].as_u64() == Some(1)
+    })
+    .await;
+    let stats = get("/api/admin/stats", admin).await;
+    assert_eq!(stats.status, 200, "{:?}", stats.body);
+    let stats = stats.json();
+    let days = stats["data"].as_array().unwrap();
+    assert_eq!(days.len(), 30, "the last 30 days by default");
+    let today = days.last().unwrap();
+    assert_eq!((today["requests"].as_u64(), today["active_users"].as_u64()), (Some(1), Some(1)));
+    assert!(
+        today["tokens"].as_u64().unwrap() > 0
+            && today["upstream_cost_micros"].as_i64().unwrap() > 0
+    );
+    assert_eq!(stats["total"]["requests"], 1);
+    assert_eq!(stats["total"]["revenue_micros"], 0);
+    let bad = get("/api/admin/stats?from=2026-01-01&to=2026-12-31", admin).await;
+    assert_eq!(bad.status, 400, "more than 92 days");
+
+    // A soft delete: the key and the session stop at once, sign-in fails, the history stays.
+    let deleted =
+        call(addr, "DELETE", &format!("/api/admin/users/{}", alice.id), Some(admin), &Value::Null)
+            .await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    assert_eq!(deleted.json()["status"], "deleted");
+    assert_eq!(
+        support::post_with_key(addr, "/v1/chat/completions", &alice_key, &chat).await.status,
+        401
+    );
+    assert_eq!(get("/api/auth/me", &alice.cookie).await.status, 401);
+    let login = json!({"email": "alice@views.example", "password": "correct horse battery"});
+    assert_eq!(call(addr, "POST", "/api/auth/login", None, &login).await.status, 401);
+    assert_eq!(
+        emails(&get("/api/admin/users?status=deleted", admin).await.json()),
+        ["alice@views.example"]
+    );
+    assert_eq!(get("/api/admin/stats", admin).await.json()["total"]["requests"], 1, "history kept");
+    assert_eq!(get("/api/admin/keys", admin).await.json()["data"].as_array().unwrap().len(), 1);
+    let me = get("/api/auth/me", admin).await.json();
+    let own = call(
+        addr,
+        "DELETE",
+        &format!("/api/admin/users/{}", me["id"].as_str().unwrap()),
+        Some(admin),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(own.status, 400, "not your own account");
+    let audit = get("/api/admin/audit?action=admin.user.delete&outcome=ok", admin).await.json();
+    assert_eq!(audit["data"][0]["target"], format!("user:{}", alice.id));
+}

@@ -373,6 +373,9 @@ impl Accounts {
             self.throttle.failed(&email, client).await;
             return Err(AuthError::InvalidCredentials);
         };
+        if record.user.status == UserStatus::Deleted {
+            return Err(AuthError::InvalidCredentials);
+        }
         if record.user.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
         }
@@ -430,6 +433,9 @@ impl Accounts {
             .await?
             .ok_or(AuthError::Unauthenticated)?
             .user;
+        if user.status == UserStatus::Deleted {
+            return Err(AuthError::Unauthenticated);
+        }
         if user.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
         }
@@ -502,7 +508,7 @@ impl Accounts {
     /// a single-use token, live for [`RESET_TTL`], stored as a keyed hash. The caller answers
     /// the same either way and runs this off the request; failures are logged.
     pub async fn mail_password_reset(&self, email: &str) {
-        self.mail_link(email, Link::Reset, |r| r.user.status != UserStatus::Suspended).await;
+        self.mail_link(email, Link::Reset, |r| r.user.status == UserStatus::Active).await;
     }
 
     /// Mails an email-verification link to the account of `email` when it still waits for its
@@ -647,6 +653,9 @@ impl Accounts {
         if actor == id && update.role.is_some_and(|r| r != Role::Admin) {
             return Err(AuthError::invalid("role", "cannot be taken from your own account"));
         }
+        if update.status == Some(UserStatus::Deleted) {
+            return Err(AuthError::invalid("status", "is set to deleted by deleting the user"));
+        }
         if actor == id && update.status.is_some_and(|s| s != UserStatus::Active) {
             return Err(AuthError::invalid("status", "cannot suspend your own account"));
         }
@@ -743,6 +752,7 @@ impl Accounts {
         &self,
         email_contains: &str,
         after_email: Option<&str>,
+        (tier, status): (Option<Tier>, Option<UserStatus>),
         limit: u32,
     ) -> Result<Vec<User>, AuthError> {
         if !(1..=100).contains(&limit) {
@@ -752,9 +762,47 @@ impl Accounts {
         if email_contains.len() > 254 {
             return Err(AuthError::invalid("q", "is longer than any email"));
         }
-        let query =
-            crate::UserQuery { email_contains, after_email: after_email.map(str::to_owned), limit };
+        let query = crate::UserQuery {
+            email_contains,
+            after_email: after_email.map(str::to_owned),
+            tier,
+            status,
+            limit,
+        };
         self.stores.users.search_users(&query).await
+    }
+
+    /// Every owner's unrevoked keys (or `user`'s), a page of `limit` after `after`, for
+    /// administrators: never a secret or a hash.
+    pub async fn all_keys(
+        &self,
+        user: Option<UserId>,
+        after: Option<ApiKeyId>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyMeta>, AuthError> {
+        if !(1..=100).contains(&limit) {
+            return Err(AuthError::invalid("limit", "must be 1 to 100"));
+        }
+        self.stores.keys.all_keys(&crate::KeyQuery { user_id: user, after, limit }).await
+    }
+
+    /// Deletes an account softly: every key revoked, every session ended, the status
+    /// `deleted` (it cannot sign in again); its usage, ledger and invoices are kept. An
+    /// administrator cannot delete their own account.
+    pub async fn delete_user(&self, actor: UserId, id: UserId) -> Result<User, AuthError> {
+        if actor == id {
+            return Err(AuthError::invalid("id", "cannot be your own account"));
+        }
+        let now = self.clock.now();
+        for key in self.stores.keys.list_keys(id).await? {
+            self.stores.keys.revoke_key(id, key.id, now).await?;
+            self.invalidations.key_changed(key.id);
+        }
+        let update = AdminUserUpdate { status: Some(UserStatus::Deleted), ..Default::default() };
+        let user = self.stores.users.update_admin_fields(id, update).await?;
+        self.stores.sessions.revoke_user_sessions(id, now).await?;
+        self.invalidations.user_changed(id);
+        Ok(user)
     }
 
     /// How many users and usable keys there are.

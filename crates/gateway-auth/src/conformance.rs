@@ -94,6 +94,7 @@ pub async fn user_store_contract(store: &dyn UserStore) {
             email_contains: text.to_owned(),
             after_email: after.map(str::to_owned),
             limit,
+            ..UserQuery::default()
         };
         async move {
             let found = store.search_users(&query).await.unwrap();
@@ -111,6 +112,18 @@ pub async fn user_store_contract(store: &dyn UserStore) {
         ["bob@example.com", "carol@example.com"]
     );
     assert!(search("%", None, 10).await.is_empty(), "a literal percent sign matches nothing");
+    // Filtered by plan and by status (ada is the Pro admin suspended above).
+    let filtered = |tier: Option<Tier>, status: Option<UserStatus>| {
+        let query = UserQuery { tier, status, limit: 10, ..UserQuery::default() };
+        async move {
+            let found = store.search_users(&query).await.unwrap();
+            found.into_iter().map(|u| u.email).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(filtered(Some(Tier::Pro), None).await, ["ada@example.com"]);
+    assert_eq!(filtered(None, Some(UserStatus::Suspended)).await, ["ada@example.com"]);
+    assert_eq!(filtered(Some(Tier::Starter), Some(UserStatus::Active)).await.len(), 3);
+    assert!(filtered(Some(Tier::Pro), Some(UserStatus::Active)).await.is_empty());
     assert_eq!(store.population(OffsetDateTime::now_utc()).await.unwrap().users, 4);
 }
 
@@ -206,7 +219,21 @@ pub async fn key_store_contract(users: &dyn UserStore, keys: &dyn KeyStore) {
     assert!(keys.revoke_key(owner.id, k2.meta.id, t0).await.unwrap());
     assert!(!keys.revoke_key(owner.id, k2.meta.id, t0).await.unwrap(), "already revoked");
     assert_eq!(keys.find_key(owner.id, k2.meta.id).await.unwrap(), None);
-    assert_eq!(keys.list_keys(owner.id).await.unwrap(), vec![updated]);
+    assert_eq!(keys.list_keys(owner.id).await.unwrap(), vec![updated.clone()]);
+
+    // Administrators' listing: every owner's unrevoked keys in id order, a page at a time.
+    let k3 = key(other.id, "bm_CCCCCCCC", t0);
+    keys.insert_key(k3.clone()).await.unwrap();
+    let all = |user: Option<UserId>, after: Option<ApiKeyId>, limit: u32| {
+        let query = crate::KeyQuery { user_id: user, after, limit };
+        async move { keys.all_keys(&query).await.unwrap() }
+    };
+    let mut expected = vec![updated.clone(), k3.meta.clone()];
+    expected.sort_by_key(|k| k.id.as_uuid());
+    assert_eq!(all(None, None, 10).await, expected, "the revoked key is not listed");
+    assert_eq!(all(None, None, 1).await, expected[..1]);
+    assert_eq!(all(None, Some(expected[0].id), 10).await, expected[1..]);
+    assert_eq!(all(Some(other.id), None, 10).await, vec![k3.meta.clone()]);
     let revoked = keys.find_key_by_prefix("bm_BBBBBBBB").await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(t0));
     assert!(!revoked.meta.is_active);

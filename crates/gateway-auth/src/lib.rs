@@ -49,7 +49,7 @@ pub use error::AuthError;
 pub use mail::MAILS_PER_HOUR;
 pub use memory::InMemoryAuthStore;
 pub use ports::{
-    AdminUserUpdate, KeyRecord, KeyStore, KeyUpdate, Mailer, NewUser, Population, ProfileUpdate,
-    SessionRecord, SessionStore, UserQuery, UserRecord, UserStore,
+    AdminUserUpdate, KeyQuery, KeyRecord, KeyStore, KeyUpdate, Mailer, NewUser, Population,
+    ProfileUpdate, SessionRecord, SessionStore, UserQuery, UserRecord, UserStore,
 };
 pub use verify::{KeyVerifier, Principal, VerifierConfig, VerifyError};

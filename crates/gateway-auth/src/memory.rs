@@ -140,6 +140,8 @@ impl UserStore for InMemoryAuthStore {
             .values()
             .map(|r| r.user.clone())
             .filter(|u| u.email.contains(&query.email_contains))
+            .filter(|u| query.tier.is_none_or(|t| u.tier == t))
+            .filter(|u| query.status.is_none_or(|s| u.status == s))
             .filter(|u| query.after_email.as_ref().is_none_or(|after| &u.email > after))
             .collect();
         found.sort_by(|a, b| a.email.cmp(&b.email));
@@ -172,6 +174,21 @@ impl KeyStore for InMemoryAuthStore {
 
     async fn find_key_by_prefix(&self, prefix: &str) -> Result<Option<KeyRecord>, AuthError> {
         Ok(self.lock().keys.values().find(|k| k.meta.key_prefix == prefix).cloned())
+    }
+
+    async fn all_keys(&self, query: &crate::KeyQuery) -> Result<Vec<ApiKeyMeta>, AuthError> {
+        let mut keys: Vec<ApiKeyMeta> = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.revoked_at.is_none())
+            .filter(|k| query.user_id.is_none_or(|u| k.meta.user_id == u))
+            .filter(|k| query.after.is_none_or(|a| k.meta.id.as_uuid() > a.as_uuid()))
+            .map(|k| k.meta.clone())
+            .collect();
+        keys.sort_by_key(|k| k.id.as_uuid());
+        keys.truncate(query.limit as usize);
+        Ok(keys)
     }
 
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError> {

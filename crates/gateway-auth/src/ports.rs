@@ -76,6 +76,18 @@ pub struct UserQuery {
     pub email_contains: String,
     /// Only emails after this one (the previous page's last).
     pub after_email: Option<String>,
+    pub tier: Option<Tier>,
+    pub status: Option<UserStatus>,
+    pub limit: u32,
+}
+
+/// Which keys an administrator lists: every owner's unrevoked keys (or one owner's), a page
+/// at a time in id order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyQuery {
+    pub user_id: Option<UserId>,
+    /// Only keys after this one (the previous page's last).
+    pub after: Option<ApiKeyId>,
     pub limit: u32,
 }
 
@@ -189,6 +201,8 @@ pub trait KeyStore: Send + Sync {
     async fn find_key_by_prefix(&self, prefix: &str) -> Result<Option<KeyRecord>, AuthError>;
     /// The owner's keys that are not revoked, oldest first.
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError>;
+    /// Unrevoked keys matching `query`, in id order, at most `query.limit`.
+    async fn all_keys(&self, query: &KeyQuery) -> Result<Vec<ApiKeyMeta>, AuthError>;
     /// How many active, unrevoked keys the owner holds.
     async fn count_active_keys(&self, user_id: UserId) -> Result<u32, AuthError>;
     /// One of the owner's unrevoked keys.

@@ -437,6 +437,10 @@ impl KeyVerifier {
                 return Err(VerifyError::Unavailable);
             }
         };
+        if owner.status == UserStatus::Deleted {
+            self.refuse(digest, VerifyError::Revoked, Some(meta.id), Some(owner.id));
+            return Err(VerifyError::Revoked);
+        }
         if owner.status == UserStatus::Suspended {
             self.refuse(digest, VerifyError::Suspended, Some(meta.id), Some(owner.id));
             return Err(VerifyError::Suspended);

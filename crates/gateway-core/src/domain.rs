@@ -58,8 +58,9 @@ string_enum!(
     Role, "role" { User => "user", Admin => "admin" }
 );
 string_enum!(
-    /// A suspended user's sessions and keys stop working at once.
-    UserStatus, "status" { Active => "active", Suspended => "suspended" }
+    /// A suspended user's sessions and keys stop working at once; a deleted user's keys are
+    /// revoked and sessions ended for good, the account kept for its history (soft delete).
+    UserStatus, "status" { Active => "active", Suspended => "suspended", Deleted => "deleted" }
 );
 string_enum!(
     /// Subscription tier: which [`Plan`](crate::Plan) applies to a user.

@@ -57,7 +57,10 @@ fn user_from_row(row: users::Model) -> Result<UserRecord, AuthError> {
         company_name: row.company_name,
         role: row.role.parse::<Role>().map_err(|e| corrupt("users", e))?,
         tier: row.tier.parse::<Tier>().map_err(|e| corrupt("users", e))?,
-        status: row.status.parse::<UserStatus>().map_err(|e| corrupt("users", e))?,
+        status: match row.deleted_at {
+            Some(_) => UserStatus::Deleted,
+            None => row.status.parse::<UserStatus>().map_err(|e| corrupt("users", e))?,
+        },
         credits_micros: row.credits_micros,
         overage_cap_micros: row.overage_cap_micros,
         past_due_after: row.past_due_after,
@@ -142,6 +145,7 @@ impl UserStore for SqlAuthStore {
             subscription_ends_at: Set(None),
             subscription_event_at: Set(None),
             email_unverified: Set(new.email_unverified),
+            deleted_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -226,8 +230,17 @@ impl UserStore for SqlAuthStore {
         if let Some(v) = update.tier {
             cols.push((users::Column::Tier, Expr::value(v.as_str())));
         }
-        if let Some(v) = update.status {
-            cols.push((users::Column::Status, Expr::value(v.as_str())));
+        match update.status {
+            // Deleted is `suspended` with the time of the deletion (the column's CHECK).
+            Some(UserStatus::Deleted) => {
+                cols.push((users::Column::Status, Expr::value(UserStatus::Suspended.as_str())));
+                cols.push((users::Column::DeletedAt, Expr::value(OffsetDateTime::now_utc())));
+            }
+            Some(v) => {
+                cols.push((users::Column::Status, Expr::value(v.as_str())));
+                cols.push((users::Column::DeletedAt, Expr::value(None::<OffsetDateTime>)));
+            }
+            None => {}
         }
         if let Some(v) = update.overage_cap_micros {
             cols.push((users::Column::OverageCapMicros, Expr::value(v)));
@@ -245,6 +258,18 @@ impl UserStore for SqlAuthStore {
             .filter(users::Column::Email.like(LikeExpr::new(format!("%{escaped}%")).escape('\\')));
         if let Some(after) = &query.after_email {
             find = find.filter(users::Column::Email.gt(after.as_str()));
+        }
+        if let Some(tier) = query.tier {
+            find = find.filter(users::Column::Tier.eq(tier.as_str()));
+        }
+        match query.status {
+            Some(UserStatus::Deleted) => find = find.filter(users::Column::DeletedAt.is_not_null()),
+            Some(status) => {
+                find = find
+                    .filter(users::Column::Status.eq(status.as_str()))
+                    .filter(users::Column::DeletedAt.is_null());
+            }
+            None => {}
         }
         find.order_by_asc(users::Column::Email)
             .limit(u64::from(query.limit))
@@ -349,6 +374,25 @@ impl KeyStore for SqlAuthStore {
             .map_err(db_err)?
             .map(key_from_row)
             .transpose()
+    }
+
+    async fn all_keys(&self, query: &gateway_auth::KeyQuery) -> Result<Vec<ApiKeyMeta>, AuthError> {
+        use sea_orm::QuerySelect as _;
+        let mut find = api_keys::Entity::find().filter(api_keys::Column::RevokedAt.is_null());
+        if let Some(user) = query.user_id {
+            find = find.filter(api_keys::Column::UserId.eq(user.as_uuid()));
+        }
+        if let Some(after) = query.after {
+            find = find.filter(api_keys::Column::Id.gt(after.as_uuid()));
+        }
+        find.order_by_asc(api_keys::Column::Id)
+            .limit(u64::from(query.limit))
+            .all(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|row| key_from_row(row).map(|k| k.meta))
+            .collect()
     }
 
     async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKeyMeta>, AuthError> {

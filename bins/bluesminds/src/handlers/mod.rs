@@ -1,6 +1,7 @@
 //! Handlers translate HTTP to domain calls and back; no business rule lives here.
 
 mod admin;
+mod admin_views;
 mod audit;
 mod auth;
 mod billing;
@@ -55,6 +56,10 @@ pub async fn dispatch(
         Route::AdminAudit => audit::admin(app, req, ctx).await,
         Route::UpdateMe => auth::update_me(app, req, ctx).await,
         Route::AdminUpdateUser(id) => auth::admin_update_user(app, req, ctx, id).await,
+        Route::AdminUsers => admin_views::users(app, req, ctx).await,
+        Route::AdminDeleteUser(id) => admin_views::delete_user(app, req, ctx, id).await,
+        Route::AdminKeys => admin_views::keys(app, req, ctx).await,
+        Route::AdminStats => admin_views::stats(app, req, ctx).await,
         Route::AdminListServers => admin::list_servers(app, req, ctx).await,
         Route::AdminCreateServer => admin::create_server(app, req, ctx).await,
         Route::AdminUpdateServer(id) => admin::update_server(app, req, ctx, id).await,

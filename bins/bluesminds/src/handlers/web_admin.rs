@@ -378,18 +378,19 @@ const USERS_PAGE: u32 = 50;
 async fn users_page(app: &App, admin: &User, ctx: Ctx, query: &[(String, String)]) -> Reply {
     let q = form::field(query, "q").map(str::trim).unwrap_or_default();
     let after = form::field(query, "after").filter(|a| !a.is_empty());
-    let (rows, next, error) = match app.accounts.search_users(q, after, USERS_PAGE).await {
-        Ok(found) => {
-            let next = (found.len() == USERS_PAGE as usize)
-                .then(|| found.last().map(|u| u.email.clone()))
-                .flatten();
-            (found.iter().map(user_row).collect(), next, None)
-        }
-        Err(gateway_auth::AuthError::Invalid { message, .. }) => {
-            (Vec::new(), None, Some(format!("The search {message}.")))
-        }
-        Err(e) => return Err(from_auth(ctx.request_id, e)),
-    };
+    let (rows, next, error) =
+        match app.accounts.search_users(q, after, (None, None), USERS_PAGE).await {
+            Ok(found) => {
+                let next = (found.len() == USERS_PAGE as usize)
+                    .then(|| found.last().map(|u| u.email.clone()))
+                    .flatten();
+                (found.iter().map(user_row).collect(), next, None)
+            }
+            Err(gateway_auth::AuthError::Invalid { message, .. }) => {
+                (Vec::new(), None, Some(format!("The search {message}.")))
+            }
+            Err(e) => return Err(from_auth(ctx.request_id, e)),
+        };
     let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     let content = admin::users(&rows, q, next.as_deref(), error.as_deref());
     Ok(page(admin, "Users", status, &content))

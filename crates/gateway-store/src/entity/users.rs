@@ -24,6 +24,8 @@ pub struct Model {
     pub subscription_event_at: Option<i64>,
     /// Signed up under `email.verify_signups` and has not opened the mailed link yet.
     pub email_unverified: bool,
+    /// When an administrator deleted the account (its `status` stays `suspended`).
+    pub deleted_at: Option<TimeDateTimeWithTimeZone>,
     pub created_at: TimeDateTimeWithTimeZone,
     pub updated_at: TimeDateTimeWithTimeZone,
 }

@@ -53,6 +53,11 @@ bench:
 bench-peers:
     bash scripts/bench-peers.sh
 
+# Two settings of one gateway side by side in interleaved rounds, e.g.
+# `AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" just bench-ab`.
+bench-ab:
+    bash scripts/bench-ab.sh
+
 # How fast the dashboard's pages answer with a million usage rows (outside CI; ROWS=, RUNS=).
 page-timings:
     bash scripts/page-timings.sh

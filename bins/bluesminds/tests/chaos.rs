@@ -275,8 +275,9 @@ async fn quota_probe(
     targets: Arc<Targets>,
     key: String,
     stop: Arc<AtomicBool>,
-    admitted: Arc<AtomicU64>,
+    admitted: Arc<Mutex<Vec<String>>>,
     refused: Arc<Mutex<BTreeMap<String, u64>>>,
+    phase: Arc<Mutex<&'static str>>,
 ) {
     let http = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().unwrap();
     let mut i = 0usize;
@@ -284,8 +285,10 @@ async fn quota_probe(
         i += 1;
         let addr = if i.is_multiple_of(2) { targets.b } else { targets.a };
         match one(&http, addr, &key, false).await {
-            Ok(_) => {
-                admitted.fetch_add(1, Ordering::Relaxed);
+            Ok(id) => {
+                let phase = *phase.lock().unwrap();
+                let who = if i.is_multiple_of(2) { "b" } else { "a" };
+                admitted.lock().unwrap().push(format!("{id} at {who} while {phase}"));
             }
             Err((kind, _)) => *refused.lock().unwrap().entry(kind).or_default() += 1,
         }
@@ -361,6 +364,10 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         ("LITELLM_SERVER_1_MODELS".into(), "gpt-4".into()),
         ("BLUESMINDS_LIMITS__INSTANCES".into(), "2".into()),
         ("BLUESMINDS_LIMITS__MIRROR_INTERVAL_MS".into(), "100".into()),
+        // Redis killed is refused at once; what this keeps out is an instance starved of CPU
+        // by the rest of the suite deciding alone that Redis is down while the other still
+        // reaches it: a partial outage, whose quota gap docs/LIMITS.md describes.
+        ("BLUESMINDS_LIMITS__REDIS_TIMEOUT_MS".into(), "1000".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
     let (port_a, port_b) = (free_port(), free_port());
@@ -430,15 +437,18 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
             tokio::spawn(client_loop(n, targets.clone(), key.clone(), stop.clone(), tally.clone()))
         })
         .collect();
-    let spent_let_through = Arc::new(AtomicU64::new(0));
+    let spent_let_through = Arc::new(Mutex::new(Vec::new()));
     let spent_refusals = Arc::new(Mutex::new(BTreeMap::new()));
+    let now = Arc::new(Mutex::new("warming up"));
     let probe = tokio::spawn(quota_probe(
         targets.clone(),
         spent.clone(),
         stop.clone(),
         spent_let_through.clone(),
         spent_refusals.clone(),
+        now.clone(),
     ));
+    let set = |name: &'static str| *now.lock().unwrap() = name;
     let phase = |name: &str, tally: &Tally| {
         eprintln!(
             "chaos: {name:<34} completed {:>6}, errors {:?}",
@@ -453,15 +463,18 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     phase("warm", &tally);
 
     // Redis killed, down 3 s, started again empty.
+    set("redis down");
     redis.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     more_completed(&tally, 100).await;
     phase("redis killed", &tally);
+    set("redis restarting");
     redis.restart().await;
     ready(a.addr).await;
     ready(b.addr).await;
     more_completed(&tally, 500).await;
     phase("redis back", &tally);
+    set("postgres down");
 
     // Postgres stopped for 30 s.
     postgres.down();
@@ -471,6 +484,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     phase("postgres stopped 30 s", &tally);
+    set("postgres restarting");
     postgres.up();
     ready(a.addr).await;
     ready(b.addr).await;
@@ -478,6 +492,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     phase("postgres back", &tally);
 
     // Instance b killed outright, started again on its port and data directory.
+    set("b killed");
     targets.b_down.store(true, Ordering::SeqCst);
     let b_pid = b.pid();
     let st = tokio::process::Command::new("kill")
@@ -494,6 +509,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     b = start(port_b, Some(b_dir)).await;
     ready(b.addr).await;
     targets.b_down.store(false, Ordering::SeqCst);
+    set("b back");
     more_completed(&tally, 500).await;
     phase("instance b killed and back", &tally);
 
@@ -506,8 +522,8 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     }
     probe.await.unwrap();
     a.terminate().await;
-    let (code, stderr) = a.wait().await;
-    assert_eq!(code, Some(0), "{stderr}");
+    let (code, a_log) = a.wait().await;
+    assert_eq!(code, Some(0), "{a_log}");
     b.terminate().await;
     let (code, b_log) = b.wait().await;
     assert_eq!(code, Some(0), "{b_log}");
@@ -557,7 +573,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         rows.len(),
         ok_rows.len(),
         lost.len(),
-        spent_let_through.load(Ordering::Relaxed),
+        spent_let_through.lock().unwrap().len(),
         spent_refusals.lock().unwrap(),
     );
     assert!(
@@ -577,7 +593,18 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         "{unseen} rows for requests no client saw complete, only {cut} were cut"
     );
     assert!(slowest < CLIENT_TIMEOUT);
-    assert_eq!(spent_let_through.load(Ordering::Relaxed), 0, "the spent quota held");
+    let let_through = spent_let_through.lock().unwrap().clone();
+    let warnings = |log: &str| {
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        let_through.is_empty(),
+        "the spent quota let requests through: {let_through:?}\na:\n{}\nb:\n{}",
+        warnings(&a_log),
+        warnings(&b_log)
+    );
     // Memory: the same load, before and after; what the outages queued has been let go (the
     // allocator may keep some pages: 16 MiB of slack).
     assert!(

@@ -12,7 +12,7 @@ use serde_json::json;
 use time::{Date, OffsetDateTime};
 
 use super::session::require_admin;
-use super::usage::{bad, get, params};
+use super::usage::{bad, get, page_limit, params};
 use crate::app::App;
 use crate::errors::{from_auth, internal};
 use crate::http::{ResBody, json};
@@ -25,14 +25,7 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_DAYS: i64 = 92;
 
 fn limit(p: &[(&str, String)]) -> Result<u32, ApiError> {
-    match get(p, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| bad("limit", "a whole number from 1 to 100")),
-    }
+    page_limit(p, DEFAULT_LIMIT, 100)
 }
 
 fn parsed<T: std::str::FromStr>(

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::session::{require_admin, require_user};
-use super::usage::{bad, get, params};
+use super::usage::{bad, get, page_limit, params};
 use crate::app::App;
 use crate::errors::internal;
 use crate::http::{ResBody, json};
@@ -23,14 +23,7 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 
 fn limit(p: &[(&str, String)]) -> Result<u32, ApiError> {
-    match get(p, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| bad("limit", "a whole number from 1 to 200")),
-    }
+    page_limit(p, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 fn cursor(p: &[(&str, String)]) -> Result<Option<uuid::Uuid>, ApiError> {

@@ -53,6 +53,18 @@ pub(super) fn get<'p>(params: &'p [(&str, String)], name: &str) -> Option<&'p st
     params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
 }
 
+/// The `limit` parameter of a paged list: `default` when absent, else 1 to `max`.
+pub(super) fn page_limit(p: &[(&str, String)], default: u32, max: u32) -> Result<u32, ApiError> {
+    match get(p, "limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad("limit", &format!("a whole number from 1 to {max}"))),
+    }
+}
+
 pub(super) fn bad(param: &'static str, message: &str) -> ApiError {
     ApiError::invalid_param(param, format!("Invalid '{param}': {message}."))
 }

@@ -112,6 +112,7 @@ start_gateway() { # name, extra environment assignments... (BIND: another addres
     JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" \
     BLUESMINDS_REDIS__KEY_PREFIX="$PREFIX" BLUESMINDS_BIND="$addr" \
     BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 BLUESMINDS_AUTH__KEY_BCRYPT_COST=4 \
+    BLUESMINDS_USAGE__SPILL_PATH="$OUT/usage-spill-$name.jsonl" \
     LITELLM_SERVER_1_URL="http://$MOCK_ADDR" LITELLM_SERVER_1_MODELS="gpt-4" \
     "$@" "$BIN"/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
   GW_PID=$!

@@ -211,16 +211,19 @@ impl App {
         );
         let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
         let usage_queries: Arc<dyn UsageQueries> = usage_store.clone();
-        let usage = Arc::new(UsageWriter::start(
-            usage_store,
-            WriterConfig {
-                capacity: config.usage.queue_capacity,
-                batch_size: config.usage.batch_size,
-                flush_every: Duration::from_millis(config.usage.flush_interval_ms),
-                journal: config.usage.journal,
-                ..WriterConfig::new(config.usage_spill_path())
-            },
-        ));
+        let usage = Arc::new(
+            UsageWriter::start(
+                usage_store,
+                WriterConfig {
+                    capacity: config.usage.queue_capacity,
+                    batch_size: config.usage.batch_size,
+                    flush_every: Duration::from_millis(config.usage.flush_interval_ms),
+                    journal: config.usage.journal,
+                    ..WriterConfig::new(config.usage_spill_path())
+                },
+            )
+            .context("cannot start the usage writer")?,
+        );
         let prices = Arc::new(Prices::new(
             Arc::new(SqlPriceStore::new(store.clone())),
             config.billing.default_price(),

@@ -52,7 +52,7 @@ fn main() {
                     }
                 })
                 .collect();
-            let writer = UsageWriter::start(store, config);
+            let writer = UsageWriter::start(store, config).expect("the spill file is free");
             let cpu_before = postgres_cpu_ticks();
             let started = Instant::now();
             for r in records {

@@ -322,7 +322,7 @@ async fn a_record_the_database_refuses_is_quarantined_and_its_batch_written() {
         // One batch of all 50 records (none is flushed early).
         config.batch_size = 50;
         config.flush_every = std::time::Duration::from_hours(1);
-        let writer = UsageWriter::start(store.clone(), config);
+        let writer = UsageWriter::start(store.clone(), config).unwrap();
         let good: Vec<_> = (0..49).map(|_| UsageRecord::example()).collect();
         for r in &good[..20] {
             writer.record(r.clone());

@@ -24,7 +24,8 @@
 //!
 //! let store = Arc::new(InMemoryUsageStore::default());
 //! let dir = tempfile::tempdir().unwrap();
-//! let writer = UsageWriter::start(store.clone(), WriterConfig::new(dir.path().join("spill.jsonl")));
+//! let writer =
+//!     UsageWriter::start(store.clone(), WriterConfig::new(dir.path().join("spill.jsonl"))).unwrap();
 //! writer.record(UsageRecord::example());
 //! writer.shutdown().await;
 //! assert_eq!(store.len(), 1);

@@ -203,12 +203,31 @@ pub struct UsageWriter {
     quarantine_path: PathBuf,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// `<spill file>.lock`, locked while this writer owns the spill file and the journal.
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Locks `<spill>.lock` for this process: two gateways on one spill file would replay each
+/// other's spill and take each other's live journal segments for leftovers.
+fn lock_spill(spill: &Path) -> std::io::Result<std::fs::File> {
+    let mut path = spill.as_os_str().to_owned();
+    path.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+            "another running gateway uses the usage spill file {} (usage.spill_path): give each instance its own",
+            spill.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 impl UsageWriter {
     /// Starts the writer task (replaying any spill file, and any journal, left by an earlier
-    /// run).
-    pub fn start(store: Arc<dyn UsageStore>, config: WriterConfig) -> Self {
+    /// run). Fails if another process's writer holds the same spill file.
+    pub fn start(store: Arc<dyn UsageStore>, config: WriterConfig) -> std::io::Result<Self> {
+        let lock = lock_spill(&config.spill_path)?;
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let spill = Arc::new(Spill { path: config.spill_path.clone(), file: Mutex::default() });
@@ -229,7 +248,7 @@ impl UsageWriter {
             full.clone(),
             journal.clone(),
         ));
-        Self {
+        Ok(Self {
             tx,
             journal,
             full,
@@ -239,7 +258,8 @@ impl UsageWriter {
             quarantine_path,
             stop,
             task: Mutex::new(Some(task)),
-        }
+            lock: Mutex::new(Some(lock)),
+        })
     }
 
     /// Where records the database refused are kept.
@@ -292,6 +312,8 @@ impl UsageWriter {
         if let Some(task) = task {
             let _ = task.await;
         }
+        // Everything is persisted: the next writer on this spill file may start.
+        drop(self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     }
 }
 
@@ -561,7 +583,7 @@ mod tests {
         config.capacity = capacity;
         config.flush_every = Duration::from_millis(5);
         config.attempts = 2;
-        UsageWriter::start(store.clone(), config)
+        UsageWriter::start(store.clone(), config).unwrap()
     }
 
     #[tokio::test]
@@ -676,7 +698,7 @@ mod tests {
         let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
         config.flush_every = Duration::from_millis(5);
         config.attempts = u32::MAX; // retried, never spilled: held in memory only
-        let w = UsageWriter::start(store.clone(), config);
+        let w = UsageWriter::start(store.clone(), config).unwrap();
         let records: Vec<_> = (0..10).map(|_| UsageRecord::example()).collect();
         for r in &records {
             w.record(r.clone());
@@ -717,6 +739,19 @@ mod tests {
         assert!(!dir.path().join("spill.jsonl").exists());
     }
 
+    #[tokio::test]
+    async fn a_spill_file_has_one_writer_at_a_time() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let first = writer(&store, &dir, 10);
+        let config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        let refused = UsageWriter::start(store.clone(), config.clone()).unwrap_err();
+        assert!(refused.to_string().contains("usage.spill_path"), "{refused}");
+        first.shutdown().await;
+        let second = UsageWriter::start(store.clone(), config).expect("free again");
+        second.shutdown().await;
+    }
+
     fn poisoned() -> UsageRecord {
         let mut r = UsageRecord::example();
         r.model = "gpt-4\0".into();
@@ -730,7 +765,7 @@ mod tests {
         let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
         config.batch_size = 256;
         config.flush_every = Duration::from_hours(1);
-        let w = UsageWriter::start(store.clone(), config);
+        let w = UsageWriter::start(store.clone(), config).unwrap();
         let bad = poisoned();
         let good: Vec<_> = (0..255).map(|_| UsageRecord::example()).collect();
         for r in &good[..100] {

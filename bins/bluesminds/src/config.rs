@@ -602,6 +602,23 @@ impl ConfigError {
     }
 }
 
+/// Environment names taken as they are (the original product's among them), and the key each
+/// sets; everything else is `BLUESMINDS_<SECTION>__<KEY>`.
+const WELL_KNOWN_ENV: [(&str, &str); 12] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("API_KEY_SECRET", "auth.api_key_secret"),
+    ("BLUESMINDS_BIND", "server.bind"),
+    ("BLUESMINDS_PUBLIC_URL", "server.public_url"),
+    ("SMTP_URL", "email.smtp_url"),
+    ("EMAIL_FROM", "email.from"),
+    ("DEFAULT_RATE_LIMIT_RPM", "billing.free_tier.rate_limit_rpm"),
+    ("DEFAULT_RATE_LIMIT_TPM", "billing.free_tier.rate_limit_tpm"),
+    ("DEFAULT_QUOTA_DAILY", "billing.free_tier.quota_daily"),
+    ("DEFAULT_QUOTA_MONTHLY", "billing.free_tier.quota_monthly"),
+];
+
 impl Config {
     /// Layers defaults, the TOML file and the environment. `path` is `--config`: when given,
     /// the file must exist; otherwise `bluesminds.toml` in the working directory is read if
@@ -618,35 +635,10 @@ impl Config {
             }
             None => {}
         }
+        for (var, key) in WELL_KNOWN_ENV {
+            figment = figment.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+        }
         Ok(figment
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
-            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
-            .merge(Env::raw().only(&["JWT_SECRET"]).map(|_| "auth.jwt_secret".into()))
-            .merge(Env::raw().only(&["API_KEY_SECRET"]).map(|_| "auth.api_key_secret".into()))
-            .merge(Env::raw().only(&["BLUESMINDS_BIND"]).map(|_| "server.bind".into()))
-            .merge(Env::raw().only(&["BLUESMINDS_PUBLIC_URL"]).map(|_| "server.public_url".into()))
-            .merge(Env::raw().only(&["SMTP_URL"]).map(|_| "email.smtp_url".into()))
-            .merge(Env::raw().only(&["EMAIL_FROM"]).map(|_| "email.from".into()))
-            .merge(
-                Env::raw()
-                    .only(&["DEFAULT_RATE_LIMIT_RPM"])
-                    .map(|_| "billing.free_tier.rate_limit_rpm".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["DEFAULT_RATE_LIMIT_TPM"])
-                    .map(|_| "billing.free_tier.rate_limit_tpm".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["DEFAULT_QUOTA_DAILY"])
-                    .map(|_| "billing.free_tier.quota_daily".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["DEFAULT_QUOTA_MONTHLY"])
-                    .map(|_| "billing.free_tier.quota_monthly".into()),
-            )
             .merge(Env::prefixed("BLUESMINDS_").filter(|k| k.as_str().contains("__")).split("__")))
     }
 

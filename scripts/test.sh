@@ -4,9 +4,11 @@
 # TEST_DATABASE_URL and TEST_REDIS_URL, and fails loudly if either is unreachable (and a
 # three-master Redis Cluster on loopback for TEST_REDIS_CLUSTER_URL, and HAProxy for the
 # rolling-restart test); then the
-# checks of deploy/ (scripts/check-deploy.sh: promtool, Kubernetes and compose schemas) and the dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
-# packages). Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p
-# gateway-proxy`), without the browser suite.
+# checks of deploy/ (scripts/check-deploy.sh: promtool, Kubernetes and compose schemas), the
+# dashboard's browser suite (scripts/browser-suite.sh: headless Chromium from Debian's
+# packages) and the SDK suite (scripts/sdk-suite.sh: OpenAI's and Anthropic's Python SDKs).
+# Extra arguments go to `cargo test` alone (e.g. `bash scripts/test.sh -p gateway-proxy`),
+# without the browser and SDK suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +34,4 @@ log "chaos under load (bins/bluesminds/tests/chaos.rs)"
 cargo test --locked -p bluesminds --test chaos -- --nocapture
 bash scripts/check-deploy.sh
 bash scripts/browser-suite.sh
+bash scripts/sdk-suite.sh

@@ -34,6 +34,8 @@ mod m20261206_000003_audit_log;
 mod m20261206_000004_password_resets;
 mod m20261206_000005_email_verification;
 mod m20261207_000001_user_deleted_at;
+mod m20261207_000002_new_endpoint_scopes;
+mod m20261207_000003_cache_write_price;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -60,6 +62,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000004_password_resets::Migration),
             Box::new(m20261206_000005_email_verification::Migration),
             Box::new(m20261207_000001_user_deleted_at::Migration),
+            Box::new(m20261207_000002_new_endpoint_scopes::Migration),
+            Box::new(m20261207_000003_cache_write_price::Migration),
         ]
     }
 }

@@ -26,6 +26,9 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody>
     match (req.method(), path) {
         (&Method::POST, "/chat/completions") => with_body(state, req, chat).await,
         (&Method::POST, "/embeddings") => with_body(state, req, embeddings).await,
+        (&Method::POST, "/completions") => with_body(state, req, crate::apis::completions).await,
+        (&Method::POST, "/responses") => with_body(state, req, crate::apis::responses).await,
+        (&Method::POST, "/messages") => with_body(state, req, crate::apis::messages).await,
         (&Method::GET, "/models") => {
             state.stats.probes.fetch_add(1, Ordering::Relaxed);
             json_response(StatusCode::OK, state.models_json.clone())
@@ -80,17 +83,73 @@ async fn with_body(
 }
 
 #[derive(Deserialize, Default)]
-struct Directive {
-    fail: Option<String>,
-    status: Option<u16>,
+pub(crate) struct Directive {
+    pub fail: Option<String>,
+    pub status: Option<u16>,
     /// Never send usage, whatever the request asked (streams and whole answers).
-    omit_usage: Option<bool>,
-    chunk_delay_ms: Option<u64>,
+    pub omit_usage: Option<bool>,
+    pub chunk_delay_ms: Option<u64>,
     /// What the answer generates: `content` (default), `tool_calls` (the words as a tool
     /// call's arguments) or `reasoning` (as `reasoning_content`, then one word of content).
-    shape: Option<String>,
+    pub shape: Option<String>,
     /// Completion length when set, whatever `max_tokens` says.
-    tokens: Option<u64>,
+    pub tokens: Option<u64>,
+    /// Anthropic answers: prompt tokens read from and written to the prompt cache.
+    pub cache_read: Option<u64>,
+    pub cache_write: Option<u64>,
+}
+
+impl Directive {
+    /// The answer an injected failure gives instead of the real one: `Some(None)` hangs.
+    pub(crate) fn failure(&self, anthropic: bool) -> Option<Option<Response<MockBody>>> {
+        match self.fail.as_deref() {
+            Some("status") => {
+                let status = StatusCode::from_u16(self.status.unwrap_or(500))
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                Some(Some(if anthropic {
+                    anthropic_error(status, "mock: injected failure")
+                } else {
+                    error(status, "mock: injected failure")
+                }))
+            }
+            Some("hang") => Some(None),
+            _ => None,
+        }
+    }
+
+    /// The completion's length: the directive's, else the request's limit, else the default.
+    pub(crate) fn completion_tokens(&self, requested: Option<u64>) -> u64 {
+        self.tokens.or(requested).unwrap_or(DEFAULT_COMPLETION_TOKENS).clamp(1, 65_536)
+    }
+}
+
+/// The mock's words, one token each.
+pub(crate) fn words(n: u64) -> impl Iterator<Item = &'static str> {
+    (0..n as usize).map(|i| WORDS[i % WORDS.len()])
+}
+
+/// A streamed answer of `events`, spaced as the directive or the mock's config says, failing
+/// after three events when the directive asks for a mid-stream failure.
+pub(crate) fn sse_response(
+    state: &State,
+    events: Vec<Bytes>,
+    directive: &Directive,
+) -> Response<MockBody> {
+    let fail_after = (directive.fail.as_deref() == Some("midstream")).then_some(3);
+    let mut delay =
+        directive.chunk_delay_ms.map_or(state.config.chunk_delay, Duration::from_millis);
+    if fail_after.is_some() {
+        // Space the chunks so the head and the first chunks are on the wire before the
+        // failure: it must happen mid-stream, not before the first byte.
+        delay = delay.max(Duration::from_millis(20));
+    }
+    let body = SseBody::new(events, delay, fail_after, state.stats.clone());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(MockBody::Sse(body))
+        .unwrap_or_else(|_| Response::new(MockBody::Full(None)))
 }
 
 #[derive(Deserialize)]
@@ -122,7 +181,7 @@ pub fn tokens_for_bytes(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4).max(1)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -150,7 +209,7 @@ fn depth_of(json: &[u8]) -> usize {
 
 /// Reads a body as a Python upstream (LiteLLM under uvicorn) does: of a duplicated key the
 /// last copy wins, and a body its parser gives up on (too deep, not JSON) is a 500, not a 400.
-fn parse_like_python<'a, T: Deserialize<'a>>(
+pub(crate) fn parse_like_python<'a, T: Deserialize<'a>>(
     body: &'a [u8],
     normalized: &'a mut String,
 ) -> Result<T, Box<Response<MockBody>>> {
@@ -184,25 +243,15 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
         Err(response) => return Some(*response),
     };
     let directive = req.mock.unwrap_or_default();
-    match directive.fail.as_deref() {
-        Some("status") => {
-            let status = StatusCode::from_u16(directive.status.unwrap_or(500))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Some(error(status, "mock: injected failure"));
-        }
-        Some("hang") => return None,
-        _ => {}
+    if let Some(failure) = directive.failure(false) {
+        return failure;
     }
     let model = req.model.as_deref().unwrap_or("mock");
     let prompt_bytes: usize =
         req.messages.iter().filter_map(|m| m.content).map(|c| c.get().len()).sum();
     let prompt_tokens = tokens_for_bytes(prompt_bytes);
-    let completion_tokens = directive
-        .tokens
-        .or(req.max_completion_tokens)
-        .or(req.max_tokens)
-        .unwrap_or(DEFAULT_COMPLETION_TOKENS)
-        .clamp(1, 65_536);
+    let completion_tokens =
+        directive.completion_tokens(req.max_completion_tokens.or(req.max_tokens));
     let omit_usage = directive.omit_usage == Some(true);
     let shape = directive.shape.as_deref().unwrap_or("content");
     let usage = json!({
@@ -212,7 +261,7 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
     });
     let id = format!("chatcmpl-mock-{n}");
     let created = unix_now();
-    let words = (0..completion_tokens as usize).map(|i| WORDS[i % WORDS.len()]);
+    let words = words(completion_tokens);
 
     if req.stream != Some(true) {
         let text = words.collect::<Vec<_>>().join(" ");
@@ -274,22 +323,7 @@ fn chat(state: &State, body: &[u8], n: u64) -> Option<Response<MockBody>> {
         events.push(Bytes::from(format!("data: {c}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let fail_after = (directive.fail.as_deref() == Some("midstream")).then_some(3);
-    let mut delay =
-        directive.chunk_delay_ms.map_or(state.config.chunk_delay, Duration::from_millis);
-    if fail_after.is_some() {
-        // Space the chunks so the head and the first chunks are on the wire before the
-        // failure: it must happen mid-stream, not before the first byte.
-        delay = delay.max(Duration::from_millis(20));
-    }
-    let body = SseBody::new(events, delay, fail_after, state.stats.clone());
-    let response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(MockBody::Sse(body))
-        .unwrap_or_else(|_| Response::new(MockBody::Full(None)));
-    Some(response)
+    Some(sse_response(state, events, &directive))
 }
 
 #[derive(Deserialize)]
@@ -338,7 +372,7 @@ pub fn models_json(models: &[String]) -> Bytes {
     Bytes::from(json!({"object": "list", "data": data}).to_string())
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response<MockBody> {
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<MockBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -346,8 +380,14 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<MockBody> {
         .unwrap_or_else(|_| Response::new(MockBody::Full(None)))
 }
 
-fn error(status: StatusCode, message: &str) -> Response<MockBody> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<MockBody> {
     let body =
         json!({"error": {"message": message, "type": "mock_error", "param": null, "code": null}});
+    json_response(status, Bytes::from(body.to_string()))
+}
+
+/// An error in Anthropic's shape, as an upstream serving `/v1/messages` answers.
+pub(crate) fn anthropic_error(status: StatusCode, message: &str) -> Response<MockBody> {
+    let body = json!({"type": "error", "error": {"type": "api_error", "message": message}});
     json_response(status, Bytes::from(body.to_string()))
 }

@@ -1,8 +1,9 @@
 //! A fast, deterministic OpenAI-compatible upstream for tests, the demo and benchmarks.
 //!
-//! It answers `POST /v1/chat/completions` (plain and SSE, honouring
-//! `stream_options.include_usage`), `POST /v1/embeddings`, `GET /v1/models`, and LiteLLM's
-//! health probes. Answers depend only on the request, so a test can predict every token:
+//! It answers `POST /v1/chat/completions` and `POST /v1/completions` (plain and SSE, honouring
+//! `stream_options.include_usage`), `POST /v1/responses` (OpenAI's Responses API) and
+//! `POST /v1/messages` (Anthropic's Messages API), plain and streamed in their own event
+//! shapes, `POST /v1/embeddings`, `GET /v1/models`, and LiteLLM's health probes. Answers depend only on the request, so a test can predict every token:
 //! prompt tokens are `ceil(bytes of message contents / 4)` (at least 1), the completion is
 //! `max_tokens` words (default 16) of a fixed sentence, one token per word, one SSE chunk per
 //! word.
@@ -14,6 +15,7 @@
 //! true}}` (no usage chunk even when asked), `{"mock": {"chunk_delay_ms": 20}}`.
 //! `GET /mock/stats` reports what the mock saw.
 
+mod apis;
 mod body;
 pub mod creem;
 mod handlers;

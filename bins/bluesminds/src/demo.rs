@@ -49,10 +49,7 @@ pub async fn run(
         .context("cannot create the demo user")?;
     let issued = app
         .accounts
-        .create_key(
-            user.id,
-            NewKey::named("demo", vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models]),
-        )
+        .create_key(user.id, NewKey::named("demo", Scope::ALL.to_vec()))
         .await
         .context("cannot create the demo API key")?;
     let listener = tokio::net::TcpListener::bind(&bind)

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gateway_core::{ApiError, ErrorKind};
+use gateway_core::{ApiError, ErrorKind, ErrorShape};
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -129,7 +129,12 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 
 /// Turns an error into its HTTP response: status, OpenAI body, `Retry-After` where it applies.
 pub fn error_response(err: &ApiError) -> Response<ResBody> {
-    let mut res = json_bytes(status_of(err.kind), err.to_json());
+    error_response_in(ErrorShape::OpenAi, err)
+}
+
+/// [`error_response`] with the body in `shape` (Anthropic's on its routes).
+pub fn error_response_in(shape: ErrorShape, err: &ApiError) -> Response<ResBody> {
+    let mut res = json_bytes(status_of(err.kind), err.to_json_in(shape));
     if let Some(secs) = err.retry_after_secs {
         res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }

@@ -1,6 +1,8 @@
 //! The router: path segments matched against a table of resources, each with its methods.
 //! No allocation: segments and path parameters are borrowed from the request path.
 
+use gateway_core::ErrorShape;
+use gateway_proxy::request::Endpoint;
 use http::Method;
 
 /// Every endpoint the gateway serves. Path parameters are borrowed from the request path.
@@ -94,8 +96,8 @@ pub enum Route<'a> {
     AdminRevokeCode(&'a str),
     BillingPortal,
     BillingWebhook,
-    ChatCompletions,
-    Embeddings,
+    /// A gateway endpoint: the request goes through the pipeline to an upstream.
+    Forward(Endpoint),
 }
 
 impl Route<'_> {
@@ -332,12 +334,32 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
             pick(m, "GET, HEAD", &[(Method::GET, Route::Models)])
         }
         ["api", "v1", "chat", "completions"] | ["v1", "chat", "completions"] => {
-            pick(m, "POST", &[(Method::POST, Route::ChatCompletions)])
+            pick(m, "POST", &[(Method::POST, Route::Forward(Endpoint::ChatCompletions))])
+        }
+        ["api", "v1", "completions"] | ["v1", "completions"] => {
+            pick(m, "POST", &[(Method::POST, Route::Forward(Endpoint::Completions))])
         }
         ["api", "v1", "embeddings"] | ["v1", "embeddings"] => {
-            pick(m, "POST", &[(Method::POST, Route::Embeddings)])
+            pick(m, "POST", &[(Method::POST, Route::Forward(Endpoint::Embeddings))])
+        }
+        ["api", "v1", "responses"] | ["v1", "responses"] => {
+            pick(m, "POST", &[(Method::POST, Route::Forward(Endpoint::Responses))])
+        }
+        ["api", "v1", "messages"] | ["v1", "messages"] => {
+            pick(m, "POST", &[(Method::POST, Route::Forward(Endpoint::Messages))])
         }
         _ => Routed::NotFound,
+    }
+}
+
+/// The error body a path answers with: Anthropic's under its Messages routes (`/v1/messages`,
+/// `/api/v1/messages` and below, so that an Anthropic SDK reads every error there, a 404 or a
+/// 405 included), OpenAI's everywhere else.
+pub fn error_shape(path: &str) -> ErrorShape {
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    match path.strip_prefix("/v1/messages") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => ErrorShape::Anthropic,
+        _ => ErrorShape::OpenAi,
     }
 }
 
@@ -380,13 +402,37 @@ mod tests {
         assert_eq!(route(&Method::GET, "/api/v1/models"), Routed::Found(Route::Models));
         assert_eq!(
             route(&Method::POST, "/v1/chat/completions"),
-            Routed::Found(Route::ChatCompletions)
+            Routed::Found(Route::Forward(Endpoint::ChatCompletions))
         );
-        assert_eq!(route(&Method::POST, "/api/v1/embeddings/"), Routed::Found(Route::Embeddings));
+        assert_eq!(
+            route(&Method::POST, "/api/v1/embeddings/"),
+            Routed::Found(Route::Forward(Endpoint::Embeddings))
+        );
+        for (path, endpoint) in [
+            ("/v1/completions", Endpoint::Completions),
+            ("/api/v1/completions", Endpoint::Completions),
+            ("/v1/responses", Endpoint::Responses),
+            ("/api/v1/responses", Endpoint::Responses),
+            ("/v1/messages", Endpoint::Messages),
+            ("/api/v1/messages/", Endpoint::Messages),
+        ] {
+            assert_eq!(route(&Method::POST, path), Routed::Found(Route::Forward(endpoint)));
+        }
+        assert_eq!(route(&Method::GET, "/v1/messages"), Routed::MethodNotAllowed("POST"));
         assert_eq!(
             route(&Method::GET, "/api/v1/chat/completions"),
             Routed::MethodNotAllowed("POST")
         );
+    }
+
+    #[test]
+    fn the_messages_routes_answer_errors_in_anthropics_shape() {
+        for path in ["/v1/messages", "/api/v1/messages", "/v1/messages/", "/v1/messages/batches"] {
+            assert_eq!(error_shape(path), ErrorShape::Anthropic, "{path}");
+        }
+        for path in ["/v1/messagesx", "/v1/chat/completions", "/api/v1/responses", "/messages"] {
+            assert_eq!(error_shape(path), ErrorShape::OpenAi, "{path}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::app::App;
 use crate::audit;
 use crate::handlers;
-use crate::http::{Guarded, ResBody, error_response};
+use crate::http::{Guarded, ResBody, error_response_in};
 use crate::router::{self, Routed};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -110,6 +110,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
     // The route borrows the path while the handler consumes the request; cloning a `Uri` only
     // bumps reference counts.
     let uri = req.uri().clone();
+    let shape = router::error_shape(uri.path());
     let (res, permit) = match router::route(req.method(), uri.path()) {
         Routed::Found(route) => {
             let permit = if route.is_ops() {
@@ -120,7 +121,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
                     Err(_) => {
                         tracing::warn!(request_id = %ctx.request_id, "in-flight cap reached: shedding");
                         app.metrics.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return finish(error_response(&ApiError::overloaded()), None, ctx, tls);
+                        return finish(
+                            error_response_in(shape, &ApiError::overloaded()),
+                            None,
+                            ctx,
+                            tls,
+                        );
                     }
                 }
             };
@@ -139,7 +145,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
                 ErrorKind::MethodNotAllowed,
                 format!("Method {} is not allowed here; use {allow}.", req.method()),
             );
-            let mut res = error_response(&err);
+            let mut res = error_response_in(shape, &err);
             res.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             (res, None)
         }
@@ -148,7 +154,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::SocketAdd
                 ErrorKind::NotFound,
                 format!("Unknown request URL: {} {}.", req.method(), req.uri().path()),
             );
-            (error_response(&err), None)
+            (error_response_in(shape, &err), None)
         }
     };
     finish(res, permit, ctx, tls)

@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect};
+use gateway_proxy::request::{Dialect, Endpoint, RequestRules, forward_body, inspect};
 use gateway_proxy::sse::SseTap;
 
 /// xorshift64*: small, fast, reproducible.
@@ -195,8 +195,8 @@ fn fuzz(target: &str, check: impl Fn(&[u8], &mut Rng) + std::panic::RefUnwindSaf
 }
 
 /// Feeds `data` to a tap in random chunks; returns what it relayed.
-fn relay(data: &[u8], strip: bool, rng: &mut Rng) -> (Vec<u8>, SseTap) {
-    let mut tap = SseTap::new(strip);
+fn relay(data: &[u8], dialect: Dialect, strip: bool, rng: &mut Rng) -> (Vec<u8>, SseTap) {
+    let mut tap = SseTap::new(dialect, strip);
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
@@ -216,9 +216,9 @@ fn relay(data: &[u8], strip: bool, rng: &mut Rng) -> (Vec<u8>, SseTap) {
 #[test]
 fn the_sse_tap_relays_what_it_does_not_strip_byte_for_byte() {
     fuzz("sse", |data, rng| {
-        let (kept, _) = relay(data, false, rng);
+        let (kept, _) = relay(data, Dialect::OpenAi, false, rng);
         assert_eq!(kept, data, "a stream relayed without stripping is unchanged");
-        let (stripped, tap) = relay(data, true, rng);
+        let (stripped, tap) = relay(data, Dialect::OpenAi, true, rng);
         if tap.usage().is_none() {
             assert_eq!(stripped, data, "nothing to strip: unchanged");
         }
@@ -226,6 +226,11 @@ fn the_sse_tap_relays_what_it_does_not_strip_byte_for_byte() {
             stripped.len() <= data.len() + 64 * tap.events(),
             "stripping never grows a stream much"
         );
+        // Responses and Anthropic streams are never rewritten, whatever they hold.
+        for dialect in [Dialect::Responses, Dialect::Anthropic] {
+            let (kept, _) = relay(data, dialect, true, rng);
+            assert_eq!(kept, data, "{dialect:?} streams are relayed unchanged");
+        }
     });
 }
 
@@ -233,7 +238,13 @@ fn the_sse_tap_relays_what_it_does_not_strip_byte_for_byte() {
 fn request_inspection_refuses_or_forwards_valid_json() {
     let rules = RequestRules::default();
     fuzz("request", |data, _| {
-        for endpoint in [Endpoint::ChatCompletions, Endpoint::Embeddings] {
+        for endpoint in [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Responses,
+            Endpoint::Messages,
+        ] {
             let Ok(view) = inspect(data, endpoint, &rules) else { continue };
             if let Ok(body) = forward_body(Bytes::copy_from_slice(data), &view) {
                 // What an upstream's parser (Python's `json`) takes: UTF-8 text, JSON's grammar
@@ -256,7 +267,11 @@ fn usage_extraction_reads_any_answer_without_failing() {
         if let Ok(Some(usage)) = gateway_proxy::estimate::read_answer(data, &mut tally) {
             let _ = format!("{usage:?}");
         }
-        let _ = gateway_proxy::estimate::completion_of_answer(data);
+        for dialect in [Dialect::OpenAi, Dialect::Responses, Dialect::Anthropic] {
+            let _ = gateway_proxy::estimate::read_whole(dialect, data, &mut tally);
+            let _ = gateway_proxy::estimate::usage_of_answer(dialect, data);
+            let _ = gateway_proxy::estimate::completion_of_answer(dialect, data);
+        }
     });
 }
 

@@ -13,7 +13,7 @@
 //! use gateway_billing::{PriceBook, Tokens};
 //!
 //! let book = PriceBook::seeded();
-//! let t = Tokens { prompt: 1000, cached_prompt: 0, completion: 500 };
+//! let t = Tokens { prompt: 1000, completion: 500, ..Tokens::default() };
 //! // gpt-4: $0.03 per 1K prompt tokens, $0.06 per 1K completion tokens.
 //! assert_eq!(book.cost("gpt-4", time::OffsetDateTime::now_utc(), t), 60_000);
 //! ```

@@ -1,6 +1,7 @@
 //! Prices from LiteLLM's `model_prices_and_context_window.json` (shipped in the `litellm`
 //! package): an object keyed by model name whose entries state dollars per token
-//! (`input_cost_per_token`, `output_cost_per_token`, `cache_read_input_token_cost`). Entries
+//! (`input_cost_per_token`, `output_cost_per_token`, `cache_read_input_token_cost`,
+//! `cache_creation_input_token_cost`). Entries
 //! without both input and output prices (images, audio, the `sample_spec` example) are skipped
 //! and counted.
 
@@ -33,6 +34,7 @@ struct Entry {
     input_cost_per_token: Option<f64>,
     output_cost_per_token: Option<f64>,
     cache_read_input_token_cost: Option<f64>,
+    cache_creation_input_token_cost: Option<f64>,
 }
 
 /// Dollars per token as micro-dollars per million tokens (× 10¹²), rounded to the nearest.
@@ -70,6 +72,10 @@ pub fn parse(json: &[u8]) -> Result<Imported, ImportError> {
                 .cache_read_input_token_cost
                 .map(|c| per_million(&model, "cache_read_input_token_cost", c))
                 .transpose()?,
+            cache_write_input: entry
+                .cache_creation_input_token_cost
+                .map(|c| per_million(&model, "cache_creation_input_token_cost", c))
+                .transpose()?,
         };
         out.prices.push((model, price));
     }
@@ -91,6 +97,9 @@ mod tests {
                        "cache_read_input_token_cost": 1.25e-06, "litellm_provider": "openai",
                        "mode": "chat", "max_tokens": 16384},
             "gemini-1.5-flash": {"input_cost_per_token": 7.5e-08, "output_cost_per_token": 3e-07},
+            "claude-sonnet-4": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+                       "cache_creation_input_token_cost": 3.75e-06,
+                       "cache_read_input_token_cost": 3e-07, "litellm_provider": "anthropic"},
             "dall-e-3": {"input_cost_per_pixel": 1e-08, "mode": "image_generation"},
             "odd": "not an object"
         }"#;
@@ -98,10 +107,19 @@ mod tests {
         assert_eq!(
             got.prices,
             vec![
+                (
+                    "claude-sonnet-4".into(),
+                    Price {
+                        input: 3_000_000,
+                        output: 15_000_000,
+                        cached_input: Some(300_000),
+                        cache_write_input: Some(3_750_000),
+                    }
+                ),
                 ("gemini-1.5-flash".into(), Price::new(75_000, 300_000)),
                 (
                     "gpt-4o".into(),
-                    Price { input: 2_500_000, output: 10_000_000, cached_input: Some(1_250_000) }
+                    Price { cached_input: Some(1_250_000), ..Price::new(2_500_000, 10_000_000) }
                 ),
             ]
         );

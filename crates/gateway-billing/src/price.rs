@@ -5,10 +5,12 @@
 //! cost of requests made before it. A model without a price is charged the default price.
 //!
 //! **Rounding, stated once:** a request's cost is the exact sum
-//! `uncached prompt × input + cached prompt × cached input + completion × output` (tokens ×
-//! micro-dollars per million), divided by one million and rounded to the nearest micro-dollar,
-//! halves up, once per request. Cached prompt tokens are charged the cached-input price when the
-//! model has one, the input price otherwise; reasoning tokens are completion tokens.
+//! `uncached prompt × input + cached prompt × cached input + cache-written prompt × cache
+//! write + completion × output` (tokens × micro-dollars per million), divided by one million
+//! and rounded to the nearest micro-dollar, halves up, once per request. Cached prompt tokens
+//! are charged the cached-input price when the model has one, and prompt tokens written to the
+//! upstream's cache (Anthropic's cache creation) the cache-write price when it has one; the
+//! input price otherwise. Reasoning tokens are completion tokens.
 
 use std::collections::HashMap;
 
@@ -21,11 +23,13 @@ pub struct Price {
     pub output: i64,
     /// Cached prompt tokens; `None`: charged as input.
     pub cached_input: Option<i64>,
+    /// Prompt tokens written to the upstream's cache; `None`: charged as input.
+    pub cache_write_input: Option<i64>,
 }
 
 impl Price {
     pub const fn new(input: i64, output: i64) -> Self {
-        Self { input, output, cached_input: None }
+        Self { input, output, cached_input: None, cache_write_input: None }
     }
 }
 
@@ -57,6 +61,8 @@ pub struct Tokens {
     pub prompt: u64,
     /// Of `prompt`, those the upstream read from its cache.
     pub cached_prompt: u64,
+    /// Of `prompt`, those the upstream wrote to its cache.
+    pub cache_write_prompt: u64,
     /// Completion tokens, reasoning included.
     pub completion: u64,
 }
@@ -67,6 +73,7 @@ impl From<gateway_core::Usage> for Tokens {
         Self {
             prompt: u.prompt_tokens,
             cached_prompt: u.cached_prompt_tokens(),
+            cache_write_prompt: u.cache_write_prompt_tokens(),
             completion: u.completion_tokens,
         }
     }
@@ -75,10 +82,12 @@ impl From<gateway_core::Usage> for Tokens {
 /// The cost of `tokens` at `price`, in micro-dollars (see the module docs for the rounding).
 pub fn cost_micros(price: Price, tokens: Tokens) -> i64 {
     let cached = tokens.cached_prompt.min(tokens.prompt);
-    let uncached = tokens.prompt - cached;
+    let written = tokens.cache_write_prompt.min(tokens.prompt - cached);
+    let uncached = tokens.prompt - cached - written;
     let part = |n: u64, per_million: i64| i128::from(n).saturating_mul(i128::from(per_million));
     let exact = part(uncached, price.input)
         .saturating_add(part(cached, price.cached_input.unwrap_or(price.input)))
+        .saturating_add(part(written, price.cache_write_input.unwrap_or(price.input)))
         .saturating_add(part(tokens.completion, price.output));
     let rounded = exact.saturating_add(500_000).div_euclid(1_000_000);
     i64::try_from(rounded).unwrap_or(i64::MAX)
@@ -155,7 +164,7 @@ mod tests {
     #[test]
     fn costs_are_exact_sums_rounded_once_to_the_nearest_micro_dollar() {
         // 1,000 prompt and 500 completion tokens of gpt-4: $0.03 + $0.03.
-        let t = Tokens { prompt: 1000, cached_prompt: 0, completion: 500 };
+        let t = Tokens { prompt: 1000, completion: 500, ..Tokens::default() };
         assert_eq!(cost_micros(GPT4, t), 60_000);
         // One gpt-3.5-turbo prompt token costs 0.5 micro-dollars: a half rounds up...
         let one = Tokens { prompt: 1, ..Tokens::default() };
@@ -171,26 +180,46 @@ mod tests {
     #[test]
     fn the_worked_example_of_docs_billing_holds() {
         let gpt4 = Price { cached_input: Some(15_000_000), ..GPT4 };
-        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567 };
+        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567, ..Tokens::default() };
         assert_eq!(cost_micros(gpt4, t), 65_040);
-        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567 };
+        let t = Tokens { prompt: 1234, cached_prompt: 400, completion: 567, ..Tokens::default() };
         assert_eq!(cost_micros(SEED_PRICES[1].1, t), 1_468, "1,467.5 rounds half up");
     }
 
     #[test]
     fn cached_prompt_tokens_take_the_cached_price_when_there_is_one() {
         let price = Price { cached_input: Some(7_500_000), ..GPT4 };
-        let t = Tokens { prompt: 1000, cached_prompt: 400, completion: 0 };
+        let t = Tokens { prompt: 1000, cached_prompt: 400, ..Tokens::default() };
         // 600 × 30 + 400 × 7.5 = 18,000 + 3,000.
         assert_eq!(cost_micros(price, t), 21_000);
         assert_eq!(cost_micros(GPT4, t), 30_000, "no cached price: all at the input price");
-        let more_cached_than_prompt = Tokens { prompt: 10, cached_prompt: 99, completion: 0 };
+        let more_cached_than_prompt = Tokens { prompt: 10, cached_prompt: 99, ..Tokens::default() };
         assert_eq!(cost_micros(price, more_cached_than_prompt), 75);
     }
 
     #[test]
+    fn prompt_tokens_written_to_the_cache_take_the_cache_write_price() {
+        // Claude Sonnet's shape: $3 input, $3.75 cache write, $0.30 cache read, $15 output.
+        let price = Price {
+            input: 3_000_000,
+            output: 15_000_000,
+            cached_input: Some(300_000),
+            cache_write_input: Some(3_750_000),
+        };
+        let t =
+            Tokens { prompt: 1000, cached_prompt: 500, cache_write_prompt: 300, completion: 10 };
+        // 200 × 3 + 500 × 0.3 + 300 × 3.75 + 10 × 15 = 600 + 150 + 1,125 + 150.
+        assert_eq!(cost_micros(price, t), 2_025);
+        let no_write_price = Price { cache_write_input: None, ..price };
+        assert_eq!(cost_micros(no_write_price, t), 600 + 150 + 900 + 150);
+        // Counts that claim more than the prompt never charge more than the prompt.
+        let odd = Tokens { prompt: 10, cached_prompt: 4, cache_write_prompt: 99, completion: 0 };
+        assert_eq!(cost_micros(price, odd), (4 * 300_000 + 6 * 3_750_000 + 500_000) / 1_000_000);
+    }
+
+    #[test]
     fn huge_counts_saturate_instead_of_wrapping() {
-        let t = Tokens { prompt: u64::MAX, cached_prompt: 0, completion: u64::MAX };
+        let t = Tokens { prompt: u64::MAX, completion: u64::MAX, ..Tokens::default() };
         assert_eq!(cost_micros(Price::new(i64::MAX, i64::MAX), t), i64::MAX);
     }
 
@@ -219,7 +248,7 @@ mod tests {
             book.price_at("llama-9", datetime!(2026-12-01 0:00 UTC)),
             (DEFAULT_PRICE, false)
         );
-        let t = Tokens { prompt: 1000, cached_prompt: 0, completion: 1000 };
+        let t = Tokens { prompt: 1000, completion: 1000, ..Tokens::default() };
         assert_eq!(book.cost("llama-9", datetime!(2026-12-01 0:00 UTC), t), 3_000);
     }
 }

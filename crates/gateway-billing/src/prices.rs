@@ -19,6 +19,7 @@ pub struct PriceEntry {
     pub input_micros_per_million: i64,
     pub output_micros_per_million: i64,
     pub cached_input_micros_per_million: Option<i64>,
+    pub cache_write_input_micros_per_million: Option<i64>,
     #[serde(with = "time::serde::rfc3339")]
     pub effective_from: OffsetDateTime,
 }
@@ -31,6 +32,7 @@ impl PriceEntry {
             input_micros_per_million: p.price.input,
             output_micros_per_million: p.price.output,
             cached_input_micros_per_million: p.price.cached_input,
+            cache_write_input_micros_per_million: p.price.cache_write_input,
             effective_from: p.effective_from,
         }
     }
@@ -42,6 +44,7 @@ impl PriceEntry {
                 input: self.input_micros_per_million,
                 output: self.output_micros_per_million,
                 cached_input: self.cached_input_micros_per_million,
+                cache_write_input: self.cache_write_input_micros_per_million,
             },
             effective_from: self.effective_from,
         }
@@ -214,6 +217,7 @@ pub fn check(p: &ModelPrice, now: OffsetDateTime) -> Result<(), PriceError> {
         ("input_micros_per_million", Some(p.price.input)),
         ("output_micros_per_million", Some(p.price.output)),
         ("cached_input_micros_per_million", p.price.cached_input),
+        ("cache_write_input_micros_per_million", p.price.cache_write_input),
     ];
     for (field, v) in prices {
         if v.is_some_and(|v| v < 0) {
@@ -356,10 +360,15 @@ pub mod conformance {
         let later = from + time::Duration::days(30);
         let a = ModelPrice {
             model: "contract-model-a".into(),
-            price: Price { input: 1, output: 2, cached_input: Some(0) },
+            price: Price { cached_input: Some(0), ..Price::new(1, 2) },
             effective_from: from,
         };
-        let b = ModelPrice { price: Price::new(3, 4), effective_from: later, ..a.clone() };
+        // Every part of a price round-trips, the cache-write price included.
+        let b = ModelPrice {
+            price: Price { cached_input: Some(1), cache_write_input: Some(5), ..Price::new(3, 4) },
+            effective_from: later,
+            ..a.clone()
+        };
         assert_eq!(store.add_prices(&[a.clone(), b.clone()]).await.unwrap(), 2);
         let same_time = ModelPrice { price: Price::new(9, 9), ..a.clone() };
         assert_eq!(
@@ -444,7 +453,7 @@ mod tests {
         );
         let changed = vec![("m1".to_owned(), Price::new(11, 20))];
         assert_eq!(prices.import(&changed, t1).await.unwrap().added, 1);
-        let t = Tokens { prompt: 1_000_000, cached_prompt: 0, completion: 0 };
+        let t = Tokens { prompt: 1_000_000, ..Tokens::default() };
         assert_eq!(prices.cost("m1", t0, t), 10, "the past keeps its price");
         assert_eq!(prices.cost("m1", t1, t), 11);
         assert_eq!(prices.cost("unknown", t1, t), cost_micros(DEFAULT_PRICE, t));

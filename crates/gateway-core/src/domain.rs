@@ -68,7 +68,14 @@ string_enum!(
 );
 string_enum!(
     /// What an API key may call.
-    Scope, "scope" { ChatCompletions => "chat.completions", Embeddings => "embeddings", Models => "models" }
+    Scope, "scope" {
+        ChatCompletions => "chat.completions",
+        Completions => "completions",
+        Embeddings => "embeddings",
+        Responses => "responses",
+        Messages => "messages",
+        Models => "models"
+    }
 );
 string_enum!(
     /// Health of an upstream server as the balancer sees it.
@@ -212,6 +219,16 @@ pub struct Usage {
 #[serde(default)]
 pub struct PromptTokensDetails {
     pub cached_tokens: u64,
+    /// Of the prompt tokens, those written to the upstream's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; billed at the model's cache-write price when it has one).
+    /// Not an OpenAI field: OpenAI answers leave it at zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -227,6 +244,11 @@ impl Usage {
     /// Prompt tokens read from the upstream's cache (zero when it did not say).
     pub fn cached_prompt_tokens(&self) -> u64 {
         self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+
+    /// Prompt tokens written to the upstream's cache (zero when it did not say).
+    pub fn cache_write_prompt_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cache_write_tokens)
     }
 
     /// `total_tokens`, or the sum of the parts when an upstream left it out.

@@ -1,7 +1,9 @@
-//! The error model every layer reports in, and its single mapping to OpenAI's error body.
+//! The error model every layer reports in, and its single mapping to OpenAI's error body (and
+//! Anthropic's, on the Messages routes).
 //!
 //! Domain crates keep their own `thiserror` enums; they are converted into an [`ApiError`],
-//! whose [`ErrorKind`] decides the OpenAI `type`, `code` and HTTP status here, and nowhere else.
+//! whose [`ErrorKind`] decides the OpenAI `type`, `code`, the Anthropic `type` and the HTTP
+//! status here, and nowhere else.
 
 use std::borrow::Cow;
 
@@ -82,6 +84,31 @@ impl ErrorKind {
     }
 
     /// The HTTP status an OpenAI SDK expects for this kind. The only place that knows it.
+    /// The `error.type` of Anthropic's error body. Anthropic's SDKs choose the exception by the
+    /// HTTP status, which is the same in both shapes.
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::Conflict
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::RequestTimeout => "invalid_request_error",
+            ErrorKind::InvalidApiKey | ErrorKind::Unauthenticated => "authentication_error",
+            ErrorKind::PermissionDenied | ErrorKind::AccountSuspended => "permission_error",
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => "not_found_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded | ErrorKind::TooManyAttempts => {
+                "rate_limit_error"
+            }
+            ErrorKind::Internal | ErrorKind::UpstreamError | ErrorKind::UpstreamTimeout => {
+                "api_error"
+            }
+            ErrorKind::Overloaded
+            | ErrorKind::NoHealthyUpstream
+            | ErrorKind::ServiceUnavailable => "overloaded_error",
+        }
+    }
+
     pub fn http_status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
@@ -133,6 +160,16 @@ impl ErrorKind {
 
 /// An error as the API reports it. The message is shown to the client, so it never holds a
 /// secret, a SQL fragment or an internal detail; those go to the log under the request id.
+/// Which API's error body a route answers with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ErrorShape {
+    /// `{"error": {"message", "type", "param", "code"}}`: every route but Anthropic's.
+    #[default]
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`: the Messages routes.
+    Anthropic,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind:?}: {message}")]
 pub struct ApiError {
@@ -194,6 +231,18 @@ impl ApiError {
         serde_json::to_vec(&self.body()).unwrap_or_default()
     }
 
+    /// The error body in `shape`.
+    pub fn to_json_in(&self, shape: ErrorShape) -> Vec<u8> {
+        match shape {
+            ErrorShape::OpenAi => self.to_json(),
+            ErrorShape::Anthropic => serde_json::to_vec(&serde_json::json!({
+                "type": "error",
+                "error": {"type": self.kind.anthropic_type(), "message": self.message},
+            }))
+            .unwrap_or_default(),
+        }
+    }
+
     pub fn invalid_request(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::InvalidRequest, message)
     }
@@ -244,6 +293,27 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_bodies_have_anthropics_shape_and_types() {
+        let err = ApiError::model_not_found("claude-x");
+        let v: serde_json::Value =
+            serde_json::from_slice(&err.to_json_in(ErrorShape::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("claude-x"));
+        for (kind, ty) in [
+            (ErrorKind::InvalidApiKey, "authentication_error"),
+            (ErrorKind::QuotaExceeded, "rate_limit_error"),
+            (ErrorKind::PayloadTooLarge, "request_too_large"),
+            (ErrorKind::NoHealthyUpstream, "overloaded_error"),
+            (ErrorKind::UpstreamError, "api_error"),
+            (ErrorKind::PermissionDenied, "permission_error"),
+        ] {
+            assert_eq!(kind.anthropic_type(), ty);
+        }
+        assert_eq!(err.to_json_in(ErrorShape::OpenAi), err.to_json());
+    }
 
     #[test]
     fn body_has_openai_shape() {

@@ -29,6 +29,6 @@ pub use domain::{
     ApiKeyMeta, HealthStatus, LimitOverrides, Limits, PromptTokensDetails, Role, Scope, Tier,
     UnknownVariant, UpstreamServer, Usage, User, UserStatus,
 };
-pub use error::{ApiError, ErrorKind, error_chain};
+pub use error::{ApiError, ErrorKind, ErrorShape, error_chain};
 pub use id::{ApiKeyId, CodeId, InvoiceId, LedgerEntryId, PriceId, RequestId, ServerId, UserId};
 pub use plan::{DefaultPlans, Plan, PlanSource};

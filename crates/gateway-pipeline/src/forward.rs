@@ -15,13 +15,12 @@ use gateway_balancer::{Outcome, Selected, ServerPool};
 use gateway_core::trace::SpanKind;
 use gateway_core::{ApiError, ErrorKind, ServerId, Usage};
 use gateway_proxy::client::{Outgoing, Upstream, UpstreamError};
-use gateway_proxy::estimate::completion_of_answer;
+use gateway_proxy::estimate::{completion_of_answer, usage_of_answer};
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::Endpoint;
 use gateway_proxy::sse::SseTap;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
 
 use crate::trace::{SpanRef, Trace};
 
@@ -81,11 +80,6 @@ impl std::fmt::Debug for Forwarder {
             .field("max_attempts", &self.max_attempts)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct UsageOnly {
-    usage: Option<Usage>,
 }
 
 impl Forwarder {
@@ -165,7 +159,7 @@ impl Forwarder {
                 }
                 let body = RelayBody::new(
                     res.into_body(),
-                    SseTap::new(req.strip_usage_chunk),
+                    SseTap::new(req.endpoint.dialect(), req.strip_usage_chunk),
                     pick,
                     config.stream_idle_timeout,
                 );
@@ -219,9 +213,10 @@ impl Forwarder {
                 t.end(c.upstream);
             }
             let (usage, generated_tokens) = if status.is_success() {
-                match serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|u| u.usage) {
+                let dialect = req.endpoint.dialect();
+                match usage_of_answer(dialect, &body) {
                     Some(u) => (Some(u), 0),
-                    None => (None, completion_of_answer(&body)),
+                    None => (None, completion_of_answer(dialect, &body)),
                 }
             } else {
                 (None, 0)

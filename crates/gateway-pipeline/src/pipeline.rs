@@ -11,7 +11,7 @@ use gateway_billing::{Ceiling, CeilingKind, Prices, Tokens, UNLIMITED_TOKENS, mo
 use gateway_core::{ApiError, ErrorKind, Plan, PlanSource, RequestId, Role, Scope, ServerId, Tier};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
-use gateway_proxy::request::{Endpoint, RequestRules, forward_body, inspect, printable};
+use gateway_proxy::request::{Dialect, Endpoint, RequestRules, forward_body, inspect, printable};
 use gateway_ratelimit::{Reservation, Snapshot, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
 use http::{HeaderValue, StatusCode};
@@ -101,8 +101,9 @@ pub enum Answer {
         /// The gateway's own time: everything but the upstream's.
         overhead: Duration,
     },
-    /// A stream being relayed; its usage record is written when it ends.
-    Stream { status: StatusCode, body: RelayBody, overhead: Duration },
+    /// A stream being relayed; its usage record is written when it ends. Boxed: the HTTP layer
+    /// boxes a streamed body anyway, and whole answers do not carry its room.
+    Stream { status: StatusCode, body: Box<RelayBody>, overhead: Duration },
     /// The gateway's own error: a refusal, or no upstream could answer.
     Error(ApiError),
 }
@@ -154,7 +155,7 @@ impl Pipeline {
             Some(trace)
         });
         let auth = trace.as_deref_mut().map(|t| t.start("auth", SpanKind::Internal, None));
-        let verified = self.authenticate(head.authorization, scope_of(endpoint)).await;
+        let verified = self.authenticate(head.authorization, endpoint.scope()).await;
         if let (Some(t), Some(s)) = (trace.as_deref_mut(), auth) {
             t.end(s);
             if let Err(e) = &verified {
@@ -309,19 +310,14 @@ pub struct Head<'a> {
     pub traceparent: Option<&'a str>,
 }
 
-/// The scope an endpoint needs.
-fn scope_of(endpoint: Endpoint) -> Scope {
-    match endpoint {
-        Endpoint::ChatCompletions => Scope::ChatCompletions,
-        Endpoint::Embeddings => Scope::Embeddings,
-    }
-}
-
 /// The endpoint's route, as OpenTelemetry's `http.route`.
 fn route(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::ChatCompletions => "/v1/chat/completions",
+        Endpoint::Completions => "/v1/completions",
         Endpoint::Embeddings => "/v1/embeddings",
+        Endpoint::Responses => "/v1/responses",
+        Endpoint::Messages => "/v1/messages",
     }
 }
 
@@ -329,7 +325,10 @@ fn route(endpoint: Endpoint) -> &'static str {
 fn span_name(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::ChatCompletions => "POST /v1/chat/completions",
+        Endpoint::Completions => "POST /v1/completions",
         Endpoint::Embeddings => "POST /v1/embeddings",
+        Endpoint::Responses => "POST /v1/responses",
+        Endpoint::Messages => "POST /v1/messages",
     }
 }
 
@@ -422,7 +421,7 @@ impl Call {
                     };
                     let _ = pipeline.conclude(draft, reservation, ending, end);
                 });
-                Answer::Stream { status, body, overhead }
+                Answer::Stream { status, body: Box::new(body), overhead }
             }
             Err(e) => {
                 let end = End::with(&e);
@@ -461,8 +460,8 @@ impl Pipeline {
             return Err(ApiError::model_not_found(&view.model));
         }
         if let Some(limits) = &self.limits {
-            let completes = endpoint == Endpoint::ChatCompletions;
-            let estimate = limits.estimate(draft.prompt_estimate, view.max_tokens, completes);
+            let estimate =
+                limits.estimate(draft.prompt_estimate, view.max_tokens, endpoint.generates());
             let (who, standing) = self.standing(principal, &draft.plan, draft.record.created_at);
             let span = draft.trace.as_deref_mut().map(|t| {
                 let s = t.start("limits", SpanKind::Internal, None);
@@ -491,7 +490,9 @@ impl Pipeline {
         }
         let model = view.model.clone().into_owned();
         let stream = view.stream;
-        let strip_usage_chunk = stream && !view.client_wants_usage;
+        // Only OpenAI streams carry a usage chunk the gateway asks for on the client's behalf.
+        let strip_usage_chunk =
+            stream && !view.client_wants_usage && endpoint.dialect() == Dialect::OpenAi;
         let outgoing = forward_body(body.clone(), &view)?;
         drop(view);
         let request_id = draft.record.request_id.to_string();

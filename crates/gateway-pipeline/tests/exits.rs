@@ -268,10 +268,7 @@ async fn world(overrides: LimitOverrides) -> World {
 
 impl World {
     async fn call(&self, endpoint: Endpoint, body: &str) -> Reply {
-        let scope = match endpoint {
-            Endpoint::ChatCompletions => Scope::ChatCompletions,
-            Endpoint::Embeddings => Scope::Embeddings,
-        };
+        let scope = endpoint.scope();
         let header = format!("Bearer {}", self.key);
         let principal = self.pipeline.authenticate(Some(&header), scope).await.unwrap();
         let call = self.pipeline.start(principal, endpoint, RequestId::new(), Instant::now());

@@ -88,7 +88,7 @@ fn sse_relay(c: &mut Criterion) {
         let name = if strip { "64 chunks, usage chunk removed" } else { "64 chunks, usage kept" };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut tap = SseTap::new(strip);
+                let mut tap = SseTap::new(gateway_proxy::request::Dialect::OpenAi, strip);
                 for piece in &pieces {
                     black_box(tap.feed(piece.clone()));
                 }

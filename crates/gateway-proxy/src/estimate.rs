@@ -7,13 +7,26 @@
 //! - completion: every text the answer carries, as its JSON text: `content`,
 //!   `reasoning_content`, `reasoning`, `refusal`, tool calls' `function.name` and
 //!   `function.arguments`, legacy `function_call` and completions' `text`, of every choice
-//!   (deltas of a stream, messages of a whole answer); one token per 4 ASCII bytes (rounded
-//!   up) plus one per non-ASCII character (most tokenizers spend at least that on them);
-//! - prompt: one token per 4 bytes of the request's `messages` (or `input`) JSON.
+//!   (deltas of a stream, messages of a whole answer); a Responses answer's output texts,
+//!   refusals, reasoning summaries and call arguments (a stream's `*.delta` events); a
+//!   Messages answer's text, thinking and tool input (a stream's `content_block_delta`s); one
+//!   token per 4 ASCII bytes (rounded up) plus one per non-ASCII character (most tokenizers
+//!   spend at least that on them);
+//! - prompt: one token per 4 bytes of the request's prompt fields' JSON (see
+//!   [`crate::request::RequestView::prompt_bytes`]).
+//!
+//! The usage each dialect reports is read into one [`Usage`]: a Responses `input_tokens` is
+//! the prompt (its `input_tokens_details.cached_tokens` the cached part); Anthropic's
+//! `input_tokens` counts only the uncached input after the last cache breakpoint, so the
+//! prompt is `input_tokens + cache_creation_input_tokens + cache_read_input_tokens`, of which
+//! the cache reads are cached and the cache writes are counted in
+//! `prompt_tokens_details.cache_write_tokens`.
 
-use gateway_core::Usage;
+use gateway_core::{PromptTokensDetails, Usage};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::request::Dialect;
 
 /// Text generated so far, tallied for the estimate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,10 +170,187 @@ pub fn read_answer(json: &[u8], tally: &mut TextTally) -> Result<Option<Usage>, 
     Ok(answer.usage)
 }
 
+/// A Responses API `usage`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    input_tokens_details: Option<PromptTokensDetails>,
+}
+
+impl From<ResponsesUsage> for Usage {
+    fn from(u: ResponsesUsage) -> Self {
+        Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+            prompt_tokens_details: u.input_tokens_details,
+        }
+    }
+}
+
+/// An Anthropic `usage`, or the part of it one stream event carries.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[allow(clippy::struct_field_names)] // Anthropic's names
+pub struct AnthropicUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Takes the counts `later` carries (a stream's `message_delta` restates them cumulatively).
+    pub fn merge(&mut self, later: AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens =
+            later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens =
+            later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+    }
+}
+
+impl From<AnthropicUsage> for Usage {
+    fn from(u: AnthropicUsage) -> Self {
+        let read = u.cache_read_input_tokens.unwrap_or(0);
+        let written = u.cache_creation_input_tokens.unwrap_or(0);
+        let mut usage =
+            Usage::new(u.input_tokens.unwrap_or(0) + written + read, u.output_tokens.unwrap_or(0));
+        if read > 0 || written > 0 {
+            usage.prompt_tokens_details =
+                Some(PromptTokensDetails { cached_tokens: read, cache_write_tokens: written });
+        }
+        usage
+    }
+}
+
+/// A text-bearing part: of a Responses output item (`content`, `summary`) or of an Anthropic
+/// answer (`content` blocks, a stream's `delta`).
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow)]
+    thinking: Option<&'a RawValue>,
+    /// A tool call's input: whole (a block) or as it streams (a delta).
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    partial_json: Option<&'a RawValue>,
+}
+
+impl Part<'_> {
+    fn tally(&self, t: &mut TextTally) {
+        [self.text, self.refusal, self.thinking, self.input, self.partial_json]
+            .into_iter()
+            .flatten()
+            .for_each(|p| t.add_json(p));
+    }
+}
+
+/// Tallies one part (an Anthropic stream's `delta`); a shape of its own counts whole.
+pub(crate) fn tally_part(raw: &RawValue, t: &mut TextTally) {
+    tally_as(raw, t, |part: &Part<'_>, t| part.tally(t));
+}
+
+fn tally_parts(raw: &RawValue, t: &mut TextTally) {
+    tally_as(raw, t, |parts: &Vec<Part<'_>>, t| parts.iter().for_each(|p| p.tally(t)));
+}
+
+/// One item of a Responses answer's `output`.
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    summary: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesAnswer<'a> {
+    #[serde(borrow)]
+    output: Option<Vec<OutputItem<'a>>>,
+    usage: Option<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicAnswer<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    usage: Option<AnthropicUsage>,
+}
+
+/// Reads a whole answer of `dialect`: adds what it generated to `tally`, returns its usage.
+pub fn read_whole(
+    dialect: Dialect,
+    json: &[u8],
+    tally: &mut TextTally,
+) -> Result<Option<Usage>, serde_json::Error> {
+    match dialect {
+        Dialect::OpenAi => read_answer(json, tally),
+        Dialect::Responses => {
+            let answer: ResponsesAnswer<'_> = serde_json::from_slice(json)?;
+            for item in answer.output.iter().flatten() {
+                for parts in [item.content, item.summary].into_iter().flatten() {
+                    tally_parts(parts, tally);
+                }
+                if let Some(arguments) = item.arguments {
+                    tally.add_json(arguments);
+                }
+            }
+            Ok(answer.usage.map(Usage::from))
+        }
+        Dialect::Anthropic => {
+            let answer: AnthropicAnswer<'_> = serde_json::from_slice(json)?;
+            if let Some(content) = answer.content {
+                tally_parts(content, tally);
+            }
+            Ok(answer.usage.map(Usage::from))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsageOnly {
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsageOnly {
+    usage: Option<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicUsageOnly {
+    usage: Option<AnthropicUsage>,
+}
+
+/// The usage a whole answer of `dialect` reports, read without looking at what it generated.
+pub fn usage_of_answer(dialect: Dialect, body: &[u8]) -> Option<Usage> {
+    match dialect {
+        Dialect::OpenAi => serde_json::from_slice::<OpenAiUsageOnly>(body).ok()?.usage,
+        Dialect::Responses => {
+            serde_json::from_slice::<ResponsesUsageOnly>(body).ok()?.usage.map(Usage::from)
+        }
+        Dialect::Anthropic => {
+            serde_json::from_slice::<AnthropicUsageOnly>(body).ok()?.usage.map(Usage::from)
+        }
+    }
+}
+
 /// Completion tokens of a whole answer that reported no usage.
-pub fn completion_of_answer(body: &[u8]) -> u64 {
+pub fn completion_of_answer(dialect: Dialect, body: &[u8]) -> u64 {
     let mut tally = TextTally::default();
-    if read_answer(body, &mut tally).is_err() {
+    if read_whole(dialect, body, &mut tally).is_err() {
         // Not an answer we know: whatever it holds counts.
         tally.add(&String::from_utf8_lossy(body));
     }
@@ -212,7 +402,7 @@ mod tests {
     fn unknown_shapes_count_whole_rather_than_not_at_all() {
         let odd = r#"{"choices":[{"delta":{"tool_calls":{"weird":"12345678"}}}]}"#;
         assert!(tokens_of(odd) >= 2);
-        assert!(completion_of_answer(b"not json at all") > 0);
+        assert!(completion_of_answer(Dialect::OpenAi, b"not json at all") > 0);
     }
 
     #[test]
@@ -225,5 +415,33 @@ mod tests {
         .unwrap();
         assert_eq!(u, Some(Usage::new(3, 2)));
         assert_eq!(read_answer(br#"{"choices":[],"usage":null}"#, &mut t).unwrap(), None);
+    }
+
+    #[test]
+    fn responses_and_anthropic_answers_are_read_in_their_own_shapes() {
+        let responses = br#"{"output":[{"type":"reasoning","summary":[{"type":"summary_text","text":"abcd"}]},
+            {"type":"message","content":[{"type":"output_text","text":"abcdefgh"}]},
+            {"type":"function_call","arguments":"{\"x\":1}"}],
+            "usage":{"input_tokens":5,"output_tokens":9,"total_tokens":14,"input_tokens_details":{"cached_tokens":1}}}"#;
+        let u = usage_of_answer(Dialect::Responses, responses).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total(), u.cached_prompt_tokens()),
+            (5, 9, 14, 1)
+        );
+        assert_eq!(completion_of_answer(Dialect::Responses, responses), 1 + 2 + 3);
+
+        let anthropic = br#"{"content":[{"type":"text","text":"abcdefgh"},{"type":"thinking","thinking":"abcd"},
+            {"type":"tool_use","id":"t","name":"f","input":{"a":1}}],
+            "usage":{"input_tokens":3,"output_tokens":7,"cache_creation_input_tokens":2,"cache_read_input_tokens":5}}"#;
+        let u = usage_of_answer(Dialect::Anthropic, anthropic).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (10, 7, 17));
+        assert_eq!((u.cached_prompt_tokens(), u.cache_write_prompt_tokens()), (5, 2));
+        assert_eq!(completion_of_answer(Dialect::Anthropic, anthropic), 2 + 1 + 2);
+        // An answer of another dialect has no usage where this one looks.
+        assert_eq!(
+            usage_of_answer(Dialect::OpenAi, anthropic).map(|u| u.completion_tokens),
+            Some(0)
+        );
+        assert!(usage_of_answer(Dialect::Anthropic, b"{}").is_none());
     }
 }

@@ -13,7 +13,7 @@ use gateway_core::Usage;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::client::{BoxError, UpstreamBody};
-use crate::sse::{SseTap, error_event};
+use crate::sse::SseTap;
 
 /// How a relayed stream ended, handed to the `on_end` callback exactly once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl RelayBody {
     fn fail(&mut self, message: &str, code: &str) {
         tracing::warn!(error = message, "stream ended early");
         let mut last = self.tap.finish().map(|b| b.to_vec()).unwrap_or_default();
-        last.extend_from_slice(&error_event(message, code));
+        last.extend_from_slice(&self.tap.error_event(message, code));
         self.last = Some(Bytes::from(last));
         self.state = State::Ending;
         self.end(Outcome::Failure, Some(message.to_owned()), false);
@@ -159,7 +159,10 @@ impl Body for RelayBody {
                     this.fail(&format!("The upstream failed mid-stream: {e}"), "upstream_error");
                 }
                 Poll::Ready(None) => {
-                    this.fail("The upstream ended the stream before [DONE].", "upstream_error");
+                    this.fail(
+                        "The upstream ended the stream before its end event.",
+                        "upstream_error",
+                    );
                 }
                 Poll::Pending => {
                     if this.idle_timer.as_mut().poll(cx).is_ready() {

@@ -12,15 +12,36 @@ use std::cell::RefCell;
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use gateway_core::ApiError;
+use gateway_core::{ApiError, Scope};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// The OpenAI endpoints the gateway forwards.
+/// The endpoints the gateway forwards: OpenAI's, and Anthropic's Messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
+    /// The legacy text completions (`prompt` in, `choices[].text` out).
+    Completions,
     Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's Messages API.
+    Messages,
+}
+
+/// How an endpoint's answers and streams are shaped: where their usage is, how a stream ends,
+/// what an error looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// Chat completions, completions and embeddings: `usage.prompt_tokens`; a stream reports
+    /// usage in a final chunk when `stream_options.include_usage` asks, and ends with `[DONE]`.
+    OpenAi,
+    /// The Responses API: `usage.input_tokens`; a stream's `response.completed` event carries
+    /// the response and its usage, and ends it.
+    Responses,
+    /// Anthropic's Messages: `usage.input_tokens` plus cache writes and reads; a stream's
+    /// `message_start` holds the input, `message_delta` the output so far, `message_stop` ends it.
+    Anthropic,
 }
 
 impl Endpoint {
@@ -28,7 +49,10 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -36,7 +60,49 @@ impl Endpoint {
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    /// The scope a key needs to call it.
+    pub fn scope(self) -> Scope {
+        match self {
+            Endpoint::ChatCompletions => Scope::ChatCompletions,
+            Endpoint::Completions => Scope::Completions,
+            Endpoint::Embeddings => Scope::Embeddings,
+            Endpoint::Responses => Scope::Responses,
+            Endpoint::Messages => Scope::Messages,
+        }
+    }
+
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+                Dialect::OpenAi
+            }
+            Endpoint::Responses => Dialect::Responses,
+            Endpoint::Messages => Dialect::Anthropic,
+        }
+    }
+
+    /// Whether the endpoint generates tokens (all but embeddings): its reservation counts the
+    /// completion it may generate.
+    pub fn generates(self) -> bool {
+        self != Endpoint::Embeddings
+    }
+
+    /// The field holding the prompt (required), and a second one counted with it (optional):
+    /// the basis of the token estimate.
+    fn prompt_fields(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Endpoint::ChatCompletions => ("messages", None),
+            Endpoint::Completions => ("prompt", None),
+            Endpoint::Embeddings => ("input", None),
+            Endpoint::Responses => ("input", Some("instructions")),
+            Endpoint::Messages => ("messages", Some("system")),
         }
     }
 }
@@ -101,6 +167,7 @@ impl Default for RequestRules {
 /// What the gateway knows about a request after one pass over its body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RequestView<'a> {
+    pub endpoint: Endpoint,
     pub model: Cow<'a, str>,
     pub stream: bool,
     /// The client asked for the final usage chunk itself.
@@ -108,9 +175,11 @@ pub struct RequestView<'a> {
     /// Where the client's `stream_options` value starts in the body, and its JSON text,
     /// whatever it is (`null` included): the gateway replaces it in place.
     pub stream_options: Option<(usize, &'a str)>,
+    /// The most the answer may generate: `max_output_tokens` (Responses), else
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u64>,
-    /// Bytes of `messages` (chat) or `input` (embeddings): the basis of the token estimate.
+    /// Bytes of the prompt's fields (`messages`; `prompt`; `input`; `input` and
+    /// `instructions`; `messages` and `system`): the basis of the token estimate.
     pub prompt_bytes: usize,
 }
 
@@ -367,15 +436,19 @@ impl<'de> DeserializeSeed<'de> for Inspector<'_> {
 
 /// The top-level fields the gateway reads: each may appear once, so that the gateway and the
 /// upstream (whose parser may keep the first copy or the last) always read the same value.
-const READ_FIELDS: [&str; 8] = [
+const READ_FIELDS: [&str; 12] = [
     "model",
     "stream",
     "stream_options",
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "metadata",
     "messages",
     "input",
+    "prompt",
+    "system",
+    "instructions",
 ];
 
 impl<'de> Visitor<'de> for Inspector<'_> {
@@ -392,12 +465,11 @@ impl<'de> Visitor<'de> for Inspector<'_> {
         let mut include_usage = None;
         let mut max_tokens = None;
         let mut max_completion_tokens = None;
+        let mut max_output_tokens = None;
         let mut prompt: Option<&'de RawValue> = None;
+        let mut prompt_extra = 0;
         let mut seen = 0u16;
-        let prompt_field = match self.endpoint {
-            Endpoint::ChatCompletions => "messages",
-            Endpoint::Embeddings => "input",
-        };
+        let (prompt_field, extra_field) = self.endpoint.prompt_fields();
         let fail = |field: &str| {
             *self.bad_field.borrow_mut() = Some(field.to_owned());
         };
@@ -452,13 +524,21 @@ impl<'de> Visitor<'de> for Inspector<'_> {
                         de::Error::custom("'max_completion_tokens' must be a non-negative integer")
                     })?;
                 }
+                "max_output_tokens" => {
+                    max_output_tokens = map.next_value::<Option<u64>>().map_err(|_| {
+                        de::Error::custom("'max_output_tokens' must be a non-negative integer")
+                    })?;
+                }
                 "metadata" => {
                     map.next_value_seed(MetadataSeed(&self.rules.forbidden))?;
                 }
                 k if k == prompt_field => {
                     prompt = Some(map.next_value()?);
                 }
-                "messages" | "input" => {
+                k if Some(k) == extra_field => {
+                    prompt_extra = map.next_value::<&'de RawValue>()?.get().len();
+                }
+                "messages" | "input" | "prompt" | "system" | "instructions" => {
                     map.next_value::<IgnoredAny>()?;
                 }
                 k if self.rules.forbidden.forbids(k) => {
@@ -501,7 +581,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             fail(prompt_field);
             return Err(de::Error::custom(format!("Missing required parameter: '{prompt_field}'")));
         };
-        if self.endpoint == Endpoint::ChatCompletions && !prompt.get().starts_with('[') {
+        if prompt_field == "messages" && !prompt.get().starts_with('[') {
             fail("messages");
             return Err(de::Error::custom("'messages' must be an array"));
         }
@@ -510,13 +590,18 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             fail("stream");
             return Err(de::Error::custom("embeddings cannot be streamed"));
         }
+        let max_tokens = match self.endpoint {
+            Endpoint::Responses => max_output_tokens,
+            _ => max_completion_tokens.or(max_tokens),
+        };
         Ok(RequestView {
+            endpoint: self.endpoint,
             model,
             stream,
             client_wants_usage: include_usage.unwrap_or(false),
             stream_options,
-            max_tokens: max_completion_tokens.or(max_tokens),
-            prompt_bytes: prompt.get().len(),
+            max_tokens,
+            prompt_bytes: prompt.get().len() + prompt_extra,
         })
     }
 }
@@ -528,8 +613,9 @@ fn offset_in(body: &[u8], part: &str) -> Option<usize> {
     (end <= body.len() && &body[start..end] == part.as_bytes()).then_some(start)
 }
 
-/// The body to forward: the client's bytes, except that a streaming request is made to ask
-/// for the final usage chunk whatever the client sent. Without `stream_options` that is one
+/// The body to forward: the client's bytes, except that a streaming request of the OpenAI
+/// dialect is made to ask for the final usage chunk whatever the client sent (Responses and
+/// Messages streams always carry their usage). Without `stream_options` that is one
 /// splice after the opening brace; with one (`null`, `{}`, `include_usage: false`, ...) its
 /// value is replaced in place by the same object with `include_usage: true`. Either way it is
 /// a copy of the client's bytes, never a re-serialisation of the body, and since the fields
@@ -537,7 +623,7 @@ fn offset_in(body: &[u8], part: &str) -> Option<usize> {
 pub fn forward_body(body: Bytes, view: &RequestView<'_>) -> Result<Bytes, ApiError> {
     const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
     const VALUE: &[u8] = br#"{"include_usage":true}"#;
-    if !view.stream || view.client_wants_usage {
+    if !view.stream || view.client_wants_usage || view.endpoint.dialect() != Dialect::OpenAi {
         return Ok(body);
     }
     let Some((start, raw)) = view.stream_options else {
@@ -847,5 +933,63 @@ mod tests {
         assert!(nested_deeper_than(br#"{"a\"":[[[1]]]}"#, 3));
         assert!(!nested_deeper_than(br#"{"a\"":[[[1]]]}"#, 4));
         assert!(!nested_deeper_than(br#""unterminated \"#, 1));
+    }
+
+    #[test]
+    fn each_endpoint_reads_its_own_prompt_and_limit() {
+        let rules = RequestRules::default();
+        let v = inspect(
+            br#"{"model":"m","prompt":"abcd","max_tokens":3}"#,
+            Endpoint::Completions,
+            &rules,
+        )
+        .unwrap();
+        assert_eq!((v.prompt_bytes, v.max_tokens), (6, Some(3)));
+        let v = inspect(
+            br#"{"model":"m","input":"abcd","instructions":"xy","max_output_tokens":9,"max_tokens":1}"#,
+            Endpoint::Responses,
+            &rules,
+        )
+        .unwrap();
+        assert_eq!((v.prompt_bytes, v.max_tokens), (6 + 4, Some(9)));
+        let v = inspect(
+            br#"{"model":"m","system":"be","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true}"#,
+            Endpoint::Messages,
+            &rules,
+        )
+        .unwrap();
+        assert_eq!((v.prompt_bytes, v.max_tokens, v.stream), (32 + 4, Some(5), true));
+        // Messages and Responses streams are forwarded as sent: their usage comes unasked.
+        let body =
+            Bytes::from_static(br#"{"model":"m","messages":[],"max_tokens":5,"stream":true}"#);
+        let v = inspect(&body, Endpoint::Messages, &rules).unwrap();
+        assert_eq!(forward_body(body.clone(), &v).unwrap(), body);
+        // A completions stream is made to ask for usage, as chat's is.
+        let body = Bytes::from_static(br#"{"model":"m","prompt":"x","stream":true}"#);
+        let v = inspect(&body, Endpoint::Completions, &rules).unwrap();
+        assert!(forward_body(body.clone(), &v).unwrap().len() > body.len());
+        for (body, endpoint, param) in [
+            (&br#"{"model":"m"}"#[..], Endpoint::Completions, "prompt"),
+            (br#"{"model":"m","max_tokens":1}"#, Endpoint::Messages, "messages"),
+            (br#"{"model":"m","messages":"hi"}"#, Endpoint::Messages, "messages"),
+            (
+                br#"{"model":"m","input":"x","max_output_tokens":-1}"#,
+                Endpoint::Responses,
+                "max_output_tokens",
+            ),
+            (
+                br#"{"model":"m","input":"x","system":"a","system":"b"}"#,
+                Endpoint::Responses,
+                "system",
+            ),
+            (
+                br#"{"model":"m","input":"x","api_base":"http://evil"}"#,
+                Endpoint::Responses,
+                "api_base",
+            ),
+        ] {
+            let e = inspect(body, endpoint, &rules).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{endpoint:?}: {}", e.message);
+        }
     }
 }

@@ -99,6 +99,10 @@ impl PriceStore for SqlPriceStore {
                 Column::CachedInputMicrosPerMillionTokens,
                 Expr::value(new.price.cached_input),
             )
+            .col_expr(
+                Column::CacheWriteInputMicrosPerMillionTokens,
+                Expr::value(new.price.cache_write_input),
+            )
             .col_expr(Column::EffectiveFrom, Expr::value(new.effective_from))
             .filter(Column::Id.eq(id.as_uuid()))
             .filter(Column::EffectiveFrom.gt(now))
@@ -160,6 +164,7 @@ fn row(id: PriceId, p: &ModelPrice, now: OffsetDateTime) -> model_prices::Active
         input_micros_per_million_tokens: Set(p.price.input),
         output_micros_per_million_tokens: Set(p.price.output),
         cached_input_micros_per_million_tokens: Set(p.price.cached_input),
+        cache_write_input_micros_per_million_tokens: Set(p.price.cache_write_input),
         effective_from: Set(p.effective_from),
         created_at: Set(now),
     }
@@ -172,6 +177,7 @@ fn model_price(r: &model_prices::Model) -> ModelPrice {
             input: r.input_micros_per_million_tokens,
             output: r.output_micros_per_million_tokens,
             cached_input: r.cached_input_micros_per_million_tokens,
+            cache_write_input: r.cache_write_input_micros_per_million_tokens,
         },
         effective_from: r.effective_from,
     }

@@ -51,7 +51,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 14, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 16, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -810,5 +810,51 @@ async fn the_audit_log_is_append_only_and_reads_newest_first() {
             log.list(&AuditQuery { limit: 10, ..AuditQuery::default() }).await.unwrap().len(),
             4
         );
+    }
+}
+
+/// Keys issued before the completions, responses and messages endpoints existed: one that held
+/// every scope gains theirs; one its owner narrowed does not.
+#[tokio::test]
+async fn keys_that_held_every_scope_gain_the_scopes_of_later_endpoints() {
+    use gateway_auth::{Accounts, AccountsConfig, AdminUserUpdate, AuthStores, NewKey};
+    use gateway_core::Scope;
+    use migration::MigratorTrait;
+    for backend in backends() {
+        let db = TestDb::empty(backend).await;
+        // The schema as it was before migration 15.
+        migration::Migrator::up(db.store.connection(), Some(14)).await.unwrap();
+        let store = std::sync::Arc::new(gateway_store::SqlAuthStore::new(db.store.clone()));
+        let config = AccountsConfig { password_cost: 4, key_cost: 4, ..AccountsConfig::default() };
+        let accounts =
+            Accounts::new(AuthStores::from(store), b"0123456789abcdef0123456789abcdef", config);
+        let user = accounts.signup("scopes@example.com", "correct horse battery", None).await;
+        let user = user.unwrap();
+        let pro = AdminUserUpdate { tier: Some(Tier::Pro), ..AdminUserUpdate::default() };
+        accounts.admin_update_user(gateway_core::UserId::new(), user.id, pro).await.unwrap();
+        let old_all = vec![Scope::ChatCompletions, Scope::Embeddings, Scope::Models];
+        let all = accounts.create_key(user.id, NewKey::named("all", old_all)).await.unwrap();
+        let narrow = vec![Scope::ChatCompletions, Scope::Models];
+        let narrow = accounts.create_key(user.id, NewKey::named("narrow", narrow)).await.unwrap();
+        db.store.migrate().await.unwrap();
+        let keys = accounts.list_keys(user.id).await.unwrap();
+        let scopes_of = |id| {
+            let mut s: Vec<&str> = keys
+                .iter()
+                .find(|k| k.id == id)
+                .unwrap()
+                .scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
+            s.sort_unstable();
+            s
+        };
+        assert_eq!(
+            scopes_of(all.meta.id),
+            ["chat.completions", "completions", "embeddings", "messages", "models", "responses"],
+            "{backend:?}"
+        );
+        assert_eq!(scopes_of(narrow.meta.id), ["chat.completions", "models"], "{backend:?}");
     }
 }

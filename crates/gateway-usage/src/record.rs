@@ -15,7 +15,7 @@ pub struct UsageRecord {
     pub user_id: UserId,
     pub api_key_id: Option<ApiKeyId>,
     pub server_id: Option<ServerId>,
-    /// `chat.completions` or `embeddings`.
+    /// `chat.completions`, `completions`, `embeddings`, `responses` or `messages`.
     pub endpoint: String,
     pub model: String,
     pub prompt_tokens: u64,

@@ -310,6 +310,7 @@ struct PriceBody {
     input_micros_per_million: i64,
     output_micros_per_million: i64,
     cached_input_micros_per_million: Option<i64>,
+    cache_write_input_micros_per_million: Option<i64>,
     /// RFC 3339; default now.
     effective_from: Option<String>,
 }
@@ -331,6 +332,7 @@ impl PriceBody {
                 input: self.input_micros_per_million,
                 output: self.output_micros_per_million,
                 cached_input: self.cached_input_micros_per_million,
+                cache_write_input: self.cache_write_input_micros_per_million,
             },
             effective_from,
         })

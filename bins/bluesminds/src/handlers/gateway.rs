@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::openai::{List, Model};
-use gateway_core::{ApiError, Scope};
+use gateway_core::{ApiError, ErrorShape, Scope};
 use gateway_pipeline::{Answer, Head, Reply};
-use gateway_proxy::request::Endpoint;
+use gateway_proxy::request::{Dialect, Endpoint};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
 };
@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::http::{ResBody, error_response, json};
+use crate::http::{ResBody, error_response_in, json};
 use crate::server::{Ctx, read_body};
 
 /// A constant `HeaderName`: inserting by `&str` would copy the name for every response.
@@ -26,6 +26,26 @@ pub const COST_HEADER: HeaderName = HeaderName::from_static("x-bluesminds-cost-m
 
 fn authorization<B>(req: &Request<B>) -> Option<&str> {
     req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""))
+}
+
+/// Anthropic's SDKs send the key as `x-api-key`.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The key of a request to `endpoint`: on the Messages routes `x-api-key` (as Anthropic's SDKs
+/// send it) when present, else `Authorization`.
+fn key_of<B>(req: &Request<B>, endpoint: Endpoint) -> Option<&str> {
+    match req.headers().get(X_API_KEY) {
+        Some(key) if endpoint == Endpoint::Messages => Some(key.to_str().unwrap_or("")),
+        _ => authorization(req),
+    }
+}
+
+/// The error body of an endpoint's route.
+fn shape_of(endpoint: Endpoint) -> ErrorShape {
+    match endpoint.dialect() {
+        Dialect::Anthropic => ErrorShape::Anthropic,
+        Dialect::OpenAi | Dialect::Responses => ErrorShape::OpenAi,
+    }
 }
 
 /// `GET /v1/models`: the models of active servers that the key may use.
@@ -45,8 +65,8 @@ pub fn overhead_value(overhead: Duration) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// `POST /v1/chat/completions` and `POST /v1/embeddings`: authenticate, read the body, run
-/// the pipeline, write its reply.
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses` and
+/// `/v1/messages`: authenticate, read the body, run the pipeline, write its reply.
 pub async fn forward(
     app: &Arc<App>,
     req: Request<Incoming>,
@@ -57,7 +77,7 @@ pub async fn forward(
         endpoint,
         request_id: ctx.request_id,
         started: ctx.started,
-        authorization: authorization(&req),
+        authorization: key_of(&req, endpoint),
         traceparent: req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
     };
     let call = app.pipeline.open(head).await?;
@@ -87,7 +107,7 @@ fn respond(app: &App, endpoint: Endpoint, reply: Reply) -> Response<ResBody> {
         }
         Answer::Stream { status, body, overhead } => {
             app.metrics.observe_overhead(endpoint.as_str(), overhead);
-            let mut res = Response::new(ResBody::Stream(Box::pin(body)));
+            let mut res = Response::new(ResBody::Stream(Box::into_pin(body)));
             *res.status_mut() = status;
             let headers = res.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -95,7 +115,7 @@ fn respond(app: &App, endpoint: Endpoint, reply: Reply) -> Response<ResBody> {
             headers.insert(OVERHEAD_HEADER, overhead_value(overhead));
             res
         }
-        Answer::Error(e) => error_response(&e),
+        Answer::Error(e) => error_response_in(shape_of(endpoint), &e),
     };
     if let Some(snapshot) = &reply.limits {
         crate::limits::add_headers(res.headers_mut(), snapshot);

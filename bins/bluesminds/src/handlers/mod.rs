@@ -18,13 +18,12 @@ mod web_admin;
 use std::sync::Arc;
 
 use gateway_core::ApiError;
-use gateway_proxy::request::Endpoint;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
-use crate::http::{ResBody, error_response};
+use crate::http::{ResBody, error_response_in};
 use crate::router::Route;
 use crate::server::{Ctx, read_body};
 
@@ -34,6 +33,7 @@ pub async fn dispatch(
     req: Request<Incoming>,
     ctx: Ctx,
 ) -> Response<ResBody> {
+    let shape = crate::router::error_shape(req.uri().path());
     let result = match route {
         Route::Healthz => Ok(ops::healthz()),
         Route::Readyz => Ok(ops::readyz(app).await),
@@ -121,11 +121,10 @@ pub async fn dispatch(
         Route::AdminRevokeCode(id) => billing::admin_revoke_code(app, req, ctx, id).await,
         Route::BillingPortal => payments::portal(app, req, ctx).await,
         Route::BillingWebhook => payments::webhook(app, req, ctx).await,
-        Route::ChatCompletions => gateway::forward(app, req, ctx, Endpoint::ChatCompletions).await,
-        Route::Embeddings => gateway::forward(app, req, ctx, Endpoint::Embeddings).await,
+        Route::Forward(endpoint) => gateway::forward(app, req, ctx, endpoint).await,
     };
-    let mut res = result.unwrap_or_else(|e| error_response(&e));
-    if matches!(route, Route::ChatCompletions | Route::Embeddings | Route::Models)
+    let mut res = result.unwrap_or_else(|e| error_response_in(shape, &e));
+    if matches!(route, Route::Forward(_) | Route::Models)
         && !res.headers().contains_key(&gateway::OVERHEAD_HEADER)
     {
         // Answered without an upstream (refused, or /models): all of it was the gateway's.

@@ -547,6 +547,7 @@ async fn plans_page(
             input_micros: p.input_micros_per_million,
             output_micros: p.output_micros_per_million,
             cached_micros: p.cached_input_micros_per_million,
+            cache_write_micros: p.cache_write_input_micros_per_million,
             effective_from: day_and_time(p.effective_from),
             future: p.effective_from > now,
         })
@@ -622,7 +623,10 @@ async fn add_price(app: &App, admin: &User, ctx: Ctx, fields: &[(String, String)
             .ok_or_else(|| bad(name, "Enter dollars per million tokens, such as 2.50."))
     };
     let parsed = (|| {
-        let cached = if text("cached").is_empty() { None } else { Some(money("cached")?) };
+        let optional = |name: &str| {
+            if text(name).is_empty() { Ok(None) } else { money(name).map(Some) }
+        };
+        let (cached, cache_write) = (optional("cached")?, optional("cache_write")?);
         let effective_from = match text("effective_from") {
             "" => now,
             t => {
@@ -637,7 +641,12 @@ async fn add_price(app: &App, admin: &User, ctx: Ctx, fields: &[(String, String)
         };
         Ok::<_, FieldError>(ModelPrice {
             model: text("model").to_owned(),
-            price: Price { input: money("input")?, output: money("output")?, cached_input: cached },
+            price: Price {
+                input: money("input")?,
+                output: money("output")?,
+                cached_input: cached,
+                cache_write_input: cache_write,
+            },
             effective_from,
         })
     })();

@@ -11,6 +11,7 @@ pub struct Model {
     pub input_micros_per_million_tokens: i64,
     pub output_micros_per_million_tokens: i64,
     pub cached_input_micros_per_million_tokens: Option<i64>,
+    pub cache_write_input_micros_per_million_tokens: Option<i64>,
     pub effective_from: TimeDateTimeWithTimeZone,
     pub created_at: TimeDateTimeWithTimeZone,
 }

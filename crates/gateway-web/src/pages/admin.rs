@@ -408,6 +408,7 @@ pub struct PriceRow {
     pub input_micros: i64,
     pub output_micros: i64,
     pub cached_micros: Option<i64>,
+    pub cache_write_micros: Option<i64>,
     pub effective_from: String,
     /// Not in effect yet: may still be deleted.
     pub future: bool,
@@ -458,6 +459,7 @@ pub fn plans(
                     (field("input", "Input ($ per 1M)", "text", "", true, errors))
                     (field("output", "Output ($ per 1M)", "text", "", true, errors))
                     (field("cached", "Cached input ($ per 1M)", "text", "", false, errors))
+                    (field("cache_write", "Cache write ($ per 1M)", "text", "", false, errors))
                     (field("effective_from", "From (UTC, blank: now)", "datetime-local", "", false, errors))
                 }
                 div.actions { button type="submit" { "Add price" } }
@@ -470,7 +472,8 @@ pub fn plans(
                 table {
                     thead { tr {
                         th scope="col" { "Model" } th.num scope="col" { "Input" } th.num scope="col" { "Output" }
-                        th.num.hide-narrow scope="col" { "Cached input" } th scope="col" { "From (UTC)" } th scope="col" { span.skip { "Actions" } }
+                        th.num.hide-narrow scope="col" { "Cached input" } th.num.hide-narrow scope="col" { "Cache write" }
+                        th scope="col" { "From (UTC)" } th scope="col" { span.skip { "Actions" } }
                     } }
                     tbody {
                         @for p in prices {
@@ -479,6 +482,7 @@ pub fn plans(
                                 td.num { (usd(p.input_micros)) }
                                 td.num { (usd(p.output_micros)) }
                                 td.num.hide-narrow { @if let Some(c) = p.cached_micros { (usd(c)) } @else { "—" } }
+                                td.num.hide-narrow { @if let Some(c) = p.cache_write_micros { (usd(c)) } @else { "—" } }
                                 td { (p.effective_from) @if p.future { " " span.badge { "not yet" } } }
                                 td {
                                     @if p.future {

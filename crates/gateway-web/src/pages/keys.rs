@@ -63,9 +63,12 @@ impl Default for KeyForm {
 }
 
 /// The scopes a key may have, with what each allows.
-const SCOPES: [(&str, &str); 3] = [
+const SCOPES: [(&str, &str); 6] = [
     ("chat.completions", "Chat completions"),
+    ("completions", "Legacy text completions"),
     ("embeddings", "Embeddings"),
+    ("responses", "OpenAI's Responses API"),
+    ("messages", "Anthropic's Messages API"),
     ("models", "The model list"),
 ];
 

@@ -218,12 +218,19 @@ pub struct Usage {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PromptTokensDetails {
+    /// `null` reads as 0: some upstreams (LiteLLM's translations) send `"cached_tokens": null`,
+    /// which must not cost the whole usage report.
+    #[serde(deserialize_with = "null_as_zero")]
     pub cached_tokens: u64,
     /// Of the prompt tokens, those written to the upstream's prompt cache (Anthropic's
     /// `cache_creation_input_tokens`; billed at the model's cache-write price when it has one).
     /// Not an OpenAI field: OpenAI answers leave it at zero.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub cache_write_tokens: u64,
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Option::<u64>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
@@ -313,6 +320,21 @@ impl UpstreamServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_null_cached_count_reads_as_zero_and_keeps_the_usage() {
+        let u: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,
+                "prompt_tokens_details":{"cached_tokens":null,"audio_tokens":null}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.total(), u.cached_prompt_tokens()), (7, 0));
+        let u: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":3}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.cached_prompt_tokens(), u.cache_write_prompt_tokens()), (3, 0));
+    }
 
     #[test]
     fn embedding_usage_without_completion_tokens_parses() {

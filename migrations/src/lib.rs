@@ -36,6 +36,7 @@ mod m20261206_000005_email_verification;
 mod m20261207_000001_user_deleted_at;
 mod m20261207_000002_new_endpoint_scopes;
 mod m20261207_000003_cache_write_price;
+mod m20261207_000004_model_routes;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -64,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_user_deleted_at::Migration),
             Box::new(m20261207_000002_new_endpoint_scopes::Migration),
             Box::new(m20261207_000003_cache_write_price::Migration),
+            Box::new(m20261207_000004_model_routes::Migration),
         ]
     }
 }

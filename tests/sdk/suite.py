@@ -1,6 +1,7 @@
 """The API surface through the vendors' own SDKs, as a team's code calls the gateway.
 
-OpenAI's Python SDK: chat, legacy completions and the Responses API, plain and streamed.
+OpenAI's Python SDK: chat (also through a model route whose target fails, so the request
+falls back to another model), legacy completions and the Responses API, plain and streamed.
 Anthropic's Python SDK: Messages, plain and streamed, with `x-api-key` as it sends it, and its
 exceptions for the gateway's refusals. Each request's usage row is then read back and its
 tokens and cost checked against the prices set here. The gateway binary runs on Postgres and
@@ -79,6 +80,12 @@ def database_url(base, name):
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cost(price, prompt, cached, written, completion):
     """The stated rule (docs/BILLING.md): the exact sum, rounded once, halves up."""
     _, input_, output, read_price, write_price = price
@@ -111,6 +118,9 @@ class Suite:
             "API_KEY_SECRET": secret,
             "LITELLM_SERVER_1_URL": self.mock.url,
             "LITELLM_SERVER_1_MODELS": "gpt-4o-mini,claude-sonnet-4",
+            # A server that refuses every connection, for a route's target that fails.
+            "LITELLM_SERVER_2_URL": f"http://127.0.0.1:{free_port()}",
+            "LITELLM_SERVER_2_MODELS": "gpt-4o",
         }
         self.workdir = tempfile.mkdtemp(prefix="bm-sdk-")
         bin_ = os.environ["BLUESMINDS_BIN"]
@@ -193,6 +203,24 @@ class Suite:
         assert text == mock_text(5), text
         self.expected += [("chat.completions", False, 200), ("completions", False, 200),
                           ("completions", True, 200)]
+
+    def openai_chat_through_a_model_route_falls_back(self):
+        servers = self.rest("GET", "/api/admin/servers", self.admin)["data"]
+        down = next(s["id"] for s in servers if s["supported_models"] == ["gpt-4o"])
+        self.rest("POST", "/api/admin/models", self.admin, {
+            "name": "smart", "targets": [{"server_id": down, "model": "gpt-4o"}],
+            "fallbacks": ["gpt-4o-mini"]}, expect=201)
+        models = [m.id for m in self.openai.models.list()]
+        assert "smart" in models, models
+        chat = self.openai.chat.completions.create(
+            model="smart", max_tokens=2, messages=[{"role": "user", "content": "Say hello"}])
+        assert chat.model == "gpt-4o-mini", chat  # what served it
+        assert chat.choices[0].message.content == mock_text(2), chat
+        text = "".join(c.choices[0].delta.content or "" for c in self.openai.chat.completions.create(
+            model="smart", max_tokens=3, stream=True, messages=[{"role": "user", "content": "Say hello"}])
+            if c.choices)
+        assert text == mock_text(3), text
+        self.expected += [("chat.completions", False, 200), ("chat.completions", True, 200)]
 
     def openai_responses_plain_and_streamed(self):
         r = self.openai.responses.create(model="gpt-4o-mini", input="Say hello",
@@ -285,6 +313,8 @@ class Suite:
         rows = self.rows(len(self.expected))
         got = [(r["endpoint"], r["streamed"], r["status_code"]) for r in rows]
         assert got == self.expected, got
+        # The route's requests are recorded as the model that served them.
+        assert [r["model"] for r in rows[3:5]] == ["gpt-4o-mini", "gpt-4o-mini"], rows[3:5]
         for r in rows:
             if r["status_code"] != 200:
                 assert r["cost_micros"] == 0 and r["total_tokens"] == 0, r
@@ -308,6 +338,7 @@ def main():
     suite = Suite()
     steps = [
         suite.openai_chat_and_legacy_completions,
+        suite.openai_chat_through_a_model_route_falls_back,
         suite.openai_responses_plain_and_streamed,
         suite.openai_refusals_have_the_sdks_exceptions,
         suite.anthropic_messages_plain_and_streamed,

@@ -41,6 +41,10 @@ pub enum Route<'a> {
     AdminStats,
     AdminListServers,
     AdminCreateServer,
+    AdminListModels,
+    AdminCreateModel,
+    AdminUpdateModel(&'a str),
+    AdminDeleteModel(&'a str),
     AdminUpdateServer(&'a str),
     AdminDeleteServer(&'a str),
     AdminHealth,
@@ -323,6 +327,19 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Routed<'a> {
             &[
                 (Method::PATCH, Route::AdminUpdateServer(id)),
                 (Method::DELETE, Route::AdminDeleteServer(id)),
+            ],
+        ),
+        ["api", "admin", "models"] => pick(
+            m,
+            "GET, HEAD, POST",
+            &[(Method::GET, Route::AdminListModels), (Method::POST, Route::AdminCreateModel)],
+        ),
+        ["api", "admin", "models", id] => pick(
+            m,
+            "PATCH, DELETE",
+            &[
+                (Method::PATCH, Route::AdminUpdateModel(id)),
+                (Method::DELETE, Route::AdminDeleteModel(id)),
             ],
         ),
         ["api", "admin", "health"] => pick(

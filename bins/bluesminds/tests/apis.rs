@@ -315,3 +315,154 @@ async fn limits_hold_on_the_new_routes_across_them() {
     assert_eq!((r.status, r.openai_error()["code"].as_str()), (429, Some("rate_limit_exceeded")));
     assert_eq!(mock.requests(), 3);
 }
+
+/// The id of the server whose `base_url` is `url`, as the admin API lists it.
+async fn server_id(gw: &Gateway, admin: &str, url: &str) -> String {
+    let r = request_with(gw.addr, "GET", "/api/admin/servers", &[("cookie", admin)], b"").await;
+    let servers = r.json()["data"].as_array().cloned().unwrap();
+    let s = servers.iter().find(|s| s["base_url"] == url).unwrap_or_else(|| panic!("{servers:?}"));
+    s["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn model_routes_alias_split_and_fall_back_to_another_model() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    // A server that refuses every connection: the route's pinned target fails before a byte.
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let gw = Gateway::start(
+        &[],
+        &[
+            ("LITELLM_SERVER_1_URL", &url),
+            ("LITELLM_SERVER_1_MODELS", "gpt-4o,gpt-4o-mini"),
+            ("LITELLM_SERVER_2_URL", &dead),
+            ("LITELLM_SERVER_2_MODELS", "gpt-4o"),
+        ],
+    )
+    .await;
+    let admin = support::admin_session(&gw).await;
+    let (live_id, dead_id) =
+        (server_id(&gw, &admin, &url).await, server_id(&gw, &admin, &dead).await);
+    let admin_h = [("cookie", admin.as_str())];
+    let route = |body: Value| {
+        let admin = admin.clone();
+        let gw = &gw;
+        async move {
+            request_with(
+                gw.addr,
+                "POST",
+                "/api/admin/models",
+                &[("cookie", &admin)],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let r = route(json!({"name": "cheap", "targets": [{"model": "gpt-4o-mini"}]})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = route(json!({"name": "smart", "targets": [{"server_id": dead_id, "model": "gpt-4o"}],
+        "fallbacks": ["cheap"]}))
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let smart = r.json();
+    assert_eq!(smart["targets"][0]["weight"], 1, "the default weight");
+    let r = route(json!({"name": "split", "targets": [
+        {"server_id": live_id, "model": "gpt-4o", "weight": 1}, {"model": "gpt-4o-mini", "weight": 1}]}))
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    // What an admin gets wrong is refused with the field at fault.
+    for (body, status, param) in [
+        (json!({"name": "smart", "targets": [{"model": "x"}]}), 409, "name"),
+        (
+            json!({"name": "loop", "targets": [{"model": "x"}], "fallbacks": ["loop"]}),
+            400,
+            "fallbacks",
+        ),
+        (json!({"name": "none", "targets": []}), 400, "targets"),
+        (json!({"name": "w", "targets": [{"model": "x", "weight": 0}]}), 400, "targets"),
+        (
+            json!({"name": "ghost", "targets": [{"server_id": uuid::Uuid::new_v4().to_string(), "model": "x"}]}),
+            400,
+            "targets",
+        ),
+    ] {
+        let r = route(body.clone()).await;
+        assert_eq!((r.status, r.openai_error()["param"].as_str()), (status, Some(param)), "{body}");
+    }
+    let r = route(json!({"name": "odd", "targets": [{"model": "x", "provider": "y"}]})).await;
+    assert_eq!(r.status, 400, "unknown target fields are refused");
+
+    let (cookie, key) = user(&gw, "routes@example.com", json!({"name": "all"})).await;
+    let auth = bearer(&key);
+    let auth = [("authorization", auth.as_str())];
+    let chat = |model: &str, stream: bool| json!({"model": model, "max_tokens": 2, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    // The alias: the pinned target's server is down, so the request falls back to `cheap`,
+    // which the mock serves as gpt-4o-mini; the answer and the row say what served it.
+    let r = post(&gw, "/v1/chat/completions", &auth, &chat("smart", false)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["model"], "gpt-4o-mini");
+    let r = post(&gw, "/v1/chat/completions", &auth, &chat("smart", true)).await;
+    assert_eq!(r.status, 200);
+    assert!(events(&r.body).iter().any(|(_, e)| e["model"] == "gpt-4o-mini"));
+    // The split: both targets serve a share.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = post(&gw, "/v1/chat/completions", &auth, &chat("split", false)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        served.insert(r.json()["model"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["gpt-4o", "gpt-4o-mini"]);
+    let rows = rows(&gw, &cookie, 32).await;
+    assert_eq!(
+        (rows[0]["model"].as_str(), rows[1]["model"].as_str()),
+        (Some("gpt-4o-mini"), Some("gpt-4o-mini"))
+    );
+    assert!(rows.iter().all(|r| r["status_code"] == 200 && r["cost_micros"].as_i64().unwrap() > 0));
+
+    // /models lists the public names; a key's allowed models apply to the public name.
+    let r = request_with(gw.addr, "GET", "/v1/models", &auth, b"").await;
+    let ids: Vec<_> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    for name in ["cheap", "smart", "split", "gpt-4o", "gpt-4o-mini"] {
+        assert!(ids.iter().any(|i| i == name), "{name} in {ids:?}");
+    }
+    let (_, only_smart) =
+        user(&gw, "only-smart@example.com", json!({"name": "smart", "allowed_models": ["smart"]}))
+            .await;
+    let only = bearer(&only_smart);
+    let r =
+        post(&gw, "/v1/chat/completions", &[("authorization", &only)], &chat("smart", false)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r =
+        post(&gw, "/v1/chat/completions", &[("authorization", &only)], &chat("gpt-4o-mini", false))
+            .await;
+    assert_eq!(r.status, 403);
+
+    // Turned off, the name is gone; deleted, it is gone for good.
+    let id = smart["id"].as_str().unwrap();
+    let path = format!("/api/admin/models/{id}");
+    let r = request_with(gw.addr, "PATCH", &path, &admin_h, br#"{"is_active": false}"#).await;
+    assert_eq!((r.status, r.json()["is_active"].as_bool()), (200, Some(false)));
+    let r = post(&gw, "/v1/chat/completions", &auth, &chat("smart", false)).await;
+    assert_eq!((r.status, r.openai_error()["code"].as_str()), (404, Some("model_not_found")));
+    let r = request_with(gw.addr, "GET", "/api/admin/models", &admin_h, b"").await;
+    let names: Vec<_> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["cheap", "smart", "split"]);
+    let r = request_with(gw.addr, "DELETE", &path, &admin_h, b"").await;
+    assert_eq!(r.status, 200);
+    let r = request_with(gw.addr, "DELETE", &path, &admin_h, b"").await;
+    assert_eq!(r.status, 404);
+    // Users may not manage routes.
+    let r = request_with(gw.addr, "GET", "/api/admin/models", &[("cookie", &cookie)], b"").await;
+    assert_eq!(r.status, 403);
+}

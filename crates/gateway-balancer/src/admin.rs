@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use gateway_core::{HealthStatus, ServerId, UpstreamServer};
+use gateway_core::{HealthStatus, RouteId, ServerId, UpstreamServer};
 use time::OffsetDateTime;
 
 use crate::health::{CheckReport, HealthConfig, Prober, check_all};
+use crate::routes::{InvalidRoute, ModelRoute, RouteTarget, RouteUpdate, validate_route};
 use crate::store::{HealthRecord, InvalidServer, ServerStore, ServerStoreError, ServerUpdate};
 use crate::{ServerPool, ServerState, validate_server};
 
@@ -40,6 +41,13 @@ pub enum AdminError {
     /// Another server has this base URL.
     #[error("a server with this base_url already exists")]
     Conflict,
+    #[error("invalid model route: {0}")]
+    InvalidRoute(InvalidRoute),
+    #[error("no such model route")]
+    RouteNotFound,
+    /// Another route has this name.
+    #[error("a model route with this name already exists")]
+    RouteNameTaken,
     #[error(transparent)]
     Store(ServerStoreError),
 }
@@ -48,9 +56,21 @@ impl From<ServerStoreError> for AdminError {
     fn from(e: ServerStoreError) -> Self {
         match e {
             ServerStoreError::Conflict => AdminError::Conflict,
+            ServerStoreError::RouteNameTaken => AdminError::RouteNameTaken,
             other => AdminError::Store(other),
         }
     }
+}
+
+/// A model route as an admin adds it; what is left out takes its default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewRoute {
+    pub name: String,
+    pub targets: Vec<RouteTarget>,
+    /// Default: none.
+    pub fallbacks: Option<Vec<String>>,
+    /// Default true.
+    pub is_active: Option<bool>,
 }
 
 /// A server's health as this instance sees it: the pool's runtime state where the server is in
@@ -103,9 +123,73 @@ impl ServerAdmin {
         Self { store, pool, announce }
     }
 
-    /// Loads the pool from the store. Servers that stay keep their runtime state.
+    /// Loads the pool and the model routes from the store. Servers that stay keep their
+    /// runtime state.
     pub async fn reload(&self) -> Result<(), ServerStoreError> {
         self.pool.replace(self.store.list_servers().await?);
+        self.pool.replace_routes(self.store.list_routes().await?);
+        Ok(())
+    }
+
+    /// Every model route, active or not, in name order.
+    pub async fn routes(&self) -> Result<Vec<ModelRoute>, AdminError> {
+        Ok(self.store.list_routes().await?)
+    }
+
+    /// Adds a model route (checked before anything is written; a pinned server must exist),
+    /// then applies it everywhere.
+    pub async fn create_route(&self, new: NewRoute) -> Result<ModelRoute, AdminError> {
+        let route = ModelRoute {
+            id: RouteId::new(),
+            name: new.name.trim().to_owned(),
+            targets: new.targets,
+            fallbacks: new.fallbacks.unwrap_or_default(),
+            is_active: new.is_active.unwrap_or(true),
+        };
+        self.check_route(&route).await?;
+        self.store.insert_route(route.clone()).await?;
+        self.changed().await?;
+        tracing::info!(route = %route.name, "model route added");
+        Ok(route)
+    }
+
+    /// Changes a model route; the result is checked before anything is written.
+    pub async fn update_route(
+        &self,
+        id: RouteId,
+        mut update: RouteUpdate,
+    ) -> Result<ModelRoute, AdminError> {
+        update.name = update.name.map(|n| n.trim().to_owned());
+        let routes = self.store.list_routes().await?;
+        let mut preview =
+            routes.into_iter().find(|r| r.id == id).ok_or(AdminError::RouteNotFound)?;
+        update.apply(&mut preview);
+        self.check_route(&preview).await?;
+        let route = self.store.update_route(id, update).await?.ok_or(AdminError::RouteNotFound)?;
+        self.changed().await?;
+        tracing::info!(route = %route.name, "model route changed");
+        Ok(route)
+    }
+
+    pub async fn delete_route(&self, id: RouteId) -> Result<(), AdminError> {
+        if !self.store.delete_route(id).await? {
+            return Err(AdminError::RouteNotFound);
+        }
+        self.changed().await?;
+        tracing::info!(route = %id, "model route deleted");
+        Ok(())
+    }
+
+    async fn check_route(&self, route: &ModelRoute) -> Result<(), AdminError> {
+        validate_route(route).map_err(AdminError::InvalidRoute)?;
+        for server in route.targets.iter().filter_map(|t| t.server_id) {
+            if self.store.get_server(server).await?.is_none() {
+                return Err(AdminError::InvalidRoute(InvalidRoute {
+                    field: "targets",
+                    message: format!("no server has the id {server}"),
+                }));
+            }
+        }
         Ok(())
     }
 

@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod routes;
 mod state;
 pub mod store;
 
@@ -44,25 +45,106 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway_core::{ServerId, UpstreamServer};
 
-pub use admin::{AdminError, NewServer, PoolChanged, ServerAdmin, ServerHealth, ServerReport};
+pub use admin::{
+    AdminError, NewRoute, NewServer, PoolChanged, ServerAdmin, ServerHealth, ServerReport,
+};
 pub use health::{CheckReport, HealthConfig, ProbeResult, Prober, check_all};
+pub use routes::{Candidate, InvalidRoute, ModelRoute, RoutePlan, RouteTarget, RouteUpdate};
 pub use state::{BreakerConfig, Outcome, Selected, ServerState};
 pub use store::{
     HealthRecord, InMemoryServerStore, InvalidServer, ServerStore, ServerStoreError, ServerUpdate,
     validate_server,
 };
 
-/// The servers of the pool, readable without locks.
+/// The servers of the pool and the model routes, readable without locks.
 #[derive(Debug, Default)]
 pub struct ServerPool {
     servers: ArcSwap<Vec<Arc<ServerState>>>,
+    /// Active routes by public name.
+    routes: ArcSwap<HashMap<String, Arc<ModelRoute>>>,
     breaker: BreakerConfig,
     ejections: Arc<state::Ejections>,
 }
 
 impl ServerPool {
     pub fn new(breaker: BreakerConfig) -> Self {
-        Self { servers: ArcSwap::default(), breaker, ejections: Arc::default() }
+        Self {
+            servers: ArcSwap::default(),
+            routes: ArcSwap::default(),
+            breaker,
+            ejections: Arc::default(),
+        }
+    }
+
+    /// Replaces the model routes (inactive ones are dropped).
+    pub fn replace_routes(&self, routes: Vec<ModelRoute>) {
+        let active =
+            routes.into_iter().filter(|r| r.is_active).map(|r| (r.name.clone(), Arc::new(r)));
+        self.routes.store(Arc::new(active.collect()));
+    }
+
+    /// How `name` is served, when a route defines it (`None`: served as itself). One map
+    /// lookup, skipped while there are no routes.
+    pub fn plan(&self, name: &str) -> Option<RoutePlan> {
+        let routes = self.routes.load();
+        if routes.is_empty() {
+            return None;
+        }
+        let route = routes.get(name)?;
+        let stage_of = |name: &str| match routes.get(name) {
+            Some(r) => r
+                .targets
+                .iter()
+                .map(|t| Candidate {
+                    server: t.server_id,
+                    model: t.model.clone(),
+                    weight: t.weight,
+                })
+                .collect(),
+            None => RoutePlan::direct(name).stages.remove(0),
+        };
+        let mut stages = vec![stage_of(&route.name)];
+        stages.extend(route.fallbacks.iter().map(|f| stage_of(f)));
+        Some(RoutePlan { stages })
+    }
+
+    /// Picks a candidate of `stage` (by weight, among those a healthy server can take) and a
+    /// server for it, skipping `exclude`. Returns the server and the candidate's index.
+    pub fn select_candidate(
+        &self,
+        stage: &[Candidate],
+        exclude: &[ServerId],
+    ) -> Option<(Selected, usize)> {
+        let now = state::now_ms();
+        let servers = self.servers.load();
+        let viable = |c: &Candidate| {
+            servers.iter().any(|s| {
+                c.server.is_none_or(|id| s.server().id == id)
+                    && !exclude.contains(&s.server().id)
+                    && s.is_eligible(&c.model, now)
+            })
+        };
+        let mut open: Vec<usize> = (0..stage.len()).filter(|&i| viable(&stage[i])).collect();
+        while !open.is_empty() {
+            let total: u64 = open.iter().map(|&i| u64::from(stage[i].weight.max(1))).sum();
+            let mut ticket = fastrand::u64(0..total.max(1));
+            let mut drawn = open[open.len() - 1];
+            for &i in &open {
+                let w = u64::from(stage[i].weight.max(1));
+                if ticket < w {
+                    drawn = i;
+                    break;
+                }
+                ticket -= w;
+            }
+            let c = &stage[drawn];
+            if let Some(picked) = self.select_where(&c.model, exclude, c.server) {
+                return Some((picked, drawn));
+            }
+            // Full since the check: the others.
+            open.retain(|&i| i != drawn);
+        }
+        None
     }
 
     /// Replaces the pool. Servers that stay (same id) keep their runtime state (in-flight
@@ -91,15 +173,18 @@ impl ServerPool {
         self.servers.load_full()
     }
 
-    /// Whether some active server could ever serve `model` (ignoring health).
+    /// Whether a route defines `model`, or some active server could ever serve it (ignoring
+    /// health).
     pub fn knows_model(&self, model: &str) -> bool {
-        self.servers.load().iter().any(|s| s.server().is_active && s.supports(model))
+        self.routes.load().contains_key(model)
+            || self.servers.load().iter().any(|s| s.server().is_active && s.supports(model))
     }
 
-    /// Models of active servers (declared, or discovered by health checks), sorted.
+    /// The names clients may call, sorted: the routes', and the models of active servers
+    /// (declared, or discovered by health checks).
     pub fn models(&self) -> Vec<String> {
         let servers = self.servers.load();
-        let mut models = BTreeSet::new();
+        let mut models: BTreeSet<String> = self.routes.load().keys().cloned().collect();
         for s in servers.iter().filter(|s| s.server().is_active) {
             models.extend(s.models());
         }
@@ -109,11 +194,25 @@ impl ServerPool {
     /// Picks a server for `model`, skipping `exclude` (servers already tried for this
     /// request). `None`: no healthy server can take it.
     pub fn select(&self, model: &str, exclude: &[ServerId]) -> Option<Selected> {
+        self.select_where(model, exclude, None)
+    }
+
+    /// [`Self::select`] among `only` when it is given.
+    fn select_where(
+        &self,
+        model: &str,
+        exclude: &[ServerId],
+        only: Option<ServerId>,
+    ) -> Option<Selected> {
         let servers = self.servers.load();
         let now = state::now_ms();
         let mut eligible: Vec<&Arc<ServerState>> = servers
             .iter()
-            .filter(|s| !exclude.contains(&s.server().id) && s.is_eligible(model, now))
+            .filter(|s| {
+                only.is_none_or(|id| s.server().id == id)
+                    && !exclude.contains(&s.server().id)
+                    && s.is_eligible(model, now)
+            })
             .collect();
         while let Some(best_priority) = eligible.iter().map(|s| s.server().priority).min() {
             let mut tier: Vec<&Arc<ServerState>> =

@@ -1,10 +1,13 @@
-//! Persistence of the server pool: the `litellm_servers` table behind a port.
+//! Persistence of the server pool and the model routes: the `litellm_servers` and
+//! `model_routes` tables behind a port.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use gateway_core::{HealthStatus, ServerId, UpstreamServer};
+use gateway_core::{HealthStatus, RouteId, ServerId, UpstreamServer};
+
+use crate::routes::{ModelRoute, RouteUpdate};
 use time::OffsetDateTime;
 
 /// Errors of a server store.
@@ -14,6 +17,9 @@ pub enum ServerStoreError {
     /// Another server has this base URL.
     #[error("a server with this base_url already exists")]
     Conflict,
+    /// Another route has this name.
+    #[error("a model route with this name already exists")]
+    RouteNameTaken,
     #[error("server store failed")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -87,12 +93,24 @@ pub trait ServerStore: Send + Sync {
     ) -> Result<(), ServerStoreError>;
     /// The last persisted health of every server.
     async fn health_records(&self) -> Result<HashMap<ServerId, HealthRecord>, ServerStoreError>;
+
+    /// Every model route, active or not, in name order.
+    async fn list_routes(&self) -> Result<Vec<ModelRoute>, ServerStoreError>;
+    /// [`ServerStoreError::RouteNameTaken`] when another route has its name.
+    async fn insert_route(&self, route: ModelRoute) -> Result<(), ServerStoreError>;
+    async fn update_route(
+        &self,
+        id: RouteId,
+        update: RouteUpdate,
+    ) -> Result<Option<ModelRoute>, ServerStoreError>;
+    async fn delete_route(&self, id: RouteId) -> Result<bool, ServerStoreError>;
 }
 
 /// Servers in process memory.
 #[derive(Debug, Default)]
 pub struct InMemoryServerStore {
     inner: Mutex<(Vec<UpstreamServer>, HashMap<ServerId, HealthRecord>)>,
+    routes: Mutex<Vec<ModelRoute>>,
 }
 
 impl InMemoryServerStore {
@@ -161,6 +179,49 @@ impl ServerStore for InMemoryServerStore {
 
     async fn health_records(&self) -> Result<HashMap<ServerId, HealthRecord>, ServerStoreError> {
         Ok(self.lock().1.clone())
+    }
+
+    async fn list_routes(&self) -> Result<Vec<ModelRoute>, ServerStoreError> {
+        let mut routes = self.routes().clone();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(routes)
+    }
+
+    async fn insert_route(&self, route: ModelRoute) -> Result<(), ServerStoreError> {
+        let mut routes = self.routes();
+        if routes.iter().any(|r| r.name == route.name) {
+            return Err(ServerStoreError::RouteNameTaken);
+        }
+        routes.push(route);
+        Ok(())
+    }
+
+    async fn update_route(
+        &self,
+        id: RouteId,
+        update: RouteUpdate,
+    ) -> Result<Option<ModelRoute>, ServerStoreError> {
+        let mut routes = self.routes();
+        if update.name.as_ref().is_some_and(|n| routes.iter().any(|r| &r.name == n && r.id != id)) {
+            return Err(ServerStoreError::RouteNameTaken);
+        }
+        Ok(routes.iter_mut().find(|r| r.id == id).map(|r| {
+            update.apply(r);
+            r.clone()
+        }))
+    }
+
+    async fn delete_route(&self, id: RouteId) -> Result<bool, ServerStoreError> {
+        let mut routes = self.routes();
+        let before = routes.len();
+        routes.retain(|r| r.id != id);
+        Ok(routes.len() < before)
+    }
+}
+
+impl InMemoryServerStore {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Vec<ModelRoute>> {
+        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -240,6 +301,53 @@ pub mod conformance {
         assert!(store.delete_server(a.id).await.unwrap());
         assert!(!store.delete_server(a.id).await.unwrap());
         assert_eq!(store.list_servers().await.unwrap().len(), 1);
+
+        route_contract(store, b.id).await;
+    }
+
+    async fn route_contract(store: &dyn ServerStore, server: ServerId) {
+        use crate::routes::{ModelRoute, RouteTarget, RouteUpdate};
+        use gateway_core::RouteId;
+        let smart = ModelRoute {
+            id: RouteId::new(),
+            name: "smart".into(),
+            targets: vec![
+                RouteTarget { server_id: Some(server), model: "gpt-4o".into(), weight: 3 },
+                RouteTarget { server_id: None, model: "gpt-4o-2024".into(), weight: 1 },
+            ],
+            fallbacks: vec!["cheap".into()],
+            is_active: true,
+        };
+        let cheap = ModelRoute {
+            id: RouteId::new(),
+            name: "cheap".into(),
+            targets: vec![RouteTarget { server_id: None, model: "gpt-4o-mini".into(), weight: 1 }],
+            fallbacks: vec![],
+            is_active: false,
+        };
+        store.insert_route(smart.clone()).await.unwrap();
+        store.insert_route(cheap.clone()).await.unwrap();
+        let again = ModelRoute { id: RouteId::new(), ..cheap.clone() };
+        assert!(matches!(store.insert_route(again).await, Err(ServerStoreError::RouteNameTaken)));
+        assert_eq!(store.list_routes().await.unwrap(), vec![cheap.clone(), smart.clone()]);
+        let rename = RouteUpdate { name: Some("smart".into()), ..RouteUpdate::default() };
+        assert!(matches!(
+            store.update_route(cheap.id, rename).await,
+            Err(ServerStoreError::RouteNameTaken)
+        ));
+        let update = RouteUpdate {
+            fallbacks: Some(vec![]),
+            is_active: Some(false),
+            ..RouteUpdate::default()
+        };
+        let updated = store.update_route(smart.id, update).await.unwrap().unwrap();
+        assert_eq!((updated.fallbacks.len(), updated.is_active), (0, false));
+        assert_eq!(updated.targets, smart.targets, "untouched");
+        assert_eq!(store.list_routes().await.unwrap()[1], updated);
+        assert_eq!(store.update_route(RouteId::new(), RouteUpdate::default()).await.unwrap(), None);
+        assert!(store.delete_route(cheap.id).await.unwrap());
+        assert!(!store.delete_route(cheap.id).await.unwrap());
+        assert_eq!(store.list_routes().await.unwrap(), vec![updated]);
     }
 
     #[cfg(test)]

@@ -256,3 +256,93 @@ fn no_more_servers_than_the_cap_are_ejected_at_once() {
     p.select("m", &[]).unwrap().finish(Outcome::Failure);
     assert!(p.snapshot()[0].circuit_open());
 }
+
+fn route(name: &str, targets: Vec<RouteTarget>, fallbacks: &[&str]) -> ModelRoute {
+    ModelRoute {
+        id: gateway_core::RouteId::new(),
+        name: name.into(),
+        targets,
+        fallbacks: fallbacks.iter().map(|f| (*f).to_owned()).collect(),
+        is_active: true,
+    }
+}
+
+fn target(server: Option<ServerId>, model: &str, weight: u32) -> RouteTarget {
+    RouteTarget { server_id: server, model: model.into(), weight }
+}
+
+#[test]
+fn a_route_plans_its_targets_then_each_fallback_one_level_deep() {
+    let a = server("a", 1, 1, &["gpt-4o", "gpt-4o-mini"]);
+    let a_id = a.id;
+    let p = pool(vec![a]);
+    assert_eq!(p.plan("gpt-4o"), None, "no routes: every name is served as itself");
+    p.replace_routes(vec![
+        route("smart", vec![target(Some(a_id), "gpt-4o", 3)], &["cheap", "gpt-4o-mini"]),
+        route("cheap", vec![target(None, "gpt-4o-mini", 1)], &["smart"]),
+        ModelRoute { is_active: false, ..route("off", vec![target(None, "x", 1)], &[]) },
+    ]);
+    let plan = p.plan("smart").unwrap();
+    let stages: Vec<Vec<(Option<ServerId>, &str)>> = plan
+        .stages
+        .iter()
+        .map(|s| s.iter().map(|c| (c.server, c.model.as_str())).collect())
+        .collect();
+    // `cheap`'s own fallback (back to `smart`) is not followed: no chain loops.
+    assert_eq!(
+        stages,
+        vec![
+            vec![(Some(a_id), "gpt-4o")],
+            vec![(None, "gpt-4o-mini")],
+            vec![(None, "gpt-4o-mini")]
+        ]
+    );
+    assert!(p.plan("off").is_none() && !p.knows_model("off"), "inactive routes are dropped");
+    assert!(p.knows_model("smart") && p.knows_model("gpt-4o"));
+    assert_eq!(p.models(), ["cheap", "gpt-4o", "gpt-4o-mini", "smart"]);
+}
+
+#[test]
+fn candidates_are_drawn_by_weight_among_those_a_server_can_take() {
+    let a = server("a", 1, 1, &["big"]);
+    let b = server("b", 1, 1, &["small"]);
+    let (a_id, b_id) = (a.id, b.id);
+    let p = pool(vec![a, b]);
+    let stage = vec![
+        Candidate { server: Some(a_id), model: "big".into(), weight: 3 },
+        Candidate { server: None, model: "small".into(), weight: 1 },
+        // Pinned to a server that does not serve it: never drawn.
+        Candidate { server: Some(b_id), model: "big".into(), weight: 100 },
+    ];
+    let mut drawn = HashMap::new();
+    for _ in 0..4000 {
+        let (pick, i) = p.select_candidate(&stage, &[]).unwrap();
+        *drawn.entry(i).or_insert(0u32) += 1;
+        pick.finish(Outcome::Neutral);
+    }
+    assert_eq!(drawn.get(&2), None);
+    let big = f64::from(drawn[&0]) / 4000.0;
+    assert!((0.70..0.80).contains(&big), "weight 3 of 4: {big}");
+    // With `a` tried already, only the candidate another server takes is left.
+    let (pick, i) = p.select_candidate(&stage, &[a_id]).unwrap();
+    assert_eq!((i, pick.server().id), (1, b_id));
+    assert!(p.select_candidate(&stage, &[a_id, b_id]).is_none());
+}
+
+#[test]
+fn routes_are_checked_before_they_are_stored() {
+    use crate::routes::validate_route;
+    let ok = route("smart", vec![target(None, "gpt-4o", 1)], &["cheap"]);
+    assert_eq!(validate_route(&ok), Ok(()));
+    let field = |r: &ModelRoute| validate_route(r).unwrap_err().field;
+    assert_eq!(field(&route(" smart", vec![target(None, "m", 1)], &[])), "name");
+    assert_eq!(field(&route("smart", vec![], &[])), "targets");
+    assert_eq!(field(&route("smart", vec![target(None, "", 1)], &[])), "targets");
+    assert_eq!(field(&route("smart", vec![target(None, "m", 0)], &[])), "targets");
+    assert_eq!(field(&route("smart", vec![target(None, "m", 1)], &["smart"])), "fallbacks");
+    assert_eq!(field(&route("smart", vec![target(None, "m", 1)], &["a", "a"])), "fallbacks");
+    assert_eq!(
+        field(&route("s", vec![target(None, "m", 1)], &["a", "b", "c", "d", "e"])),
+        "fallbacks"
+    );
+}

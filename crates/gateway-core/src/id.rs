@@ -70,6 +70,10 @@ uuid_id!(
     PriceId
 );
 uuid_id!(
+    /// A model route: a public model name and the upstream models that serve it.
+    RouteId
+);
+uuid_id!(
     /// A redemption code.
     CodeId
 );

@@ -30,5 +30,7 @@ pub use domain::{
     UnknownVariant, UpstreamServer, Usage, User, UserStatus,
 };
 pub use error::{ApiError, ErrorKind, ErrorShape, error_chain};
-pub use id::{ApiKeyId, CodeId, InvoiceId, LedgerEntryId, PriceId, RequestId, ServerId, UserId};
+pub use id::{
+    ApiKeyId, CodeId, InvoiceId, LedgerEntryId, PriceId, RequestId, RouteId, ServerId, UserId,
+};
 pub use plan::{DefaultPlans, Plan, PlanSource};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_balancer::{Outcome, Selected, ServerPool};
+use gateway_balancer::{Candidate, Outcome, RoutePlan, Selected, ServerPool};
 use gateway_core::trace::SpanKind;
 use gateway_core::{ApiError, ErrorKind, ServerId, Usage};
 use gateway_proxy::client::{Outgoing, Upstream, UpstreamError};
@@ -38,6 +38,27 @@ pub struct ForwardRequest<'a> {
     /// The request's trace, when it is sampled: each attempt adds its server choice, its
     /// upstream call and that call's first byte.
     pub trace: Option<&'a mut Trace>,
+    /// When a model route defines the requested name: its stages (the route's targets, then
+    /// each fallback's) and the body to send for each target model. `None`: the model as
+    /// requested, on any server serving it, with `body`.
+    pub routed: Option<Routed>,
+}
+
+/// A routed request's plan and its bodies.
+#[derive(Debug)]
+pub struct Routed {
+    pub plan: RoutePlan,
+    /// The body for each model of the plan (the client's, the `model` value replaced).
+    pub bodies: Vec<(String, Bytes)>,
+}
+
+/// Which servers and models one stage of a request may use.
+#[derive(Clone, Copy)]
+enum Stage<'p> {
+    /// The model as requested.
+    Direct,
+    /// A route's targets (or a fallback's).
+    Candidates(&'p [Candidate], &'p [(String, Bytes)]),
 }
 
 /// What came back.
@@ -56,6 +77,8 @@ pub enum Forwarded {
         server: ServerId,
         /// From sending the request to the last byte of the response.
         upstream: Duration,
+        /// The upstream model that served it, when a route chose it.
+        model: Option<String>,
     },
     /// A stream being relayed.
     Stream {
@@ -64,7 +87,17 @@ pub enum Forwarded {
         server: ServerId,
         /// From sending the request to the response head.
         upstream: Duration,
+        /// The upstream model that served it, when a route chose it.
+        model: Option<String>,
     },
+}
+
+impl Forwarded {
+    /// Whether a fallback may do better: a 429 or a 5xx answer.
+    fn failed(&self) -> bool {
+        matches!(self, Forwarded::Complete { status, .. }
+            if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+    }
 }
 
 /// Forwards requests to the pool's servers.
@@ -87,7 +120,41 @@ impl Forwarder {
         Self { upstream, pool, max_attempts: max_attempts.max(1) }
     }
 
+    /// Forwards a request: the requested model, or each stage of its route in turn until one
+    /// serves it (a stage fails when every server tried failed before the first byte, or the
+    /// answer is a 429 or a 5xx; the last stage's outcome is the client's).
     pub async fn forward(&self, mut req: ForwardRequest<'_>) -> Result<Forwarded, ApiError> {
+        let Some(routed) = req.routed.take() else {
+            return self.forward_stage(&mut req, Stage::Direct).await;
+        };
+        let last = routed.plan.stages.len().saturating_sub(1);
+        let mut outcome = Err(ApiError::no_healthy_upstream());
+        for (i, stage) in routed.plan.stages.iter().enumerate() {
+            outcome = self.forward_stage(&mut req, Stage::Candidates(stage, &routed.bodies)).await;
+            let failed = match &outcome {
+                Ok(answer) => answer.failed(),
+                Err(_) => true,
+            };
+            if !failed {
+                return outcome;
+            }
+            if i < last {
+                tracing::warn!(
+                    request_id = req.request_id,
+                    model = req.model,
+                    stage = i + 1,
+                    "every target of this stage failed; falling back"
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn forward_stage(
+        &self,
+        req: &mut ForwardRequest<'_>,
+        stage: Stage<'_>,
+    ) -> Result<Forwarded, ApiError> {
         let mut tried: Vec<ServerId> = Vec::new();
         // A server's 5xx to this request, not judged yet: the server's fault if another server
         // answers the same request, the request's own if another server fails it too.
@@ -96,12 +163,26 @@ impl Forwarder {
         let config = self.upstream.config();
         while tried.len() < self.max_attempts {
             let choosing = req.trace.as_deref_mut().map(|t| choose_span(t, tried.len()));
-            let Some(pick) = self.pool.select(req.model, &tried) else {
+            let chosen = match stage {
+                Stage::Direct => self.pool.select(req.model, &tried).map(|p| (p, None)),
+                Stage::Candidates(candidates, bodies) => {
+                    self.pool.select_candidate(candidates, &tried).map(|(p, i)| {
+                        let model = &candidates[i].model;
+                        let body = bodies.iter().find(|(m, _)| m == model).map(|(_, b)| b.clone());
+                        (p, Some((model.clone(), body)))
+                    })
+                }
+            };
+            let Some((pick, target)) = chosen else {
                 if let (Some(t), Some(s)) = (req.trace.as_deref_mut(), choosing) {
                     t.fail(s, "no healthy server serves the model");
                     t.end(s);
                 }
                 break;
+            };
+            let (served, body) = match target {
+                None => (None, req.body.clone()),
+                Some((model, body)) => (Some(model), body.unwrap_or_else(|| req.body.clone())),
             };
             let server = pick.server();
             tried.push(server.id);
@@ -123,7 +204,7 @@ impl Forwarder {
                         request_id: req.request_id,
                         traceparent: traceparent.as_deref(),
                     },
-                    req.body.clone(),
+                    body,
                 )
                 .await;
             let head = Instant::now();
@@ -168,6 +249,7 @@ impl Forwarder {
                     body,
                     server: server_id,
                     upstream: started.elapsed(),
+                    model: served,
                 });
             }
             let content_type = res.headers().get(http::header::CONTENT_TYPE).cloned();
@@ -229,6 +311,7 @@ impl Forwarder {
                 generated_tokens,
                 server: server_id,
                 upstream,
+                model: served,
             };
             if status.is_server_error() {
                 if let Some((first, _)) = suspect.take() {

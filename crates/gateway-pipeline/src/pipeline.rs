@@ -11,13 +11,15 @@ use gateway_billing::{Ceiling, CeilingKind, Prices, Tokens, UNLIMITED_TOKENS, mo
 use gateway_core::{ApiError, ErrorKind, Plan, PlanSource, RequestId, Role, Scope, ServerId, Tier};
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
-use gateway_proxy::request::{Dialect, Endpoint, RequestRules, forward_body, inspect, printable};
+use gateway_proxy::request::{
+    Dialect, Endpoint, RequestRules, forward_body, forward_body_as, inspect, printable,
+};
 use gateway_ratelimit::{Reservation, Snapshot, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
 use http::{HeaderValue, StatusCode};
 
 use crate::charge::{Ending, charge};
-use crate::forward::{ForwardRequest, Forwarded, Forwarder};
+use crate::forward::{ForwardRequest, Forwarded, Forwarder, Routed};
 use crate::limits::{Limiting, Standing};
 use crate::ports::{KeyCheck, from_verify};
 use crate::trace::{Trace, Tracer};
@@ -387,7 +389,9 @@ impl Call {
                 generated_tokens,
                 upstream,
                 server,
+                model,
             }) => {
+                draft.served_by(model);
                 let ending = if status.is_success() {
                     Ending::Served { reported: usage, generated: generated_tokens }
                 } else {
@@ -399,7 +403,8 @@ impl Call {
                 cost_micros = Some(pipeline.conclude(draft, reservation, ending, end));
                 Answer::Whole { status, content_type, body, overhead }
             }
-            Ok(Forwarded::Stream { status, body, upstream, server }) => {
+            Ok(Forwarded::Stream { status, body, upstream, server, model }) => {
+                draft.served_by(model);
                 let overhead = draft.answered_by(server, upstream);
                 let pipeline = pipeline.clone();
                 let body = body.on_end(move |end| {
@@ -456,7 +461,9 @@ impl Pipeline {
             )
             .with_param("model"));
         }
-        if !self.pool.knows_model(&view.model) {
+        // A route decides how its name is served; any other name is served as itself.
+        let plan = self.pool.plan(&view.model);
+        if plan.is_none() && !self.pool.knows_model(&view.model) {
             return Err(ApiError::model_not_found(&view.model));
         }
         if let Some(limits) = &self.limits {
@@ -494,6 +501,23 @@ impl Pipeline {
         let strip_usage_chunk =
             stream && !view.client_wants_usage && endpoint.dialect() == Dialect::OpenAi;
         let outgoing = forward_body(body.clone(), &view)?;
+        let routed = match plan {
+            None => None,
+            Some(plan) => {
+                let mut bodies: Vec<(String, Bytes)> = Vec::new();
+                for c in plan.stages.iter().flatten() {
+                    if !bodies.iter().any(|(m, _)| *m == c.model) {
+                        let body = if c.model == view.model {
+                            outgoing.clone()
+                        } else {
+                            forward_body_as(body.clone(), &view, &c.model)?
+                        };
+                        bodies.push((c.model.clone(), body));
+                    }
+                }
+                Some(Routed { plan, bodies })
+            }
+        };
         drop(view);
         let request_id = draft.record.request_id.to_string();
         self.forwarder
@@ -505,6 +529,7 @@ impl Pipeline {
                 strip_usage_chunk,
                 request_id: &request_id,
                 trace: draft.trace.as_deref_mut(),
+                routed,
             })
             .await
     }
@@ -589,6 +614,14 @@ impl Draft {
 }
 
 impl Draft {
+    /// Notes the upstream model a route sent the request to: the row says what served it, and
+    /// it is priced at that model's price.
+    fn served_by(&mut self, model: Option<String>) {
+        if let Some(model) = model {
+            self.record.model = model.chars().take(200).collect();
+        }
+    }
+
     /// Notes the server that answered and its time; returns the gateway's own time so far.
     fn answered_by(&mut self, server: ServerId, upstream: Duration) -> Duration {
         self.record.server_id = Some(server);

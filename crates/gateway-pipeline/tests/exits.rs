@@ -755,3 +755,63 @@ async fn refused_requests_are_traced_with_their_status() {
     let roots = named(&spans, "POST /v1/chat/completions");
     assert_eq!(attribute(roots[2], "http.response.status_code"), &AttrValue::Int(429));
 }
+
+/// A route `smart` pinned to server A, falling back to `backup`, pinned to server B; both
+/// serve the upstream model gpt-4.
+fn route_smart_then_backup(w: &World) {
+    use gateway_balancer::{ModelRoute, RouteTarget};
+    let ids: Vec<(String, ServerId)> =
+        w.pool.snapshot().iter().map(|s| (s.server().base_url.clone(), s.server().id)).collect();
+    let id = |url: &str| ids.iter().find(|(u, _)| u == url).unwrap().1;
+    let route = |name: &str, server, fallbacks: Vec<String>| ModelRoute {
+        id: gateway_core::RouteId::new(),
+        name: name.into(),
+        targets: vec![RouteTarget { server_id: Some(server), model: "gpt-4".into(), weight: 1 }],
+        fallbacks,
+        is_active: true,
+    };
+    w.pool.replace_routes(vec![
+        route("smart", id(A), vec!["backup".into()]),
+        route("backup", id(B), vec![]),
+    ]);
+}
+
+const SMART: &str =
+    r#"{"model":"smart","max_tokens":50,"messages":[{"role":"user","content":"Say hi"}]}"#;
+
+#[tokio::test]
+async fn a_route_whose_target_answers_429_falls_back_and_names_what_served_it() {
+    let w = world(LimitOverrides::default()).await;
+    route_smart_then_backup(&w);
+    w.upstream.script(A, Script::Answer(429, r#"{"error":{"message":"slow down"}}"#));
+    w.upstream.script(B, Script::Answer(200, ANSWER));
+    let reply = w.chat(SMART).await;
+    assert_eq!(body_of(reply.answer).await, ANSWER.as_bytes());
+    assert_eq!(w.servers_tried(), vec![A, B], "the target, then the fallback's");
+    for (_, sent) in w.upstream.sent() {
+        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["model"], "gpt-4", "the upstream is sent the target's model");
+        assert_eq!(sent["max_tokens"], 50);
+    }
+    let r = w.records.only();
+    assert_eq!((r.model.as_str(), r.status_code, r.total_tokens), ("gpt-4", 200, 12));
+    assert!(r.cost_micros > 0, "priced as the model that served it");
+}
+
+#[tokio::test]
+async fn when_every_stage_fails_the_last_ones_outcome_is_the_answer() {
+    let w = world(LimitOverrides::default()).await;
+    route_smart_then_backup(&w);
+    w.upstream.script(A, Script::Down);
+    w.upstream.script(B, Script::Answer(503, r#"{"error":{"message":"overloaded"}}"#));
+    let reply = w.chat(SMART).await;
+    let Answer::Whole { status, .. } = &reply.answer else { panic!("{reply:?}") };
+    assert_eq!(status.as_u16(), 503, "the fallback's own answer");
+    assert_eq!(w.servers_tried(), vec![A, B]);
+    let r = w.records.only();
+    assert_eq!((r.status_code, r.total_tokens, r.cost_micros), (503, 0, 0));
+    // A request the route does not know keeps the 404 of any unknown model.
+    let reply = w.chat(&SMART.replace("smart", "nobody")).await;
+    let Answer::Error(e) = reply.answer else { panic!("an error") };
+    assert_eq!(e.kind, ErrorKind::ModelNotFound);
+}

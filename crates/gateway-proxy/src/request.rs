@@ -169,6 +169,9 @@ impl Default for RequestRules {
 pub struct RequestView<'a> {
     pub endpoint: Endpoint,
     pub model: Cow<'a, str>,
+    /// Where the `model` value (its JSON text, quotes included) starts in the body, and the
+    /// text: the gateway replaces it when a route sends the request to another model.
+    pub model_at: (usize, &'a str),
     pub stream: bool,
     /// The client asked for the final usage chunk itself.
     pub client_wants_usage: bool,
@@ -308,6 +311,7 @@ pub fn inspect<'a>(
             if let Some((at, raw)) = &mut view.stream_options {
                 *at = offset_in(body, raw).ok_or_else(ApiError::internal)?;
             }
+            view.model_at.0 = offset_in(body, view.model_at.1).ok_or_else(ApiError::internal)?;
             Ok(view)
         }
         Err(e) => {
@@ -459,7 +463,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut model: Option<Cow<'de, str>> = None;
+        let mut model: Option<(Cow<'de, str>, &'de str)> = None;
         let mut stream = None;
         let mut stream_options: Option<(usize, &'de str)> = None;
         let mut include_usage = None;
@@ -486,10 +490,12 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             }
             match key.as_ref() {
                 "model" => {
-                    let m: Cow<'de, str> = map
-                        .next_value()
-                        .map_err(|_| de::Error::custom("'model' must be a string"))?;
-                    model = Some(m);
+                    let not_text = || de::Error::custom("'model' must be a string");
+                    let raw: &'de RawValue = map.next_value().map_err(|_| not_text())?;
+                    let m: Cow<'de, str> = serde_json::from_str::<String>(raw.get())
+                        .map(Cow::Owned)
+                        .map_err(|_| not_text())?;
+                    model = Some((m, raw.get()));
                 }
                 "stream" => {
                     let s: Option<bool> = map
@@ -554,17 +560,17 @@ impl<'de> Visitor<'de> for Inspector<'_> {
             }
             *self.bad_field.borrow_mut() = None;
         }
-        let model = match model {
-            Some(m) if m.trim().is_empty() => {
+        let (model, model_raw) = match model {
+            Some((m, _)) if m.trim().is_empty() => {
                 fail("model");
                 return Err(de::Error::custom("'model' must not be empty"));
             }
             // The model reaches usage rows, logs and metric labels: no control characters.
-            Some(m) if m.chars().any(char::is_control) => {
+            Some((m, _)) if m.chars().any(char::is_control) => {
                 fail("model");
                 return Err(de::Error::custom("'model' must not contain control characters"));
             }
-            Some(m) if m.len() > self.rules.max_model_bytes => {
+            Some((m, _)) if m.len() > self.rules.max_model_bytes => {
                 fail("model");
                 return Err(de::Error::custom(format!(
                     "'model' is longer than {} bytes",
@@ -597,6 +603,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
         Ok(RequestView {
             endpoint: self.endpoint,
             model,
+            model_at: (0, model_raw),
             stream,
             client_wants_usage: include_usage.unwrap_or(false),
             stream_options,
@@ -615,46 +622,87 @@ fn offset_in(body: &[u8], part: &str) -> Option<usize> {
 
 /// The body to forward: the client's bytes, except that a streaming request of the OpenAI
 /// dialect is made to ask for the final usage chunk whatever the client sent (Responses and
-/// Messages streams always carry their usage). Without `stream_options` that is one
-/// splice after the opening brace; with one (`null`, `{}`, `include_usage: false`, ...) its
-/// value is replaced in place by the same object with `include_usage: true`. Either way it is
-/// a copy of the client's bytes, never a re-serialisation of the body, and since the fields
-/// the gateway reads appear once (see [`inspect`]) no other copy of the field can undo it.
+/// Messages streams always carry their usage). Without `stream_options` that is one splice
+/// after the opening brace; with one (`null`, `{}`, `include_usage: false`, ...) its value is
+/// replaced in place by the same object with `include_usage: true`. Either way it is a copy of
+/// the client's bytes, never a re-serialisation of the body, and since the fields the gateway
+/// reads appear once (see [`inspect`]) no other copy of the field can undo it.
 pub fn forward_body(body: Bytes, view: &RequestView<'_>) -> Result<Bytes, ApiError> {
+    rewrite(body, view, None)
+}
+
+/// [`forward_body`] for another model than the client asked for (a model route's target):
+/// the `model` value is replaced in place as well.
+pub fn forward_body_as(
+    body: Bytes,
+    view: &RequestView<'_>,
+    model: &str,
+) -> Result<Bytes, ApiError> {
+    let value = serde_json::to_string(model).map_err(|_| ApiError::internal())?;
+    rewrite(body, view, Some(value))
+}
+
+/// Applies the splices the request needs, in the order they appear in the body.
+fn rewrite(body: Bytes, view: &RequestView<'_>, model: Option<String>) -> Result<Bytes, ApiError> {
     const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
     const VALUE: &[u8] = br#"{"include_usage":true}"#;
-    if !view.stream || view.client_wants_usage || view.endpoint.dialect() != Dialect::OpenAi {
+    // (start, end, replacement) of each splice.
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    // A span must hold the text inspected there: otherwise this is not the inspected body.
+    let holds =
+        |start: usize, raw: &str| body.get(start..start + raw.len()) == Some(raw.as_bytes());
+    let asks_usage =
+        view.stream && !view.client_wants_usage && view.endpoint.dialect() == Dialect::OpenAi;
+    if asks_usage {
+        match view.stream_options {
+            None => {
+                let open = body
+                    .iter()
+                    .position(|b| *b == b'{')
+                    .ok_or_else(|| ApiError::invalid_request("expected a JSON object"))?;
+                edits.push((open + 1, open + 1, FIELD.to_vec()));
+            }
+            Some((start, raw)) => {
+                if !holds(start, raw) {
+                    return Err(ApiError::internal());
+                }
+                let value = if raw == "null" {
+                    VALUE.to_vec()
+                } else {
+                    // The client's other options are kept; `include_usage` is set.
+                    let mut options: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(raw).map_err(|_| ApiError::internal())?;
+                    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    serde_json::to_vec(&options).map_err(|_| ApiError::internal())?
+                };
+                edits.push((start, start + raw.len(), value));
+            }
+        }
+    }
+    if let Some(model) = model {
+        let (start, raw) = view.model_at;
+        if !holds(start, raw) {
+            return Err(ApiError::internal());
+        }
+        edits.push((start, start + raw.len(), model.into_bytes()));
+    }
+    if edits.is_empty() {
         return Ok(body);
     }
-    let Some((start, raw)) = view.stream_options else {
-        let open = body
-            .iter()
-            .position(|b| *b == b'{')
-            .ok_or_else(|| ApiError::invalid_request("expected a JSON object"))?;
-        let mut out = BytesMut::with_capacity(body.len() + FIELD.len());
-        out.put_slice(&body[..=open]);
-        out.put_slice(FIELD);
-        out.put_slice(&body[open + 1..]);
-        return Ok(out.freeze());
-    };
-    let end = start + raw.len();
-    if body.get(start..end) != Some(raw.as_bytes()) {
-        // Not the body that was inspected.
-        return Err(ApiError::internal());
+    edits.sort_by_key(|e| e.0);
+    let grown: usize = edits.iter().map(|e| e.2.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + grown);
+    let mut at = 0;
+    for (start, end, replacement) in edits {
+        // Not the body that was inspected, or splices that overlap: never forward a guess.
+        if start < at || end > body.len() {
+            return Err(ApiError::internal());
+        }
+        out.put_slice(&body[at..start]);
+        out.put_slice(&replacement);
+        at = end;
     }
-    let value = if raw == "null" {
-        VALUE.to_vec()
-    } else {
-        // The client's other options are kept; `include_usage` is set.
-        let mut options: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(raw).map_err(|_| ApiError::internal())?;
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
-        serde_json::to_vec(&options).map_err(|_| ApiError::internal())?
-    };
-    let mut out = BytesMut::with_capacity(body.len() + value.len());
-    out.put_slice(&body[..start]);
-    out.put_slice(&value);
-    out.put_slice(&body[end..]);
+    out.put_slice(&body[at..]);
     Ok(out.freeze())
 }
 
@@ -991,5 +1039,30 @@ mod tests {
             let e = inspect(body, endpoint, &rules).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{endpoint:?}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_routed_request_names_its_target_model_and_keeps_every_other_byte() {
+        for body in [
+            r#"{"model":"smart","messages":[],"stream":true,"x":1}"#,
+            r#"{"stream":true,"stream_options":null,"messages":[],"model":"smart"}"#,
+            r#"{"messages":[],"model":"sm\u0061rt","stream_options":{"include_usage":false},"stream":true}"#,
+            r#"{"model":"smart","messages":[]}"#,
+        ] {
+            let view = chat(body).unwrap();
+            assert_eq!(view.model, "smart");
+            let out =
+                forward_body_as(Bytes::from(body.to_owned()), &view, "gpt-4o \"mini\"").unwrap();
+            let again = chat(std::str::from_utf8(&out).unwrap()).unwrap();
+            assert_eq!(again.model, "gpt-4o \"mini\"", "{body} -> {out:?}");
+            assert_eq!(again.stream, view.stream);
+            assert!(!view.stream || again.client_wants_usage, "{body} -> {out:?}");
+            let (a, b): (serde_json::Value, serde_json::Value) =
+                (serde_json::from_str(body).unwrap(), serde_json::from_slice(&out).unwrap());
+            assert_eq!(a["messages"], b["messages"]);
+        }
+        // Not the body that was inspected: refused, never guessed.
+        let view = chat(r#"{"model":"smart","messages":[]}"#).unwrap();
+        assert!(forward_body_as(Bytes::from_static(b"{}"), &view, "x").is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod invoice_numbers;
 pub mod invoices;
 pub mod litellm_servers;
 pub mod model_prices;
+pub mod model_routes;
 pub mod password_resets;
 pub mod payment_transactions;
 pub mod rate_limit_state;

@@ -1,14 +1,16 @@
-//! SQL adapter of the server pool's store (`litellm_servers`).
+//! SQL adapter of the server pool's store (`litellm_servers`, `model_routes`).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use gateway_balancer::{HealthRecord, ServerStore, ServerStoreError, ServerUpdate};
-use gateway_core::{HealthStatus, ServerId, UpstreamServer};
+use gateway_balancer::{
+    HealthRecord, ModelRoute, RouteUpdate, ServerStore, ServerStoreError, ServerUpdate,
+};
+use gateway_core::{HealthStatus, RouteId, ServerId, UpstreamServer};
 use sea_orm::{ActiveModelTrait, DbErr, EntityTrait, QueryOrder, Set, SqlErr};
 use time::OffsetDateTime;
 
-use crate::entity::litellm_servers;
+use crate::entity::{litellm_servers, model_routes};
 use crate::{Store, StoreError};
 
 /// Upstream servers in Postgres or SQLite.
@@ -28,6 +30,30 @@ fn db_err(e: DbErr) -> ServerStoreError {
         Some(SqlErr::UniqueConstraintViolation(_)) => ServerStoreError::Conflict,
         _ => ServerStoreError::Store(Box::new(StoreError::Db(e))),
     }
+}
+
+/// A route's name is its one unique column besides the id.
+fn route_err(e: DbErr) -> ServerStoreError {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => ServerStoreError::RouteNameTaken,
+        _ => ServerStoreError::Store(Box::new(StoreError::Db(e))),
+    }
+}
+
+fn route_from_row(row: model_routes::Model) -> Result<ModelRoute, ServerStoreError> {
+    let bad = |e: serde_json::Error| {
+        ServerStoreError::Store(Box::new(StoreError::Corrupt {
+            table: "model_routes",
+            detail: e.to_string(),
+        }))
+    };
+    Ok(ModelRoute {
+        id: RouteId(row.id),
+        name: row.name,
+        targets: serde_json::from_value(row.targets).map_err(bad)?,
+        fallbacks: serde_json::from_value(row.fallbacks).map_err(bad)?,
+        is_active: row.is_active,
+    })
 }
 
 fn corrupt(detail: impl std::fmt::Display) -> ServerStoreError {
@@ -181,5 +207,66 @@ impl ServerStore for SqlServerStore {
             );
         }
         Ok(out)
+    }
+
+    async fn list_routes(&self) -> Result<Vec<ModelRoute>, ServerStoreError> {
+        model_routes::Entity::find()
+            .order_by_asc(model_routes::Column::Name)
+            .all(self.store.connection())
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(route_from_row)
+            .collect()
+    }
+
+    async fn insert_route(&self, r: ModelRoute) -> Result<(), ServerStoreError> {
+        let now = OffsetDateTime::now_utc();
+        let row = model_routes::ActiveModel {
+            id: Set(r.id.as_uuid()),
+            name: Set(r.name),
+            targets: Set(serde_json::json!(r.targets)),
+            fallbacks: Set(serde_json::json!(r.fallbacks)),
+            is_active: Set(r.is_active),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        model_routes::Entity::insert(row)
+            .exec_without_returning(self.store.connection())
+            .await
+            .map_err(route_err)?;
+        Ok(())
+    }
+
+    async fn update_route(
+        &self,
+        id: RouteId,
+        update: RouteUpdate,
+    ) -> Result<Option<ModelRoute>, ServerStoreError> {
+        let Some(row) = model_routes::Entity::find_by_id(id.as_uuid())
+            .one(self.store.connection())
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let mut route = route_from_row(row.clone())?;
+        update.apply(&mut route);
+        let mut active: model_routes::ActiveModel = row.into();
+        active.name = Set(route.name.clone());
+        active.targets = Set(serde_json::json!(route.targets));
+        active.fallbacks = Set(serde_json::json!(route.fallbacks));
+        active.is_active = Set(route.is_active);
+        active.updated_at = Set(OffsetDateTime::now_utc());
+        active.update(self.store.connection()).await.map_err(route_err)?;
+        Ok(Some(route))
+    }
+
+    async fn delete_route(&self, id: RouteId) -> Result<bool, ServerStoreError> {
+        let res = model_routes::Entity::delete_by_id(id.as_uuid())
+            .exec(self.store.connection())
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected > 0)
     }
 }

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 19] = [
     "api_keys",
     "billing_plans",
     "billing_webhook_events",
@@ -21,6 +21,7 @@ const TABLES: [&str; 18] = [
     "invoices",
     "litellm_servers",
     "model_prices",
+    "model_routes",
     "payment_transactions",
     "rate_limit_state",
     "redemption_codes",
@@ -51,7 +52,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 16, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 17, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {

@@ -1,9 +1,12 @@
-//! The admin server API: the upstream pool and its health. Admins only. The rules are
-//! [`gateway_balancer::ServerAdmin`]'s; this module reads and writes JSON.
+//! The admin server API: the upstream pool, its health and the model routes. Admins only. The
+//! rules are [`gateway_balancer::ServerAdmin`]'s; this module reads and writes JSON.
 
-use gateway_balancer::{AdminError, NewServer, ServerReport, ServerUpdate};
+use gateway_balancer::{
+    AdminError, ModelRoute, NewRoute, NewServer, RouteTarget, RouteUpdate, ServerReport,
+    ServerUpdate,
+};
 use gateway_core::openai::List;
-use gateway_core::{ApiError, ErrorKind, HealthStatus, RequestId, ServerId};
+use gateway_core::{ApiError, ErrorKind, HealthStatus, RequestId, RouteId, ServerId};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,14 @@ pub(super) fn admin_err(request_id: RequestId, e: AdminError) -> ApiError {
         AdminError::Conflict => {
             ApiError::new(ErrorKind::Conflict, "A server with this base_url already exists.")
                 .with_param("base_url")
+        }
+        AdminError::InvalidRoute(e) => {
+            ApiError::invalid_param(e.field, format!("Invalid '{}': {}.", e.field, e.message))
+        }
+        AdminError::RouteNotFound => ApiError::not_found("model route"),
+        AdminError::RouteNameTaken => {
+            ApiError::new(ErrorKind::Conflict, "A model route with this name already exists.")
+                .with_param("name")
         }
         other => internal(request_id, "server administration", &other),
     }
@@ -187,4 +198,96 @@ pub async fn check_now(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
         .await
         .map_err(|e| admin_err(ctx.request_id, e))?;
     Ok(list_of(&reports))
+}
+
+/// A model route as the API shows it.
+#[derive(Serialize)]
+struct RouteBody<'a> {
+    id: RouteId,
+    object: &'static str,
+    name: &'a str,
+    targets: &'a [RouteTarget],
+    fallbacks: &'a [String],
+    is_active: bool,
+}
+
+fn route_body(r: &ModelRoute) -> RouteBody<'_> {
+    RouteBody {
+        id: r.id,
+        object: "model_route",
+        name: &r.name,
+        targets: &r.targets,
+        fallbacks: &r.fallbacks,
+        is_active: r.is_active,
+    }
+}
+
+fn route_id(id: &str) -> Result<RouteId, ApiError> {
+    id.parse().map_err(|_| ApiError::not_found("model route"))
+}
+
+/// `GET /api/admin/models`: every model route, active or not, in name order.
+pub async fn list_routes(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let routes = app.servers.routes().await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(StatusCode::OK, &List::new(routes.iter().map(route_body).collect::<Vec<_>>())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRouteBody {
+    name: String,
+    targets: Vec<RouteTarget>,
+    fallbacks: Option<Vec<String>>,
+    is_active: Option<bool>,
+}
+
+/// `POST /api/admin/models`: a public model name, its targets and fallbacks.
+pub async fn create_route(app: &App, req: Request<Incoming>, ctx: Ctx) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let b: CreateRouteBody = json_body(app, req).await?;
+    let new = NewRoute {
+        name: b.name,
+        targets: b.targets,
+        fallbacks: b.fallbacks,
+        is_active: b.is_active,
+    };
+    let route = app.servers.create_route(new).await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(StatusCode::CREATED, &route_body(&route)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRouteBody {
+    name: Option<String>,
+    targets: Option<Vec<RouteTarget>>,
+    fallbacks: Option<Vec<String>>,
+    is_active: Option<bool>,
+}
+
+/// `PATCH /api/admin/models/{id}`.
+pub async fn update_route(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let id = route_id(id)?;
+    let b: UpdateRouteBody = json_body(app, req).await?;
+    let update = RouteUpdate {
+        name: b.name,
+        targets: b.targets,
+        fallbacks: b.fallbacks,
+        is_active: b.is_active,
+    };
+    let route =
+        app.servers.update_route(id, update).await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(StatusCode::OK, &route_body(&route)))
+}
+
+/// `DELETE /api/admin/models/{id}`.
+pub async fn delete_route(app: &App, req: Request<Incoming>, ctx: Ctx, id: &str) -> Reply {
+    require_admin(app, &req, ctx).await?;
+    let id = route_id(id)?;
+    app.servers.delete_route(id).await.map_err(|e| admin_err(ctx.request_id, e))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"id": id, "object": "model_route", "deleted": true}),
+    ))
 }

@@ -7,8 +7,16 @@
 #
 #   AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" bash scripts/bench-ab.sh
 #
-# Knobs: AB_A, AB_B (environment assignments, space-separated), AB_ROUNDS (6),
-# AB_SECONDS (8 per run). Prints the medians; nothing is written to docs/.
+# or two builds, for a change no setting switches (a before and an after):
+#
+#   git worktree add /tmp/before <commit> && (cd /tmp/before && CARGO_TARGET_DIR=$PWD/../target \
+#     cargo build --release -p bluesminds) && cp target/release/bluesminds /tmp/bluesminds-before
+#   AB_BIN_A=/tmp/bluesminds-before bash scripts/bench-ab.sh      # b: this tree's release build
+#
+# Gateway a (and the database's migrations) run first, so a build older than b may be a.
+# Knobs: AB_A, AB_B (environment assignments, space-separated), AB_BIN_A, AB_BIN_B (gateway
+# binaries; default this tree's release build), AB_ROUNDS (6), AB_SECONDS (8 per run).
+# Prints the medians; nothing is written to docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +26,13 @@ SECS=${AB_SECONDS:-8}
 read -r -a A_ENV <<< "${AB_A:-}"
 read -r -a B_ENV <<< "${AB_B:-}"
 . scripts/bench-lib.sh
-setup_mock_and_database
-log "gateway a (${AB_A:-defaults}) on $GW_ADDR, gateway b (${AB_B:-defaults}) on 127.0.0.1:3402"
-start_gateway a "${A_ENV[@]}"
-KEY=$(provision_key)
-BIND=127.0.0.1:3402 start_gateway b "${B_ENV[@]}"
+BIN_A=${AB_BIN_A:-$BIN/bluesminds}
+BIN_B=${AB_BIN_B:-$BIN/bluesminds}
+GW_BIN=$BIN_A setup_mock_and_database
+log "gateway a (${AB_A:-defaults}, $BIN_A) on $GW_ADDR, gateway b (${AB_B:-defaults}, $BIN_B) on 127.0.0.1:3402"
+GW_BIN=$BIN_A start_gateway a "${A_ENV[@]}"
+KEY=$(GW_BIN=$BIN_A provision_key)
+GW_BIN=$BIN_B BIND=127.0.0.1:3402 start_gateway b "${B_ENV[@]}"
 declare -A URL=([a]="http://$GW_ADDR/v1/chat/completions" [b]="http://127.0.0.1:3402/v1/chat/completions")
 for path in a b; do
   wrk_load "warmup-$path" "${URL[$path]}" "$KEY" -c32 -d3s

@@ -114,7 +114,7 @@ start_gateway() { # name, extra environment assignments... (BIND: another addres
     BLUESMINDS_SERVER__MAX_IN_FLIGHT=20000 BLUESMINDS_AUTH__KEY_BCRYPT_COST=4 \
     BLUESMINDS_USAGE__SPILL_PATH="$OUT/usage-spill-$name.jsonl" \
     LITELLM_SERVER_1_URL="http://$MOCK_ADDR" LITELLM_SERVER_1_MODELS="gpt-4" \
-    "$@" "$BIN"/bluesminds serve > "$OUT/gateway-$name.log" 2>&1 &
+    "$@" "${GW_BIN:-$BIN/bluesminds}" serve > "$OUT/gateway-$name.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
   wait_for gateway curl -sf "http://$addr/healthz" || die "the gateway did not start (see $OUT/gateway-$name.log)"
@@ -128,7 +128,7 @@ stop_gateway() { # [pid]: the last one started when omitted
 
 gateway_cli() {
   env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn DATABASE_URL="$DB_URL" \
-    JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" "$BIN"/bluesminds "$@"
+    JWT_SECRET="$SECRET" API_KEY_SECRET="$SECRET" "${GW_BIN:-$BIN/bluesminds}" "$@"
 }
 
 usage_rows() { psql "$DB_URL" -Atc 'SELECT count(*) FROM usage_logs'; }
@@ -143,7 +143,7 @@ provision_key() {
     -d "{\"email\":\"bench@bluesminds.local\",\"password\":\"$password\"}" \
     | awk -F'[ ;]' 'tolower($1) == "set-cookie:" {print $2; exit}')
   curl -sf "http://$GW_ADDR/api/keys" -H "cookie: $cookie" -H 'content-type: application/json' \
-    -d '{"name":"bench","rate_limit_rpm":1000000000,"rate_limit_tpm":1000000000000,"quota_daily":1000000000000,"quota_monthly":1000000000000}' \
+    -d '{"name":"bench","scopes":["chat.completions"],"rate_limit_rpm":1000000000,"rate_limit_tpm":1000000000000,"quota_daily":1000000000000,"quota_monthly":1000000000000}' \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
 

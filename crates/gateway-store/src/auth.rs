@@ -84,11 +84,9 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 fn key_from_row(row: api_keys::Model) -> Result<KeyRecord, AuthError> {
     let scopes: Vec<String> =
         serde_json::from_value(row.scopes).map_err(|e| corrupt("api_keys", e))?;
-    let scopes = scopes
-        .iter()
-        .map(|s| s.parse::<Scope>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt("api_keys", e))?;
+    // A scope this build does not know (written by a newer one, during a rolling upgrade) is
+    // left out: the key lacks it here rather than failing as a whole.
+    let scopes = scopes.iter().filter_map(|s| s.parse::<Scope>().ok()).collect();
     let allowed_models = row
         .allowed_models
         .map(serde_json::from_value::<Vec<String>>)

@@ -857,5 +857,23 @@ async fn keys_that_held_every_scope_gain_the_scopes_of_later_endpoints() {
             "{backend:?}"
         );
         assert_eq!(scopes_of(narrow.meta.id), ["chat.completions", "models"], "{backend:?}");
+
+        // A scope a newer build wrote (a rolling upgrade) is left out here, not an error.
+        {
+            use gateway_store::entity::api_keys;
+            use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+            api_keys::Entity::update_many()
+                .col_expr(
+                    api_keys::Column::Scopes,
+                    Expr::value(serde_json::json!(["chat.completions", "from.the.future"])),
+                )
+                .filter(api_keys::Column::Id.eq(narrow.meta.id.as_uuid()))
+                .exec(db.store.connection())
+                .await
+                .unwrap();
+        }
+        let keys = accounts.list_keys(user.id).await.unwrap();
+        let narrow = keys.iter().find(|k| k.id == narrow.meta.id).unwrap();
+        assert_eq!(narrow.scopes, [Scope::ChatCompletions], "{backend:?}");
     }
 }

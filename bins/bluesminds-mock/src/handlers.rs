@@ -54,6 +54,14 @@ async fn with_body(
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     *state.stats.last_authorization.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         auth;
+    let anthropic = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("anthropic-"))
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+        .collect();
+    *state.stats.last_anthropic_headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        anthropic;
     if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
         state
             .stats

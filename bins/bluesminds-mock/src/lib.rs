@@ -76,6 +76,8 @@ pub struct MockStats {
     pub completed_streams: AtomicU64,
     /// The `Authorization` header of the last chat or embeddings request, if any.
     pub last_authorization: std::sync::Mutex<Option<String>>,
+    /// The `anthropic-*` headers of the last request, as `name: value`.
+    pub last_anthropic_headers: std::sync::Mutex<Vec<String>>,
     /// The W3C `traceparent` headers of chat and embeddings requests that carried one.
     pub traceparents: std::sync::Mutex<Vec<String>>,
 }

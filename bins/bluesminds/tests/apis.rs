@@ -124,9 +124,22 @@ async fn completions_responses_and_messages_are_served_and_recorded_with_their_u
     let body = json!({"model": "claude-sonnet-4", "max_tokens": 6, "system": "Be brief",
         "messages": [{"role": "user", "content": "Say hello, at some length"}],
         "mock": {"cache_read": 2, "cache_write": 1}});
-    let r = post(&gw, "/v1/messages", &[("x-api-key", &key)], &body).await;
+    let anthropic = [
+        ("x-api-key", key.as_str()),
+        ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "prompt-caching-2024-07-31"),
+    ];
+    let r = post(&gw, "/v1/messages", &anthropic, &body).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["content"][0]["text"], "Hello from the BluesMinds mock upstream,");
+    // Anthropic's version and beta headers reach the upstream; the client's key never does.
+    let seen = mock.stats.last_anthropic_headers.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["anthropic-version: 2023-06-01", "anthropic-beta: prompt-caching-2024-07-31"]
+    );
+    let auth_seen = mock.stats.last_authorization.lock().unwrap().clone();
+    assert!(auth_seen.is_none_or(|a| !a.contains(&key)), "the client's key went upstream");
     let u = r.json()["usage"].clone();
     let anthropic_prompt = u["input_tokens"].as_u64().unwrap() + 3;
     assert_eq!(

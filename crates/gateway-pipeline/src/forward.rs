@@ -38,6 +38,8 @@ pub struct ForwardRequest<'a> {
     /// The request's trace, when it is sampled: each attempt adds its server choice, its
     /// upstream call and that call's first byte.
     pub trace: Option<&'a mut Trace>,
+    /// Client headers passed on to the upstream (see `Outgoing::passthrough`).
+    pub passthrough: &'a [(http::HeaderName, HeaderValue)],
     /// When a model route defines the requested name: its stages (the route's targets, then
     /// each fallback's) and the body to send for each target model. `None`: the model as
     /// requested, on any server serving it, with `body`.
@@ -203,6 +205,7 @@ impl Forwarder {
                         api_key: server.api_key.as_deref(),
                         request_id: req.request_id,
                         traceparent: traceparent.as_deref(),
+                        passthrough: req.passthrough,
                     },
                     body,
                 )

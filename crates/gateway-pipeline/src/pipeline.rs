@@ -168,6 +168,7 @@ impl Pipeline {
             Ok(principal) => {
                 let mut call = self.start(principal, endpoint, head.request_id, head.started);
                 call.draft.trace = trace;
+                call.passthrough = head.passthrough.to_vec();
                 Ok(call)
             }
             Err(e) => {
@@ -218,7 +219,7 @@ impl Pipeline {
     ) -> Call {
         let plan = self.plans.plan(principal.tier);
         let draft = Draft::new(request_id, started, &principal, endpoint, plan);
-        Call { pipeline: self.clone(), principal, draft }
+        Call { pipeline: self.clone(), principal, draft, passthrough: Vec::new() }
     }
 
     /// Settles the reservation and records the usage of a request that ended as `ending`;
@@ -310,6 +311,9 @@ pub struct Head<'a> {
     pub authorization: Option<&'a str>,
     /// The W3C `traceparent` header, as sent.
     pub traceparent: Option<&'a str>,
+    /// Client headers to pass on to the upstream as they came (Anthropic's version and beta
+    /// headers on the Messages route; empty elsewhere).
+    pub passthrough: &'a [(http::HeaderName, HeaderValue)],
 }
 
 /// The endpoint's route, as OpenTelemetry's `http.route`.
@@ -358,6 +362,8 @@ pub struct Call {
     pipeline: Arc<Pipeline>,
     principal: Arc<Principal>,
     draft: Draft,
+    /// Client headers passed on to the upstream.
+    passthrough: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Call {
@@ -373,12 +379,12 @@ impl Call {
     /// failover, and relays the answer. The usage record of a whole answer or an error is
     /// written before this returns; a stream's when it ends.
     pub async fn run(self, body: Bytes) -> Reply {
-        let Call { pipeline, principal, mut draft } = self;
+        let Call { pipeline, principal, mut draft, passthrough } = self;
         let mut reservation = None;
         let mut limits = None;
         let mut cost_micros = None;
         let answer = match pipeline
-            .forward(&principal, &mut draft, body, &mut reservation, &mut limits)
+            .forward(&principal, &mut draft, body, &passthrough, &mut reservation, &mut limits)
             .await
         {
             Ok(Forwarded::Complete {
@@ -446,6 +452,7 @@ impl Pipeline {
         principal: &Principal,
         draft: &mut Draft,
         body: Bytes,
+        passthrough: &[(http::HeaderName, HeaderValue)],
         reservation: &mut Option<Reservation>,
         snapshot: &mut Option<Snapshot>,
     ) -> Result<Forwarded, ApiError> {
@@ -530,6 +537,7 @@ impl Pipeline {
                 request_id: &request_id,
                 trace: draft.trace.as_deref_mut(),
                 routed,
+                passthrough,
             })
             .await
     }

@@ -290,6 +290,7 @@ impl World {
             started: Instant::now(),
             authorization: Some(&header),
             traceparent,
+            passthrough: &[],
         };
         Ok(self.pipeline.open(head).await?.run(Bytes::from(body.to_owned())).await)
     }

@@ -17,7 +17,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use bytes::Bytes;
 use gateway_core::error_chain;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -139,6 +139,9 @@ pub struct Outgoing<'a> {
     pub request_id: &'a str,
     /// W3C `traceparent` naming the gateway's span, when the request is traced.
     pub traceparent: Option<&'a str>,
+    /// Client headers passed on as they came (Anthropic's `anthropic-version` and
+    /// `anthropic-beta` on the Messages route); never one that carries a credential.
+    pub passthrough: &'a [(HeaderName, HeaderValue)],
 }
 
 impl std::fmt::Debug for Outgoing<'_> {
@@ -148,6 +151,7 @@ impl std::fmt::Debug for Outgoing<'_> {
             .field("api_key", &self.api_key.map(|_| "<redacted>"))
             .field("request_id", &self.request_id)
             .field("traceparent", &self.traceparent)
+            .field("passthrough", &self.passthrough)
             .finish()
     }
 }
@@ -232,6 +236,9 @@ impl UpstreamClient {
         }
         if let Some(v) = to.traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
             headers.insert("traceparent", v);
+        }
+        for (name, value) in to.passthrough {
+            headers.append(name, value.clone());
         }
         if let Some(key) = to.api_key {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}"))

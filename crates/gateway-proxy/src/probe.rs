@@ -47,6 +47,7 @@ impl HttpProber {
                         api_key: server.api_key.as_deref(),
                         request_id: "health-check",
                         traceparent: None,
+                        passthrough: &[],
                     },
                     Bytes::new(),
                 )

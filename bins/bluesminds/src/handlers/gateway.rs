@@ -40,6 +40,26 @@ fn key_of<B>(req: &Request<B>, endpoint: Endpoint) -> Option<&str> {
     }
 }
 
+/// Anthropic's request headers an upstream serving Messages reads: the API version and the
+/// beta features asked for. Passed on as they came; nothing else of the client's is.
+const ANTHROPIC_HEADERS: [HeaderName; 2] =
+    [HeaderName::from_static("anthropic-version"), HeaderName::from_static("anthropic-beta")];
+
+/// The client headers a request to `endpoint` passes on to the upstream (none but on the
+/// Messages route).
+fn passthrough_of<B>(req: &Request<B>, endpoint: Endpoint) -> Vec<(HeaderName, HeaderValue)> {
+    if endpoint != Endpoint::Messages {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in &ANTHROPIC_HEADERS {
+        for value in req.headers().get_all(name) {
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    out
+}
+
 /// The error body of an endpoint's route.
 fn shape_of(endpoint: Endpoint) -> ErrorShape {
     match endpoint.dialect() {
@@ -73,12 +93,14 @@ pub async fn forward(
     ctx: Ctx,
     endpoint: Endpoint,
 ) -> Result<Response<ResBody>, ApiError> {
+    let passthrough = passthrough_of(&req, endpoint);
     let head = Head {
         endpoint,
         request_id: ctx.request_id,
         started: ctx.started,
         authorization: key_of(&req, endpoint),
         traceparent: req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+        passthrough: &passthrough,
     };
     let call = app.pipeline.open(head).await?;
     let reply = match read_body(app, req).await {

@@ -18,7 +18,6 @@ import tempfile
 import time
 import traceback
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from selenium import webdriver
@@ -33,6 +32,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stack import Proc, database_url, psql  # noqa: E402 (the shared helpers, one level up)
 
 WAIT = 15  # seconds: the longest any step waits for what it expects
 PASSWORD = "correct horse battery"
@@ -53,48 +55,6 @@ def gone(element):
         if "does not belong to the document" in str(e):
             return True
         raise
-
-class Proc:
-    """A child process whose first stdout line naming an http:// address is its address."""
-
-    def __init__(self, args, env, marker):
-        self.log = tempfile.TemporaryFile()
-        self.p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        deadline = time.monotonic() + 60
-        self.url = None
-        while time.monotonic() < deadline:
-            line = self.p.stdout.readline()
-            if not line:
-                break
-            if marker in line:
-                self.url = next(w for w in line.split() if w.startswith("http://"))
-                break
-        if self.url is None:
-            self.stop()
-            self.log.seek(0)
-            raise RuntimeError(f"{args[0]} did not start: {self.log.read().decode()[-2000:]}")
-        # Keep draining stdout so the child never blocks on a full pipe.
-        import threading
-
-        threading.Thread(target=lambda: [None for _ in self.p.stdout], daemon=True).start()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-
-
-def psql(url, sql):
-    subprocess.run(["psql", url, "-qAtc", sql], check=True, capture_output=True)
-
-
-def database_url(base, name):
-    parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
 
 class Suite:
     def __init__(self):

@@ -13,20 +13,20 @@ Environment: BLUESMINDS_BIN, MOCK_BIN, TEST_DATABASE_URL, TEST_REDIS_URL.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import urllib.error
 import urllib.request
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import anthropic
 import openai
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stack import Proc, database_url, free_port, psql  # noqa: E402 (the shared helpers, one level up)
 
 WAIT = 15  # seconds: the longest any step waits for what it expects
 PASSWORD = "correct horse battery"
@@ -39,51 +39,6 @@ MINI = ("gpt-4o-mini", 150_000, 600_000, None, None)
 
 def mock_text(n):
     return " ".join(WORDS[i % len(WORDS)] for i in range(n))
-
-
-class Proc:
-    """A child process whose first stdout line naming an http:// address is its address."""
-
-    def __init__(self, args, env, marker):
-        self.log = tempfile.TemporaryFile()
-        self.p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        deadline = time.monotonic() + 60
-        self.url = None
-        while time.monotonic() < deadline:
-            line = self.p.stdout.readline()
-            if not line:
-                break
-            if marker in line:
-                self.url = next(w for w in line.split() if w.startswith("http://"))
-                break
-        if self.url is None:
-            self.stop()
-            self.log.seek(0)
-            raise RuntimeError(f"{args[0]} did not start: {self.log.read().decode()[-2000:]}")
-        threading.Thread(target=lambda: [None for _ in self.p.stdout], daemon=True).start()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-
-
-def psql(url, sql):
-    subprocess.run(["psql", url, "-qAtc", sql], check=True, capture_output=True)
-
-
-def database_url(base, name):
-    parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cost(price, prompt, cached, written, completion):
@@ -102,9 +57,7 @@ class Suite:
         psql(self.admin_db, f"CREATE DATABASE {self.db_name}")
         self.mock = Proc([os.environ["MOCK_BIN"], "--addr", "127.0.0.1:0"], dict(os.environ), "listening on")
         secret = uuid.uuid4().hex * 2
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         env = {
             "PATH": os.environ.get("PATH", ""),

@@ -224,6 +224,8 @@ class Suite:
         assert (m.usage.output_tokens, m.usage.cache_read_input_tokens,
                 m.usage.cache_creation_input_tokens) == (6, 3, 2), m.usage
         self.claude_input = m.usage.input_tokens
+        models = [m.id for m in self.anthropic.models.list()]
+        assert "claude-sonnet-4" in models and "smart" in models, models
         # The SDK's stream helper: text as it comes, then the assembled message.
         api = anthropic.Anthropic(base_url=self.base + "/api", api_key=self.key, max_retries=0)
         with api.messages.stream(model="claude-sonnet-4", max_tokens=7,

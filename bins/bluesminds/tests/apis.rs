@@ -259,6 +259,22 @@ async fn the_new_routes_refuse_what_chat_refuses_in_the_shape_their_sdk_reads() 
     }
     let r = post(&gw, "/api/v1/messages", &[], &message).await;
     assert_eq!(anthropic(&r), (401, "authentication_error".into()));
+    // An Anthropic SDK's model list: its key as x-api-key, its list and error shapes.
+    let version = ("anthropic-version", "2023-06-01");
+    let r = request_with(gw.addr, "GET", "/v1/models", &[("x-api-key", &key), version], b"").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let list = r.json();
+    assert_eq!(
+        (list["has_more"].as_bool(), list["data"][0]["type"].as_str()),
+        (Some(false), Some("model"))
+    );
+    let ids: Vec<_> =
+        list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["claude-sonnet-4", "gpt-4o-mini"]);
+    assert_eq!(list["first_id"], "claude-sonnet-4");
+    let r = request_with(gw.addr, "GET", "/v1/models", &[("x-api-key", "bm_no_no"), version], b"")
+        .await;
+    assert_eq!(anthropic(&r), (401, "authentication_error".into()));
     let r = request_with(gw.addr, "GET", "/v1/messages", &[("x-api-key", &key)], b"").await;
     assert_eq!(anthropic(&r), (405, "invalid_request_error".into()));
     let r = post(

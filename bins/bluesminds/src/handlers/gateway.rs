@@ -68,16 +68,47 @@ fn shape_of(endpoint: Endpoint) -> ErrorShape {
     }
 }
 
-/// `GET /v1/models`: the models of active servers that the key may use.
+/// `GET /v1/models`: the models of active servers and the model routes that the key may use.
+/// An Anthropic SDK (it sends `anthropic-version` on every request) gets Anthropic's list,
+/// may send its key as `x-api-key`, and reads its errors in Anthropic's shape.
 pub async fn models<B>(app: &App, req: &Request<B>) -> Result<Response<ResBody>, ApiError> {
-    let principal = app.pipeline.authenticate(authorization(req), Scope::Models).await?;
-    let data: Vec<Model> = app
+    if !req.headers().contains_key(&ANTHROPIC_HEADERS[0]) {
+        let principal = app.pipeline.authenticate(authorization(req), Scope::Models).await?;
+        let data: Vec<Model> = app
+            .pipeline
+            .models(&principal)
+            .into_iter()
+            .map(|id| Model {
+                id,
+                object: "model".into(),
+                created: 0,
+                owned_by: "bluesminds".into(),
+            })
+            .collect();
+        return Ok(json(StatusCode::OK, &List::new(data)));
+    }
+    let key = match req.headers().get(X_API_KEY) {
+        Some(key) => Some(key.to_str().unwrap_or("")),
+        None => authorization(req),
+    };
+    let principal = match app.pipeline.authenticate(key, Scope::Models).await {
+        Ok(p) => p,
+        Err(e) => return Ok(error_response_in(ErrorShape::Anthropic, &e)),
+    };
+    let data: Vec<serde_json::Value> = app
         .pipeline
         .models(&principal)
         .into_iter()
-        .map(|id| Model { id, object: "model".into(), created: 0, owned_by: "bluesminds".into() })
+        .map(|id| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id,
+                "created_at": "1970-01-01T00:00:00Z"})
+        })
         .collect();
-    Ok(json(StatusCode::OK, &List::new(data)))
+    let (first, last) =
+        (data.first().map(|m| m["id"].clone()), data.last().map(|m| m["id"].clone()));
+    let body =
+        serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last});
+    Ok(json(StatusCode::OK, &body))
 }
 
 pub fn overhead_value(overhead: Duration) -> HeaderValue {

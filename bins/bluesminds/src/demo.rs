@@ -76,6 +76,9 @@ pub async fn run(
          \nStreamed, or with the OpenAI SDK (base_url http://{addr}/api/v1):\n\
          \n  curl -N http://{addr}/api/v1/chat/completions -H \"Authorization: Bearer {key}\" \\\
          \n    -d '{{\"model\":\"gpt-4\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n\
+         \nAnthropic's Messages API, or Anthropic's SDK (base_url http://{addr}):\n\
+         \n  curl http://{addr}/v1/messages -H \"x-api-key: {key}\" \\\
+         \n    -d '{{\"model\":\"gpt-4\",\"max_tokens\":16,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n\
          \nPayments: sign in (POST /api/auth/login), then POST /api/billing/checkout with\
          \n{{\"tier\":\"pro\"}} or {{\"credit_pack\":\"small\"}} answers a checkout URL; opening it pays.\n\
          \nPress Ctrl-C to stop.\n"

@@ -505,6 +505,12 @@ async fn demo_prints_a_key_and_curl_lines_that_work() {
             .unwrap()
             .starts_with("Hello from the BluesMinds mock")
     );
+    // The Messages line too: the demo key holds every scope.
+    assert!(banner.contains(&format!("curl http://{}/v1/messages", gw.addr)), "{banner}");
+    let body = br#"{"model":"gpt-4","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let r = request_with(gw.addr, "POST", "/v1/messages", &[("x-api-key", key)], body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["type"], "message");
     gw.terminate().await;
     let (code, stderr) = gw.wait().await;
     assert_eq!(code, Some(0), "{stderr}");

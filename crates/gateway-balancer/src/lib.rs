@@ -101,7 +101,7 @@ impl ServerPool {
                     weight: t.weight,
                 })
                 .collect(),
-            None => RoutePlan::direct(name).stages.remove(0),
+            None => vec![Candidate::any_server(name)],
         };
         let mut stages = vec![stage_of(&route.name)];
         stages.extend(route.fallbacks.iter().map(|f| stage_of(f)));

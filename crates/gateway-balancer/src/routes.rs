@@ -123,16 +123,16 @@ pub struct Candidate {
     pub weight: u32,
 }
 
+impl Candidate {
+    /// A name without a route: itself, on any server serving it.
+    pub fn any_server(model: &str) -> Self {
+        Self { server: None, model: model.to_owned(), weight: 1 }
+    }
+}
+
 /// How a public name is served: the stages tried in order (the route's targets, then each
 /// fallback's), each a set of candidates drawn by weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutePlan {
     pub stages: Vec<Vec<Candidate>>,
-}
-
-impl RoutePlan {
-    /// A name without a route: itself, on any server serving it.
-    pub fn direct(model: &str) -> Self {
-        Self { stages: vec![vec![Candidate { server: None, model: model.to_owned(), weight: 1 }]] }
-    }
 }

@@ -12,7 +12,7 @@ use gateway_core::{ApiError, ErrorKind, Plan, PlanSource, RequestId, Role, Scope
 use gateway_proxy::client::Upstream;
 use gateway_proxy::relay::RelayBody;
 use gateway_proxy::request::{
-    Dialect, Endpoint, RequestRules, forward_body, forward_body_as, inspect, printable,
+    Endpoint, RequestRules, forward_body, forward_body_as, inspect, printable,
 };
 use gateway_ratelimit::{Reservation, Snapshot, Subject};
 use gateway_usage::{UsageRecord, UsageSink};
@@ -504,9 +504,8 @@ impl Pipeline {
         }
         let model = view.model.clone().into_owned();
         let stream = view.stream;
-        // Only OpenAI streams carry a usage chunk the gateway asks for on the client's behalf.
-        let strip_usage_chunk =
-            stream && !view.client_wants_usage && endpoint.dialect() == Dialect::OpenAi;
+        // The tap strips it only where the gateway asked for it (OpenAI streams).
+        let strip_usage_chunk = stream && !view.client_wants_usage;
         let outgoing = forward_body(body.clone(), &view)?;
         let routed = match plan {
             None => None,

@@ -647,7 +647,7 @@ fn rewrite(body: Bytes, view: &RequestView<'_>, model: Option<String>) -> Result
     const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
     const VALUE: &[u8] = br#"{"include_usage":true}"#;
     // (start, end, replacement) of each splice.
-    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut edits: Vec<(usize, usize, Cow<'static, [u8]>)> = Vec::new();
     // A span must hold the text inspected there: otherwise this is not the inspected body.
     let holds =
         |start: usize, raw: &str| body.get(start..start + raw.len()) == Some(raw.as_bytes());
@@ -660,20 +660,20 @@ fn rewrite(body: Bytes, view: &RequestView<'_>, model: Option<String>) -> Result
                     .iter()
                     .position(|b| *b == b'{')
                     .ok_or_else(|| ApiError::invalid_request("expected a JSON object"))?;
-                edits.push((open + 1, open + 1, FIELD.to_vec()));
+                edits.push((open + 1, open + 1, Cow::Borrowed(FIELD)));
             }
             Some((start, raw)) => {
                 if !holds(start, raw) {
                     return Err(ApiError::internal());
                 }
                 let value = if raw == "null" {
-                    VALUE.to_vec()
+                    Cow::Borrowed(VALUE)
                 } else {
                     // The client's other options are kept; `include_usage` is set.
                     let mut options: serde_json::Map<String, serde_json::Value> =
                         serde_json::from_str(raw).map_err(|_| ApiError::internal())?;
                     options.insert("include_usage".into(), serde_json::Value::Bool(true));
-                    serde_json::to_vec(&options).map_err(|_| ApiError::internal())?
+                    Cow::Owned(serde_json::to_vec(&options).map_err(|_| ApiError::internal())?)
                 };
                 edits.push((start, start + raw.len(), value));
             }
@@ -684,7 +684,7 @@ fn rewrite(body: Bytes, view: &RequestView<'_>, model: Option<String>) -> Result
         if !holds(start, raw) {
             return Err(ApiError::internal());
         }
-        edits.push((start, start + raw.len(), model.into_bytes()));
+        edits.push((start, start + raw.len(), Cow::Owned(model.into_bytes())));
     }
     if edits.is_empty() {
         return Ok(body);

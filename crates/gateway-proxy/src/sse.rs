@@ -24,12 +24,18 @@ pub struct SseTap {
     dialect: Dialect,
     carry: BytesMut,
     strip_usage_chunk: bool,
+    seen: Seen,
+    events: usize,
+}
+
+/// What the events of a stream said so far.
+#[derive(Debug, Default)]
+struct Seen {
     usage: Option<Usage>,
     /// An Anthropic stream's usage so far, and whether a `message_delta` restated it (boxed:
     /// other streams do not pay for its room in every relayed body).
     anthropic: Option<Box<(AnthropicUsage, bool)>>,
     generated: TextTally,
-    events: usize,
     done: bool,
 }
 
@@ -107,11 +113,8 @@ impl SseTap {
             dialect,
             carry: BytesMut::new(),
             strip_usage_chunk: strip_usage_chunk && dialect == Dialect::OpenAi,
-            usage: None,
-            anthropic: None,
-            generated: TextTally::default(),
+            seen: Seen::default(),
             events: 0,
-            done: false,
         }
     }
 
@@ -165,32 +168,25 @@ impl SseTap {
             let Some(data) = line.strip_prefix(b"data:") else { continue };
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if self.dialect != Dialect::OpenAi {
-                observe_typed(
-                    self.dialect,
-                    data,
-                    &mut self.usage,
-                    &mut self.anthropic,
-                    &mut self.generated,
-                    &mut self.done,
-                );
+                self.seen.typed_event(self.dialect, data);
                 continue;
             }
             if data == b"[DONE]" {
-                self.done = true;
+                self.seen.done = true;
                 continue;
             }
             // Every event is read: what it generated may be content, reasoning, a refusal or
             // tool-call arguments, and all of it is charged when no usage arrives.
-            let usage = match read_answer(data, &mut self.generated) {
+            let usage = match read_answer(data, &mut self.seen.generated) {
                 Ok(usage) => usage,
                 Err(_) => {
                     // Not a chunk we know: what it carries counts all the same.
-                    self.generated.add(&String::from_utf8_lossy(data));
+                    self.seen.generated.add(&String::from_utf8_lossy(data));
                     None
                 }
             };
             if let Some(usage) = usage {
-                self.usage = Some(usage);
+                self.seen.usage = Some(usage);
                 if self.strip_usage_chunk {
                     relay = usage_free(data);
                 }
@@ -201,7 +197,7 @@ impl SseTap {
 
     /// The usage upstream reported, if it did (and, but for OpenAI streams, reached the end).
     pub fn usage(&self) -> Option<Usage> {
-        self.usage
+        self.seen.usage
     }
 
     /// The stream's own error event, to end a stream that failed after its first byte.
@@ -212,12 +208,12 @@ impl SseTap {
     /// Completion tokens estimated from everything relayed (see [`crate::estimate`]), for
     /// streams that end without a usage chunk.
     pub fn counted_completion_tokens(&self) -> u64 {
-        self.generated.tokens()
+        self.seen.generated.tokens()
     }
 
     /// Whether the stream's end arrived (`data: [DONE]`, `response.completed`, `message_stop`).
     pub fn saw_done(&self) -> bool {
-        self.done
+        self.seen.done
     }
 
     /// Events seen so far.
@@ -226,51 +222,52 @@ impl SseTap {
     }
 }
 
-/// Reads one event of a Responses or Anthropic stream.
-fn observe_typed(
-    dialect: Dialect,
-    data: &[u8],
-    usage: &mut Option<Usage>,
-    anthropic: &mut Option<Box<(AnthropicUsage, bool)>>,
-    generated: &mut TextTally,
-    done: &mut bool,
-) {
-    let Ok(event) = serde_json::from_slice::<TypedEvent<'_>>(data) else {
-        // Not an event we know: what it carries counts all the same.
-        generated.add(&String::from_utf8_lossy(data));
-        return;
-    };
-    match (dialect, event.kind.as_ref()) {
-        (Dialect::Responses, "response.completed" | "response.incomplete" | "response.failed") => {
-            *usage = event.response.and_then(|r| r.usage).map(Usage::from);
-            *done = true;
-        }
-        (Dialect::Responses, kind) if kind.rsplit_once('.').is_some_and(|(_, l)| l == "delta") => {
-            if let Some(delta) = event.delta {
-                generated.add_json(delta);
+impl Seen {
+    /// Reads one event of a Responses or Anthropic stream.
+    fn typed_event(&mut self, dialect: Dialect, data: &[u8]) {
+        let Seen { usage, anthropic, generated, done } = self;
+        let Ok(event) = serde_json::from_slice::<TypedEvent<'_>>(data) else {
+            // Not an event we know: what it carries counts all the same.
+            generated.add(&String::from_utf8_lossy(data));
+            return;
+        };
+        match (dialect, event.kind.as_ref()) {
+            (
+                Dialect::Responses,
+                "response.completed" | "response.incomplete" | "response.failed",
+            ) => {
+                *usage = event.response.and_then(|r| r.usage).map(Usage::from);
+                *done = true;
             }
-        }
-        (Dialect::Anthropic, "message_start") => {
-            let usage = event.message.and_then(|m| m.usage).unwrap_or_default();
-            *anthropic = Some(Box::new((usage, false)));
-        }
-        (Dialect::Anthropic, "message_delta") => {
-            let (so_far, restated) = &mut **anthropic.get_or_insert_default();
-            so_far.merge(event.usage.unwrap_or_default());
-            *restated = true;
-        }
-        (Dialect::Anthropic, "content_block_delta") => {
-            if let Some(delta) = event.delta {
-                crate::estimate::tally_part(delta, generated);
+            (Dialect::Responses, kind)
+                if kind.rsplit_once('.').is_some_and(|(_, l)| l == "delta") =>
+            {
+                if let Some(delta) = event.delta {
+                    generated.add_json(delta);
+                }
             }
-        }
-        (Dialect::Anthropic, "message_stop") => {
-            *done = true;
-            if let Some((so_far, true)) = anthropic.as_deref() {
-                *usage = Some(Usage::from(*so_far));
+            (Dialect::Anthropic, "message_start") => {
+                let usage = event.message.and_then(|m| m.usage).unwrap_or_default();
+                *anthropic = Some(Box::new((usage, false)));
             }
+            (Dialect::Anthropic, "message_delta") => {
+                let (so_far, restated) = &mut **anthropic.get_or_insert_default();
+                so_far.merge(event.usage.unwrap_or_default());
+                *restated = true;
+            }
+            (Dialect::Anthropic, "content_block_delta") => {
+                if let Some(delta) = event.delta {
+                    crate::estimate::tally_part(delta, generated);
+                }
+            }
+            (Dialect::Anthropic, "message_stop") => {
+                *done = true;
+                if let Some((so_far, true)) = anthropic.as_deref() {
+                    *usage = Some(Usage::from(*so_far));
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 

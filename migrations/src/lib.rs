@@ -37,6 +37,7 @@ mod m20261207_000001_user_deleted_at;
 mod m20261207_000002_new_endpoint_scopes;
 mod m20261207_000003_cache_write_price;
 mod m20261207_000004_model_routes;
+mod m20261207_000005_quota_pending;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -66,6 +67,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_new_endpoint_scopes::Migration),
             Box::new(m20261207_000003_cache_write_price::Migration),
             Box::new(m20261207_000004_model_routes::Migration),
+            Box::new(m20261207_000005_quota_pending::Migration),
         ]
     }
 }

@@ -361,7 +361,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         ("BLUESMINDS_LIMITS__MIRROR_INTERVAL_MS".into(), "100".into()),
         // Redis killed is refused at once; what this keeps out is an instance starved of CPU
         // by the rest of the suite deciding alone that Redis is down while the other still
-        // reaches it: a partial outage, whose quota gap docs/LIMITS.md describes.
+        // reaches it (a partial outage: exact too, but it would blur the phases' figures).
         ("BLUESMINDS_LIMITS__REDIS_TIMEOUT_MS".into(), "1000".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];

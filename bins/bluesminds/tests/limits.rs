@@ -454,3 +454,54 @@ async fn a_users_spend_cap_admits_exactly_what_it_pays_for_across_instances_and_
     assert_eq!(invoice["overage_micros"], 2000);
     assert_eq!(invoice["total_micros"], 29_002_000, "{invoice}");
 }
+
+/// An outage only one instance sees (its connection to Redis is cut, the other's is not):
+/// what it counts alone in Postgres, the other instance's mirror flushes hand to Redis
+/// instead of overwriting, and nothing is counted twice when it reaches Redis again. Across
+/// both instances the day admits exactly its quota: ten requests of 100 tokens.
+#[tokio::test]
+async fn an_outage_only_one_instance_sees_keeps_the_daily_quota_exact() {
+    let mock = Mock::start().await;
+    let (db, _redis, b, env) = with_private_redis(&mock).await;
+    let redis_addr = env.iter().find(|(k, _)| k == "REDIS_URL").unwrap().1.clone();
+    let relay =
+        support::Relay::start(redis_addr.trim_start_matches("redis://").parse().unwrap()).await;
+    let mut through_relay = env.clone();
+    through_relay.retain(|(k, _)| k != "REDIS_URL");
+    through_relay.push(("REDIS_URL".into(), format!("redis://{}", relay.addr)));
+    let a = Gateway::start(&[], &env_refs(&through_relay)).await;
+    let (key, key_id) = key_of_tier(
+        &b,
+        "partial@example.com",
+        "enterprise",
+        json!({"name": "p", "quota_daily": 1000}),
+    )
+    .await;
+    assert_eq!(spend(&b, &key, 3).await, (3, None));
+    wait_until_saved(&db, &key_id, "day", 300).await;
+
+    relay.cut();
+    assert_eq!(spend(&a, &key, 2).await, (2, None), "a counts alone in Postgres");
+    // b goes on in Redis; its flush hands a's 200 to Redis and then saves Redis's count
+    // (before, it overwrote the 500 in Postgres with Redis's 400).
+    assert_eq!(spend(&b, &key, 1).await, (1, None));
+    wait_until_saved(&db, &key_id, "day", 600).await;
+    assert_eq!(spend(&a, &key, 5).await, (4, Some("insufficient_quota".into())));
+    wait_until_saved(&db, &key_id, "day", 1000).await;
+    assert_eq!(spend(&b, &key, 1).await, (0, Some("insufficient_quota".into())));
+
+    relay.restore();
+    // a goes back to Redis at its next try (at most a second): still nothing left.
+    let started = std::time::Instant::now();
+    loop {
+        assert_eq!(spend(&a, &key, 1).await, (0, Some("insufficient_quota".into())));
+        let metrics = support::request(a.addr, "GET", "/metrics", b"").await;
+        let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+        if text.contains("bluesminds_ratelimit_redis_up 1") {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "a never went back to Redis: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(spend(&b, &key, 1).await, (0, Some("insufficient_quota".into())));
+}

@@ -13,7 +13,7 @@ use gateway_core::{ApiKeyId, Limits, UserId};
 use std::sync::Arc;
 
 use crate::{
-    Claim, Decision, Holder, LeaseConfig, LeasedLimiter, Period, QuotaStore, QuotaUsage,
+    Claim, Decision, Holder, LeaseConfig, LeasedLimiter, Period, QuotaRows, QuotaStore, QuotaUsage,
     RateLimiter, Reservation, Snapshot, Subject, Used, Window,
 };
 
@@ -248,7 +248,7 @@ pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, 
     assert_eq!(s.try_consume(&sa, day, month, 600).await.unwrap(), None);
     assert_eq!(s.try_consume(&sa, day, month, 500).await.unwrap(), Some(Window::TokensPerDay));
     assert_eq!(s.try_consume(&sa, day, month, 400).await.unwrap(), None);
-    let rows = s.current(day, month).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
     assert_eq!(used(&rows, a, Period::Day), Some(1000));
     assert_eq!(used(&rows, a, Period::Month), Some(1000));
     assert_eq!(user_used(&rows), Some((Period::Month, month, 1000)));
@@ -262,7 +262,7 @@ pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, 
     // Adjustments refund or charge every counter, never below zero.
     s.adjust(a, user, day, month, -300).await.unwrap();
     s.adjust(a, user, next_day, month, -10_000).await.unwrap();
-    let rows = s.current(day, month).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
     assert_eq!(used(&rows, a, Period::Day), Some(700));
     assert_eq!(used(&rows, a, Period::Month), Some(0));
     assert_eq!(user_used(&rows), Some((Period::Month, month, 0)));
@@ -286,18 +286,26 @@ pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, 
             period: Period::Day,
             start: day,
             used: 42,
+            pending: 0,
         },
         QuotaUsage {
             holder: Holder::Key { key: b, user },
             period: Period::Month,
             start: month,
             used: 420,
+            pending: 0,
         },
-        QuotaUsage { holder: Holder::User(user), period: Period::Month, start: month, used: 4200 },
+        QuotaUsage {
+            holder: Holder::User(user),
+            period: Period::Month,
+            start: month,
+            used: 4200,
+            pending: 0,
+        },
     ];
     s.save(&saved).await.unwrap();
     s.save(&saved[..1]).await.unwrap();
-    let rows = s.current(day, month).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
     assert_eq!(used(&rows, b, Period::Day), Some(42));
     assert_eq!(used(&rows, b, Period::Month), Some(420));
     assert_eq!(user_used(&rows), Some((Period::Month, month, 4200)));
@@ -315,6 +323,45 @@ pub async fn quota_store_contract(s: &dyn QuotaStore, a: ApiKeyId, b: ApiKeyId, 
         let admitted = results.into_iter().filter(|r| matches!(r, Ok(None))).count();
         assert_eq!(admitted, 10, "{who:?}");
     }
+
+    // What is counted alone survives the mirror: an instance that counts alone while another
+    // saves Redis's count loses nothing, and limits apply to the sum.
+    let b_day = |rows: &[QuotaUsage]| {
+        rows.iter()
+            .find(|r| r.holder == Holder::Key { key: b, user } && r.period == Period::Day)
+            .map(|r| (r.used, r.pending))
+    };
+    let sb_day = Subject { limits: limits(1, 1, 200, 1_000_000), ceiling: 1_000_000, ..sb };
+    assert_eq!(s.try_consume(&sb_day, day, month, 100).await.unwrap(), None, "42 + 100");
+    // Another instance's flush: Redis counted 8 more than the 42 it had.
+    s.save(&[QuotaUsage { used: 50, ..saved[0].clone() }]).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
+    assert_eq!(b_day(&rows), Some((150, 100)));
+    assert_eq!(s.try_consume(&sb_day, day, month, 51).await.unwrap(), Some(Window::TokensPerDay));
+    let pending = s.current(day, month, QuotaRows::Pending).await.unwrap();
+    assert!(pending.iter().all(|r| r.pending != 0), "{pending:?}");
+    assert_eq!(b_day(&pending), Some((150, 100)));
+    // Counted after the list was read: it stays pending when the listed part is handed over.
+    assert_eq!(s.try_consume(&sb_day, day, month, 20).await.unwrap(), None);
+    s.handed_over(&pending).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
+    assert_eq!(b_day(&rows), Some((170, 20)));
+    let late = rows.into_iter().find(|r| b_day(std::slice::from_ref(r)).is_some()).unwrap();
+    s.handed_over(&[late]).await.unwrap();
+    // Nothing left alone: listed among all, not among the pending.
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
+    assert_eq!(b_day(&rows), Some((170, 0)));
+    assert_eq!(b_day(&s.current(day, month, QuotaRows::Pending).await.unwrap()), None);
+    // Handed over twice (a repeat after a failure): the sum stays, and the part owed back is
+    // listed for the next hand-over to take back.
+    s.handed_over(&pending).await.unwrap();
+    let listed = s.current(day, month, QuotaRows::Pending).await.unwrap();
+    assert_eq!(b_day(&listed), Some((170, -100)));
+    // A refund beyond everything takes the sum to zero, not below.
+    s.adjust(b, user, day, month, -1000).await.unwrap();
+    let rows = s.current(day, month, QuotaRows::All).await.unwrap();
+    assert_eq!(b_day(&rows).map(|(used, _)| used), Some(0));
+    assert_eq!(s.try_consume(&sb_day, day, month, 200).await.unwrap(), None);
 }
 
 const SPAN_MS: i64 = 60_000;

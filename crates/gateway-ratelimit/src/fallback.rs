@@ -6,7 +6,10 @@
 //! [`LimitError::Unavailable`] (the gateway answers 503 with `Retry-After`).
 //!
 //! After an outage Redis is tried again at most once per `retry_every`; before it is used
-//! again, the quotas the store counted meanwhile are restored into it.
+//! again, it is given what the store counted alone meanwhile (and the quotas it lost, if it
+//! restarted). Every instance that reaches Redis hands it the store's counts in its mirror
+//! flush too, so what an instance counts alone while the others still reach Redis (an outage
+//! only it sees) reaches Redis within a flush interval, even if that instance never comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -252,7 +255,7 @@ impl RateLimiter for ResilientLimiter {
         }
         if down {
             // Coming back: whatever the store counted alone goes into Redis first.
-            if let Err(e) = self.redis.restore(now_ms).await {
+            if let Err(e) = self.redis.catch_up(now_ms).await {
                 self.enter_outage(now_ms, &e);
                 return fallback(claim).await;
             }

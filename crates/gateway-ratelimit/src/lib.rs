@@ -252,16 +252,18 @@ pub trait RateLimiter: Send + Sync {
 }
 
 /// A limiter whose counters several gateway instances share (Redis), and which can lose them
-/// (a restarted Redis): [`ResilientLimiter`] restores them before using it again after an
-/// outage, and mirrors its quotas to the durable [`QuotaStore`].
+/// (a restarted Redis) or miss what an instance counted without it (an outage, whole or seen
+/// by one instance only): [`ResilientLimiter`] brings it up to date before using it again
+/// after an outage, and mirrors its quotas to the durable [`QuotaStore`].
 #[async_trait]
 pub trait SharedLimiter: RateLimiter + std::fmt::Debug {
-    /// Brings quota counters the backend lost back from the durable store, before it admits
-    /// anything.
-    async fn restore(&self, now_ms: i64) -> Result<(), LimitError>;
+    /// Gives the backend what the durable store counted alone ([`QuotaUsage::pending`]) and
+    /// brings back quota counters it lost, before it admits anything.
+    async fn catch_up(&self, now_ms: i64) -> Result<(), LimitError>;
 
-    /// Saves the quota counters changed since the last call to the durable store; returns how
-    /// many keys were saved.
+    /// Saves the quota counters changed since the last call to the durable store (first
+    /// giving the backend what the store counted alone meanwhile, whoever counted it);
+    /// returns how many counters were saved.
     async fn flush_mirror(&self) -> Result<usize, LimitError>;
 }
 
@@ -296,17 +298,50 @@ pub struct QuotaUsage {
     pub holder: Holder,
     pub period: Period,
     pub start: time::Date,
+    /// Everything the store knows was used: the mirror of the shared limiter's counter plus
+    /// [`QuotaUsage::pending`].
     pub used: u64,
+    /// The part of `used` the store counted alone (while the shared limiter was unreachable
+    /// from some instance) and has not handed to the shared limiter yet; negative when more
+    /// was handed over than is owed (a hand-over repeated after a failure), which the next
+    /// hand-over takes back.
+    pub pending: i64,
+}
+
+impl QuotaUsage {
+    /// Whose counter it is, or whose key's.
+    pub fn user(&self) -> UserId {
+        match self.holder {
+            Holder::Key { user, .. } | Holder::User(user) => user,
+        }
+    }
+}
+
+/// Which counters [`QuotaStore::current`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaRows {
+    /// Every counter of the periods.
+    All,
+    /// Only those with a part counted alone ([`QuotaUsage::pending`] not zero).
+    Pending,
 }
 
 /// The durable store of daily and monthly quota usage (Postgres in the gateway): the mirror
 /// of the Redis counters, and the exact counter itself while Redis is unreachable.
+///
+/// Each counter has two parts: the mirror (what the shared limiter held when it was last
+/// saved, overwritten by [`QuotaStore::save`]) and the part counted alone
+/// ([`QuotaUsage::pending`], changed only by [`QuotaStore::try_consume`],
+/// [`QuotaStore::adjust`] and [`QuotaStore::handed_over`]), so an instance that counts alone
+/// while others still reach Redis and save their mirror loses nothing. Limits are checked
+/// against the sum.
 #[async_trait]
 pub trait QuotaStore: Send + Sync {
     /// Adds `tokens` to the key's counters of `day` and `month` and to the user's counter of
-    /// `month` only if all stay within `who.limits.daily_tokens`, `who.limits.monthly_tokens`
-    /// and `who.ceiling`, atomically and exactly however many processes share the store.
-    /// Returns the window that would be exceeded (nothing changed).
+    /// `month` (their parts counted alone) only if all stay within
+    /// `who.limits.daily_tokens`, `who.limits.monthly_tokens` and `who.ceiling`, atomically
+    /// and exactly however many processes share the store. Returns the window that would be
+    /// exceeded (nothing changed).
     async fn try_consume(
         &self,
         who: &Subject,
@@ -315,8 +350,8 @@ pub trait QuotaStore: Send + Sync {
         tokens: u64,
     ) -> Result<Option<Window>, QuotaStoreError>;
 
-    /// Adds `delta` (negative: a refund) to the key's two counters and the user's one, never
-    /// going below zero.
+    /// Adds `delta` (negative: a refund) to the part counted alone of the key's two counters
+    /// and the user's one, never taking a counter's sum below zero.
     async fn adjust(
         &self,
         key: ApiKeyId,
@@ -326,15 +361,23 @@ pub trait QuotaStore: Send + Sync {
         delta: i64,
     ) -> Result<(), QuotaStoreError>;
 
-    /// Every key's counters of `day` and `month`, and every user's of `month`.
+    /// The keys' counters of `day` and `month`, and the users' of `month`: all, or only those
+    /// with a part counted alone.
     async fn current(
         &self,
         day: time::Date,
         month: time::Date,
+        which: QuotaRows,
     ) -> Result<Vec<QuotaUsage>, QuotaStoreError>;
 
-    /// Overwrites the saved counters with these values (the mirror of Redis).
+    /// Overwrites the mirror part of these counters with `used` (what the shared limiter
+    /// holds); `pending` is ignored, and the parts counted alone are kept.
     async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError>;
+
+    /// The shared limiter now holds each row's `pending` tokens: they move from the part
+    /// counted alone to the mirror (`pending -= row.pending`, `mirror += row.pending`), so
+    /// the sum stays and tokens counted alone since the row was read stay pending.
+    async fn handed_over(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]

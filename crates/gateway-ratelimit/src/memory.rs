@@ -8,8 +8,8 @@ use gateway_core::{ApiKeyId, UserId};
 
 use crate::window::{DEFAULT_BUCKETS, buckets_for, periods};
 use crate::{
-    Claim, Decision, Holder, LimitError, Period, QuotaStore, QuotaStoreError, QuotaUsage,
-    RateLimiter, Reservation, Snapshot, Subject, Used, Window, counted_second, grant,
+    Claim, Decision, Holder, LimitError, Period, QuotaRows, QuotaStore, QuotaStoreError,
+    QuotaUsage, RateLimiter, Reservation, Snapshot, Subject, Used, Window, counted_second, grant,
 };
 
 #[derive(Debug, Default)]
@@ -208,7 +208,20 @@ impl RateLimiter for InMemoryLimiter {
 /// A [`QuotaStore`] in process memory: for tests, and services without a database.
 #[derive(Debug, Default)]
 pub struct InMemoryQuotaStore {
-    counters: Mutex<HashMap<(Holder, Period, time::Date), u64>>,
+    counters: Mutex<HashMap<(Holder, Period, time::Date), Parts>>,
+}
+
+/// A counter's two parts: the mirror of the shared limiter, and what was counted alone.
+#[derive(Clone, Copy, Debug, Default)]
+struct Parts {
+    mirror: u64,
+    pending: i64,
+}
+
+impl Parts {
+    fn sum(self) -> u64 {
+        self.mirror.saturating_add_signed(self.pending)
+    }
 }
 
 #[async_trait]
@@ -228,12 +241,13 @@ impl QuotaStore for InMemoryQuotaStore {
             ((user, Period::Month, month), who.ceiling, Window::UserMonth),
         ];
         for (id, limit, window) in counters {
-            if c.get(&id).copied().unwrap_or(0) + tokens > limit {
+            if c.get(&id).copied().unwrap_or_default().sum() + tokens > limit {
                 return Ok(Some(window));
             }
         }
         for (id, _, _) in counters {
-            *c.entry(id).or_default() += tokens;
+            let parts = c.entry(id).or_default();
+            parts.pending = parts.pending.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX));
         }
         Ok(None)
     }
@@ -251,8 +265,10 @@ impl QuotaStore for InMemoryQuotaStore {
         for id in
             [(key, Period::Day, day), (key, Period::Month, month), (user, Period::Month, month)]
         {
-            let v = c.entry(id).or_default();
-            *v = v.saturating_add_signed(delta);
+            let parts = c.entry(id).or_default();
+            // Never below zero in sum: at least minus the mirror.
+            let floor = -i64::try_from(parts.mirror).unwrap_or(i64::MAX);
+            parts.pending = parts.pending.saturating_add(delta).max(floor);
         }
         Ok(())
     }
@@ -261,6 +277,7 @@ impl QuotaStore for InMemoryQuotaStore {
         &self,
         day: time::Date,
         month: time::Date,
+        which: QuotaRows,
     ) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
         let c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(c.iter()
@@ -268,14 +285,31 @@ impl QuotaStore for InMemoryQuotaStore {
                 Period::Day => *start == day,
                 Period::Month => *start == month,
             })
-            .map(|(&(holder, period, start), &used)| QuotaUsage { holder, period, start, used })
+            .filter(|(_, parts)| which == QuotaRows::All || parts.pending != 0)
+            .map(|(&(holder, period, start), &parts)| QuotaUsage {
+                holder,
+                period,
+                start,
+                used: parts.sum(),
+                pending: parts.pending,
+            })
             .collect())
     }
 
     async fn save(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
         let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in rows {
-            c.insert((r.holder, r.period, r.start), r.used);
+            c.entry((r.holder, r.period, r.start)).or_default().mirror = r.used;
+        }
+        Ok(())
+    }
+
+    async fn handed_over(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
+        let mut c = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in rows {
+            let parts = c.entry((r.holder, r.period, r.start)).or_default();
+            parts.pending = parts.pending.saturating_sub(r.pending);
+            parts.mirror = parts.mirror.saturating_add_signed(r.pending);
         }
         Ok(())
     }

@@ -21,8 +21,8 @@ use gateway_core::{ApiKeyId, UserId};
 
 use gateway_ratelimit::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
 use gateway_ratelimit::{
-    Claim, Decision, Holder, LimitError, Period, QuotaStore, QuotaUsage, RateLimiter, Reservation,
-    SharedLimiter, Snapshot, Subject, Used, Window,
+    Claim, Decision, Holder, LimitError, Period, QuotaRows, QuotaStore, QuotaUsage, RateLimiter,
+    Reservation, SharedLimiter, Snapshot, Subject, Used, Window,
 };
 
 use crate::{RedisConn, RedisError, slot};
@@ -33,7 +33,7 @@ type Answer = (i64, i64, u64, u64, u64, u64, u64, u64, i64);
 /// The scripts, sent by hash and loaded when Redis lost them (see `RedisLimiter::eval`).
 const RESERVE_LUA: &str = include_str!("../lua/reserve_v4.lua");
 const SETTLE_LUA: &str = include_str!("../lua/settle_v4.lua");
-const RESTORE_LUA: &str = include_str!("../lua/restore_v1.lua");
+const SYNC_LUA: &str = include_str!("../lua/sync_v1.lua");
 
 /// Settlements per settle script call (each costs about 6 µs of Redis time).
 const SETTLE_CHUNK: usize = 256;
@@ -41,8 +41,8 @@ const SETTLE_CHUNK: usize = 256;
 /// The least time a settle batch gets (it runs off the request path).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Counters restored per script call.
-const RESTORE_CHUNK: usize = 500;
+/// Counters synced (restored, or given what the store counted alone) per script call.
+const SYNC_CHUNK: usize = 500;
 
 /// Restore markers set per `MSET`.
 const MARKER_CHUNK: usize = 2048;
@@ -59,7 +59,7 @@ pub struct RedisLimiter {
     span: i64,
     reserve: redis::Script,
     settle: redis::Script,
-    restore: redis::Script,
+    sync: redis::Script,
     durable: Option<Durable>,
 }
 
@@ -68,9 +68,13 @@ pub struct RedisLimiter {
 struct Durable {
     store: Arc<dyn QuotaStore>,
     dirty: Arc<std::sync::Mutex<HashMap<ApiKeyId, Changed>>>,
-    /// One restore at a time per process; `restores` tells a waiter one just finished.
+    /// One restore or catch-up at a time per process; `restores` tells a waiter one just
+    /// finished. Catch-ups are numbered as they begin (`catch_ups_begun`);
+    /// `caught_up` is the number of the last one that finished.
     restoring: Arc<tokio::sync::Mutex<()>>,
     restores: Arc<AtomicU64>,
+    catch_ups_begun: Arc<AtomicU64>,
+    caught_up: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -102,7 +106,7 @@ impl RedisLimiter {
             span: DEFAULT_BUCKETS,
             reserve: redis::Script::new(RESERVE_LUA),
             settle: redis::Script::new(SETTLE_LUA),
-            restore: redis::Script::new(RESTORE_LUA),
+            sync: redis::Script::new(SYNC_LUA),
             durable: None,
         }
     }
@@ -122,6 +126,8 @@ impl RedisLimiter {
             dirty: Arc::default(),
             restoring: Arc::default(),
             restores: Arc::default(),
+            catch_ups_begun: Arc::default(),
+            caught_up: Arc::default(),
         });
         self
     }
@@ -299,8 +305,9 @@ impl RedisLimiter {
     }
 
     /// Puts the quotas saved in the store back into Redis (never lowering a counter Redis
-    /// holds), then sets the restore marker. Runs when Redis is found empty, and when it comes
-    /// back after an outage during which the store counted on its own.
+    /// holds; on the slots that kept their counters, only what the store counted alone is
+    /// added), then sets the restore markers. Runs when Redis is found without its marker (a
+    /// restart).
     pub async fn restore(&self, now_ms: i64) -> Result<(), LimitError> {
         let Some(d) = &self.durable else { return Ok(()) };
         let seen = d.restores.load(Ordering::Acquire);
@@ -308,39 +315,8 @@ impl RedisLimiter {
         if d.restores.load(Ordering::Acquire) != seen {
             return Ok(()); // another task restored while this one waited
         }
-        let (day, month, to_midnight, to_month_end) = periods(now_ms);
-        let saved = d
-            .store
-            .current(date_of(day), date_of(month * 100 + 1))
-            .await
-            .map_err(|e| LimitError::Unavailable(e.0))?;
-        // Each saved counter's key, and how long it lives past its period's end (a day's an
-        // hour, a month's a day), as the reserve script sets it.
-        let counter = |row: &QuotaUsage| match (row.holder, row.period) {
-            (Holder::Key { key, user }, Period::Day) => {
-                (self.counter(user, Counter::Day(key, day)), to_midnight + 3600)
-            }
-            (Holder::Key { key, user }, Period::Month) => {
-                (self.counter(user, Counter::Month(key, month)), to_month_end + 86_400)
-            }
-            (Holder::User(user), _) => {
-                (self.counter(user, Counter::UserMonth(month)), to_month_end + 86_400)
-            }
-        };
-        let user_of = |row: &QuotaUsage| match row.holder {
-            Holder::Key { user, .. } | Holder::User(user) => user,
-        };
-        for chunk in self.batches(&saved, user_of, RESTORE_CHUNK) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.restore.get_hash()).arg(chunk.len());
-            for row in &chunk {
-                cmd.arg(counter(row).0);
-            }
-            for row in &chunk {
-                cmd.arg(row.used).arg(counter(row).1);
-            }
-            self.eval::<i64>(RESTORE_LUA, &cmd).await?;
-        }
+        // The markers say "restored at": set only after every counter is back.
+        self.sync(d, now_ms, QuotaRows::All).await.map_err(SyncFailed::into_limit_error)?;
         // Every slot's marker in a cluster (the client splits the command by slot); the one
         // marker of a single Redis.
         let slots = if self.conn.is_cluster() { slot::SLOTS } else { 1 };
@@ -355,11 +331,116 @@ impl RedisLimiter {
         Ok(())
     }
 
+    /// Gives Redis what the store counted alone (instances that could not reach Redis, this
+    /// one or others, living or dead), and restores the quotas if Redis lost them. Runs when
+    /// this instance reaches Redis again after an outage, and before every mirror flush.
+    pub async fn catch_up(&self, now_ms: i64) -> Result<(), LimitError> {
+        let Some(d) = &self.durable else { return Ok(()) };
+        let begun = d.catch_ups_begun.load(Ordering::Acquire);
+        let kept = {
+            let _one_at_a_time = d.restoring.lock().await;
+            if d.caught_up.load(Ordering::Acquire) > begun {
+                // One that began after this call read everything pending when it began.
+                return Ok(());
+            }
+            let number = d.catch_ups_begun.fetch_add(1, Ordering::AcqRel) + 1;
+            let kept = match self.sync(d, now_ms, QuotaRows::Pending).await {
+                Ok(kept) => kept,
+                // Redis answers; only the store does not: Redis is used meanwhile (its marker
+                // still guards against its having lost the counters), and what the store
+                // counted alone reaches it at a flush once the store answers again.
+                Err(SyncFailed::Store(e)) => {
+                    tracing::debug!(error = %e, "rate limiter: quota store unreadable; catching up later");
+                    return Ok(());
+                }
+                Err(SyncFailed::Redis(e)) => return Err(e),
+            };
+            d.caught_up.store(number, Ordering::Release);
+            kept
+        };
+        if kept { Ok(()) } else { self.restore(now_ms).await }
+    }
+
+    /// Brings the store's counters of the current day and month (`which`) into Redis with the
+    /// sync script, one slot per call, and tells the store which parts counted alone Redis
+    /// now holds. Returns false when a slot had lost its restore marker (its counters were
+    /// put back, the marker was not: the caller restores).
+    ///
+    /// A hand-over repeated after a failure between Redis and the store (a timed-out call that
+    /// ran, the store failing after Redis took the part) counts that part twice in Redis:
+    /// too much, never too little.
+    async fn sync(&self, d: &Durable, now_ms: i64, which: QuotaRows) -> Result<bool, SyncFailed> {
+        let (day, month, to_midnight, to_month_end) = periods(now_ms);
+        let rows = d
+            .store
+            .current(date_of(day), date_of(month * 100 + 1), which)
+            .await
+            .map_err(SyncFailed::Store)?;
+        // Each counter's key, and how long it lives past its period's end (a day's an hour, a
+        // month's a day), as the reserve script sets it.
+        let counter = |row: &QuotaUsage| match (row.holder, row.period) {
+            (Holder::Key { key, user }, Period::Day) => {
+                (self.counter(user, Counter::Day(key, day)), to_midnight + 3600)
+            }
+            (Holder::Key { key, user }, Period::Month) => {
+                (self.counter(user, Counter::Month(key, month)), to_month_end + 86_400)
+            }
+            (Holder::User(user), _) => {
+                (self.counter(user, Counter::UserMonth(month)), to_month_end + 86_400)
+            }
+        };
+        let mut kept = true;
+        for chunk in self.batches(&rows, QuotaUsage::user, SYNC_CHUNK) {
+            let Some(first) = chunk.first() else { continue };
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.sync.get_hash()).arg(chunk.len() + 1).arg(self.marker(first.user()));
+            for row in &chunk {
+                cmd.arg(counter(row).0);
+            }
+            for row in &chunk {
+                cmd.arg(row.used).arg(row.pending).arg(counter(row).1);
+            }
+            let marked: i64 = self
+                .eval_within(SYNC_LUA, &cmd, self.timeout.max(BATCH_TIMEOUT))
+                .await
+                .map_err(SyncFailed::Redis)?;
+            kept &= marked == 1;
+            let handed: Vec<QuotaUsage> =
+                chunk.iter().filter(|r| r.pending != 0).map(|r| (*r).clone()).collect();
+            if handed.is_empty() {
+                continue;
+            }
+            d.store.handed_over(&handed).await.map_err(SyncFailed::Store)?;
+            tracing::info!(
+                counters = handed.len(),
+                "rate limiter: quota tokens counted in the database without redis handed to redis"
+            );
+            // The mirror flush saves what Redis now holds.
+            self.mark_changed(handed.iter().filter_map(|r| match r.holder {
+                Holder::Key { key, user } => Some((key, Changed { user, day, month })),
+                Holder::User(_) => None,
+            }));
+        }
+        Ok(kept)
+    }
+
     /// Saves the current daily and monthly counters of every key that changed since the last
     /// call to the store. Returns how many counters were saved; on failure the keys stay
     /// pending for the next call.
+    ///
+    /// First gives Redis what the store counted alone ([`RedisLimiter::catch_up`]), so the
+    /// counts of an instance that could not reach Redis while this one could reach it within
+    /// a flush interval, even if that instance never comes back.
     pub async fn flush_mirror(&self) -> Result<usize, LimitError> {
         let Some(d) = &self.durable else { return Ok(0) };
+        let caught_up = self.catch_up(unix_ms()).await;
+        let saved = self.save_changed(d).await;
+        caught_up?;
+        saved
+    }
+
+    /// The mirror flush's saving part.
+    async fn save_changed(&self, d: &Durable) -> Result<usize, LimitError> {
         let pending: Vec<(ApiKeyId, Changed)> =
             d.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
         if pending.is_empty() {
@@ -382,7 +463,7 @@ impl RedisLimiter {
     ) -> Result<usize, LimitError> {
         let mut rows = Vec::with_capacity(pending.len() * 3);
         let mut users = std::collections::HashSet::new();
-        for chunk in pending.chunks(RESTORE_CHUNK) {
+        for chunk in pending.chunks(SYNC_CHUNK) {
             let mut cmd = redis::cmd("MGET");
             for (key, c) in chunk {
                 cmd.arg(self.counter(c.user, Counter::Day(*key, c.day)))
@@ -395,19 +476,27 @@ impl RedisLimiter {
                 let (holder, month) =
                     (Holder::Key { key: *key, user: c.user }, date_of(c.month * 100 + 1));
                 if let Some(used) = count(0) {
-                    rows.push(QuotaUsage {
-                        holder,
-                        period: Period::Day,
-                        start: date_of(c.day),
-                        used,
-                    });
+                    let start = date_of(c.day);
+                    rows.push(QuotaUsage { holder, period: Period::Day, start, used, pending: 0 });
                 }
                 if let Some(used) = count(1) {
-                    rows.push(QuotaUsage { holder, period: Period::Month, start: month, used });
+                    rows.push(QuotaUsage {
+                        holder,
+                        period: Period::Month,
+                        start: month,
+                        used,
+                        pending: 0,
+                    });
                 }
                 if let Some(used) = count(2).filter(|_| users.insert((c.user, c.month))) {
                     let holder = Holder::User(c.user);
-                    rows.push(QuotaUsage { holder, period: Period::Month, start: month, used });
+                    rows.push(QuotaUsage {
+                        holder,
+                        period: Period::Month,
+                        start: month,
+                        used,
+                        pending: 0,
+                    });
                 }
             }
         }
@@ -461,6 +550,22 @@ impl RateLimiter for RedisLimiter {
             },
         );
         futures_util::future::join_all(calls).await.into_iter().collect()
+    }
+}
+
+/// Why a sync stopped: the store failed (reading the counters, or recording a hand-over), or
+/// Redis did.
+enum SyncFailed {
+    Store(gateway_ratelimit::QuotaStoreError),
+    Redis(LimitError),
+}
+
+impl SyncFailed {
+    fn into_limit_error(self) -> LimitError {
+        match self {
+            SyncFailed::Store(e) => LimitError::Unavailable(e.0),
+            SyncFailed::Redis(e) => e,
+        }
     }
 }
 
@@ -547,11 +652,18 @@ impl redis::ToRedisArgs for CounterKey<'_> {
 
 #[async_trait]
 impl SharedLimiter for RedisLimiter {
-    async fn restore(&self, now_ms: i64) -> Result<(), LimitError> {
-        RedisLimiter::restore(self, now_ms).await
+    async fn catch_up(&self, now_ms: i64) -> Result<(), LimitError> {
+        RedisLimiter::catch_up(self, now_ms).await
     }
 
     async fn flush_mirror(&self) -> Result<usize, LimitError> {
         RedisLimiter::flush_mirror(self).await
     }
+}
+
+/// The wall clock in Unix milliseconds (the mirror flush runs on its own, without a caller's
+/// `now`).
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

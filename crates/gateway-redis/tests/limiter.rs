@@ -10,8 +10,8 @@ use std::time::Duration;
 use gateway_core::{ApiKeyId, Limits, UserId};
 use gateway_ratelimit::{
     Decision, FallbackPolicy, InMemoryLimiter, InMemoryQuotaStore, LeaseConfig, LeasedLimiter,
-    LimitError, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter, ResilientLimiter, Subject,
-    Window,
+    LimitError, Period, QuotaRows, QuotaStore, QuotaStoreError, QuotaUsage, RateLimiter,
+    ResilientLimiter, Subject, Window,
 };
 use gateway_redis::bus::{Bus, Heard, Invalidation};
 use gateway_redis::{RedisConn, RedisLimiter};
@@ -326,6 +326,90 @@ async fn while_redis_is_cut_off_quotas_stay_exact_in_the_store_and_come_back_to_
     assert!(l.health().redis_up);
 }
 
+/// Reserves `tokens` for `key` on `l`: whether it was admitted, and by the fallback.
+async fn admit(l: &dyn RateLimiter, key: ApiKeyId, limits: &Limits, tokens: u64) -> Option<bool> {
+    match reserve(l, key, limits, tokens).await {
+        Decision::Allowed { reservation, .. } => Some(reservation.fallback),
+        Decision::Refused { window, .. } => {
+            assert_eq!(window, Window::TokensPerDay);
+            None
+        }
+    }
+}
+
+/// An outage only one instance sees (its calls to Redis fail, the other's do not): what it
+/// counts alone in the store survives the other's mirror flushes, reaches Redis with the next
+/// one, and is not counted again when the instance comes back. Across both, the day admits
+/// exactly its quota.
+#[tokio::test]
+async fn an_outage_one_instance_sees_alone_loses_nothing_and_counts_nothing_twice() {
+    let url = redis_url();
+    let relay = Relay::start(&url).await;
+    let store = Arc::new(InMemoryQuotaStore::default());
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let a = resilient(&format!("redis://{}", relay.addr), &prefix, store.clone(), 2);
+    let b = resilient(&url, &prefix, store.clone(), 2);
+    let (key, day) = (ApiKeyId::new(), quota(1000));
+    assert_eq!(admit(&b, key, &day, 300).await, Some(false));
+    b.flush_mirror().await.unwrap();
+
+    relay.cut();
+    assert_eq!(admit(&a, key, &day, 100).await, Some(true), "a counts alone");
+    assert_eq!(admit(&a, key, &day, 100).await, Some(true));
+    // b goes on in Redis and flushes its mirror, which used to overwrite a's 200 with Redis's
+    // 400: now it hands them to Redis first.
+    assert_eq!(admit(&b, key, &day, 100).await, Some(false));
+    b.flush_mirror().await.unwrap();
+    // Still cut off, a counts against everything: 600 used.
+    assert_eq!(admit(&a, key, &day, 300).await, Some(true));
+    assert_eq!(admit(&a, key, &day, 101).await, None, "900 used");
+    // b knows of a's last 300 after its next flush (the bound: what instances counting alone
+    // admitted within one flush interval).
+    b.flush_mirror().await.unwrap();
+    assert_eq!(admit(&b, key, &day, 101).await, None, "900 used");
+    assert_eq!(admit(&b, key, &day, 100).await, Some(false));
+
+    relay.restore();
+    assert_eq!(admit(&a, key, &day, 1).await, None, "back on Redis: 1000 used");
+    assert!(a.health().redis_up);
+    b.flush_mirror().await.unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let month = today.replace_day(1).unwrap();
+    let saved = store.current(today, month, QuotaRows::All).await.unwrap();
+    let day_counter = saved.iter().find(|r| r.period == Period::Day).unwrap();
+    assert_eq!((day_counter.used, day_counter.pending), (1000, 0), "{saved:?}");
+}
+
+/// Redis restarts empty while one instance is cut off from it: the other restores the quotas
+/// from the store, with what the cut-off one counted alone, and the cut-off one, back, adds
+/// nothing twice.
+#[tokio::test]
+async fn a_restore_during_an_outage_one_instance_sees_takes_its_counts_once() {
+    let url = redis_url();
+    let relay = Relay::start(&url).await;
+    let store = Arc::new(InMemoryQuotaStore::default());
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let a = resilient(&format!("redis://{}", relay.addr), &prefix, store.clone(), 2);
+    let b = resilient(&url, &prefix, store.clone(), 2);
+    let (key, day) = (ApiKeyId::new(), quota(1000));
+    assert_eq!(admit(&b, key, &day, 300).await, Some(false));
+    b.flush_mirror().await.unwrap();
+
+    relay.cut();
+    assert_eq!(admit(&a, key, &day, 200).await, Some(true));
+    wipe(&url, &prefix).await;
+    // b finds Redis empty and restores 500 before it admits anything.
+    let mut admitted = 0;
+    while admit(&b, key, &day, 100).await.is_some() {
+        admitted += 1;
+    }
+    assert_eq!(admitted, 5);
+    relay.restore();
+    assert_eq!(admit(&a, key, &day, 1).await, None, "1000 used, none of it twice");
+    b.flush_mirror().await.unwrap();
+    assert_eq!(admit(&b, key, &day, 1).await, None);
+}
+
 /// A store that is down.
 struct DeadStore;
 
@@ -354,10 +438,14 @@ impl QuotaStore for DeadStore {
         &self,
         _: time::Date,
         _: time::Date,
+        _: QuotaRows,
     ) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
         Err(QuotaStoreError("down".into()))
     }
     async fn save(&self, _: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
+        Err(QuotaStoreError("down".into()))
+    }
+    async fn handed_over(&self, _: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
         Err(QuotaStoreError("down".into()))
     }
 }

@@ -1,15 +1,19 @@
 //! SQL adapter of the durable quota store (`rate_limit_state` for keys, `user_quota_state` for
-//! users' monthly ceilings): the mirror of the Redis quota counters, and the exact counter
-//! itself while Redis is unreachable.
+//! users' monthly ceilings): the mirror of the Redis quota counters (`used_tokens`), and the
+//! exact counter itself while Redis is unreachable (`pending_tokens`, the part counted alone;
+//! limits apply to the sum).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use gateway_core::{ApiKeyId, UserId};
-use gateway_ratelimit::{Holder, Period, QuotaStore, QuotaStoreError, QuotaUsage, Subject, Window};
+use gateway_ratelimit::{
+    Holder, Period, QuotaRows, QuotaStore, QuotaStoreError, QuotaUsage, Subject, Window,
+};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryTrait, Set,
+    TransactionTrait,
 };
 use time::{Date, OffsetDateTime};
 
@@ -43,6 +47,7 @@ fn row(key: ApiKeyId, period: Period, start: Date, used: u64) -> rate_limit_stat
         window_kind: Set(period.as_str().to_owned()),
         window_start: Set(start),
         used_tokens: Set(i64_of(used)),
+        pending_tokens: Set(0),
         updated_at: Set(OffsetDateTime::now_utc()),
     }
 }
@@ -59,6 +64,7 @@ fn user_row(user: UserId, month: Date, used: u64) -> user_quota_state::ActiveMod
         user_id: Set(user.as_uuid()),
         month_start: Set(month),
         used_tokens: Set(i64_of(used)),
+        pending_tokens: Set(0),
         updated_at: Set(OffsetDateTime::now_utc()),
     }
 }
@@ -69,7 +75,8 @@ fn the_user(user: UserId, month: Date) -> Condition {
         .add(user_quota_state::Column::MonthStart.eq(month))
 }
 
-/// The user's counter: `used_tokens + n WHERE used_tokens + n <= limit`; true when it counted.
+/// The user's counter: `pending_tokens + n WHERE used_tokens + pending_tokens + n <= limit`;
+/// true when it counted.
 async fn add_within_user(
     db: &impl ConnectionTrait,
     user: UserId,
@@ -80,16 +87,16 @@ async fn add_within_user(
     use user_quota_state::Column as U;
     let n = i64_of(tokens);
     let result = user_quota_state::Entity::update_many()
-        .col_expr(U::UsedTokens, Expr::col(U::UsedTokens).add(n))
+        .col_expr(U::PendingTokens, Expr::col(U::PendingTokens).add(n))
         .col_expr(U::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
         .filter(the_user(user, month))
-        .filter(Expr::col(U::UsedTokens).add(n).lte(i64_of(limit)))
+        .filter(Expr::col(U::UsedTokens).add(Expr::col(U::PendingTokens)).add(n).lte(i64_of(limit)))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
 }
 
-/// `used_tokens = used_tokens + n WHERE used_tokens + n <= limit`: true when it counted.
+/// `pending_tokens + n WHERE used_tokens + pending_tokens + n <= limit`: true when it counted.
 async fn add_within(
     db: &impl ConnectionTrait,
     counter: Condition,
@@ -98,10 +105,15 @@ async fn add_within(
 ) -> Result<bool, sea_orm::DbErr> {
     let n = i64_of(tokens);
     let result = rate_limit_state::Entity::update_many()
-        .col_expr(Column::UsedTokens, Expr::col(Column::UsedTokens).add(n))
+        .col_expr(Column::PendingTokens, Expr::col(Column::PendingTokens).add(n))
         .col_expr(Column::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
         .filter(counter)
-        .filter(Expr::col(Column::UsedTokens).add(n).lte(i64_of(limit)))
+        .filter(
+            Expr::col(Column::UsedTokens)
+                .add(Expr::col(Column::PendingTokens))
+                .add(n)
+                .lte(i64_of(limit)),
+        )
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
@@ -168,33 +180,50 @@ impl QuotaStore for SqlQuotaStore {
         delta: i64,
     ) -> Result<(), QuotaStoreError> {
         use user_quota_state::Column as U;
-        let adjusted = Expr::case(Expr::col(U::UsedTokens).add(delta).lt(0), 0)
-            .finally(Expr::col(U::UsedTokens).add(delta));
+        // The part counted alone moves by `delta`, but never takes the sum below zero. One
+        // transaction, one counter per statement, in the order `try_consume` locks them (the
+        // key's day, its month, the user's month): a statement locking both of a key's rows
+        // in whatever order its plan reads them deadlocks with a reservation.
+        let now = OffsetDateTime::now_utc();
+        let txn = self.store.connection().begin().await.map_err(err)?;
+        let adjusted = Expr::case(
+            Expr::col(Column::UsedTokens).add(Expr::col(Column::PendingTokens)).add(delta).lt(0),
+            Expr::col(Column::UsedTokens).mul(-1),
+        )
+        .finally(Expr::col(Column::PendingTokens).add(delta));
+        for (period, start) in [(Period::Day, day), (Period::Month, month)] {
+            rate_limit_state::Entity::update_many()
+                .col_expr(Column::PendingTokens, adjusted.clone().into())
+                .col_expr(Column::UpdatedAt, Expr::value(now))
+                .filter(the(key, period, start))
+                .exec(&txn)
+                .await
+                .map_err(err)?;
+        }
+        let adjusted = Expr::case(
+            Expr::col(U::UsedTokens).add(Expr::col(U::PendingTokens)).add(delta).lt(0),
+            Expr::col(U::UsedTokens).mul(-1),
+        )
+        .finally(Expr::col(U::PendingTokens).add(delta));
         user_quota_state::Entity::update_many()
-            .col_expr(U::UsedTokens, adjusted.into())
-            .col_expr(U::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
+            .col_expr(U::PendingTokens, adjusted.into())
+            .col_expr(U::UpdatedAt, Expr::value(now))
             .filter(the_user(user, month))
-            .exec(self.store.connection())
+            .exec(&txn)
             .await
             .map_err(err)?;
-        let adjusted = Expr::case(Expr::col(Column::UsedTokens).add(delta).lt(0), 0)
-            .finally(Expr::col(Column::UsedTokens).add(delta));
-        rate_limit_state::Entity::update_many()
-            .col_expr(Column::UsedTokens, adjusted.into())
-            .col_expr(Column::UpdatedAt, Expr::value(OffsetDateTime::now_utc()))
-            .filter(Condition::any().add(the(key, Period::Day, day)).add(the(
-                key,
-                Period::Month,
-                month,
-            )))
-            .exec(self.store.connection())
-            .await
-            .map_err(err)?;
-        Ok(())
+        txn.commit().await.map_err(err)
     }
 
-    async fn current(&self, day: Date, month: Date) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
+    async fn current(
+        &self,
+        day: Date,
+        month: Date,
+        which: QuotaRows,
+    ) -> Result<Vec<QuotaUsage>, QuotaStoreError> {
+        let pending_only = which == QuotaRows::Pending;
         let rows = rate_limit_state::Entity::find()
+            .apply_if(pending_only.then_some(0), |q, zero| q.filter(Column::PendingTokens.ne(zero)))
             .filter(
                 Condition::any()
                     .add(
@@ -230,12 +259,16 @@ impl QuotaStore for SqlQuotaStore {
                     holder: Holder::Key { key: ApiKeyId::from(r.api_key_id), user },
                     period: if r.window_kind == "day" { Period::Day } else { Period::Month },
                     start: r.window_start,
-                    used: u64::try_from(r.used_tokens).unwrap_or(0),
+                    used: sum(r.used_tokens, r.pending_tokens),
+                    pending: r.pending_tokens,
                 })
             })
             .collect();
         let users = user_quota_state::Entity::find()
             .filter(user_quota_state::Column::MonthStart.eq(month))
+            .apply_if(pending_only.then_some(0), |q, zero| {
+                q.filter(user_quota_state::Column::PendingTokens.ne(zero))
+            })
             .all(self.store.connection())
             .await
             .map_err(err)?;
@@ -243,7 +276,8 @@ impl QuotaStore for SqlQuotaStore {
             holder: Holder::User(UserId::from(r.user_id)),
             period: Period::Month,
             start: r.month_start,
-            used: u64::try_from(r.used_tokens).unwrap_or(0),
+            used: sum(r.used_tokens, r.pending_tokens),
+            pending: r.pending_tokens,
         }));
         Ok(usage)
     }
@@ -254,6 +288,52 @@ impl QuotaStore for SqlQuotaStore {
         self.save_keys(&keys).await?;
         self.save_users(&users).await
     }
+
+    /// One statement per counter, each on its own: a counter's two parts move together, and
+    /// no transaction holds one counter while waiting for another (the fallback's
+    /// reservations lock a key's day, its month and its user's month in that order; a batch
+    /// in another order could deadlock with them). Failing halfway leaves the rest pending,
+    /// handed over again later: counted too much, never too little.
+    async fn handed_over(&self, rows: &[QuotaUsage]) -> Result<(), QuotaStoreError> {
+        use user_quota_state::Column as U;
+        let db = self.store.connection();
+        let now = OffsetDateTime::now_utc();
+        for r in rows.iter().filter(|r| r.pending != 0) {
+            let n = r.pending;
+            match r.holder {
+                Holder::Key { key, .. } => {
+                    let mirror = Expr::case(Expr::col(Column::UsedTokens).add(n).lt(0), 0)
+                        .finally(Expr::col(Column::UsedTokens).add(n));
+                    rate_limit_state::Entity::update_many()
+                        .col_expr(Column::UsedTokens, mirror.into())
+                        .col_expr(Column::PendingTokens, Expr::col(Column::PendingTokens).sub(n))
+                        .col_expr(Column::UpdatedAt, Expr::value(now))
+                        .filter(the(key, r.period, r.start))
+                        .exec(db)
+                        .await
+                        .map_err(err)?;
+                }
+                Holder::User(user) => {
+                    let mirror = Expr::case(Expr::col(U::UsedTokens).add(n).lt(0), 0)
+                        .finally(Expr::col(U::UsedTokens).add(n));
+                    user_quota_state::Entity::update_many()
+                        .col_expr(U::UsedTokens, mirror.into())
+                        .col_expr(U::PendingTokens, Expr::col(U::PendingTokens).sub(n))
+                        .col_expr(U::UpdatedAt, Expr::value(now))
+                        .filter(the_user(user, r.start))
+                        .exec(db)
+                        .await
+                        .map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A counter's sum (its mirror and the part counted alone), never below zero.
+fn sum(mirror: i64, pending: i64) -> u64 {
+    u64::try_from(mirror.saturating_add(pending)).unwrap_or(0)
 }
 
 impl SqlQuotaStore {

@@ -52,7 +52,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 17, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 18, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {

@@ -12,6 +12,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub window_start: TimeDate,
     pub used_tokens: i64,
+    pub pending_tokens: i64,
     pub updated_at: TimeDateTimeWithTimeZone,
 }
 

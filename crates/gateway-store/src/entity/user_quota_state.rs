@@ -10,6 +10,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub month_start: TimeDate,
     pub used_tokens: i64,
+    pub pending_tokens: i64,
     pub updated_at: TimeDateTimeWithTimeZone,
 }
 

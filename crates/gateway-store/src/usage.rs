@@ -296,23 +296,30 @@ const INSERT_UNNEST_RETURNING: &str =
     concat!(insert_unnest!(), " RETURNING request_id, created_at");
 
 /// The rollup's upsert on Postgres: the new records' sums added to their rows.
-const UPSERT_DAILY: &str = "INSERT INTO usage_daily (user_id, day, api_key_id, model, \
-    requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, \
-    latency_ms_sum, latency_ms_max, latency_hist) \
-    SELECT u, d, k, m, r, e, pt, ct, tt, c, ls, mx, h::bigint[] \
-    FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], \
-    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[], $13::text[]) \
-    AS t(u, d, k, m, r, e, pt, ct, tt, c, ls, mx, h) \
-    ON CONFLICT (user_id, day, api_key_id, model) DO UPDATE SET \
-    requests = usage_daily.requests + excluded.requests, \
-    errors = usage_daily.errors + excluded.errors, \
-    prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-    completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
-    total_tokens = usage_daily.total_tokens + excluded.total_tokens, \
-    cost_micros = usage_daily.cost_micros + excluded.cost_micros, \
-    latency_ms_sum = usage_daily.latency_ms_sum + excluded.latency_ms_sum, \
-    latency_ms_max = greatest(usage_daily.latency_ms_max, excluded.latency_ms_max), \
-    latency_hist = bm_hist_add(usage_daily.latency_hist, excluded.latency_hist)";
+/// The rollup's upsert: one row per delta, the histograms sent as one flat `int8[]` of
+/// [`BUCKETS`] counts per row and sliced by the row's ordinal (no text to format and parse).
+static UPSERT_DAILY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO usage_daily (user_id, day, api_key_id, model, \
+         requests, errors, prompt_tokens, completion_tokens, total_tokens, cost_micros, \
+         latency_ms_sum, latency_ms_max, latency_hist) \
+         SELECT u, d, k, m, r, e, pt, ct, tt, c, ls, mx, \
+         ($13::int8[])[(i - 1) * {BUCKETS} + 1 : i * {BUCKETS}] \
+         FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], \
+         $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int4[]) \
+         WITH ORDINALITY AS t(u, d, k, m, r, e, pt, ct, tt, c, ls, mx, i) \
+         ON CONFLICT (user_id, day, api_key_id, model) DO UPDATE SET \
+         requests = usage_daily.requests + excluded.requests, \
+         errors = usage_daily.errors + excluded.errors, \
+         prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+         total_tokens = usage_daily.total_tokens + excluded.total_tokens, \
+         cost_micros = usage_daily.cost_micros + excluded.cost_micros, \
+         latency_ms_sum = usage_daily.latency_ms_sum + excluded.latency_ms_sum, \
+         latency_ms_max = greatest(usage_daily.latency_ms_max, excluded.latency_ms_max), \
+         latency_hist = bm_hist_add(usage_daily.latency_hist, excluded.latency_hist)"
+    )
+});
 
 /// The columns of a usage row, in the order both inserts send them.
 const COLUMNS: &str = "request_id, created_at, user_id, api_key_id, server_id, endpoint, model, \
@@ -430,11 +437,13 @@ async fn upsert_rollup(
     if deltas.is_empty() {
         return Ok(());
     }
-    let hist = |r: &DayRow| {
-        let counts: Vec<String> = r.latency_hist.iter().map(u64::to_string).collect();
-        format!("{{{}}}", counts.join(","))
-    };
-    sqlx::query(UPSERT_DAILY)
+    // Every row's histogram, exactly BUCKETS counts each (the slices the upsert takes).
+    let mut hists = Vec::with_capacity(deltas.len() * BUCKETS);
+    for r in deltas {
+        let counts = r.latency_hist.iter().copied().chain(std::iter::repeat(0)).take(BUCKETS);
+        hists.extend(counts.map(i64_of));
+    }
+    sqlx::query(UPSERT_DAILY.as_str())
         .bind(column(deltas, |r| r.user_id.as_uuid()))
         .bind(column(deltas, |r| r.day))
         .bind(column(deltas, |r| r.api_key_id.map_or(NO_KEY, |k| k.as_uuid())))
@@ -447,7 +456,7 @@ async fn upsert_rollup(
         .bind(column(deltas, |r| r.cost_micros))
         .bind(column(deltas, |r| i64_of(r.latency_ms_sum)))
         .bind(column(deltas, |r| i32_of(r.latency_ms_max)))
-        .bind(column(deltas, hist))
+        .bind(hists)
         .execute(&mut **txn)
         .await?;
     Ok(())

@@ -53,6 +53,11 @@ bench:
 bench-peers:
     bash scripts/bench-peers.sh
 
+# Where the time of 10,000 distinct keys goes: one key against many in interleaved rounds, the
+# CPU each process spends per request and the limiter's Redis claims per request.
+bench-keys-cpu:
+    bash scripts/bench-keys-cpu.sh
+
 # Two settings of one gateway side by side in interleaved rounds, e.g.
 # `AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" just bench-ab`.
 bench-ab:

@@ -475,28 +475,22 @@ impl RedisLimiter {
                 let count = |i: usize| counts.get(i).copied().flatten();
                 let (holder, month) =
                     (Holder::Key { key: *key, user: c.user }, date_of(c.month * 100 + 1));
+                // Redis's counts: the mirror part (nothing pending).
+                let saved = |holder, period, start, used| QuotaUsage {
+                    holder,
+                    period,
+                    start,
+                    used,
+                    pending: 0,
+                };
                 if let Some(used) = count(0) {
-                    let start = date_of(c.day);
-                    rows.push(QuotaUsage { holder, period: Period::Day, start, used, pending: 0 });
+                    rows.push(saved(holder, Period::Day, date_of(c.day), used));
                 }
                 if let Some(used) = count(1) {
-                    rows.push(QuotaUsage {
-                        holder,
-                        period: Period::Month,
-                        start: month,
-                        used,
-                        pending: 0,
-                    });
+                    rows.push(saved(holder, Period::Month, month, used));
                 }
                 if let Some(used) = count(2).filter(|_| users.insert((c.user, c.month))) {
-                    let holder = Holder::User(c.user);
-                    rows.push(QuotaUsage {
-                        holder,
-                        period: Period::Month,
-                        start: month,
-                        used,
-                        pending: 0,
-                    });
+                    rows.push(saved(Holder::User(c.user), Period::Month, month, used));
                 }
             }
         }

@@ -337,12 +337,20 @@ async fn admit(l: &dyn RateLimiter, key: ApiKeyId, limits: &Limits, tokens: u64)
     }
 }
 
-/// An outage only one instance sees (its calls to Redis fail, the other's do not): what it
-/// counts alone in the store survives the other's mirror flushes, reaches Redis with the next
-/// one, and is not counted again when the instance comes back. Across both, the day admits
-/// exactly its quota.
-#[tokio::test]
-async fn an_outage_one_instance_sees_alone_loses_nothing_and_counts_nothing_twice() {
+/// Two instances sharing a store and a Redis, `a` through a relay the test can cut; 300 of the
+/// key's daily 1000 used through `b` and saved.
+struct Partial {
+    url: String,
+    prefix: String,
+    relay: Relay,
+    store: Arc<InMemoryQuotaStore>,
+    a: ResilientLimiter,
+    b: ResilientLimiter,
+    key: ApiKeyId,
+    day: Limits,
+}
+
+async fn partial() -> Partial {
     let url = redis_url();
     let relay = Relay::start(&url).await;
     let store = Arc::new(InMemoryQuotaStore::default());
@@ -352,6 +360,16 @@ async fn an_outage_one_instance_sees_alone_loses_nothing_and_counts_nothing_twic
     let (key, day) = (ApiKeyId::new(), quota(1000));
     assert_eq!(admit(&b, key, &day, 300).await, Some(false));
     b.flush_mirror().await.unwrap();
+    Partial { url, prefix, relay, store, a, b, key, day }
+}
+
+/// An outage only one instance sees (its calls to Redis fail, the other's do not): what it
+/// counts alone in the store survives the other's mirror flushes, reaches Redis with the next
+/// one, and is not counted again when the instance comes back. Across both, the day admits
+/// exactly its quota.
+#[tokio::test]
+async fn an_outage_one_instance_sees_alone_loses_nothing_and_counts_nothing_twice() {
+    let Partial { relay, store, a, b, key, day, .. } = partial().await;
 
     relay.cut();
     assert_eq!(admit(&a, key, &day, 100).await, Some(true), "a counts alone");
@@ -385,15 +403,7 @@ async fn an_outage_one_instance_sees_alone_loses_nothing_and_counts_nothing_twic
 /// nothing twice.
 #[tokio::test]
 async fn a_restore_during_an_outage_one_instance_sees_takes_its_counts_once() {
-    let url = redis_url();
-    let relay = Relay::start(&url).await;
-    let store = Arc::new(InMemoryQuotaStore::default());
-    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
-    let a = resilient(&format!("redis://{}", relay.addr), &prefix, store.clone(), 2);
-    let b = resilient(&url, &prefix, store.clone(), 2);
-    let (key, day) = (ApiKeyId::new(), quota(1000));
-    assert_eq!(admit(&b, key, &day, 300).await, Some(false));
-    b.flush_mirror().await.unwrap();
+    let Partial { url, prefix, relay, a, b, key, day, .. } = partial().await;
 
     relay.cut();
     assert_eq!(admit(&a, key, &day, 200).await, Some(true));

@@ -80,8 +80,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer).await) }
+            // Boxed: hyper keeps a slot the size of the service's future for as long as the
+            // connection lives, also while a streamed answer is relayed after the handler
+            // returned. The handler's state machine is about 30 KB; boxed, each connection
+            // keeps a pointer and the request's state goes when the handler returns.
+            let handled = Box::pin(handle(app.clone(), req, peer));
+            async move { Ok::<_, std::convert::Infallible>(handled.await) }
         });
         let conn =
             builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

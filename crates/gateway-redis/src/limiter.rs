@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway_core::{ApiKeyId, UserId};
+use gateway_core::{ApiKeyId, Clock, SystemClock, UserId};
 
 use gateway_ratelimit::window::{DEFAULT_BUCKETS, buckets_for, date_of, periods};
 use gateway_ratelimit::{
@@ -433,7 +433,7 @@ impl RedisLimiter {
     /// a flush interval, even if that instance never comes back.
     pub async fn flush_mirror(&self) -> Result<usize, LimitError> {
         let Some(d) = &self.durable else { return Ok(0) };
-        let caught_up = self.catch_up(unix_ms()).await;
+        let caught_up = self.catch_up(SystemClock.now_unix_ms()).await;
         let saved = self.save_changed(d).await;
         caught_up?;
         saved
@@ -653,11 +653,4 @@ impl SharedLimiter for RedisLimiter {
     async fn flush_mirror(&self) -> Result<usize, LimitError> {
         RedisLimiter::flush_mirror(self).await
     }
-}
-
-/// The wall clock in Unix milliseconds (the mirror flush runs on its own, without a caller's
-/// `now`).
-fn unix_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

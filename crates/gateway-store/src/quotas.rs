@@ -10,7 +10,7 @@ use gateway_core::{ApiKeyId, UserId};
 use gateway_ratelimit::{
     Holder, Period, QuotaRows, QuotaStore, QuotaStoreError, QuotaUsage, Subject, Window,
 };
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, IntoColumnRef, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryTrait, Set,
     TransactionTrait,
@@ -186,27 +186,18 @@ impl QuotaStore for SqlQuotaStore {
         // in whatever order its plan reads them deadlocks with a reservation.
         let now = OffsetDateTime::now_utc();
         let txn = self.store.connection().begin().await.map_err(err)?;
-        let adjusted = Expr::case(
-            Expr::col(Column::UsedTokens).add(Expr::col(Column::PendingTokens)).add(delta).lt(0),
-            Expr::col(Column::UsedTokens).mul(-1),
-        )
-        .finally(Expr::col(Column::PendingTokens).add(delta));
+        let adjusted = pending_moved_by(Column::UsedTokens, Column::PendingTokens, delta);
         for (period, start) in [(Period::Day, day), (Period::Month, month)] {
             rate_limit_state::Entity::update_many()
-                .col_expr(Column::PendingTokens, adjusted.clone().into())
+                .col_expr(Column::PendingTokens, adjusted.clone())
                 .col_expr(Column::UpdatedAt, Expr::value(now))
                 .filter(the(key, period, start))
                 .exec(&txn)
                 .await
                 .map_err(err)?;
         }
-        let adjusted = Expr::case(
-            Expr::col(U::UsedTokens).add(Expr::col(U::PendingTokens)).add(delta).lt(0),
-            Expr::col(U::UsedTokens).mul(-1),
-        )
-        .finally(Expr::col(U::PendingTokens).add(delta));
         user_quota_state::Entity::update_many()
-            .col_expr(U::PendingTokens, adjusted.into())
+            .col_expr(U::PendingTokens, pending_moved_by(U::UsedTokens, U::PendingTokens, delta))
             .col_expr(U::UpdatedAt, Expr::value(now))
             .filter(the_user(user, month))
             .exec(&txn)
@@ -302,10 +293,8 @@ impl QuotaStore for SqlQuotaStore {
             let n = r.pending;
             match r.holder {
                 Holder::Key { key, .. } => {
-                    let mirror = Expr::case(Expr::col(Column::UsedTokens).add(n).lt(0), 0)
-                        .finally(Expr::col(Column::UsedTokens).add(n));
                     rate_limit_state::Entity::update_many()
-                        .col_expr(Column::UsedTokens, mirror.into())
+                        .col_expr(Column::UsedTokens, plus_at_least_zero(Column::UsedTokens, n))
                         .col_expr(Column::PendingTokens, Expr::col(Column::PendingTokens).sub(n))
                         .col_expr(Column::UpdatedAt, Expr::value(now))
                         .filter(the(key, r.period, r.start))
@@ -314,10 +303,8 @@ impl QuotaStore for SqlQuotaStore {
                         .map_err(err)?;
                 }
                 Holder::User(user) => {
-                    let mirror = Expr::case(Expr::col(U::UsedTokens).add(n).lt(0), 0)
-                        .finally(Expr::col(U::UsedTokens).add(n));
                     user_quota_state::Entity::update_many()
-                        .col_expr(U::UsedTokens, mirror.into())
+                        .col_expr(U::UsedTokens, plus_at_least_zero(U::UsedTokens, n))
                         .col_expr(U::PendingTokens, Expr::col(U::PendingTokens).sub(n))
                         .col_expr(U::UpdatedAt, Expr::value(now))
                         .filter(the_user(user, r.start))
@@ -329,6 +316,18 @@ impl QuotaStore for SqlQuotaStore {
         }
         Ok(())
     }
+}
+
+/// `pending + delta`, but never taking the counter's sum (`used + pending`) below zero.
+fn pending_moved_by<C: IntoColumnRef + Copy>(used: C, pending: C, delta: i64) -> SimpleExpr {
+    Expr::case(Expr::col(used).add(Expr::col(pending)).add(delta).lt(0), Expr::col(used).mul(-1))
+        .finally(Expr::col(pending).add(delta))
+        .into()
+}
+
+/// `column + n`, never below zero.
+fn plus_at_least_zero<C: IntoColumnRef + Copy>(column: C, n: i64) -> SimpleExpr {
+    Expr::case(Expr::col(column).add(n).lt(0), 0).finally(Expr::col(column).add(n)).into()
 }
 
 /// A counter's sum (its mirror and the part counted alone), never below zero.

@@ -35,6 +35,33 @@ pub async fn dispatch(
 ) -> Response<ResBody> {
     let shape = crate::router::error_shape(req.uri().path());
     let result = match route {
+        Route::Forward(endpoint) => gateway::forward(app, req, ctx, endpoint).await,
+        Route::Healthz => Ok(ops::healthz()),
+        Route::Metrics => Ok(ops::metrics(app)),
+        // Every other route's future is boxed: the largest of them would otherwise set the
+        // size of every request's state, the gateway's own included (see `server::handle`).
+        route => Box::pin(elsewhere(app, route, req, ctx)).await,
+    };
+    let mut res = result.unwrap_or_else(|e| error_response_in(shape, &e));
+    if matches!(route, Route::Forward(_) | Route::Models)
+        && !res.headers().contains_key(&gateway::OVERHEAD_HEADER)
+    {
+        // Answered without an upstream (refused, or /models): all of it was the gateway's.
+        res.headers_mut()
+            .insert(gateway::OVERHEAD_HEADER, gateway::overhead_value(ctx.started.elapsed()));
+    }
+    res
+}
+
+/// Every route (`dispatch` answers the gateway's own and the two probes without it).
+async fn elsewhere(
+    app: &Arc<App>,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    ctx: Ctx,
+) -> Result<Response<ResBody>, ApiError> {
+    match route {
+        Route::Forward(endpoint) => gateway::forward(app, req, ctx, endpoint).await,
         Route::Healthz => Ok(ops::healthz()),
         Route::Readyz => Ok(ops::readyz(app).await),
         Route::Metrics => Ok(ops::metrics(app)),
@@ -125,17 +152,7 @@ pub async fn dispatch(
         Route::AdminRevokeCode(id) => billing::admin_revoke_code(app, req, ctx, id).await,
         Route::BillingPortal => payments::portal(app, req, ctx).await,
         Route::BillingWebhook => payments::webhook(app, req, ctx).await,
-        Route::Forward(endpoint) => gateway::forward(app, req, ctx, endpoint).await,
-    };
-    let mut res = result.unwrap_or_else(|e| error_response_in(shape, &e));
-    if matches!(route, Route::Forward(_) | Route::Models)
-        && !res.headers().contains_key(&gateway::OVERHEAD_HEADER)
-    {
-        // Answered without an upstream (refused, or /models): all of it was the gateway's.
-        res.headers_mut()
-            .insert(gateway::OVERHEAD_HEADER, gateway::overhead_value(ctx.started.elapsed()));
     }
-    res
 }
 
 /// Reads and parses a JSON body; unknown fields are refused where the type says so.

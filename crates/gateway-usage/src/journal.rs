@@ -21,6 +21,16 @@ use arc_swap::ArcSwap;
 
 use crate::UsageRecord;
 
+thread_local! {
+    /// Each thread's journal line, kept between records: a record is formatted without
+    /// allocating (a line is about 600 bytes; serialising into a fresh `Vec` reallocated it
+    /// three times, and every request writes one).
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A line buffer grown past this (an unusually long record) is not kept.
+const LINE_KEPT: usize = 16 * 1024;
+
 /// How long one segment takes new records.
 pub(crate) const ROTATE_EVERY: Duration = Duration::from_secs(1);
 
@@ -157,11 +167,21 @@ impl Journal {
     /// persisted.
     pub(crate) fn append(&self, record: &UsageRecord) -> Mark {
         let segment = self.current.load_full();
-        if let (Some(mut file), Ok(mut line)) = (segment.file.as_ref(), serde_json::to_vec(record))
-        {
-            line.push(b'\n');
-            // One `write` with O_APPEND: lines of concurrent appends never interleave.
-            match file.write_all(&line) {
+        if let Some(mut file) = segment.file.as_ref() {
+            let written = LINE.with_borrow_mut(|line| {
+                line.clear();
+                if serde_json::to_writer(&mut *line, record).is_err() {
+                    return Ok(());
+                }
+                line.push(b'\n');
+                // One `write` with O_APPEND: lines of concurrent appends never interleave.
+                let written = file.write_all(line);
+                if line.capacity() > LINE_KEPT {
+                    *line = Vec::new();
+                }
+                written
+            });
+            match written {
                 Ok(()) if self.failing.load(Ordering::Relaxed) => {
                     self.failing.store(false, Ordering::Relaxed);
                 }

@@ -110,15 +110,66 @@ const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remain
 const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-/// The `x-ratelimit-*` headers, as OpenAI sends them (constant names: inserting by `&str`
-/// would copy each name for every response).
+/// The `x-ratelimit-*` headers, as OpenAI sends them. Constant names (inserting by `&str`
+/// would copy each name for every response) and the six values written into one buffer, each
+/// header a slice of it: two allocations for the six, where a value each took two.
 pub fn add_headers(headers: &mut HeaderMap, s: &Snapshot) {
-    let secs =
-        |n: u64| HeaderValue::try_from(format!("{n}s")).unwrap_or(HeaderValue::from_static("0s"));
-    headers.insert(LIMIT_REQUESTS, HeaderValue::from(s.limit_requests));
-    headers.insert(REMAINING_REQUESTS, HeaderValue::from(s.remaining_requests));
-    headers.insert(LIMIT_TOKENS, HeaderValue::from(s.limit_tokens));
-    headers.insert(REMAINING_TOKENS, HeaderValue::from(s.remaining_tokens));
-    headers.insert(RESET_REQUESTS, secs(s.reset_requests_secs));
-    headers.insert(RESET_TOKENS, secs(s.reset_tokens_secs));
+    use std::io::Write;
+    let values = [
+        (LIMIT_REQUESTS, s.limit_requests, ""),
+        (REMAINING_REQUESTS, s.remaining_requests, ""),
+        (LIMIT_TOKENS, s.limit_tokens, ""),
+        (REMAINING_TOKENS, s.remaining_tokens, ""),
+        (RESET_REQUESTS, s.reset_requests_secs, "s"),
+        (RESET_TOKENS, s.reset_tokens_secs, "s"),
+    ];
+    // A u64 takes at most 20 digits.
+    let mut buf = Vec::with_capacity(values.len() * 21);
+    let mut ends = [0; 6];
+    for ((_, n, unit), end) in values.iter().zip(&mut ends) {
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(buf, "{n}{unit}");
+        *end = buf.len();
+    }
+    let buf = bytes::Bytes::from(buf);
+    let mut start = 0;
+    for ((name, _, _), end) in values.into_iter().zip(ends) {
+        // Digits and `s` are always a valid header value.
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice(start..end)) {
+            headers.insert(name, v);
+        }
+        start = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_headers_carry_each_value() {
+        let mut headers = HeaderMap::new();
+        let s = Snapshot {
+            limit_requests: 60,
+            remaining_requests: 0,
+            limit_tokens: u64::MAX,
+            remaining_tokens: 18_446_744_073_709_551_000,
+            reset_requests_secs: 7,
+            reset_tokens_secs: 59,
+        };
+        add_headers(&mut headers, &s);
+        let got: Vec<(&str, &str)> =
+            headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(
+            got,
+            [
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-limit-tokens", "18446744073709551615"),
+                ("x-ratelimit-remaining-tokens", "18446744073709551000"),
+                ("x-ratelimit-reset-requests", "7s"),
+                ("x-ratelimit-reset-tokens", "59s"),
+            ]
+        );
+    }
 }

@@ -177,7 +177,9 @@ fn finish(
     tls: bool,
 ) -> Resp {
     let (mut parts, body) = res.into_parts();
-    if let Ok(v) = HeaderValue::try_from(ctx.request_id.to_string()) {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = ctx.request_id.as_uuid().hyphenated().encode_lower(&mut id);
+    if let Ok(v) = HeaderValue::from_str(id) {
         parts.headers.insert(X_REQUEST_ID, v);
     }
     secure(&mut parts.headers, tls);

@@ -329,6 +329,38 @@ pub fn inspect<'a>(
     }
 }
 
+/// A field name, borrowed from the body when it has no escapes (serde's own `Cow<str>` copies
+/// every key it reads: a few allocations per request for nothing).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 struct Inspector<'f> {
     endpoint: Endpoint,
     rules: &'f RequestRules,
@@ -356,7 +388,7 @@ impl<'de> Visitor<'de> for StreamOptionsSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<bool>, A::Error> {
         let mut include_usage: Option<Option<bool>> = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if key == "include_usage" {
                 if include_usage.is_some() {
                     return Err(de::Error::custom(
@@ -393,7 +425,7 @@ impl<'de> Visitor<'de> for MetadataSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if self.0.forbids(&key) {
                 return Err(de::Error::custom(format!(
                     "'metadata.{}' is not allowed: the gateway chooses the upstream",
@@ -477,7 +509,7 @@ impl<'de> Visitor<'de> for Inspector<'_> {
         let fail = |field: &str| {
             *self.bad_field.borrow_mut() = Some(field.to_owned());
         };
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if let Some(i) = READ_FIELDS.iter().position(|f| *f == key) {
                 fail(READ_FIELDS[i]);
                 if seen & (1 << i) != 0 {
@@ -758,6 +790,19 @@ mod tests {
     #[test]
     fn escaped_model_names_are_decoded() {
         assert_eq!(chat(r#"{"model":"gpt\u002d4","messages":[]}"#).unwrap().model, "gpt-4");
+    }
+
+    #[test]
+    fn escaped_field_names_are_read_and_checked_like_plain_ones() {
+        // Field names are borrowed from the body unless they hold an escape.
+        let v = chat(r#"{"m\u006fdel":"gpt-4","messages":[],"max_\u0074okens":3}"#).unwrap();
+        assert_eq!((v.model.as_ref(), v.max_tokens), ("gpt-4", Some(3)));
+        assert!(chat(r#"{"model":"m","messages":[],"api\u005fbase":"http://evil"}"#).is_err());
+        assert!(
+            chat(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include\u005fusage":true}}"#)
+                .unwrap()
+                .client_wants_usage
+        );
     }
 
     #[test]

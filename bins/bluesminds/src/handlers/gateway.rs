@@ -111,9 +111,15 @@ pub async fn models<B>(app: &App, req: &Request<B>) -> Result<Response<ResBody>,
     Ok(json(StatusCode::OK, &body))
 }
 
+/// Milliseconds with three decimals, written without a `String` in between (every gateway
+/// answer carries it).
 pub fn overhead_value(overhead: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
-        .unwrap_or(HeaderValue::from_static("0"))
+    use std::io::Write;
+    let micros = (overhead.as_nanos() + 500) / 1000;
+    let mut buf = std::io::Cursor::new([0u8; 48]);
+    let _ = write!(buf, "{}.{:03}", micros / 1000, micros % 1000);
+    let n = buf.position() as usize;
+    HeaderValue::from_bytes(&buf.get_ref()[..n]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses` and
@@ -177,4 +183,19 @@ fn respond(app: &App, endpoint: Endpoint, reply: Reply) -> Response<ResBody> {
         res.headers_mut().insert(COST_HEADER, HeaderValue::from(cost));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overhead_header_is_milliseconds_with_three_decimals() {
+        let v = |d: Duration| overhead_value(d).to_str().unwrap().to_owned();
+        assert_eq!(v(Duration::ZERO), "0.000");
+        assert_eq!(v(Duration::from_micros(25)), "0.025");
+        assert_eq!(v(Duration::from_nanos(1_234_499)), "1.234");
+        assert_eq!(v(Duration::from_nanos(1_234_500)), "1.235");
+        assert_eq!(v(Duration::from_secs(90)), "90000.000");
+    }
 }

@@ -44,6 +44,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use gateway_core::{ServerId, UpstreamServer};
+use smallvec::SmallVec;
 
 pub use admin::{
     AdminError, NewRoute, NewServer, PoolChanged, ServerAdmin, ServerHealth, ServerReport,
@@ -55,6 +56,10 @@ pub use store::{
     HealthRecord, InMemoryServerStore, InvalidServer, ServerStore, ServerStoreError, ServerUpdate,
     validate_server,
 };
+
+/// Candidate servers while one is chosen: on the stack for up to eight (every request picks
+/// one).
+type Servers<'a> = SmallVec<[&'a Arc<ServerState>; 8]>;
 
 /// The servers of the pool and the model routes, readable without locks.
 #[derive(Debug, Default)]
@@ -206,7 +211,7 @@ impl ServerPool {
     ) -> Option<Selected> {
         let servers = self.servers.load();
         let now = state::now_ms();
-        let mut eligible: Vec<&Arc<ServerState>> = servers
+        let mut eligible: Servers<'_> = servers
             .iter()
             .filter(|s| {
                 only.is_none_or(|id| s.server().id == id)
@@ -215,7 +220,7 @@ impl ServerPool {
             })
             .collect();
         while let Some(best_priority) = eligible.iter().map(|s| s.server().priority).min() {
-            let mut tier: Vec<&Arc<ServerState>> =
+            let mut tier: Servers<'_> =
                 eligible.iter().copied().filter(|s| s.server().priority == best_priority).collect();
             eligible.retain(|s| s.server().priority != best_priority);
             while let Some(candidate) = Self::two_choices(&tier) {
@@ -231,8 +236,7 @@ impl ServerPool {
 
     /// Two weighted draws; the one with the lower load score wins.
     fn two_choices<'a>(tier: &[&'a Arc<ServerState>]) -> Option<&'a Arc<ServerState>> {
-        let open: Vec<&Arc<ServerState>> =
-            tier.iter().copied().filter(|s| s.has_capacity()).collect();
+        let open: Servers<'a> = tier.iter().copied().filter(|s| s.has_capacity()).collect();
         match open.len() {
             0 => None,
             1 => Some(open[0]),

@@ -21,6 +21,7 @@ use gateway_proxy::request::Endpoint;
 use gateway_proxy::sse::SseTap;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use smallvec::SmallVec;
 
 use crate::trace::{SpanRef, Trace};
 
@@ -157,7 +158,8 @@ impl Forwarder {
         req: &mut ForwardRequest<'_>,
         stage: Stage<'_>,
     ) -> Result<Forwarded, ApiError> {
-        let mut tried: Vec<ServerId> = Vec::new();
+        // On the stack: a request rarely tries more than a few servers.
+        let mut tried: SmallVec<[ServerId; 4]> = SmallVec::new();
         // A server's 5xx to this request, not judged yet: the server's fault if another server
         // answers the same request, the request's own if another server fails it too.
         let mut suspect: Option<(Selected, Forwarded)> = None;

@@ -58,6 +58,11 @@ bench-peers:
 bench-keys-cpu:
     bash scripts/bench-keys-cpu.sh
 
+# Syscalls and allocations per request, the gateway against the bare proxy (perf stat on
+# syscall tracepoints and uprobes at malloc; needs root). GW_BIN= counts another build.
+bench-counts:
+    bash scripts/bench-counts.sh
+
 # Two settings of one gateway side by side in interleaved rounds, e.g.
 # `AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" just bench-ab`.
 bench-ab:

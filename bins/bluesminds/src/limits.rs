@@ -111,34 +111,25 @@ const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-re
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// The `x-ratelimit-*` headers, as OpenAI sends them. Constant names (inserting by `&str`
-/// would copy each name for every response) and the six values written into one buffer, each
-/// header a slice of it: two allocations for the six, where a value each took two.
+/// would copy each name for every response) and the six values written into one buffer that
+/// each header takes its part of: two allocations for the six, where a value each took two.
 pub fn add_headers(headers: &mut HeaderMap, s: &Snapshot) {
-    use std::io::Write;
-    let values = [
+    use std::fmt::Write;
+    // A u64 takes at most 20 digits.
+    let mut buf = bytes::BytesMut::with_capacity(6 * 21);
+    for (name, n, unit) in [
         (LIMIT_REQUESTS, s.limit_requests, ""),
         (REMAINING_REQUESTS, s.remaining_requests, ""),
         (LIMIT_TOKENS, s.limit_tokens, ""),
         (REMAINING_TOKENS, s.remaining_tokens, ""),
         (RESET_REQUESTS, s.reset_requests_secs, "s"),
         (RESET_TOKENS, s.reset_tokens_secs, "s"),
-    ];
-    // A u64 takes at most 20 digits.
-    let mut buf = Vec::with_capacity(values.len() * 21);
-    let mut ends = [0; 6];
-    for ((_, n, unit), end) in values.iter().zip(&mut ends) {
-        // Writing to a `Vec` cannot fail.
+    ] {
+        // Writing to a `BytesMut` cannot fail, and digits with `s` are a valid header value.
         let _ = write!(buf, "{n}{unit}");
-        *end = buf.len();
-    }
-    let buf = bytes::Bytes::from(buf);
-    let mut start = 0;
-    for ((name, _, _), end) in values.into_iter().zip(ends) {
-        // Digits and `s` are always a valid header value.
-        if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice(start..end)) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
             headers.insert(name, v);
         }
-        start = end;
     }
 }
 

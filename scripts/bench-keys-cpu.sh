@@ -2,21 +2,26 @@
 # `just bench-keys-cpu`: where the time of many distinct keys goes. The gateway in `just
 # bench`'s configuration, BENCH_KEYS (10,000) keys minted and warmed, then BENCH_RUNS (3)
 # interleaved rounds of BENCH_CLOSED_SECONDS (10) at c=32 (wrk, one thread, the same script
-# for one key and for many): requests a second and the CPU each process spent per request
+# for one key and for many), each after BENCH_ROUND_WARM_SECONDS (10) of the same load not
+# measured (leases and caches as under continuous traffic, not as the other kind of round
+# left them): requests a second and the CPU each process spent per request
 # (from /proc/<pid>/stat: gateway, every Postgres and Redis process, the mock), and the rate
 # limiter's Redis claims per request. Prints one line per round; writes nothing.
+# BENCH_GATEWAY_ENV: settings for the gateway (`BLUESMINDS_LIMITS__LEASE_MS=10000 ...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=target/bench
 RUNS=${BENCH_RUNS:-3}
 CLOSED_SECONDS=${BENCH_CLOSED_SECONDS:-10}
+ROUND_WARM_SECONDS=${BENCH_ROUND_WARM_SECONDS:-10}
 KEYS_N=${BENCH_KEYS:-10000}
 mkdir -p "$OUT"
 . scripts/bench-lib.sh
 
 setup_mock_and_database
-start_gateway full
+# shellcheck disable=SC2086
+start_gateway full ${BENCH_GATEWAY_ENV:-}
 KEY=$(provision_key)
 URL="http://$GW_ADDR/v1/chat/completions"
 log "minting $KEYS_N keys"
@@ -36,9 +41,11 @@ ticks() {
 claims() { curl -s "http://$GW_ADDR/metrics" | awk '/^bluesminds_ratelimit_claims_total/ {s += $NF} END {print s + 0}'; }
 HZ=$(getconf CLK_TCK)
 
-log "$RUNS rounds of ${CLOSED_SECONDS} s at c=32: one key, then $KEYS_N keys"
+log "$RUNS rounds of ${CLOSED_SECONDS} s at c=32 (each after ${ROUND_WARM_SECONDS} s unmeasured): one key, then $KEYS_N keys"
 for run in $(seq 1 "$RUNS"); do
   for which in one-key keys; do
+    WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/$which.txt" \
+      wrk_load "keys-cpu-$which-$run-warm" "$URL" "" -c32 "-d${ROUND_WARM_SECONDS}s"
     # shellcheck disable=SC2046
     set -- $(ticks "$GW_PID") $(ticks $(pgrep -x postgres)) $(ticks $(pgrep -x redis-server)) $(ticks "$MOCK_PID") $(claims)
     WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/$which.txt" \

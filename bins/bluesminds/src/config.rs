@@ -352,6 +352,9 @@ pub struct LimitsConfig {
     /// With Redis: an instance admits from leases on part of a key's budget for up to this
     /// long, without a Redis round trip per request (0: every request goes to Redis).
     pub lease_ms: u64,
+    /// A small lease (at most 1/(16 × lease_share) of what remains of a key's limits) lasts up
+    /// to this long instead (`lease_ms` or less: no such leases).
+    pub lease_long_ms: u64,
     /// A lease takes at most 1/lease_share of what remains of a key's limits.
     pub lease_share: u64,
 }
@@ -368,6 +371,7 @@ impl Default for LimitsConfig {
             on_redis_down_quota: QuotaPolicy::Database,
             mirror_interval_ms: 1_000,
             lease_ms: 2_000,
+            lease_long_ms: 10_000,
             lease_share: 16,
         }
     }
@@ -780,6 +784,9 @@ impl Config {
         }
         if self.limits.lease_ms > 30_000 {
             return Err(ConfigError::key("limits.lease_ms", "must be at most 30000 (30 s)"));
+        }
+        if self.limits.lease_long_ms > 30_000 {
+            return Err(ConfigError::key("limits.lease_long_ms", "must be at most 30000 (30 s)"));
         }
         if self.limits.lease_share == 0 {
             return Err(ConfigError::key("limits.lease_share", "must be greater than 0"));

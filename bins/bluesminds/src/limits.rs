@@ -65,8 +65,11 @@ pub fn build(
     };
     let resilient = Arc::new(ResilientLimiter::new(redis, local, Some(quotas), policy));
     // A lease never lasts as long as the per-minute window (tests shorten the window).
-    let lease =
-        Duration::from_millis(l.lease_ms).min(window.saturating_sub(Duration::from_secs(1)));
+    let longest = window.saturating_sub(Duration::from_secs(1));
+    let lease = Duration::from_millis(l.lease_ms).min(longest);
+    // A long end within a second of the short one would be counted in the same second: none.
+    let long = Duration::from_millis(l.lease_long_ms).min(longest);
+    let long = if long >= lease + Duration::from_secs(1) { long } else { lease };
     if lease.is_zero() {
         return Some(Limiter {
             limiter: resilient.clone(),
@@ -74,7 +77,8 @@ pub fn build(
             leased: None,
         });
     }
-    let config = LeaseConfig { duration: lease, share: l.lease_share, ..LeaseConfig::default() };
+    let config =
+        LeaseConfig { duration: lease, long, share: l.lease_share, ..LeaseConfig::default() };
     let leased = Arc::new(LeasedLimiter::new(resilient.clone(), config));
     Some(Limiter { limiter: leased.clone(), resilient: Some(resilient), leased: Some(leased) })
 }

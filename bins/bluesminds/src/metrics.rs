@@ -288,6 +288,11 @@ pub fn render_leases(out: &mut String, stats: &gateway_ratelimit::LeaseStats) {
             &stats.local,
         ),
         (
+            "bluesminds_ratelimit_long_leases_total",
+            "Leases small enough beside a key's limits to last limits.lease_long_ms.",
+            &stats.long,
+        ),
+        (
             "bluesminds_ratelimit_leases_returned_total",
             "Leases that ended and gave their unused part back.",
             &stats.returned,

@@ -185,6 +185,7 @@ pub async fn claim_contract(l: &dyn RateLimiter) {
         tokens,
         need,
         until_ms,
+        long_until_ms: until_ms,
         share,
     };
     // A quarter of what remains, counted in the second the lease ends in.
@@ -226,6 +227,25 @@ pub async fn claim_contract(l: &dyn RateLimiter) {
     assert_eq!(h.tokens, 500);
     assert_eq!(refused_as(l, &who, 31, T0).await.0, Window::TokensPerDay);
     allowed_as(l, &who, 30, T0).await;
+
+    // A small lease lasts until its long end: at most 1/(share × 16) of what remained of the
+    // requests and of the tokens (1/32 here).
+    let who = alone(ApiKeyId::new(), &limits(10_000, 1_000_000, 1_000_000_000, u64::MAX / 4));
+    let long = |requests, tokens| Claim {
+        long_until_ms: T0 + 9500,
+        ..lease(requests, tokens, 10, T0 + 2500, 2)
+    };
+    let (i, _) = granted(l, &who, long(30, 3000), T0).await;
+    assert_eq!((i.requests, i.tokens, i.second), (30, 3000, s0 + 9));
+    // Too many requests for a long lease (400 × 32 > 9,970 left): its short end.
+    let (j, _) = granted(l, &who, long(400, 4000), T0).await;
+    assert_eq!((j.requests, j.tokens, j.second), (400, 4000, s0 + 2));
+    // Too many tokens (40,000 × 32 > 993,000 left): its short end.
+    let (k, _) = granted(l, &who, long(10, 40_000), T0).await;
+    assert_eq!((k.requests, k.tokens, k.second), (10, 40_000, s0 + 2));
+    // One request's worth is counted now, long end or not.
+    let (m, _) = granted(l, &who, long(1, 10), T0).await;
+    assert_eq!(m.second, s0);
 }
 
 /// The contract of every [`QuotaStore`]; `a` and `b` are keys of `user` the store accepts (a
@@ -439,23 +459,25 @@ pub async fn window_property_within(
 /// requests per minute, the other instances hold at most `(k - 1) x rpm / share` requests
 /// unused. After the leases end and the window moves on, a burst admits exactly the RPM.
 pub async fn lease_property(shared: Arc<dyn RateLimiter>, seeds: std::ops::Range<u64>) {
-    let (mut local_total, mut claims_total) = (0, 0);
+    let (mut local_total, mut claims_total, mut long_total) = (0, 0, 0);
     for seed in seeds {
         let mut rng = fastrand::Rng::with_seed(seed);
         let k = rng.usize(2..5);
         let share = rng.u64(2..17);
         let duration_ms = rng.i64(500..4000);
+        let long_ms = duration_ms * rng.i64(1..6);
         let instances: Vec<LeasedLimiter> = (0..k)
             .map(|_| {
                 let config = LeaseConfig {
                     duration: std::time::Duration::from_millis(duration_ms as u64),
+                    long: std::time::Duration::from_millis(long_ms as u64),
                     share,
                     max_requests: 1000,
                 };
                 LeasedLimiter::new(shared.clone(), config)
             })
             .collect();
-        let rpm = rng.u64(5..300);
+        let rpm = if rng.bool() { rng.u64(5..300) } else { rng.u64(300..3000) };
         let tpm = rpm * rng.u64(5..40);
         let daily = tpm * rng.u64(2..6);
         let lim = Limits { rpm, tpm, daily_tokens: daily, monthly_tokens: u64::MAX / 4 };
@@ -482,12 +504,25 @@ pub async fn lease_property(shared: Arc<dyn RateLimiter>, seeds: std::ops::Range
                 }
                 Decision::Refused { window, .. } => {
                     if window == Window::RequestsPerMinute {
-                        let held: u64 =
-                            (0..k).filter(|&j| j != i).map(|j| instances[j].held(who.key).0).sum();
+                        let others =
+                            (0..k).filter(|&j| j != i).map(|j| instances[j].held_since(who.key));
+                        let (mut held, mut held_long) = (0, 0);
+                        for ((requests, _), since) in others {
+                            held += requests;
+                            // Granted more than `duration` ago: a small lease, living long.
+                            if since.is_some_and(|at| t - at > duration_ms) {
+                                held_long += requests;
+                            }
+                        }
                         let bound = (k as u64 - 1) * (rpm / share);
                         assert!(
                             held <= bound,
                             "seed {seed}: refused while others held {held} > {bound}"
+                        );
+                        let bound = (k as u64 - 1) * (rpm / (share * crate::LONG_LEASE_FACTOR));
+                        assert!(
+                            held_long <= bound,
+                            "seed {seed}: refused while others held {held_long} > {bound} in long leases"
                         );
                     }
                 }
@@ -514,10 +549,11 @@ pub async fn lease_property(shared: Arc<dyn RateLimiter>, seeds: std::ops::Range
             instances.iter().map(|l| f(l.stats()).load(std::sync::atomic::Ordering::Relaxed)).sum()
         };
         local_total += stat(|s| &s.local);
+        long_total += stat(|s| &s.long);
         claims_total += stat(|s| &s.claims);
         // Everything given back: a minute and the longest lease later, a burst gets exactly
         // the RPM (tokens to spare), across the instances.
-        t += SPAN_MS + duration_ms + 2_000;
+        t += SPAN_MS + long_ms + 2_000;
         for l in &instances {
             l.expire(t).await.unwrap();
         }
@@ -542,4 +578,5 @@ pub async fn lease_property(shared: Arc<dyn RateLimiter>, seeds: std::ops::Range
         local_total > claims_total / 10,
         "{local_total} admitted from leases, {claims_total} claims"
     );
+    assert!(long_total > 0, "no lease was small enough to last until its long end");
 }

@@ -18,12 +18,20 @@
 //! down to one request and exactly the tokens it needs, which is a plain reservation: then
 //! every request is checked against the shared counters again, as without leases.
 //!
+//! **Length.** A lease ends after `duration`, or after `long` when the shared limiter finds it
+//! small: at most `1/(share × LONG_LEASE_FACTOR)` of what remains in every window
+//! ([`crate::counted_second`]). A key far from its limits and used now and then (a request a
+//! second on this instance) then needs a claim per `long` of its traffic instead of one per
+//! `duration`.
+//!
 //! **Fairness bound.** A lease never holds more than `1/share` of what remained when it was
-//! granted, and it ends within `duration`. So when a request is refused, the budget other
+//! granted, and it ends within `duration`, or within `long` if it held at most
+//! `1/(share × LONG_LEASE_FACTOR)` of it. So when a request is refused, the budget other
 //! instances hold unused in their leases of the same key is at most `(k - 1)/share` of the
-//! limit (`k` instances), and it comes back at most `duration` later; a key with fewer than
-//! `share` requests left gets single-request leases that hold nothing unused. (Tested by
-//! `conformance::lease_property` with simulated instances.)
+//! limit (`k` instances), and it comes back at most `duration` later, but for at most
+//! `(k - 1)/(share × LONG_LEASE_FACTOR)` of the limit, which comes back at most `long` later; a
+//! key with fewer than `share` requests left gets single-request leases that hold nothing
+//! unused. (Tested by `conformance::lease_property` with simulated instances.)
 //!
 //! **Settlements** keep their meaning: a request reserves its estimate and is settled to its
 //! real tokens. While its lease lives, the difference stays in the lease (a refund makes room
@@ -49,8 +57,12 @@ use crate::{Claim, Decision, LimitError, RateLimiter, Reservation, Snapshot, Sub
 /// How leases are taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
-    /// The longest a lease is used; also the longest an instance holds budget it does not use.
+    /// The longest a lease is used; also the longest an instance holds budget it does not use,
+    /// but for a small lease.
     pub duration: Duration,
+    /// The longest a small lease is used: one that holds at most `1/(share ×`
+    /// [`crate::LONG_LEASE_FACTOR`]`)` of what remains in every window (at least `duration`).
+    pub long: Duration,
     /// A lease takes at most `1/share` of what remains in the key's tightest window.
     pub share: u64,
     /// Most requests in one lease.
@@ -59,7 +71,12 @@ pub struct LeaseConfig {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { duration: Duration::from_secs(2), share: 16, max_requests: 100_000 }
+        Self {
+            duration: Duration::from_secs(2),
+            long: Duration::from_secs(10),
+            share: 16,
+            max_requests: 100_000,
+        }
     }
 }
 
@@ -70,6 +87,8 @@ pub struct LeaseStats {
     pub claims: AtomicU64,
     /// Requests admitted from a lease in memory, without a call.
     pub local: AtomicU64,
+    /// Leases granted small enough to last until their long end.
+    pub long: AtomicU64,
     /// Leases that ended and gave their unused part back.
     pub returned: AtomicU64,
     /// Give-backs dropped because the shared limiter stayed unreachable (their budget stays
@@ -127,6 +146,8 @@ struct Lease {
     grant: Reservation,
     /// The key's limits it was granted under: other limits (a plan change) end it.
     who: Subject,
+    /// When it was granted.
+    granted_ms: i64,
     until_ms: i64,
     used_requests: u64,
     /// Tokens of the requests admitted: estimates, replaced by real counts as they settle.
@@ -213,11 +234,18 @@ impl LeasedLimiter {
 
     /// Requests and tokens this instance's live lease of `key` holds unused.
     pub fn held(&self, key: ApiKeyId) -> (u64, u64) {
+        self.held_since(key).0
+    }
+
+    /// What [`LeasedLimiter::held`] says, and when the lease holding it was granted.
+    pub fn held_since(&self, key: ApiKeyId) -> ((u64, u64), Option<i64>) {
         let slot = self.slots.read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
-        let Some(slot) = slot else { return (0, 0) };
+        let Some(slot) = slot else { return ((0, 0), None) };
         let st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
-        st.lease.as_ref().map_or((0, 0), |l| {
-            (l.grant.requests - l.used_requests, l.grant.tokens.saturating_sub(l.used_tokens))
+        st.lease.as_ref().map_or(((0, 0), None), |l| {
+            let held =
+                (l.grant.requests - l.used_requests, l.grant.tokens.saturating_sub(l.used_tokens));
+            (held, Some(l.granted_ms))
         })
     }
 
@@ -236,15 +264,19 @@ impl LeasedLimiter {
             if st.last_ran_out || busy { st.last_used.saturating_mul(2) } else { st.last_used };
         let requests = wanted.clamp(1, self.config.max_requests);
         let per_request = st.average_need.max(1);
-        let until = now_ms
-            .saturating_add(i64::try_from(self.config.duration.as_millis()).unwrap_or(i64::MAX))
-            .min(day_end_ms(now_ms));
+        let end = |d: Duration| {
+            now_ms
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .min(day_end_ms(now_ms))
+        };
+        let until = end(self.config.duration);
         Claim {
             ending: None,
             requests,
             tokens: requests.saturating_mul(per_request).max(need),
             need,
             until_ms: until,
+            long_until_ms: end(self.config.long).max(until),
             share: self.config.share.max(1),
         }
     }
@@ -386,11 +418,22 @@ impl RateLimiter for LeasedLimiter {
             drop(guard);
             return Ok(Decision::Allowed { reservation, snapshot });
         }
+        // Counted in its long end's second (not also the short end's): the shared limiter found
+        // it small enough to last.
+        let long_second = ask.long_until_ms.div_euclid(1000);
+        let until_ms =
+            if reservation.second == long_second && long_second != ask.until_ms.div_euclid(1000) {
+                self.stats.long.fetch_add(1, Ordering::Relaxed);
+                ask.long_until_ms
+            } else {
+                ask.until_ms
+            };
         let lease = Lease {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             grant: reservation,
             who: *who,
-            until_ms: ask.until_ms,
+            granted_ms: now_ms,
+            until_ms,
             used_requests: 1,
             used_tokens: need,
             snapshot,
@@ -538,6 +581,51 @@ mod tests {
         l.queue(std::iter::repeat_n((grant, Used { requests: 1, tokens: 1 }), MAX_QUEUED + 10));
         assert_eq!(l.outgoing.lock().unwrap().len(), MAX_QUEUED);
         assert_eq!(l.stats().dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn only_a_small_lease_outlives_its_short_end() {
+        let shared = Arc::new(Flaky::default());
+        let config = LeaseConfig { share: 2, ..LeaseConfig::default() };
+        assert_eq!(
+            (config.duration, config.long),
+            (Duration::from_secs(2), Duration::from_secs(10))
+        );
+        let (a, b) =
+            (LeasedLimiter::new(shared.clone(), config), LeasedLimiter::new(shared, config));
+        let limits =
+            Limits { rpm: 1000, tpm: 1 << 40, daily_tokens: 1 << 40, monthly_tokens: 1 << 40 };
+        let w = Subject { key: ApiKeyId::new(), user: UserId::new(), limits, ceiling: 1 << 40 };
+        // A's leases double as they run out: 2, 4, 8 and 16 are at most 1/(2 × 16) of what
+        // remains, so they may last 10 s; 32 is not (32 × 32 > 969 left): 2 s.
+        for _ in 0..32 {
+            assert!(matches!(a.reserve(&w, 1, T0).await.unwrap(), Decision::Allowed { .. }));
+        }
+        assert_eq!(a.stats().long.load(Ordering::Relaxed), 4);
+        assert_eq!(a.held(w.key).0, 31, "the lease of 32, one used");
+        // B's lease of two is small: it lives past the short end, to the long one.
+        for _ in 0..2 {
+            assert!(matches!(b.reserve(&w, 1, T0).await.unwrap(), Decision::Allowed { .. }));
+        }
+        assert_eq!(b.held(w.key).0, 1);
+        for l in [&a, &b] {
+            l.expire(T0 + 2000).await.unwrap();
+        }
+        assert_eq!(a.held(w.key), (0, 0), "the large lease ended at its short end");
+        assert_eq!(b.held(w.key).0, 1, "the small one lives on");
+        // A burst on A is refused with B holding one request, well within the long leases'
+        // bound (1000 / 32 = 31 for the one other instance).
+        let mut admitted = 0;
+        while let Decision::Allowed { .. } = a.reserve(&w, 1, T0 + 2500).await.unwrap() {
+            admitted += 1;
+        }
+        // 1000 less A's 32 and B's 3 counted before (B's unused one among them).
+        assert_eq!(admitted, 1000 - 32 - 3);
+        assert_eq!(b.held_since(w.key), ((1, b.held(w.key).1), Some(T0)));
+        b.expire(T0 + 9999).await.unwrap();
+        assert_eq!(b.held(w.key).0, 1);
+        b.expire(T0 + 10_000).await.unwrap();
+        assert_eq!(b.held(w.key), (0, 0), "given back at its long end");
     }
 
     #[tokio::test]

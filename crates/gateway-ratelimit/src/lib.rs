@@ -132,9 +132,10 @@ pub struct Reservation {
 /// A claim on a key's windows: at least one request and `need` tokens, or nothing; beyond that,
 /// up to `requests` and `tokens` more for a lease, each at most `1/share` of what remains in its
 /// tightest window ([`grant`]). What a claim gets beyond one request's worth may be used until
-/// `until_ms`, so it is counted in the per-minute windows at the second `until_ms` falls in:
-/// every request admitted under it then stays counted at least a full window after it came,
-/// and no window ever holds less than what was admitted.
+/// `until_ms` (until `long_until_ms` when it is small beside what remains: [`counted_second`]),
+/// so it is counted in the per-minute windows at the second its end falls in: every request
+/// admitted under it then stays counted at least a full window after it came, and no window
+/// ever holds less than what was admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
     /// The claimant's previous lease of the key, ending: what it did not use goes back in the
@@ -148,6 +149,9 @@ pub struct Claim {
     pub need: u64,
     /// Until when a lease may be used (unix milliseconds; never past the day it starts in).
     pub until_ms: i64,
+    /// Until when a small lease may be used (at least `until_ms`; the same day): one that
+    /// holds at most `1/(share × LONG_LEASE_FACTOR)` of what remains in every window.
+    pub long_until_ms: i64,
     /// A claim takes at most this fraction (1/share) of what remains beyond one request's worth.
     pub share: u64,
 }
@@ -155,7 +159,15 @@ pub struct Claim {
 impl Claim {
     /// One request and `tokens`, counted now: a plain reservation.
     pub fn single(tokens: u64, now_ms: i64) -> Self {
-        Self { ending: None, requests: 1, tokens, need: tokens, until_ms: now_ms, share: 1 }
+        Self {
+            ending: None,
+            requests: 1,
+            tokens,
+            need: tokens,
+            until_ms: now_ms,
+            long_until_ms: now_ms,
+            share: 1,
+        }
     }
 }
 
@@ -173,11 +185,30 @@ pub fn grant(claim: &Claim, requests: u64, tokens: u64) -> (u64, u64) {
     (n, t)
 }
 
-/// The second a grant is counted in: the current one for one request's worth, else the second
-/// the lease ends in (no earlier than now).
-pub fn counted_second(claim: &Claim, granted: (u64, u64), now_ms: i64) -> i64 {
+/// How much smaller than the `1/share` cap a lease must be to last until its claim's
+/// `long_until_ms`: a lease that holds so little of a key's budget costs the other instances
+/// little however long it lives, and a key used now and then needs fewer claims.
+pub const LONG_LEASE_FACTOR: u64 = 16;
+
+/// The second a grant is counted in: the current one for one request's worth; the second the
+/// lease ends in otherwise (no earlier than now): `long_until_ms` when the grant is at most
+/// `1/(share × LONG_LEASE_FACTOR)` of the `requests` and the `tokens` that remained (before the
+/// grant, in the tightest windows, as for [`grant`]), else `until_ms`.
+pub fn counted_second(
+    claim: &Claim,
+    granted: (u64, u64),
+    remaining: (u64, u64),
+    now_ms: i64,
+) -> i64 {
     let now = now_ms.div_euclid(1000);
-    if granted == (1, claim.need) { now } else { claim.until_ms.div_euclid(1000).max(now) }
+    if granted == (1, claim.need) {
+        return now;
+    }
+    let small = claim.share.max(1).saturating_mul(LONG_LEASE_FACTOR);
+    let long = granted.0.saturating_mul(small) <= remaining.0
+        && granted.1.saturating_mul(small) <= remaining.1;
+    let end = if long { claim.long_until_ms.max(claim.until_ms) } else { claim.until_ms };
+    end.div_euclid(1000).max(now)
 }
 
 /// What a reservation turned out to use: its requests (fewer for a lease that ends with some

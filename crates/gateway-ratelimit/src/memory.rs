@@ -159,8 +159,9 @@ impl RateLimiter for InMemoryLimiter {
             who.ceiling.saturating_sub(user.1),
         ];
         let remaining_tokens = remaining_tokens.into_iter().min().unwrap_or(0);
-        let (n, t) = grant(claim, limits.rpm.saturating_sub(req_used), remaining_tokens);
-        let second = counted_second(claim, (n, t), now_ms);
+        let remaining = (limits.rpm.saturating_sub(req_used), remaining_tokens);
+        let (n, t) = grant(claim, remaining.0, remaining.1);
+        let second = counted_second(claim, (n, t), remaining, now_ms);
         add(&mut st.requests, second, n);
         add(&mut st.tokens, second, t);
         st.day.1 += t;

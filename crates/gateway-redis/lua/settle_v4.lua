@@ -2,7 +2,7 @@
 -- used (a request's estimate with its real tokens; a lease's grant with what it admitted),
 -- never below zero. One call settles a batch (each call costs the script's start-up, so
 -- settlements queued together go together; in a cluster, a batch holds one slot's).
--- KEYS: for each reservation, its minute hash (see reserve_v4.lua), day and month counters,
+-- KEYS: for each reservation, its minute hash (see reserve_v5.lua), day and month counters,
 --   and the user's month counter
 -- ARGV: for each reservation, its second, requests delta and tokens delta (used - counted)
 for i = 0, #KEYS / 4 - 1 do

@@ -27,11 +27,11 @@ use gateway_ratelimit::{
 
 use crate::{RedisConn, RedisError, slot};
 
-/// The claim script's answer (see `lua/reserve_v4.lua`).
+/// The claim script's answer (see `lua/reserve_v5.lua`).
 type Answer = (i64, i64, u64, u64, u64, u64, u64, u64, i64);
 
 /// The scripts, sent by hash and loaded when Redis lost them (see `RedisLimiter::eval`).
-const RESERVE_LUA: &str = include_str!("../lua/reserve_v4.lua");
+const RESERVE_LUA: &str = include_str!("../lua/reserve_v5.lua");
 const SETTLE_LUA: &str = include_str!("../lua/settle_v4.lua");
 const SYNC_LUA: &str = include_str!("../lua/sync_v1.lua");
 
@@ -254,6 +254,7 @@ impl RedisLimiter {
                 cmd.arg("").arg(0).arg(0);
             }
         }
+        cmd.arg(claim.long_until_ms.div_euclid(1000));
         let (allowed, window, retry_after, req_used, tok_used, reset, n, t, second): Answer =
             self.eval(RESERVE_LUA, &cmd).await?;
         if allowed != -1

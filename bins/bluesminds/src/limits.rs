@@ -67,9 +67,8 @@ pub fn build(
     // A lease never lasts as long as the per-minute window (tests shorten the window).
     let longest = window.saturating_sub(Duration::from_secs(1));
     let lease = Duration::from_millis(l.lease_ms).min(longest);
-    // A long end within a second of the short one would be counted in the same second: none.
-    let long = Duration::from_millis(l.lease_long_ms).min(longest);
-    let long = if long >= lease + Duration::from_secs(1) { long } else { lease };
+    // `lease_long_ms` at or below `lease_ms`: no lease lasts longer than `lease`.
+    let long = Duration::from_millis(l.lease_long_ms).min(longest).max(lease);
     if lease.is_zero() {
         return Some(Limiter {
             limiter: resilient.clone(),

@@ -157,6 +157,12 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// A grant at most `1/small_divisor()` of what remains is small enough to last until
+    /// `long_until_ms` (`share × LONG_LEASE_FACTOR`).
+    pub fn small_divisor(&self) -> u64 {
+        self.share.max(1).saturating_mul(LONG_LEASE_FACTOR)
+    }
+
     /// One request and `tokens`, counted now: a plain reservation.
     pub fn single(tokens: u64, now_ms: i64) -> Self {
         Self {
@@ -204,7 +210,7 @@ pub fn counted_second(
     if granted == (1, claim.need) {
         return now;
     }
-    let small = claim.share.max(1).saturating_mul(LONG_LEASE_FACTOR);
+    let small = claim.small_divisor();
     let long = granted.0.saturating_mul(small) <= remaining.0
         && granted.1.saturating_mul(small) <= remaining.1;
     let end = if long { claim.long_until_ms.max(claim.until_ms) } else { claim.until_ms };

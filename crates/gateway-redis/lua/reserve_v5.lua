@@ -4,7 +4,7 @@
 -- reserves a grant in all of them: one request and what it needs (a plain reservation), or a
 -- lease of up to ARGV[12] requests and ARGV[13] tokens, each at most 1/share of what remains
 -- in its tightest window, counted in the second the lease ends in: ARGV[19] (its long end)
--- when it is at most 1/(share x 16) of what remains in every window, else ARGV[14].
+-- when it is at most 1/ARGV[20] (share x 16) of what remains in every window, else ARGV[14].
 -- (Version 4 had no long end.)
 -- KEYS: minute hash, day counter, month counter, the user's month counter, restore marker
 --   (the counters share the user's hash tag; the marker is the one of their slot: in a
@@ -17,8 +17,8 @@
 --       seconds to month end, buckets per window (61 for a minute), check the marker (1/0),
 --       the user's monthly ceiling, requests wanted, tokens wanted, the lease's last second,
 --       share, the ending lease's second, requests delta and tokens delta ('' for none;
---       deltas are used - counted: requests <= 0, tokens either way), and the second a small
---       lease ends in
+--       deltas are used - counted: requests <= 0, tokens either way), the second a small
+--       lease ends in, and the divisor that makes a lease small
 -- Returns {allowed (1 yes, 0 no, -1 quotas not restored since Redis started),
 --          window (0 none, 1 rpm, 2 tpm, 3 day, 4 month, 5 user's month), retry_after, requests used,
 --          tokens used, seconds until the oldest kept second leaves the minute windows,
@@ -135,7 +135,7 @@ end
 -- The second it is counted in (the same rule as gateway_ratelimit::counted_second).
 local sec = now
 if n > 1 or t ~= need then
-  local small = share * 16
+  local small = tonumber(ARGV[20])
   if n * small <= rpm - req_used and t * small <= left_t then
     sec = math.max(now, tonumber(ARGV[19]), lease_end)
   else

@@ -254,7 +254,7 @@ impl RedisLimiter {
                 cmd.arg("").arg(0).arg(0);
             }
         }
-        cmd.arg(claim.long_until_ms.div_euclid(1000));
+        cmd.arg(claim.long_until_ms.div_euclid(1000)).arg(claim.small_divisor());
         let (allowed, window, retry_after, req_used, tok_used, reset, n, t, second): Answer =
             self.eval(RESERVE_LUA, &cmd).await?;
         if allowed != -1

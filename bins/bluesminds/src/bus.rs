@@ -61,12 +61,12 @@ pub struct Reloads {
 }
 
 /// Applies what the bus says for as long as the process runs. After every (re)subscription
-/// the whole key cache is dropped and the pool, plans and prices reloaded, since messages may
-/// have been missed.
+/// every cached key is looked up again at its next use (without bcrypt) and the pool, plans
+/// and prices reloaded, since messages may have been missed.
 pub async fn listen(bus: Bus, verifier: Arc<KeyVerifier>, reloads: Reloads) {
     bus.listen(move |heard| match heard {
         Heard::Subscribed => {
-            verifier.clear();
+            verifier.expire_all();
             (reloads.servers)();
             (reloads.billing)();
         }

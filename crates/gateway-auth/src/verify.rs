@@ -600,7 +600,23 @@ impl KeyVerifier {
         self.evict(&mut cache, |c| c.concerns_user(id));
     }
 
-    /// Forgets everything (after missed invalidations, e.g. a lost pub/sub connection).
+    /// Trusts no entry any more (after invalidations may have been missed, e.g. a lost
+    /// pub/sub connection): the next use of each verified key waits for its record to be read
+    /// again, as past its grace (so a key revoked meanwhile is refused), but runs no bcrypt
+    /// unless its hash changed; refusals are forgotten. Dropping the entries instead would
+    /// make every key in use cost a bcrypt at once (10,000 keys: minutes of one core).
+    pub fn expire_all(&self) {
+        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.evict(&mut cache, |c| matches!(c, Cached::Refused { .. }));
+        for entry in cache.values_mut() {
+            if let Cached::Valid { until_ms, serve_until_ms, .. } = entry {
+                *until_ms = i64::MIN;
+                *serve_until_ms = i64::MIN;
+            }
+        }
+    }
+
+    /// Forgets everything.
     pub fn clear(&self) {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.evict(&mut cache, |_| true);
@@ -918,6 +934,31 @@ mod tests {
         let wrong = format!("{}_{}", k.meta.key_prefix, apikey::generate_secret().unwrap());
         assert_eq!(v.verify(&wrong).await.unwrap_err(), VerifyError::Unknown);
         assert_eq!(v.bcrypt_runs(), 5);
+    }
+
+    /// After invalidations may have been missed (the bus reconnected), every key is looked up
+    /// again at its next use, before it is served: a key revoked meanwhile is refused at once,
+    /// and a key still valid costs no bcrypt.
+    #[tokio::test]
+    async fn after_expire_all_each_key_is_looked_up_again_before_use_without_bcrypt() {
+        let f = fixture(Duration::from_mins(5)).await;
+        let v = &f.verifier;
+        let keep =
+            f.accounts.create_key(f.user, NewKey::named("a", vec![Scope::Models])).await.unwrap();
+        let lose =
+            f.accounts.create_key(f.user, NewKey::named("b", vec![Scope::Models])).await.unwrap();
+        let first = v.verify(&keep.key).await.unwrap();
+        v.verify(&lose.key).await.unwrap();
+        assert_eq!(v.bcrypt_runs(), 2);
+        // Revoked with no invalidation heard (this fixture's accounts tell no verifier).
+        f.accounts.revoke_key(f.user, lose.meta.id).await.unwrap();
+        assert!(v.verify(&lose.key).await.is_ok(), "the entry is trusted until told otherwise");
+        v.expire_all();
+        assert_eq!(v.verify(&lose.key).await.unwrap_err(), VerifyError::Revoked);
+        let again = v.verify(&keep.key).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "read again from the store");
+        assert_eq!(v.bcrypt_runs(), 2, "no bcrypt for either");
+        assert_eq!(v.cached_entries(), 2);
     }
 
     /// Calls `verify` until the background refresh an expired entry started has landed (the

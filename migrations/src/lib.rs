@@ -38,6 +38,7 @@ mod m20261207_000002_new_endpoint_scopes;
 mod m20261207_000003_cache_write_price;
 mod m20261207_000004_model_routes;
 mod m20261207_000005_quota_pending;
+mod m20261207_000006_usage_rollup_pending;
 pub mod retention;
 
 pub use m20261206_000002_usage_daily_hot::HIST_BUCKETS;
@@ -68,6 +69,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000003_cache_write_price::Migration),
             Box::new(m20261207_000004_model_routes::Migration),
             Box::new(m20261207_000005_quota_pending::Migration),
+            Box::new(m20261207_000006_usage_rollup_pending::Migration),
         ]
     }
 }

@@ -209,7 +209,10 @@ impl App {
             redis.as_ref(),
             Arc::new(SqlQuotaStore::new(store.clone())),
         );
-        let usage_store = Arc::new(SqlUsageStore::new(store.clone()));
+        let usage_store = Arc::new(
+            SqlUsageStore::new(store.clone())
+                .with_rollup_interval(Duration::from_millis(config.usage.rollup_interval_ms)),
+        );
         let usage_queries: Arc<dyn UsageQueries> = usage_store.clone();
         let usage = Arc::new(
             UsageWriter::start(

@@ -288,6 +288,11 @@ pub struct UsageConfig {
     /// Append each record to a journal beside the spill file before the client has its
     /// answer, so a process killed outright (SIGKILL, the OOM killer) loses no record.
     pub journal: bool,
+    /// On Postgres, how long the daily rollup's sums are added up in memory before they are
+    /// written (one upsert per user, key, model and day in that time, instead of one per
+    /// batch); statistics trail the request log by up to this. 0: in each batch's
+    /// transaction. At most 60000.
+    pub rollup_interval_ms: u64,
 }
 
 impl Default for UsageConfig {
@@ -299,6 +304,7 @@ impl Default for UsageConfig {
             flush_interval_ms: 100,
             spill_path: String::new(),
             journal: true,
+            rollup_interval_ms: 5_000,
         }
     }
 }
@@ -787,6 +793,12 @@ impl Config {
         }
         if self.limits.lease_long_ms > 30_000 {
             return Err(ConfigError::key("limits.lease_long_ms", "must be at most 30000 (30 s)"));
+        }
+        if self.usage.rollup_interval_ms > 60_000 {
+            return Err(ConfigError::key(
+                "usage.rollup_interval_ms",
+                "must be at most 60000 (60 s)",
+            ));
         }
         if self.limits.lease_share == 0 {
             return Err(ConfigError::key("limits.lease_share", "must be greater than 0"));

@@ -559,6 +559,32 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
         ids.insert(id);
     }
     assert_eq!(ids.len(), rows.len(), "one row per request id");
+    // The daily rollup counts every row once: what the instances held of it was written at
+    // their stops; the batches the killed instance held are still pending (younger than a
+    // sweep takes), and are summed here as an invoice run sums them.
+    let rollup_requests = || async {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT COALESCE(SUM(requests), 0)::bigint AS n FROM usage_daily",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+    };
+    let before_pending = rollup_requests().await;
+    let store =
+        gateway_store::Store::connect(&postgres.url(), &gateway_store::StoreConfig::default())
+            .await
+            .unwrap();
+    let pending = gateway_store::SqlUsageStore::new(store).sum_pending_batches().await.unwrap();
+    let rollup = rollup_requests().await;
+    eprintln!(
+        "rollup: {before_pending} requests summed by the instances, {pending} batch(es) left \
+         pending (the killed instance's) summed after, {rollup} in all"
+    );
+    assert_eq!(rollup, rows.len() as i64, "the rollup counts each usage row once");
     let completed = tally.completed.lock().unwrap().clone();
     let errors = tally.errors.lock().unwrap().clone();
     let cut = errors.get("connection cut mid-request").copied().unwrap_or(0)

@@ -372,7 +372,7 @@ async fn migrate_twice_on_sqlite_is_a_no_op_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("applied 18 pending migration(s)"), "{out}");
+    assert!(out.contains("applied 19 pending migration(s)"), "{out}");
     let (code, out, err) = run_to_end(&["migrate"], &[], dir.path()).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("applied 0 pending migration(s)"), "{out}");

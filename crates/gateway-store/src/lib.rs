@@ -156,6 +156,9 @@ impl Store {
         let txn = self.db.begin().await?;
         if self.backend() == DatabaseBackend::Postgres {
             txn.execute_unprepared("LOCK TABLE usage_logs IN SHARE MODE").await?;
+            // Batches whose sums gateways hold are in usage_logs, so in what is recomputed:
+            // their pending rows go, and the gateways drop the sums when they find them gone.
+            txn.execute_unprepared("DELETE FROM usage_rollup_pending").await?;
             txn.execute_unprepared(migration::REBUILD_USAGE_DAILY_POSTGRES).await?;
         } else {
             txn.execute_unprepared(migration::REBUILD_USAGE_DAILY_SQLITE).await?;

@@ -1,6 +1,9 @@
 //! SQL adapter of the usage store: multi-row inserts that skip records already stored, and the
-//! daily rollup (`usage_daily`) kept in the same transaction from exactly the records that were
-//! new, so a retried batch counts nothing twice.
+//! daily rollup (`usage_daily`) summed from exactly the records that were new, so a retried
+//! batch counts nothing twice: in the batch's transaction, or on Postgres with a rollup
+//! interval held in memory and written as one upsert per row for many batches, each batch
+//! marked in `usage_rollup_pending` (in its transaction) until its sums are written (see
+//! [`SqlUsageStore::with_rollup_interval`] and `fold_rollup`).
 //!
 //! On Postgres a batch goes in by `COPY usage_logs (...) FROM STDIN (FORMAT binary)` (the rows
 //! encoded here in PostgreSQL's binary format: nothing to parse but the bytes), then the
@@ -36,7 +39,59 @@ use crate::{Store, StoreError};
 pub struct SqlUsageStore {
     store: Store,
     method: InsertMethod,
+    /// Postgres: how long rollup sums are added up in memory before they are written
+    /// (`None`: in each batch's transaction).
+    interval: Option<std::time::Duration>,
+    held: Arc<std::sync::Mutex<Held>>,
 }
+
+/// Rollup sums of stored batches, added up in memory until they are written; each batch
+/// also has its row in `usage_rollup_pending` until then (see [`SqlUsageStore::fold_rollup`]).
+#[derive(Debug)]
+struct Held {
+    rows: std::collections::BTreeMap<(UserId, time::Date, Option<ApiKeyId>, String), DayRow>,
+    /// The batches' `usage_rollup_pending` ids.
+    batches: Vec<i64>,
+    /// When the oldest sums held were added.
+    since: Option<std::time::Instant>,
+    /// When pending rows other gateways left were last looked for.
+    swept: Option<std::time::Instant>,
+    /// Writing the sums failing now (logged once per streak).
+    failing: bool,
+}
+
+impl Held {
+    /// A stored batch's sums, held.
+    fn add(&mut self, batch: i64, deltas: Vec<DayRow>) {
+        self.put(deltas);
+        self.batches.push(batch);
+    }
+
+    /// Rows added to those held, by their key.
+    fn put(&mut self, rows: Vec<DayRow>) {
+        for row in rows {
+            let key = (row.user_id, row.day, row.api_key_id, row.model.clone());
+            match self.rows.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&row),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(row);
+                }
+            }
+        }
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+}
+
+/// Most rollup rows held before they are written, whatever the interval.
+const HELD_ROWS_MAX: usize = 20_000;
+
+/// A pending batch older than this (and [`ORPHAN_INTERVALS`] intervals) is taken as left by a
+/// gateway that stopped without writing its sums, and summed from `usage_logs`.
+const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_mins(1);
+const ORPHAN_INTERVALS: u32 = 10;
+
+/// How often a gateway looks for such batches.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a batch of usage rows goes into Postgres (both are measured by
 /// `cargo bench -p gateway-store --bench usage_writer`; docs/BENCHMARKS.md says which won).
@@ -53,7 +108,32 @@ pub enum InsertMethod {
 
 impl SqlUsageStore {
     pub fn new(store: Store) -> Self {
-        Self { store, method: InsertMethod::default() }
+        Self {
+            store,
+            method: InsertMethod::default(),
+            interval: None,
+            held: Arc::new(std::sync::Mutex::new(Held {
+                rows: std::collections::BTreeMap::new(),
+                batches: Vec::new(),
+                since: None,
+                swept: None,
+                failing: false,
+            })),
+        }
+    }
+
+    /// On Postgres, adds the rollup sums of stored batches up in memory for `interval` and
+    /// writes them then, one upsert per rollup row ([`UsageStore::fold_rollup`]); zero: in
+    /// each batch's transaction. The rollup (statistics, dashboards) then trails the usage
+    /// rows by up to `interval`; invoices write what is pending before they read.
+    #[must_use]
+    pub fn with_rollup_interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = (!interval.is_zero()).then_some(interval);
+        self
+    }
+
+    fn deferred(&self) -> Option<std::time::Duration> {
+        self.interval.filter(|_| self.store.backend() == DatabaseBackend::Postgres)
     }
 
     /// How batches go into Postgres (SQLite has one way).
@@ -115,16 +195,21 @@ impl UsageStore for SqlUsageStore {
         }
         if self.store.backend() == DatabaseBackend::Postgres {
             let pool = self.store.connection().get_postgres_connection_pool();
+            let defer = self.deferred().is_some();
             let copied = match self.method {
-                InsertMethod::CopyBinary => copy_postgres(pool, records).await,
-                InsertMethod::Unnest => Ok(false),
+                InsertMethod::CopyBinary => copy_postgres(pool, records, defer).await,
+                InsertMethod::Unnest => Ok(None),
             };
             let inserted = match copied {
-                Ok(true) => Ok(()),
-                Ok(false) => insert_postgres(pool, records).await,
+                Ok(Some(done)) => Ok(done),
+                Ok(None) => insert_postgres(pool, records, defer).await,
                 Err(e) => Err(e),
             };
-            return inserted.map_err(|e| {
+            if let Ok(Some((batch, deltas))) = inserted {
+                self.lock_held().add(batch, deltas);
+                return Ok(());
+            }
+            return inserted.map(drop).map_err(|e| {
                 let refused = refuses_data(&e);
                 let e = StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
                     Arc::new(e),
@@ -146,6 +231,97 @@ impl UsageStore for SqlUsageStore {
             };
             if refused { UsageError::Rejected(Box::new(StoreError::Db(e))) } else { query_err(e) }
         })
+    }
+
+    async fn fold_rollup(&self, now: bool) -> Result<(), UsageError> {
+        let Some(interval) = self.deferred() else { return Ok(()) };
+        let pool = self.store.connection().get_postgres_connection_pool();
+        let (rows, batches, sweep) = {
+            let mut held = self.lock_held();
+            let due = now
+                || held.rows.len() >= HELD_ROWS_MAX
+                || held.since.is_some_and(|t| t.elapsed() >= interval);
+            let sweep = held.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
+            if sweep {
+                held.swept = Some(std::time::Instant::now());
+            }
+            if due {
+                held.since = None;
+                let rows = std::mem::take(&mut held.rows);
+                (rows, std::mem::take(&mut held.batches), sweep)
+            } else {
+                (std::collections::BTreeMap::new(), Vec::new(), sweep)
+            }
+        };
+        let mut written = Ok(());
+        if !batches.is_empty() {
+            let rows: Vec<DayRow> = rows.into_values().collect();
+            if let Err(e) = write_held(pool, &rows, &batches).await {
+                // Held again for the next attempt, an interval from now (a batch whose sums did
+                // get written is found gone then, and not counted twice).
+                let mut held = self.lock_held();
+                held.put(rows);
+                held.batches.extend(batches);
+                written = Err(e);
+            }
+        }
+        if sweep && written.is_ok() {
+            let age = ORPHAN_AFTER.max(interval * ORPHAN_INTERVALS);
+            match sum_pending(pool, Pending::OlderThan(age)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    batches = n,
+                    "usage rollup: summed batches a stopped gateway had not written"
+                ),
+                Err(e) => written = Err(e),
+            }
+        }
+        let mut held = self.lock_held();
+        match written {
+            Ok(()) => {
+                if std::mem::replace(&mut held.failing, false) {
+                    tracing::info!("usage rollup written again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut held.failing, true) {
+                    tracing::warn!(error = %e, "cannot write the usage rollup; its sums are held and tried again");
+                }
+                Err(UsageError::Store(Box::new(StoreError::Db(sea_orm::DbErr::Exec(
+                    sea_orm::RuntimeErr::SqlxError(Arc::new(e)),
+                )))))
+            }
+        }
+    }
+
+    fn rollup_due_in(&self) -> Option<std::time::Duration> {
+        let interval = self.deferred()?;
+        let held = self.lock_held();
+        let fold = match held.since {
+            Some(_) if held.rows.len() >= HELD_ROWS_MAX => std::time::Duration::ZERO,
+            Some(t) => interval.saturating_sub(t.elapsed()),
+            None => SWEEP_EVERY,
+        };
+        let sweep = held
+            .swept
+            .map_or(std::time::Duration::ZERO, |t| SWEEP_EVERY.saturating_sub(t.elapsed()));
+        Some(fold.min(sweep))
+    }
+}
+
+impl SqlUsageStore {
+    /// Sums every pending batch into the rollup (those other gateways hold too, which drop
+    /// them when they find them gone), waiting for batches being written; returns how many it
+    /// summed. Invoices call it before they read the rollup.
+    pub async fn sum_pending_batches(&self) -> Result<u64, StoreError> {
+        sum_all_pending(&self.store).await.map_err(|e| {
+            StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
+        })
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -327,22 +503,60 @@ const COLUMNS: &str = "request_id, created_at, user_id, api_key_id, server_id, e
     status_code, is_error, error_message, streamed, client_disconnected, usage_estimated, \
     retention_days";
 
-/// Postgres by `COPY ... FROM STDIN (FORMAT binary)`, then the rollup, in one transaction.
-/// `Ok(false)`: some record was stored already (a retry or a replay); nothing was written and
-/// the caller goes the `ON CONFLICT` way.
-async fn copy_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<bool, sqlx::Error> {
+/// A stored batch's rollup sums left to be held in memory, with its `usage_rollup_pending`
+/// row (`None`: they were written in the batch's transaction).
+type Deferred = Option<(i64, Vec<DayRow>)>;
+
+/// Postgres by `COPY ... FROM STDIN (FORMAT binary)`, then the rollup (or, `defer`, the
+/// batch's pending row), in one transaction. `Ok(None)`: some record was stored already (a
+/// retry or a replay); nothing was written and the caller goes the `ON CONFLICT` way.
+async fn copy_postgres(
+    pool: &sqlx::PgPool,
+    records: &[UsageRecord],
+    defer: bool,
+) -> Result<Option<Deferred>, sqlx::Error> {
     let mut txn = pool.begin().await?;
     let statement = format!("COPY usage_logs ({COLUMNS}) FROM STDIN (FORMAT binary)");
     let mut copy = txn.copy_in_raw(&statement).await?;
     copy.send(copy_binary(records)).await?;
     match copy.finish().await {
         Ok(_) => {}
-        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(None),
         Err(e) => return Err(e),
     }
-    upsert_rollup(&mut txn, &rollup::rollup(records)).await?;
+    let deferred = rollup_in(&mut txn, records.iter(), defer).await?;
     txn.commit().await?;
-    Ok(true)
+    Ok(Some(deferred))
+}
+
+/// The new records' rollup sums upserted, or (`defer`) the batch's pending row written and
+/// the sums returned to be held.
+async fn rollup_in<'a>(
+    txn: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: impl Iterator<Item = &'a UsageRecord> + Clone,
+    defer: bool,
+) -> Result<Deferred, sqlx::Error> {
+    let deltas = rollup::rollup(new.clone());
+    if !defer {
+        upsert_rollup(txn, &deltas).await?;
+        return Ok(None);
+    }
+    if deltas.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<uuid::Uuid> = new.clone().map(|r| r.request_id.as_uuid()).collect();
+    let first = new.clone().map(|r| r.created_at).min();
+    let last = new.map(|r| r.created_at).max();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO usage_rollup_pending (request_ids, first_at, last_at) \
+         VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(ids)
+    .bind(first)
+    .bind(last)
+    .fetch_one(&mut **txn)
+    .await?;
+    Ok(Some((id, deltas)))
 }
 
 /// Rows in PostgreSQL's binary COPY format: the header, then per row the field count and each
@@ -398,16 +612,20 @@ fn copy_binary(records: &[UsageRecord]) -> Vec<u8> {
     out
 }
 
-/// Postgres: the batch inserted, then the records that were new added to the rollup, in one
-/// transaction.
-async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result<(), sqlx::Error> {
+/// Postgres: the batch inserted, then the records that were new added to the rollup (or held,
+/// `defer`), in one transaction.
+async fn insert_postgres(
+    pool: &sqlx::PgPool,
+    records: &[UsageRecord],
+    defer: bool,
+) -> Result<Deferred, sqlx::Error> {
     use sqlx::Row as _;
     let mut txn = pool.begin().await?;
     let inserted = bind_records(sqlx::query(INSERT_UNNEST), records).execute(&mut *txn).await?;
     // Every record new (the common case): all of them go to the rollup. Otherwise (a retried
     // batch, a replayed spill), insert again asking which rows were new.
-    let deltas = if inserted.rows_affected() == records.len() as u64 {
-        rollup::rollup(records)
+    let deferred = if inserted.rows_affected() == records.len() as u64 {
+        rollup_in(&mut txn, records.iter(), defer).await?
     } else {
         txn.rollback().await?;
         txn = pool.begin().await?;
@@ -418,12 +636,149 @@ async fn insert_postgres(pool: &sqlx::PgPool, records: &[UsageRecord]) -> Result
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        rollup::rollup(
-            records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at))),
-        )
+        let new_records =
+            records.iter().filter(|r| new.contains(&(r.request_id.as_uuid(), r.created_at)));
+        rollup_in(&mut txn, new_records, defer).await?
     };
-    upsert_rollup(&mut txn, &deltas).await?;
-    txn.commit().await
+    txn.commit().await?;
+    Ok(deferred)
+}
+
+/// Which pending batches [`sum_pending`] sums from `usage_logs`.
+enum Pending<'a> {
+    /// These (a gateway's own, after another took some of them).
+    Ids(&'a [i64]),
+    /// Left longer than this (by a gateway that stopped without writing its sums); skips
+    /// batches another gateway is writing.
+    OlderThan(std::time::Duration),
+    /// All of them, waiting for batches being written (before an invoice reads the rollup).
+    All,
+}
+
+/// Writes `rows` (the held sums of `batches`, in key order) and deletes the batches' pending
+/// rows, in one transaction. If another gateway (or a rollup rebuild) has taken some of the
+/// batches, the held sums are dropped and what is left of the batches summed from
+/// `usage_logs`, so none is counted twice.
+async fn write_held(
+    pool: &sqlx::PgPool,
+    rows: &[DayRow],
+    batches: &[i64],
+) -> Result<(), sqlx::Error> {
+    let mut txn = pool.begin().await?;
+    let deleted = sqlx::query("DELETE FROM usage_rollup_pending WHERE id = ANY($1)")
+        .bind(batches)
+        .execute(&mut *txn)
+        .await?
+        .rows_affected();
+    if deleted == batches.len() as u64 {
+        upsert_rollup(&mut txn, rows).await?;
+        return txn.commit().await;
+    }
+    txn.rollback().await?;
+    tracing::info!(
+        batches = batches.len(),
+        left = deleted,
+        "usage rollup: some held batches were summed elsewhere; summing the rest from usage_logs"
+    );
+    sum_pending(pool, Pending::Ids(batches)).await.map(drop)
+}
+
+/// Sums pending batches from the `usage_logs` rows they name into the rollup, deleting their
+/// pending rows in the same transaction; returns how many batches it summed.
+async fn sum_pending(pool: &sqlx::PgPool, which: Pending<'_>) -> Result<u64, sqlx::Error> {
+    use sqlx::Row as _;
+    let mut summed = 0;
+    loop {
+        let mut txn = pool.begin().await?;
+        // A chunk of pending batches taken (deleted), their contents returned.
+        macro_rules! take {
+            ($filter:literal, $lock:literal) => {
+                concat!(
+                    "DELETE FROM usage_rollup_pending WHERE id IN (SELECT id FROM ",
+                    "usage_rollup_pending WHERE ",
+                    $filter,
+                    " ORDER BY id LIMIT 100 FOR UPDATE",
+                    $lock,
+                    ") RETURNING request_ids, first_at, last_at"
+                )
+            };
+        }
+        let taken = match which {
+            Pending::Ids(ids) => {
+                sqlx::query(take!("id = ANY($1)", "")).bind(ids).fetch_all(&mut *txn).await?
+            }
+            Pending::OlderThan(age) => {
+                sqlx::query(take!("created_at < now() - make_interval(secs => $1)", " SKIP LOCKED"))
+                    .bind(age.as_secs_f64())
+                    .fetch_all(&mut *txn)
+                    .await?
+            }
+            Pending::All => sqlx::query(take!("true", "")).fetch_all(&mut *txn).await?,
+        };
+        if taken.is_empty() {
+            txn.commit().await?;
+            return Ok(summed);
+        }
+        let mut records = Vec::new();
+        for batch in &taken {
+            let ids: Vec<uuid::Uuid> = batch.try_get(0)?;
+            let first: time::OffsetDateTime = batch.try_get(1)?;
+            let last: time::OffsetDateTime = batch.try_get(2)?;
+            let rows = sqlx::query(
+                "SELECT user_id, created_at, api_key_id, model, is_error, prompt_tokens, \
+                 completion_tokens, total_tokens, cost_micros, latency_ms FROM usage_logs \
+                 WHERE request_id = ANY($1) AND created_at BETWEEN $2 AND $3",
+            )
+            .bind(&ids)
+            .bind(first)
+            .bind(last)
+            .fetch_all(&mut *txn)
+            .await?;
+            for row in rows {
+                records.push(summed_record(&row)?);
+            }
+        }
+        upsert_rollup(&mut txn, &rollup::rollup(&records)).await?;
+        txn.commit().await?;
+        summed += taken.len() as u64;
+    }
+}
+
+/// A stored usage row as a record, with what the rollup sums (the rest left empty).
+fn summed_record(row: &sqlx::postgres::PgRow) -> Result<UsageRecord, sqlx::Error> {
+    use sqlx::Row as _;
+    let u = |name: &str| row.try_get::<i64, _>(name).map(|v| u64::try_from(v).unwrap_or(0));
+    Ok(UsageRecord {
+        request_id: RequestId(uuid::Uuid::nil()),
+        created_at: row.try_get("created_at")?,
+        user_id: UserId(row.try_get("user_id")?),
+        api_key_id: row.try_get::<Option<uuid::Uuid>, _>("api_key_id")?.map(ApiKeyId),
+        server_id: None,
+        endpoint: String::new(),
+        model: row.try_get("model")?,
+        prompt_tokens: u("prompt_tokens")?,
+        completion_tokens: u("completion_tokens")?,
+        total_tokens: u("total_tokens")?,
+        cost_micros: row.try_get("cost_micros")?,
+        latency_ms: u32::try_from(row.try_get::<i32, _>("latency_ms")?).unwrap_or(0),
+        upstream_latency_ms: None,
+        status_code: 0,
+        is_error: row.try_get("is_error")?,
+        error_message: None,
+        streamed: false,
+        client_disconnected: false,
+        usage_estimated: false,
+        retention_days: 0,
+    })
+}
+
+/// Sums every pending batch into the rollup, waiting for those being written (Postgres; the
+/// other backends hold none): what an invoice reads is then complete.
+pub(crate) async fn sum_all_pending(store: &Store) -> Result<u64, sqlx::Error> {
+    if store.backend() != DatabaseBackend::Postgres {
+        return Ok(0);
+    }
+    sum_pending(store.connection().get_postgres_connection_pool(), Pending::All).await
 }
 
 /// The rollup's rows of the new records added to `usage_daily`.

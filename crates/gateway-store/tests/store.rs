@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-const TABLES: [&str; 19] = [
+const TABLES: [&str; 20] = [
     "api_keys",
     "billing_plans",
     "billing_webhook_events",
@@ -29,6 +29,7 @@ const TABLES: [&str; 19] = [
     "sessions",
     "usage_daily",
     "usage_logs",
+    "usage_rollup_pending",
     "user_quota_state",
     "users",
 ];
@@ -52,7 +53,7 @@ async fn table_names(db: &TestDb) -> Vec<String> {
 async fn migrate_creates_every_table_seeds_plans_and_is_idempotent() {
     for backend in backends() {
         let db = TestDb::empty(backend).await;
-        assert_eq!(db.store.pending_migrations().await.unwrap(), 18, "{backend:?}");
+        assert_eq!(db.store.pending_migrations().await.unwrap(), 19, "{backend:?}");
         db.store.migrate().await.unwrap();
         let names = table_names(&db).await;
         for t in TABLES {
@@ -301,6 +302,204 @@ async fn the_rollup_kept_by_the_writer_equals_the_one_rebuilt_from_the_rows() {
             gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(&records), GroupBy::Model);
         assert_eq!(rebuilt.0, want, "{backend:?}");
     }
+}
+
+/// Records of `keys` keys of one user, `n` each, today.
+fn held_records(
+    user: gateway_core::UserId,
+    keys: usize,
+    n: usize,
+) -> Vec<gateway_usage::UsageRecord> {
+    let keys: Vec<_> = (0..keys).map(|_| gateway_core::ApiKeyId::new()).collect();
+    (0..n * keys.len())
+        .map(|i| gateway_usage::UsageRecord {
+            user_id: user,
+            api_key_id: Some(keys[i % keys.len()]),
+            latency_ms: 5 + (i as u32 * 37) % 4000,
+            prompt_tokens: 1 + i as u64 % 7,
+            total_tokens: 6 + i as u64 % 7,
+            cost_micros: 10 + i as i64,
+            is_error: i % 9 == 0,
+            ..gateway_usage::UsageRecord::example()
+        })
+        .collect()
+}
+
+/// The user's stats today by key, and the pending batches left.
+async fn rollup_now(
+    db: &TestDb,
+    store: &gateway_store::SqlUsageStore,
+    user: gateway_core::UserId,
+) -> (Vec<gateway_usage::StatsRow>, i64) {
+    use gateway_usage::{GroupBy, StatsQuery, UsageQueries};
+    let day = OffsetDateTime::now_utc().date();
+    let q = StatsQuery {
+        user_id: user,
+        from: day,
+        to: day.next_day().unwrap(),
+        group_by: GroupBy::Key,
+    };
+    let stats = store.stats(&q).await.unwrap();
+    let conn = db.store.connection();
+    let pending = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT CAST(count(*) AS BIGINT) AS n FROM usage_rollup_pending",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    (stats, pending)
+}
+
+/// With a rollup interval, Postgres holds each batch's rollup sums in memory and writes them
+/// when due (one upsert per row for many batches), each batch pending in the database until
+/// then; what is read afterwards equals the rows exactly, a retried batch counted once.
+/// SQLite writes them in each batch's transaction whatever the interval.
+#[tokio::test]
+async fn held_rollup_sums_are_written_when_due_and_equal_the_rows() {
+    use gateway_usage::{GroupBy, UsageStore, UsageWriter, WriterConfig};
+    for (backend, method) in insert_methods() {
+        let db = TestDb::migrated(backend).await;
+        let store = gateway_store::SqlUsageStore::new(db.store.clone())
+            .with_insert_method(method)
+            .with_rollup_interval(std::time::Duration::from_hours(1));
+        let user = gateway_core::UserId::new();
+        let records = held_records(user, 5, 8);
+        for chunk in records.chunks(7).chain(records.chunks(7).take(1)) {
+            store.insert_batch(chunk).await.unwrap();
+        }
+        let want =
+            gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(&records), GroupBy::Key);
+        let (read, pending) = rollup_now(&db, &store, user).await;
+        if backend == Backend::Sqlite {
+            assert_eq!((read, pending), (want, 0), "SQLite writes the rollup with each batch");
+            assert_eq!(store.rollup_due_in(), None);
+            continue;
+        }
+        assert_eq!(read, vec![], "{method:?}: nothing written before it is due");
+        assert_eq!(pending, 6, "{method:?}: one pending row per stored batch, none for the retry");
+        assert!(store.rollup_due_in().is_some(), "it looks for batches left pending at once");
+        store.fold_rollup(false).await.unwrap();
+        assert_eq!(rollup_now(&db, &store, user).await.1, 6, "{method:?}: not due yet");
+        store.fold_rollup(true).await.unwrap();
+        assert_eq!(rollup_now(&db, &store, user).await, (want.clone(), 0), "{method:?}");
+        store.fold_rollup(true).await.unwrap();
+        assert_eq!(rollup_now(&db, &store, user).await, (want, 0), "{method:?}: written once");
+
+        // Through the writer: what it holds at shutdown is written then.
+        let user = gateway_core::UserId::new();
+        let records = held_records(user, 40, 5);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        config.batch_size = 30;
+        let store = std::sync::Arc::new(store);
+        let writer = UsageWriter::start(store.clone(), config).unwrap();
+        for r in &records {
+            writer.record(r.clone());
+        }
+        writer.shutdown().await;
+        let want =
+            gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(&records), GroupBy::Key);
+        assert_eq!(rollup_now(&db, &store, user).await, (want, 0), "{method:?}");
+
+        // A running writer writes them when they are due, with no record coming after.
+        let store = std::sync::Arc::new(
+            gateway_store::SqlUsageStore::new(db.store.clone())
+                .with_insert_method(method)
+                .with_rollup_interval(std::time::Duration::from_millis(200)),
+        );
+        let user = gateway_core::UserId::new();
+        let records = held_records(user, 10, 3);
+        let writer =
+            UsageWriter::start(store.clone(), WriterConfig::new(dir.path().join("s2.jsonl")))
+                .unwrap();
+        for r in &records {
+            writer.record(r.clone());
+        }
+        let want =
+            gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(&records), GroupBy::Key);
+        let started = std::time::Instant::now();
+        while rollup_now(&db, &store, user).await != (want.clone(), 0) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{method:?}: never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        writer.shutdown().await;
+    }
+}
+
+/// Held sums are never counted twice nor lost, whoever writes them: batches a gateway left
+/// pending (killed before writing its sums) are summed from `usage_logs` by the next gateway
+/// that looks once they are old; batches summed meanwhile by another (an invoice run writes
+/// all that is pending first) or by a rollup rebuild are dropped from what their gateway
+/// holds, and the rest of its batches summed from the rows.
+#[tokio::test]
+async fn held_rollup_sums_are_counted_once_whoever_writes_them() {
+    use gateway_usage::{GroupBy, UsageStore};
+    let db = TestDb::migrated(Backend::Postgres).await;
+    let hour = std::time::Duration::from_hours(1);
+    let gateway = || gateway_store::SqlUsageStore::new(db.store.clone()).with_rollup_interval(hour);
+    let want = |r: &[gateway_usage::UsageRecord]| {
+        gateway_usage::rollup::stats(&gateway_usage::rollup::rollup(r), GroupBy::Key)
+    };
+
+    // A gateway killed while holding sums: its batches are summed once they are old.
+    let user = gateway_core::UserId::new();
+    let records = held_records(user, 6, 6);
+    let killed = gateway();
+    for chunk in records.chunks(10) {
+        killed.insert_batch(chunk).await.unwrap();
+    }
+    drop(killed);
+    let next = gateway();
+    next.fold_rollup(false).await.unwrap();
+    assert_eq!(rollup_now(&db, &next, user).await, (vec![], 4), "recent batches are not taken");
+    let conn = db.store.connection();
+    conn.execute_unprepared(
+        "UPDATE usage_rollup_pending SET created_at = now() - interval '1 day'",
+    )
+    .await
+    .unwrap();
+    let next = gateway();
+    assert_eq!(
+        next.rollup_due_in(),
+        Some(std::time::Duration::ZERO),
+        "a new gateway looks at once"
+    );
+    next.fold_rollup(false).await.unwrap();
+    assert_eq!(rollup_now(&db, &next, user).await, (want(&records), 0));
+
+    // Batches taken by an invoice run while a gateway holds their sums, then more batches.
+    let user = gateway_core::UserId::new();
+    let records = held_records(user, 6, 6);
+    let holder = gateway();
+    for chunk in records[..20].chunks(10) {
+        holder.insert_batch(chunk).await.unwrap();
+    }
+    assert_eq!(gateway().sum_pending_batches().await.unwrap(), 2);
+    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records[..20]), 0));
+    for chunk in records[20..].chunks(10) {
+        holder.insert_batch(chunk).await.unwrap();
+    }
+    holder.fold_rollup(true).await.unwrap();
+    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records), 0), "each batch once");
+
+    // A rebuild while a gateway holds sums.
+    let user = gateway_core::UserId::new();
+    let records = held_records(user, 3, 10);
+    let holder = gateway();
+    for chunk in records.chunks(10) {
+        holder.insert_batch(chunk).await.unwrap();
+    }
+    db.store.rebuild_usage_rollup().await.unwrap();
+    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records), 0));
+    holder.fold_rollup(true).await.unwrap();
+    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records), 0), "not added again");
 }
 
 /// Postgres refuses text holding NUL (SQLSTATE 22021): the adapter says the data was refused,

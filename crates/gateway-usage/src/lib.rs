@@ -83,4 +83,19 @@ pub trait UsageStore: Send + Sync {
     /// Inserts records; a record whose `request_id` is already stored is skipped, so a retried
     /// batch never counts twice.
     async fn insert_batch(&self, records: &[UsageRecord]) -> Result<(), UsageError>;
+
+    /// Writes the rollup sums the store holds in memory (a store that adds a few seconds of
+    /// batches up before writing them, as `gateway-store`'s Postgres adapter does) when they
+    /// are due, or all of them with `now` (at shutdown), and sums batches other instances left
+    /// unsummed. The writer calls it when [`UsageStore::rollup_due_in`] says. Default: the
+    /// store holds nothing.
+    async fn fold_rollup(&self, now: bool) -> Result<(), UsageError> {
+        let _ = now;
+        Ok(())
+    }
+
+    /// How long until [`UsageStore::fold_rollup`] has work to do; `None`: never.
+    fn rollup_due_in(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
 //! The daily rollup: every user's usage summed per UTC day, key and model, kept by the store
-//! in the same transaction as the records it sums, so statistics, dashboards and invoices read
+//! from exactly the records it stored (in their batch's transaction, or held a few seconds and
+//! written with the batches marked pending until then), so statistics, dashboards and invoices read
 //! a few rows per day instead of every request. Latency percentiles come from a histogram of
 //! fixed buckets kept in each row (sums of histograms are histograms).
 //!

@@ -370,6 +370,8 @@ async fn run(
     loop {
         // Wait for a first record (retrying a pending replay now and then), then gather more
         // until the batch is full or the flush interval is over.
+        // The rollup sums the store holds, written when due (also when no record comes).
+        let fold_in = store.rollup_due_in();
         let first = tokio::select! {
             r = rx.recv() => r,
             _ = stopped.changed() => {
@@ -378,6 +380,11 @@ async fn run(
             }
             () = tokio::time::sleep(Duration::from_secs(1)), if !healthy || spill.path.exists() => {
                 healthy = replay(&out).await;
+                continue;
+            }
+            () = tokio::time::sleep(fold_in.unwrap_or(Duration::from_hours(1))), if fold_in.is_some() => {
+                // A failure is logged by the store, which holds the sums for the next attempt.
+                let _ = store.fold_rollup(false).await;
                 continue;
             }
         };
@@ -415,11 +422,17 @@ async fn run(
         if healthy && spill.path.exists() {
             healthy = replay(&out).await;
         }
+        if healthy && store.rollup_due_in() == Some(Duration::ZERO) {
+            let _ = store.fold_rollup(false).await;
+        }
     }
     journal.close();
     if healthy {
         replay(&out).await;
     }
+    // Everything written: what the store holds of the rollup goes too (if it cannot, the
+    // batches stay pending and the next gateway to look sums them).
+    let _ = store.fold_rollup(true).await;
 }
 
 /// While the store fails, how often a batch is tried against it rather than spilled at once.

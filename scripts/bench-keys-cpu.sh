@@ -6,7 +6,8 @@
 # measured (leases and caches as under continuous traffic, not as the other kind of round
 # left them): requests a second and the CPU each process spent per request
 # (from /proc/<pid>/stat: gateway, every Postgres and Redis process, the mock), and the rate
-# limiter's Redis claims per request. Prints one line per round; writes nothing.
+# limiter's Redis claims per request. Prints one line per round and the gateway's peak RSS;
+# writes nothing.
 # BENCH_GATEWAY_ENV: settings for the gateway (`BLUESMINDS_LIMITS__LEASE_MS=10000 ...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +66,4 @@ print(f"{which:8} {n / run['duration_us'] * 1e6:8.0f} req/s   CPU per request: g
 PY
   done
 done
+log "gateway peak RSS: $(hwm_kib "$GW_PID") KiB (the key cache, leases and held rollup sums of $KEYS_N keys)"

@@ -21,6 +21,8 @@ CREATE TABLE IF NOT EXISTS usage_rollup_pending (
     first_at timestamptz NOT NULL,
     last_at timestamptz NOT NULL
 );
+-- Request ids do not compress: stored out of line without trying.
+ALTER TABLE usage_rollup_pending ALTER COLUMN request_ids SET STORAGE EXTERNAL;
 ";
 
 const SQLITE: &str = "

@@ -82,6 +82,11 @@ impl Held {
     }
 }
 
+/// A batch with at most this many rollup rows writes them in its own transaction even with a
+/// rollup interval: that costs no more than its pending row would, and keeps the rollup of a
+/// few busy keys as fresh as the log. Holding pays off for batches of many keys.
+const INLINE_ROWS: usize = 16;
+
 /// Most rollup rows held before they are written, whatever the interval.
 const HELD_ROWS_MAX: usize = 20_000;
 
@@ -537,11 +542,8 @@ async fn rollup_in<'a>(
     defer: bool,
 ) -> Result<Deferred, sqlx::Error> {
     let deltas = rollup::rollup(new.clone());
-    if !defer {
+    if !defer || deltas.len() <= INLINE_ROWS {
         upsert_rollup(txn, &deltas).await?;
-        return Ok(None);
-    }
-    if deltas.is_empty() {
         return Ok(None);
     }
     let ids: Vec<uuid::Uuid> = new.clone().map(|r| r.request_id.as_uuid()).collect();

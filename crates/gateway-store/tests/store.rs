@@ -354,10 +354,11 @@ async fn rollup_now(
     (stats, pending)
 }
 
-/// With a rollup interval, Postgres holds each batch's rollup sums in memory and writes them
-/// when due (one upsert per row for many batches), each batch pending in the database until
-/// then; what is read afterwards equals the rows exactly, a retried batch counted once.
-/// SQLite writes them in each batch's transaction whatever the interval.
+/// With a rollup interval, Postgres holds the rollup sums of each batch of many keys in memory
+/// and writes them when due (one upsert per row for many batches), each batch pending in the
+/// database until then; a batch of few rows writes them at once; what is read afterwards
+/// equals the rows exactly, a retried batch counted once. SQLite writes them in each batch's
+/// transaction whatever the interval.
 #[tokio::test]
 async fn held_rollup_sums_are_written_when_due_and_equal_the_rows() {
     use gateway_usage::{GroupBy, UsageStore, UsageWriter, WriterConfig};
@@ -367,8 +368,9 @@ async fn held_rollup_sums_are_written_when_due_and_equal_the_rows() {
             .with_insert_method(method)
             .with_rollup_interval(std::time::Duration::from_hours(1));
         let user = gateway_core::UserId::new();
-        let records = held_records(user, 5, 8);
-        for chunk in records.chunks(7).chain(records.chunks(7).take(1)) {
+        // Batches of 25 keys (held), then one of 5 (few rows: written with its batch).
+        let records = held_records(user, 40, 2);
+        for chunk in records.chunks(25).chain(records.chunks(25).take(1)) {
             store.insert_batch(chunk).await.unwrap();
         }
         let want =
@@ -379,11 +381,15 @@ async fn held_rollup_sums_are_written_when_due_and_equal_the_rows() {
             assert_eq!(store.rollup_due_in(), None);
             continue;
         }
-        assert_eq!(read, vec![], "{method:?}: nothing written before it is due");
-        assert_eq!(pending, 6, "{method:?}: one pending row per stored batch, none for the retry");
+        let small = gateway_usage::rollup::stats(
+            &gateway_usage::rollup::rollup(&records[75..]),
+            GroupBy::Key,
+        );
+        assert_eq!(read, small, "{method:?}: only the small batch is written before it is due");
+        assert_eq!(pending, 3, "{method:?}: a pending row per held batch, none for the retry");
         assert!(store.rollup_due_in().is_some(), "it looks for batches left pending at once");
         store.fold_rollup(false).await.unwrap();
-        assert_eq!(rollup_now(&db, &store, user).await.1, 6, "{method:?}: not due yet");
+        assert_eq!(rollup_now(&db, &store, user).await.1, 3, "{method:?}: not due yet");
         store.fold_rollup(true).await.unwrap();
         assert_eq!(rollup_now(&db, &store, user).await, (want.clone(), 0), "{method:?}");
         store.fold_rollup(true).await.unwrap();
@@ -412,7 +418,7 @@ async fn held_rollup_sums_are_written_when_due_and_equal_the_rows() {
                 .with_rollup_interval(std::time::Duration::from_millis(200)),
         );
         let user = gateway_core::UserId::new();
-        let records = held_records(user, 10, 3);
+        let records = held_records(user, 40, 1);
         let writer =
             UsageWriter::start(store.clone(), WriterConfig::new(dir.path().join("s2.jsonl")))
                 .unwrap();
@@ -450,15 +456,15 @@ async fn held_rollup_sums_are_counted_once_whoever_writes_them() {
 
     // A gateway killed while holding sums: its batches are summed once they are old.
     let user = gateway_core::UserId::new();
-    let records = held_records(user, 6, 6);
+    let records = held_records(user, 30, 2);
     let killed = gateway();
-    for chunk in records.chunks(10) {
+    for chunk in records.chunks(20) {
         killed.insert_batch(chunk).await.unwrap();
     }
     drop(killed);
     let next = gateway();
     next.fold_rollup(false).await.unwrap();
-    assert_eq!(rollup_now(&db, &next, user).await, (vec![], 4), "recent batches are not taken");
+    assert_eq!(rollup_now(&db, &next, user).await, (vec![], 3), "recent batches are not taken");
     let conn = db.store.connection();
     conn.execute_unprepared(
         "UPDATE usage_rollup_pending SET created_at = now() - interval '1 day'",
@@ -476,14 +482,14 @@ async fn held_rollup_sums_are_counted_once_whoever_writes_them() {
 
     // Batches taken by an invoice run while a gateway holds their sums, then more batches.
     let user = gateway_core::UserId::new();
-    let records = held_records(user, 6, 6);
+    let records = held_records(user, 30, 2);
     let holder = gateway();
-    for chunk in records[..20].chunks(10) {
+    for chunk in records[..40].chunks(20) {
         holder.insert_batch(chunk).await.unwrap();
     }
     assert_eq!(gateway().sum_pending_batches().await.unwrap(), 2);
-    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records[..20]), 0));
-    for chunk in records[20..].chunks(10) {
+    assert_eq!(rollup_now(&db, &holder, user).await, (want(&records[..40]), 0));
+    for chunk in records[40..].chunks(20) {
         holder.insert_batch(chunk).await.unwrap();
     }
     holder.fold_rollup(true).await.unwrap();
@@ -491,9 +497,9 @@ async fn held_rollup_sums_are_counted_once_whoever_writes_them() {
 
     // A rebuild while a gateway holds sums.
     let user = gateway_core::UserId::new();
-    let records = held_records(user, 3, 10);
+    let records = held_records(user, 20, 2);
     let holder = gateway();
-    for chunk in records.chunks(10) {
+    for chunk in records.chunks(20) {
         holder.insert_batch(chunk).await.unwrap();
     }
     db.store.rebuild_usage_rollup().await.unwrap();

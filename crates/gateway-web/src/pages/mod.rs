@@ -301,7 +301,7 @@ pub fn overview(o: &Overview) -> Markup {
         if o.requests == 0 { 0.0 } else { o.errors as f64 * 100.0 / o.requests as f64 };
     html! {
         h1 { "Overview" }
-        p.hint { "Your usage over " (o.range) ", on the " (o.plan) " plan." }
+        p.hint { "Your usage over " (o.range) ", on the " (o.plan) " plan; totals catch up with new requests within a few seconds." }
         div.grid {
             div.card.stat { div.label { "Requests" } div.value { (thousands(o.requests)) } }
             div.card.stat { div.label { "Tokens" } div.value { (thousands(o.tokens)) } }

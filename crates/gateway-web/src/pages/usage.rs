@@ -119,7 +119,7 @@ pub fn usage(u: &Usage) -> Markup {
         @if active.is_empty() {
             div.card.empty {
                 p { "No requests in the last " (u.days) " days." }
-                p { a href="/dashboard/keys" { "Create a key" } " and call the gateway; your usage shows here within a second." }
+                p { a href="/dashboard/keys" { "Create a key" } " and call the gateway; your usage shows here within a few seconds." }
             }
         } @else {
             div.card {

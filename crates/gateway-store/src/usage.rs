@@ -783,16 +783,29 @@ pub(crate) async fn sum_all_pending(store: &Store) -> Result<u64, sqlx::Error> {
     sum_pending(store.connection().get_postgres_connection_pool(), Pending::All).await
 }
 
-/// The rollup's rows of the new records added to `usage_daily`.
+/// Most rollup rows one upsert statement carries: a connection keeps a buffer as large as the
+/// largest statement it sent (tens of thousands of held rows in one statement grew every
+/// pooled connection's buffer by megabytes).
+const UPSERT_ROWS: usize = 1_000;
+
+/// The rollup's rows of the new records added to `usage_daily` (in key order, by statements
+/// of at most [`UPSERT_ROWS`] rows).
 async fn upsert_rollup(
+    txn: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    deltas: &[DayRow],
+) -> Result<(), sqlx::Error> {
+    for part in deltas.chunks(UPSERT_ROWS) {
+        upsert_rows(txn, part).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_rows(
     txn: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     deltas: &[DayRow],
 ) -> Result<(), sqlx::Error> {
     fn column<T>(rows: &[DayRow], f: impl Fn(&DayRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
-    }
-    if deltas.is_empty() {
-        return Ok(());
     }
     // Every row's histogram, exactly BUCKETS counts each (the slices the upsert takes).
     let mut hists = Vec::with_capacity(deltas.len() * BUCKETS);

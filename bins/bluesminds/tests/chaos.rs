@@ -560,8 +560,10 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     }
     assert_eq!(ids.len(), rows.len(), "one row per request id");
     // The daily rollup counts every row once: what the instances held of it was written at
-    // their stops; the batches the killed instance held are still pending (younger than a
-    // sweep takes), and are summed here as an invoice run sums them.
+    // their stops; a batch the killed instance held would still be pending (younger than a
+    // sweep takes), and is summed here as an invoice run sums it. (This load's few keys make
+    // small batches, whose rollup is written with them; tests/usage.rs kills a gateway that
+    // holds one.)
     let rollup_requests = || async {
         db.query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
@@ -582,7 +584,7 @@ async fn under_load_redis_killed_postgres_stopped_and_an_instance_killed_lose_no
     let rollup = rollup_requests().await;
     eprintln!(
         "rollup: {before_pending} requests summed by the instances, {pending} batch(es) left \
-         pending (the killed instance's) summed after, {rollup} in all"
+         pending summed after, {rollup} in all"
     );
     assert_eq!(rollup, rows.len() as i64, "the rollup counts each usage row once");
     let completed = tally.completed.lock().unwrap().clone();

@@ -479,3 +479,85 @@ async fn sigterm_under_load_leaves_one_row_per_completed_request() {
     assert_eq!(rows.len(), done, "rows must equal the completed requests");
     assert!(rows.iter().all(|r| r.status_code == 200 && !r.client_disconnected));
 }
+
+/// On Postgres, the rollup sums of a usage batch of many keys are held in memory
+/// (`usage.rollup_interval_ms`), the batch marked pending in the database: a gateway killed
+/// outright while holding them loses none, and they are counted once, from the usage rows.
+#[tokio::test]
+async fn a_gateway_killed_while_holding_rollup_sums_loses_none_of_them() {
+    let mock = Mock::start().await;
+    let url = mock.url();
+    let extra = [
+        ("LITELLM_SERVER_1_URL", url.as_str()),
+        ("LITELLM_SERVER_1_MODELS", MODELS),
+        // Held until the kill; the burst below goes in one batch.
+        ("BLUESMINDS_USAGE__ROLLUP_INTERVAL_MS", "60000"),
+        ("BLUESMINDS_USAGE__FLUSH_INTERVAL_MS", "2000"),
+    ];
+    let (db, env) = support::shared_backends(&extra).await;
+    let env = support::env_refs(&env);
+    let mut gw = Gateway::start(&[], &env).await;
+    let cookie = support::signup(gw.addr, "keys@example.com").await;
+    support::set_tier(&gw, &cookie, "enterprise").await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        keys.push(support::create_key(gw.addr, &cookie, &json!({"name": format!("k{i}")})).await);
+    }
+    let body =
+        json!({"model": "gpt-4", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+    let count = |sql: &'static str| {
+        let conn = db.store.connection();
+        async move {
+            sea_orm::ConnectionTrait::query_one_raw(
+                conn,
+                sea_orm::Statement::from_string(sea_orm::DatabaseBackend::Postgres, sql),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap()
+        }
+    };
+    let rows_reach = |n: i64| async move {
+        let started = std::time::Instant::now();
+        while count("SELECT count(*)::bigint AS n FROM usage_logs").await < n {
+            assert!(started.elapsed() < PATIENCE, "the usage rows never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Each key's first use waits for its bcrypt: one request each first, then all at once.
+    for key in &keys {
+        let r = support::post_with_key(gw.addr, "/v1/chat/completions", key, &body).await;
+        assert_eq!(r.status, 200);
+    }
+    rows_reach(20).await;
+    let pending = "SELECT count(*)::bigint AS n FROM usage_rollup_pending";
+    let before = count(pending).await;
+    let calls = keys.iter().cycle().take(60).map(|key| {
+        let (key, body) = (key.clone(), body.clone());
+        let addr = gw.addr;
+        async move { support::post_with_key(addr, "/v1/chat/completions", &key, &body).await.status }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    rows_reach(80).await;
+    let rolled = "SELECT COALESCE(SUM(requests), 0)::bigint AS n FROM usage_daily";
+    assert!(count(pending).await > before, "the batch of 20 keys is held");
+    assert!(count(rolled).await <= 20, "its rollup sums are not written yet");
+
+    let st = tokio::process::Command::new("kill")
+        .args(["-KILL", &gw.pid().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(gw.wait().await.0, None, "killed by a signal");
+    // What the next gateway to look (or an invoice run) does with the batches it left.
+    let next = gateway_store::SqlUsageStore::new(db.store.clone());
+    assert!(next.sum_pending_batches().await.unwrap() >= 1);
+    assert_eq!(count(rolled).await, 80, "every request counted once");
+    assert_eq!(count(pending).await, 0);
+    let per_key = "SELECT (count(*) * 100 + min(requests))::bigint AS n FROM usage_daily";
+    assert_eq!(count(per_key).await, 20 * 100 + 4, "20 rows (one per key) of 4 requests");
+}

@@ -620,12 +620,6 @@ impl KeyVerifier {
         }
     }
 
-    /// Forgets everything.
-    pub fn clear(&self) {
-        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.evict(&mut cache, |_| true);
-    }
-
     /// Number of cached entries (positive and negative).
     pub fn cached_entries(&self) -> usize {
         self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()

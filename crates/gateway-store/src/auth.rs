@@ -1,7 +1,5 @@
 //! SQL adapter of the auth ports (users and API keys).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use gateway_auth::{
     AdminUserUpdate, AuthError, KeyRecord, KeyStore, KeyUpdate, NewUser, ProfileUpdate,
@@ -513,7 +511,7 @@ impl KeyStore for SqlAuthStore {
             .bind(times)
             .execute(conn.get_postgres_connection_pool())
             .await
-            .map_err(|e| db_err(DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
+            .map_err(|e| db_err(crate::error::sqlx_db_err(e)))?;
             return Ok(());
         }
         // SQLite: one short transaction per batch.

@@ -672,9 +672,9 @@ impl InvoiceStore for SqlBillingStore {
         now: OffsetDateTime,
     ) -> Result<CloseReport, InvoiceStoreError> {
         // Usage sums gateways still hold as pending batches go into the rollup first.
-        crate::usage::sum_all_pending(&self.store).await.map_err(|e| {
-            invoice_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
-        })?;
+        crate::usage::sum_all_pending(&self.store)
+            .await
+            .map_err(|e| InvoiceStoreError::Store(Box::new(e)))?;
         let txn = self.store.connection().begin().await.map_err(invoice_err)?;
         match self.close_in(&txn, period, plans, grace, now).await {
             Ok(report) => {

@@ -15,3 +15,9 @@ pub enum StoreError {
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
 }
+
+/// A statement run through sqlx directly (the Postgres fast paths) that failed, as SeaORM
+/// reports one.
+pub(crate) fn sqlx_db_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
+}

@@ -29,7 +29,6 @@ mod servers;
 pub mod testing;
 mod usage;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -119,9 +118,7 @@ impl Store {
             return Migrator::up(&self.db, None).await.map_err(StoreError::Migrate);
         }
         let pool = self.db.get_postgres_connection_pool();
-        let sql_err = |e: sqlx::Error| {
-            StoreError::Migrate(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
-        };
+        let sql_err = |e: sqlx::Error| StoreError::Migrate(error::sqlx_db_err(e));
         let mut lock = pool.acquire().await.map_err(sql_err)?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATE_LOCK)

@@ -47,7 +47,7 @@ pub struct SqlUsageStore {
 
 /// Rollup sums of stored batches, added up in memory until they are written; each batch
 /// also has its row in `usage_rollup_pending` until then (see [`SqlUsageStore::fold_rollup`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Held {
     rows: std::collections::BTreeMap<(UserId, time::Date, Option<ApiKeyId>, String), DayRow>,
     /// The batches' `usage_rollup_pending` ids.
@@ -113,18 +113,7 @@ pub enum InsertMethod {
 
 impl SqlUsageStore {
     pub fn new(store: Store) -> Self {
-        Self {
-            store,
-            method: InsertMethod::default(),
-            interval: None,
-            held: Arc::new(std::sync::Mutex::new(Held {
-                rows: std::collections::BTreeMap::new(),
-                batches: Vec::new(),
-                since: None,
-                swept: None,
-                failing: false,
-            })),
-        }
+        Self { store, method: InsertMethod::default(), interval: None, held: Arc::default() }
     }
 
     /// On Postgres, adds the rollup sums of stored batches up in memory for `interval` and
@@ -216,9 +205,7 @@ impl UsageStore for SqlUsageStore {
             }
             return inserted.map(drop).map_err(|e| {
                 let refused = refuses_data(&e);
-                let e = StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
-                    Arc::new(e),
-                )));
+                let e = StoreError::Db(crate::error::sqlx_db_err(e));
                 if refused {
                     UsageError::Rejected(Box::new(e))
                 } else {
@@ -293,9 +280,7 @@ impl UsageStore for SqlUsageStore {
                 if !std::mem::replace(&mut held.failing, true) {
                     tracing::warn!(error = %e, "cannot write the usage rollup; its sums are held and tried again");
                 }
-                Err(UsageError::Store(Box::new(StoreError::Db(sea_orm::DbErr::Exec(
-                    sea_orm::RuntimeErr::SqlxError(Arc::new(e)),
-                )))))
+                Err(UsageError::Store(Box::new(StoreError::Db(crate::error::sqlx_db_err(e)))))
             }
         }
     }
@@ -303,15 +288,18 @@ impl UsageStore for SqlUsageStore {
     fn rollup_due_in(&self) -> Option<std::time::Duration> {
         let interval = self.deferred()?;
         let held = self.lock_held();
-        let fold = match held.since {
-            Some(_) if held.rows.len() >= HELD_ROWS_MAX => std::time::Duration::ZERO,
-            Some(t) => interval.saturating_sub(t.elapsed()),
-            None => SWEEP_EVERY,
-        };
         let sweep = held
             .swept
             .map_or(std::time::Duration::ZERO, |t| SWEEP_EVERY.saturating_sub(t.elapsed()));
-        Some(fold.min(sweep))
+        // Sums held: due an interval after the oldest, or at once past the row limit.
+        let fold = held.since.map(|t| {
+            if held.rows.len() >= HELD_ROWS_MAX {
+                std::time::Duration::ZERO
+            } else {
+                interval.saturating_sub(t.elapsed())
+            }
+        });
+        Some(fold.map_or(sweep, |f| f.min(sweep)))
     }
 }
 
@@ -320,9 +308,7 @@ impl SqlUsageStore {
     /// them when they find them gone), waiting for batches being written; returns how many it
     /// summed. Invoices call it before they read the rollup.
     pub async fn sum_pending_batches(&self) -> Result<u64, StoreError> {
-        sum_all_pending(&self.store).await.map_err(|e| {
-            StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))
-        })
+        sum_all_pending(&self.store).await
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -679,7 +665,7 @@ async fn write_held(
     txn.rollback().await?;
     tracing::info!(
         batches = batches.len(),
-        left = deleted,
+        found = deleted,
         "usage rollup: some held batches were summed elsewhere; summing the rest from usage_logs"
     );
     sum_pending(pool, Pending::Ids(batches)).await.map(drop)
@@ -721,25 +707,26 @@ async fn sum_pending(pool: &sqlx::PgPool, which: Pending<'_>) -> Result<u64, sql
             txn.commit().await?;
             return Ok(summed);
         }
-        let mut records = Vec::new();
+        // The chunk's usage rows in one read: its request ids, within its time range.
+        let (mut ids, mut first, mut last) = (Vec::<uuid::Uuid>::new(), None, None);
         for batch in &taken {
-            let ids: Vec<uuid::Uuid> = batch.try_get(0)?;
-            let first: time::OffsetDateTime = batch.try_get(1)?;
-            let last: time::OffsetDateTime = batch.try_get(2)?;
-            let rows = sqlx::query(
-                "SELECT user_id, created_at, api_key_id, model, is_error, prompt_tokens, \
-                 completion_tokens, total_tokens, cost_micros, latency_ms FROM usage_logs \
-                 WHERE request_id = ANY($1) AND created_at BETWEEN $2 AND $3",
-            )
-            .bind(&ids)
-            .bind(first)
-            .bind(last)
-            .fetch_all(&mut *txn)
-            .await?;
-            for row in rows {
-                records.push(summed_record(&row)?);
-            }
+            ids.extend(batch.try_get::<Vec<uuid::Uuid>, _>(0)?);
+            let (a, b): (time::OffsetDateTime, time::OffsetDateTime) =
+                (batch.try_get(1)?, batch.try_get(2)?);
+            first = Some(first.map_or(a, |f| Ord::min(f, a)));
+            last = Some(last.map_or(b, |l| Ord::max(l, b)));
         }
+        let rows = sqlx::query(
+            "SELECT user_id, created_at, api_key_id, model, is_error, prompt_tokens, \
+             completion_tokens, total_tokens, cost_micros, latency_ms FROM usage_logs \
+             WHERE request_id = ANY($1) AND created_at BETWEEN $2 AND $3",
+        )
+        .bind(&ids)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *txn)
+        .await?;
+        let records = rows.iter().map(summed_record).collect::<Result<Vec<_>, _>>()?;
         upsert_rollup(&mut txn, &rollup::rollup(&records)).await?;
         txn.commit().await?;
         summed += taken.len() as u64;
@@ -776,11 +763,13 @@ fn summed_record(row: &sqlx::postgres::PgRow) -> Result<UsageRecord, sqlx::Error
 
 /// Sums every pending batch into the rollup, waiting for those being written (Postgres; the
 /// other backends hold none): what an invoice reads is then complete.
-pub(crate) async fn sum_all_pending(store: &Store) -> Result<u64, sqlx::Error> {
+pub(crate) async fn sum_all_pending(store: &Store) -> Result<u64, StoreError> {
     if store.backend() != DatabaseBackend::Postgres {
         return Ok(0);
     }
-    sum_pending(store.connection().get_postgres_connection_pool(), Pending::All).await
+    sum_pending(store.connection().get_postgres_connection_pool(), Pending::All)
+        .await
+        .map_err(|e| StoreError::Db(crate::error::sqlx_db_err(e)))
 }
 
 /// Most rollup rows one upsert statement carries: a connection keeps a buffer as large as the

@@ -609,6 +609,49 @@ async fn sql_ledger_meets_the_ledger_contract() {
     }
 }
 
+/// Closing a period while a gateway holds the rollup sums of a batch of many keys invoices
+/// them: the close sums pending batches before it reads the rollup, so the usage and the
+/// overage charged are the records', to the micro-dollar.
+#[tokio::test]
+async fn closing_a_period_counts_the_usage_a_gateway_holds() {
+    use gateway_billing::invoice::{BillingPeriod, InvoiceStore};
+    use gateway_usage::{UsageRecord, UsageStore};
+    for backend in backends() {
+        let db = TestDb::migrated(backend).await;
+        let alice = user_on(&db, "alice@example.com", Tier::Starter).await;
+        let now = OffsetDateTime::now_utc();
+        let period = BillingPeriod::containing(now);
+        let held = gateway_store::SqlUsageStore::new(db.store.clone())
+            .with_rollup_interval(std::time::Duration::from_hours(1));
+        // 20 keys of 30,000 tokens each: 600,000, 100,000 past Starter's included tokens.
+        let records: Vec<UsageRecord> = held_records(alice, 20, 1)
+            .into_iter()
+            .map(|r| UsageRecord {
+                created_at: period.starts_at() + time::Duration::minutes(30),
+                prompt_tokens: 30_000,
+                completion_tokens: 0,
+                total_tokens: 30_000,
+                cost_micros: 150,
+                ..r
+            })
+            .collect();
+        held.insert_batch(&records).await.unwrap();
+        let billing = gateway_store::SqlBillingStore::new(db.store.clone());
+        let plans: Vec<_> =
+            Tier::ALL.iter().map(|t| std::sync::Arc::new(t.default_plan())).collect();
+        let report =
+            billing.close_period(period, &plans, time::Duration::days(14), now).await.unwrap();
+        assert_eq!(report.created, 1, "{backend:?}");
+        let a = billing.invoice_for(alice, period).await.unwrap().unwrap();
+        assert_eq!((a.charges.used_tokens, a.charges.overage_tokens), (600_000, 100_000));
+        assert_eq!(a.charges.usage_cost_micros, 3_000, "{backend:?}");
+        assert_eq!(a.total_micros, 29_200_000, "{backend:?}: the fee and 100,000 tokens over");
+        // The gateway finds its batch summed and drops what it held: nothing counted twice.
+        held.fold_rollup(true).await.unwrap();
+        assert_eq!(billing.period_usage(alice, period).await.unwrap().tokens, 600_000);
+    }
+}
+
 #[tokio::test]
 async fn closing_a_period_invoices_fees_and_overage_once_and_credits_pay_what_they_can() {
     use gateway_billing::invoice::{

@@ -128,6 +128,7 @@ impl App {
             Arc::new(SystemClock),
             VerifierConfig {
                 ttl: Duration::from_millis(a.key_cache_ttl_ms),
+                ttl_with_bus: Duration::from_millis(a.key_cache_bus_ttl_ms),
                 negative_ttl: Duration::from_millis(a.key_cache_ttl_ms),
                 bcrypt_cost: a.key_bcrypt_cost,
                 stale_grace: Duration::from_secs(a.key_cache_grace_secs),

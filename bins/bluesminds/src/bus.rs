@@ -62,14 +62,17 @@ pub struct Reloads {
 
 /// Applies what the bus says for as long as the process runs. After every (re)subscription
 /// every cached key is looked up again at its next use (without bcrypt) and the pool, plans
-/// and prices reloaded, since messages may have been missed.
+/// and prices reloaded, since messages may have been missed; while subscribed, keys are
+/// trusted for `auth.key_cache_bus_ttl_ms`, and from a lost subscription on for
+/// `auth.key_cache_ttl_ms` again.
 pub async fn listen(bus: Bus, verifier: Arc<KeyVerifier>, reloads: Reloads) {
     bus.listen(move |heard| match heard {
         Heard::Subscribed => {
-            verifier.expire_all();
+            verifier.bus_subscribed();
             (reloads.servers)();
             (reloads.billing)();
         }
+        Heard::Lost => verifier.bus_lost(),
         Heard::Changed(Invalidation::Servers) => (reloads.servers)(),
         Heard::Changed(Invalidation::Billing) => (reloads.billing)(),
         Heard::Changed(Invalidation::Key(id)) => verifier.invalidate_key(id),

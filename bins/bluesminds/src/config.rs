@@ -177,6 +177,10 @@ pub struct AuthConfig {
     /// How long a verified key is trusted without looking again (revocations reach other
     /// instances within a second through Redis, within this time without it).
     pub key_cache_ttl_ms: u64,
+    /// How long instead while the Redis invalidation bus is subscribed: every change made
+    /// through the gateway reaches every instance at once then, so this bounds only changes
+    /// made to the database directly. A value below `key_cache_ttl_ms` counts as it.
+    pub key_cache_bus_ttl_ms: u64,
     /// How long past `key_cache_ttl_ms` a verified key keeps working while it is looked up
     /// again in the background, and while the database cannot be reached.
     pub key_cache_grace_secs: u64,
@@ -200,6 +204,7 @@ impl Default for AuthConfig {
             session_ttl_secs: 7 * 24 * 3600,
             key_rotation_grace_secs: 0,
             key_cache_ttl_ms: 30_000,
+            key_cache_bus_ttl_ms: 300_000,
             key_cache_grace_secs: 600,
             login_slowdown_after: 3,
             login_lockout_after: 10,
@@ -219,6 +224,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("session_ttl_secs", &self.session_ttl_secs)
             .field("key_rotation_grace_secs", &self.key_rotation_grace_secs)
             .field("key_cache_ttl_ms", &self.key_cache_ttl_ms)
+            .field("key_cache_bus_ttl_ms", &self.key_cache_bus_ttl_ms)
             .field("key_cache_grace_secs", &self.key_cache_grace_secs)
             .field("admin_emails", &self.admin_emails)
             .field("login_slowdown_after", &self.login_slowdown_after)

@@ -752,6 +752,64 @@ async fn revocation_reaches_a_second_instance_through_redis() {
     assert_eq!(with_key(b.addr, "/api/v1/models", &new_key).await.status, 200);
 }
 
+/// While the Redis bus is subscribed, a verified key is trusted for
+/// `auth.key_cache_bus_ttl_ms` (every change made through the gateway reaches every instance at
+/// once); from the moment the subscription is lost, for `auth.key_cache_ttl_ms` again. A key
+/// revoked in the database behind the gateway's back stays accepted past the short TTL while the
+/// bus is up, and is refused once Redis is gone.
+#[tokio::test]
+async fn a_lost_bus_brings_the_key_cache_back_to_its_short_ttl() {
+    let extra = [
+        ("BLUESMINDS_AUTH__KEY_CACHE_TTL_MS", "1000"),
+        ("BLUESMINDS_AUTH__KEY_CACHE_BUS_TTL_MS", "3600000"),
+        MODELS_ENV[0],
+        MODELS_ENV[1],
+    ];
+    let (db, mut env) = support::shared_backends(&extra).await;
+    let mut redis = support::PrivateRedis::start().await;
+    env.retain(|(k, _)| k != "REDIS_URL");
+    env.push(("REDIS_URL".into(), redis.url()));
+    let gw = Gateway::start(&[], &support::env_refs(&env)).await;
+    let bus_subscribed = |want: &'static str| async move {
+        let started = std::time::Instant::now();
+        loop {
+            let metrics = support::request(gw.addr, "GET", "/metrics", b"").await;
+            let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+            if text.lines().any(|l| l == format!("bluesminds_invalidation_bus_subscribed {want}")) {
+                return;
+            }
+            assert!(started.elapsed() < PATIENCE, "the bus is never {want}: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    bus_subscribed("1").await;
+    let s = signup_and_login(gw.addr, "bus@example.com").await;
+    let (id, key) = create_key(gw.addr, &s, json!({"name": "k"})).await;
+    assert_eq!(with_key(gw.addr, "/api/v1/models", &key).await.status, 200, "cached");
+    let revoke = format!("UPDATE api_keys SET revoked_at = now() WHERE id = '{id}'");
+    sea_orm::ConnectionTrait::execute_unprepared(db.store.connection(), &revoke).await.unwrap();
+    // Twice the short TTL later, still trusted: no instance was told, and the bus is up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..3 {
+        assert_eq!(with_key(gw.addr, "/api/v1/models", &key).await.status, 200);
+    }
+    redis.stop().await;
+    bus_subscribed("0").await;
+    // The entry is past its short TTL: its next use reads the record again (in the
+    // background, the request served from the entry meanwhile), and then it is refused.
+    let started = std::time::Instant::now();
+    loop {
+        let r = with_key(gw.addr, "/api/v1/models", &key).await;
+        if r.status == 401 {
+            assert!(r.openai_error()["message"].as_str().unwrap().contains("revoked"));
+            break;
+        }
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(started.elapsed() < PATIENCE, "the revoked key is still accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The audit log through the binary: sign-ins that fail and succeed, a key made and revoked, an
 /// admin's change to the user and an anonymous attempt are recorded with actor, target,
 /// outcome, address and request id; admins read and filter them in pages; the user sees their

@@ -21,6 +21,14 @@
 //! unreachable database refuses it ([`VerifyError::Unavailable`]): a database error never
 //! makes a key valid that was not verified before. Revocations published on the bus remove
 //! entries at once, outage or not.
+//!
+//! While the invalidation bus is subscribed (and answering its heartbeat), every change made
+//! through any instance reaches this cache at once, so an entry whose record was read after
+//! the subscription was made is trusted for [`VerifierConfig::ttl_with_bus`] instead of
+//! [`VerifierConfig::ttl`]: with 10,000 keys in use, a tenth of the record reads. When the
+//! subscription is lost ([`KeyVerifier::bus_lost`]) every entry falls back to its `ttl` at
+//! once, with no pass over the cache: a change missed since is seen within `ttl` of its
+//! record's read, as without a bus.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -111,6 +119,10 @@ pub struct VerifierConfig {
     /// How long a verified key is trusted without looking again (each entry up to a fifth
     /// less, spread by its key).
     pub ttl: Duration,
+    /// How long, instead, while the invalidation bus is subscribed (from before the record
+    /// was read until now): changes made through the gateway reach the cache at once, so
+    /// this bounds only changes made around it (in the database directly). At least `ttl`.
+    pub ttl_with_bus: Duration,
     /// How long a refused key is refused without looking again.
     pub negative_ttl: Duration,
     /// Most cached entries (positive and negative).
@@ -138,6 +150,7 @@ impl Default for VerifierConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self {
             ttl: Duration::from_secs(30),
+            ttl_with_bus: Duration::from_mins(5),
             negative_ttl: Duration::from_secs(30),
             max_entries: 100_000,
             max_concurrent_bcrypt: (cores / 2).max(1),
@@ -154,11 +167,18 @@ enum Cached {
     /// the refresh reads the record again, but runs no bcrypt.
     Valid {
         principal: Arc<Principal>,
+        /// Its end by [`VerifierConfig::ttl`].
         until_ms: i64,
+        /// Its end by [`VerifierConfig::ttl_with_bus`], which applies while the bus has been
+        /// subscribed since before `read_at_ms`.
+        bus_until_ms: i64,
+        /// When its record was read (the read started).
+        read_at_ms: i64,
         verified: Verified,
-        /// Until when it may be served while it is refreshed: `until_ms` plus the grace, never
-        /// past the key's expiry or the end of a rotated secret's grace period.
-        serve_until_ms: i64,
+        /// What it is never served past, refreshed or not: the key's expiry, the end of a
+        /// rotated secret's grace period (`i64::MAX`: neither). Before that, it may be served
+        /// for the grace past its end while it is refreshed.
+        hard_end_ms: i64,
         /// When a background refresh may start next (first at `until_ms`; pushed back by
         /// [`REFRESH_RETRY`] when one starts, so one runs at a time).
         refresh_after_ms: AtomicI64,
@@ -172,9 +192,12 @@ enum Cached {
 }
 
 impl Cached {
+    /// The latest it may be trusted without looking again.
     fn until_ms(&self) -> i64 {
         match self {
-            Cached::Valid { until_ms, .. } | Cached::Refused { until_ms, .. } => *until_ms,
+            Cached::Valid { bus_until_ms: until_ms, .. } | Cached::Refused { until_ms, .. } => {
+                *until_ms
+            }
         }
     }
 
@@ -232,6 +255,9 @@ pub struct KeyVerifier {
     bcrypt_runs: AtomicU64,
     /// Last uses of entries dropped from the cache before they were flushed.
     orphaned_uses: Mutex<Vec<(ApiKeyId, i64)>>,
+    /// When the invalidation bus's current subscription was made (unix ms); `i64::MAX`
+    /// while there is none.
+    bus_since_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for KeyVerifier {
@@ -273,6 +299,7 @@ impl KeyVerifier {
             bcrypt_micros: AtomicU64::new(estimate / 4),
             bcrypt_runs: AtomicU64::new(0),
             orphaned_uses: Mutex::default(),
+            bus_since_ms: AtomicI64::new(i64::MAX),
         })
     }
 
@@ -338,32 +365,51 @@ impl KeyVerifier {
 
     fn cached(&self, digest: &[u8; 32], now: i64) -> Lookup {
         let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.get(digest) {
-            Some(Cached::Valid { principal, until_ms, .. }) if *until_ms > now => {
-                principal.last_used_ms.store(now, Ordering::Relaxed);
-                Lookup::Hit(Ok(principal.clone()))
+        let (principal, verified, end, hard_end_ms, refresh_after_ms) = match cache.get(digest) {
+            None => return Lookup::Miss,
+            Some(Cached::Refused { error, until_ms, .. }) => {
+                return if *until_ms > now { Lookup::Hit(Err(*error)) } else { Lookup::Miss };
             }
             Some(Cached::Valid {
-                principal, verified, serve_until_ms, refresh_after_ms, ..
-            }) if *serve_until_ms > now => {
-                principal.last_used_ms.store(now, Ordering::Relaxed);
-                let due = refresh_after_ms.load(Ordering::Relaxed);
-                let retry = now + REFRESH_RETRY.as_millis() as i64;
-                if due <= now
-                    && refresh_after_ms
-                        .compare_exchange(due, retry, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
+                principal,
+                verified,
+                until_ms,
+                bus_until_ms,
+                read_at_ms,
+                hard_end_ms,
+                refresh_after_ms,
+            }) => {
+                // Past `ttl`, it lasts to `ttl_with_bus` if the bus has been subscribed since
+                // before its record was read.
+                let end = if *until_ms > now
+                    || self.bus_since_ms.load(Ordering::Relaxed) >= *read_at_ms
                 {
-                    return Lookup::Refresh(principal.clone(), verified.clone());
-                }
-                Lookup::Hit(Ok(principal.clone()))
+                    *until_ms
+                } else {
+                    *bus_until_ms
+                };
+                (principal, verified, end, *hard_end_ms, refresh_after_ms)
             }
-            Some(Cached::Refused { error, until_ms, .. }) if *until_ms > now => {
-                Lookup::Hit(Err(*error))
-            }
-            Some(Cached::Valid { verified, .. }) => Lookup::Stale(verified.clone()),
-            _ => Lookup::Miss,
+        };
+        if end > now {
+            principal.last_used_ms.store(now, Ordering::Relaxed);
+            return Lookup::Hit(Ok(principal.clone()));
         }
+        let grace = self.config.stale_grace.as_millis() as i64;
+        if end.saturating_add(grace).min(hard_end_ms) <= now {
+            return Lookup::Stale(verified.clone());
+        }
+        principal.last_used_ms.store(now, Ordering::Relaxed);
+        let due = refresh_after_ms.load(Ordering::Relaxed);
+        let retry = now + REFRESH_RETRY.as_millis() as i64;
+        if due <= now
+            && refresh_after_ms
+                .compare_exchange(due, retry, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Lookup::Refresh(principal.clone(), verified.clone());
+        }
+        Lookup::Hit(Ok(principal.clone()))
     }
 
     /// bcrypt verifications run so far (misses of keys not seen with their current hash).
@@ -377,6 +423,7 @@ impl KeyVerifier {
         digest: [u8; 32],
         stale: Option<Verified>,
     ) -> Result<Arc<Principal>, VerifyError> {
+        let read_at_ms = self.clock.now_unix_ms();
         let prefix = format!("bm_{}", parsed.prefix);
         let record = match self.keys.find_key_by_prefix(&prefix).await {
             Ok(r) => r,
@@ -451,8 +498,10 @@ impl KeyVerifier {
         }
         // Up to a fifth shorter, by the key's digest: keys verified together (a restart, a
         // burst of new clients) do not all look again in the same instant.
-        let spread = self.config.ttl.mul_f64(f64::from(digest[0]) / 255.0 / 5.0);
-        let mut until = now + self.config.ttl.saturating_sub(spread);
+        let share = f64::from(digest[0]) / 255.0 / 5.0;
+        let ttl_with_bus = self.config.ttl_with_bus.max(self.config.ttl);
+        let mut until = now + self.config.ttl.saturating_sub(self.config.ttl.mul_f64(share));
+        let mut bus_until = now + ttl_with_bus.saturating_sub(ttl_with_bus.mul_f64(share));
         // What no stale entry outlives: the key's expiry, a rotated secret's last moment.
         let mut hard_end = meta.expires_at;
         if let (SecretMatch::Previous, Some(grace_end)) = (&matched, previous_until) {
@@ -460,10 +509,7 @@ impl KeyVerifier {
         }
         if let Some(end) = hard_end {
             until = until.min(end);
-        }
-        let mut serve_until = until + self.config.stale_grace;
-        if let Some(end) = hard_end {
-            serve_until = serve_until.min(end);
+            bus_until = bus_until.min(end);
         }
         let verified = Verified {
             hash: match matched {
@@ -492,8 +538,10 @@ impl KeyVerifier {
             Cached::Valid {
                 principal: principal.clone(),
                 until_ms,
+                bus_until_ms: unix_ms(bus_until),
+                read_at_ms,
                 verified,
-                serve_until_ms: unix_ms(serve_until),
+                hard_end_ms: hard_end.map_or(i64::MAX, unix_ms),
                 refresh_after_ms: AtomicI64::new(until_ms),
             },
         );
@@ -613,11 +661,27 @@ impl KeyVerifier {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.evict(&mut cache, |c| matches!(c, Cached::Refused { .. }));
         for entry in cache.values_mut() {
-            if let Cached::Valid { until_ms, serve_until_ms, .. } = entry {
+            if let Cached::Valid { until_ms, bus_until_ms, hard_end_ms, .. } = entry {
                 *until_ms = i64::MIN;
-                *serve_until_ms = i64::MIN;
+                *bus_until_ms = i64::MIN;
+                *hard_end_ms = i64::MIN;
             }
         }
+    }
+
+    /// The invalidation bus has (re)subscribed: invalidations may have been missed before,
+    /// so every entry is expired ([`Self::expire_all`]); records read from now on are trusted
+    /// for [`VerifierConfig::ttl_with_bus`].
+    pub fn bus_subscribed(&self) {
+        self.bus_since_ms.store(self.clock.now_unix_ms(), Ordering::Relaxed);
+        self.expire_all();
+    }
+
+    /// The invalidation bus's subscription ended: every entry is trusted for its
+    /// [`VerifierConfig::ttl`] only, from now until the next [`Self::bus_subscribed`] (whose
+    /// records are then read again).
+    pub fn bus_lost(&self) {
+        self.bus_since_ms.store(i64::MAX, Ordering::Relaxed);
     }
 
     /// Number of cached entries (positive and negative).
@@ -979,6 +1043,48 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &again), "read again from the store");
         assert_eq!(v.bcrypt_runs(), 2, "no bcrypt for either");
         assert_eq!(v.cached_entries(), 2);
+    }
+
+    /// While the bus is subscribed, an entry read after the subscription was made is trusted
+    /// for `ttl_with_bus` (5 min) instead of `ttl` (30 s); from the moment the subscription is
+    /// lost every entry is trusted for its `ttl` only, so a change the bus missed is seen
+    /// within `ttl` of the record's read, as with no bus at all.
+    #[tokio::test]
+    async fn while_the_bus_is_subscribed_keys_are_trusted_longer_and_not_once_it_is_lost() {
+        let f = fixture(Duration::from_mins(5)).await;
+        let v = &f.verifier;
+        let lose =
+            f.accounts.create_key(f.user, NewKey::named("a", vec![Scope::Models])).await.unwrap();
+        let keep =
+            f.accounts.create_key(f.user, NewKey::named("b", vec![Scope::Models])).await.unwrap();
+        v.bus_subscribed();
+        f.clock.advance(time::Duration::seconds(1));
+        let first = v.verify(&lose.key).await.unwrap();
+        let kept = v.verify(&keep.key).await.unwrap();
+        // Revoked with no invalidation heard (this fixture's accounts tell no verifier).
+        f.accounts.revoke_key(f.user, lose.meta.id).await.unwrap();
+        f.clock.advance(time::Duration::seconds(40));
+        for _ in 0..3 {
+            let again = v.verify(&lose.key).await.unwrap();
+            assert!(Arc::ptr_eq(&first, &again), "past `ttl`, still trusted: no record read");
+        }
+        // The subscription is lost: past its `ttl`, the entry is read again.
+        v.bus_lost();
+        let stale = v.verify(&lose.key).await.unwrap();
+        assert_eq!(after_refresh(v, &lose.key, &stale).await.unwrap_err(), VerifyError::Revoked);
+        // Subscribed again: read again at its next use (it may have missed changes), then
+        // trusted until `ttl_with_bus`, less its spread of up to a fifth, and read again after.
+        v.bus_subscribed();
+        f.clock.advance(time::Duration::seconds(1));
+        let fresh = v.verify(&keep.key).await.unwrap();
+        assert!(!Arc::ptr_eq(&kept, &fresh), "read again after subscribing");
+        f.clock.advance(time::Duration::minutes(3) + time::Duration::seconds(59));
+        assert!(Arc::ptr_eq(&fresh, &v.verify(&keep.key).await.unwrap()));
+        f.clock.advance(time::Duration::minutes(1) + time::Duration::seconds(2));
+        let stale = v.verify(&keep.key).await.unwrap();
+        let refreshed = after_refresh(v, &keep.key, &stale).await.unwrap();
+        assert!(!Arc::ptr_eq(&fresh, &refreshed), "read again past `ttl_with_bus`");
+        assert_eq!(v.bcrypt_runs(), 2, "no bcrypt for any of it");
     }
 
     /// Calls `verify` until the background refresh an expired entry started has landed (the

@@ -1,8 +1,14 @@
 //! The invalidation bus between gateway instances, over Redis pub/sub: when a key is revoked,
 //! rotated or changed, a user suspended, or the server pool edited, every instance hears of it
 //! within a second and drops what it cached.
+//!
+//! A subscription can die without its socket closing (a half-open connection, a proxy or a
+//! partition that drops packets): the listener would wait for messages that never come. So
+//! the listener sends a `PING` on its subscription every [`HEARTBEAT`]; a ping unanswered
+//! within [`PING_TIMEOUT`] ends the subscription ([`Heard::Lost`]) and a new one is made. A
+//! dead subscription is so noticed within `HEARTBEAT + PING_TIMEOUT` (7 s).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -53,6 +59,9 @@ pub enum Heard {
     /// dropped whole.
     Subscribed,
     Changed(Invalidation),
+    /// The subscription ended (closed, or a heartbeat unanswered): messages may be missed
+    /// until the next [`Heard::Subscribed`]. A new subscription is being made.
+    Lost,
 }
 
 /// The channel of one deployment (its key prefix), on the shared connection.
@@ -62,16 +71,36 @@ pub struct Bus {
     channel: String,
     /// Failed publications and lost subscriptions, for the metrics.
     errors: std::sync::Arc<AtomicU64>,
+    /// Whether a subscription is up (answering its heartbeat), for the metrics.
+    subscribed: std::sync::Arc<AtomicBool>,
+    heartbeat: Duration,
 }
 
 /// How long a publication may take before it is given up.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a listener pings its subscription.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a heartbeat ping may go unanswered before the subscription is given up.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Bus {
     /// The channel is versioned, so two meanings never share it during a rolling deploy.
     pub fn new(conn: RedisConn, prefix: &str) -> Self {
-        Self { conn, channel: format!("{prefix}:v1:invalidate"), errors: std::sync::Arc::default() }
+        Self {
+            conn,
+            channel: format!("{prefix}:v1:invalidate"),
+            errors: std::sync::Arc::default(),
+            subscribed: std::sync::Arc::default(),
+            heartbeat: HEARTBEAT,
+        }
+    }
+
+    /// Pings the subscription this often instead of every [`HEARTBEAT`] (tests).
+    #[must_use]
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
     }
 
     pub fn channel(&self) -> &str {
@@ -81,6 +110,11 @@ impl Bus {
     /// Failed Redis calls of the bus so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether a listener of this bus (or a clone of it) is subscribed.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     /// Tells every instance (this one included) that `what` changed.
@@ -95,11 +129,19 @@ impl Bus {
     }
 
     /// Listens for as long as the future is polled, reconnecting with backoff (up to 30 s);
-    /// `on` hears [`Heard::Subscribed`] after every (re)subscription, then each message.
+    /// `on` hears [`Heard::Subscribed`] after every (re)subscription, then each message, and
+    /// [`Heard::Lost`] when a subscription ends.
     pub async fn listen(&self, on: impl Fn(Heard) + Send + Sync) {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match self.subscribe(&on).await {
+            let mut subscribed = false;
+            let ended = self.subscribe(&on, &mut subscribed).await;
+            if subscribed {
+                self.subscribed.store(false, Ordering::Relaxed);
+                on(Heard::Lost);
+                backoff = Duration::from_millis(250);
+            }
+            match ended {
                 Ok(()) => tracing::warn!("invalidation channel closed; reconnecting"),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -112,22 +154,43 @@ impl Bus {
         }
     }
 
-    async fn subscribe(&self, on: &(impl Fn(Heard) + Send + Sync)) -> Result<(), RedisError> {
+    /// One subscription, until it ends; `subscribed` is set once it was made.
+    async fn subscribe(
+        &self,
+        on: &(impl Fn(Heard) + Send + Sync),
+        subscribed: &mut bool,
+    ) -> Result<(), RedisError> {
         let mut pubsub = self.conn.subscriber(SUBSCRIBE_TIMEOUT).await?;
         pubsub.subscribe(&self.channel).await?;
         tracing::debug!(channel = %self.channel, "subscribed to invalidations");
+        *subscribed = true;
+        self.subscribed.store(true, Ordering::Relaxed);
         on(Heard::Subscribed);
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            match msg.get_payload::<String>() {
-                Ok(payload) => match Invalidation::parse(&payload) {
-                    Some(what) => on(Heard::Changed(what)),
-                    None => tracing::warn!(message = %payload, "ignoring unknown invalidation"),
-                },
-                Err(e) => tracing::warn!(error = %e, "unreadable invalidation"),
+        let (mut sink, mut messages) = pubsub.split();
+        let mut beat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    match msg.get_payload::<String>() {
+                        Ok(payload) => match Invalidation::parse(&payload) {
+                            Some(what) => on(Heard::Changed(what)),
+                            None => tracing::warn!(message = %payload, "ignoring unknown invalidation"),
+                        },
+                        Err(e) => tracing::warn!(error = %e, "unreadable invalidation"),
+                    }
+                }
+                _ = beat.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Err(RedisError::Timeout(PING_TIMEOUT)),
+                    }
+                }
             }
         }
-        Ok(())
     }
 }
 

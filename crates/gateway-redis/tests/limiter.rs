@@ -219,11 +219,15 @@ async fn a_redis_that_lost_its_counters_gets_the_quotas_back_before_it_admits_an
     assert!(matches!(refused, Decision::Refused { window: Window::UserMonth, .. }), "{refused:?}");
 }
 
-/// A TCP relay in front of Redis that the test can cut and restore.
+/// A TCP relay in front of Redis that the test can cut (its connections closed, no new ones
+/// until restored) or freeze (its connections carry no byte any more but stay open, as a
+/// half-open connection or a partition leaves them; new ones carry on).
 struct Relay {
     addr: std::net::SocketAddr,
     up: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Connections accepted before the latest freeze are frozen.
+    freezes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Relay {
@@ -234,20 +238,28 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
+        let freezes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up2, conns2, freezes2) = (up.clone(), conns.clone(), freezes.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     continue;
                 }
+                let freezes = freezes2.clone();
                 conns2.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
+                    let born = freezes.load(std::sync::atomic::Ordering::SeqCst);
+                    let Ok(out) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (a, b) = (inbound.into_split(), out.into_split());
+                    let live = || freezes.load(std::sync::atomic::Ordering::SeqCst) == born;
+                    tokio::join!(pipe(a.0, b.1, live), pipe(b.0, a.1, live));
                 }));
             }
         });
-        Relay { addr, up, conns }
+        Relay { addr, up, conns, freezes }
+    }
+
+    fn freeze(&self) {
+        self.freezes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -259,6 +271,25 @@ impl Relay {
 
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; once `live` says no, holds both open and
+/// carries nothing.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    live: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if !live() {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -533,6 +564,43 @@ async fn invalidations_reach_every_listener_of_the_deployment() {
     publisher.publish(Invalidation::Key(key)).await.unwrap();
     assert_eq!(rx.recv().await, Some(Heard::Changed(Invalidation::Key(key))));
     assert_eq!(publisher.errors(), 0);
+    listening.abort();
+}
+
+/// A subscription whose connection stops carrying bytes without closing (a half-open
+/// connection, a partition that drops packets) is noticed by its heartbeat: the listener hears
+/// `Lost` (so caches stop trusting the bus), subscribes again, and hears what is published
+/// next.
+#[tokio::test]
+async fn a_subscription_gone_silent_is_noticed_by_its_heartbeat_and_made_again() {
+    let prefix = format!("bmtest{}", uuid::Uuid::new_v4().simple());
+    let url = redis_url();
+    let relay = Relay::start(&url).await;
+    let listener = Bus::new(conn(&format!("redis://{}", relay.addr)), &prefix)
+        .with_heartbeat(Duration::from_millis(200));
+    let publisher = Bus::new(conn(&url), &prefix);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listening = tokio::spawn(async move {
+        listener
+            .listen(move |heard| {
+                let _ = tx.send(heard);
+            })
+            .await;
+    });
+    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Heard>| {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("heard nothing")
+    };
+    assert_eq!(next(&mut rx).await, Some(Heard::Subscribed));
+    // Answered heartbeats keep a live subscription: five of them, and nothing heard.
+    assert!(tokio::time::timeout(Duration::from_millis(1000), rx.recv()).await.is_err());
+    relay.freeze();
+    let missed = ApiKeyId::new();
+    publisher.publish(Invalidation::Key(missed)).await.unwrap();
+    assert_eq!(next(&mut rx).await, Some(Heard::Lost));
+    assert_eq!(next(&mut rx).await, Some(Heard::Subscribed));
+    let key = ApiKeyId::new();
+    publisher.publish(Invalidation::Key(key)).await.unwrap();
+    assert_eq!(next(&mut rx).await, Some(Heard::Changed(Invalidation::Key(key))));
     listening.abort();
 }
 

@@ -68,6 +68,9 @@ pub fn metrics(app: &App) -> Response<ResBody> {
     let bus_errors = app.bus.as_ref().map_or(0, gateway_redis::bus::Bus::errors);
     let mut text = app.metrics.render(&app.pool, &app.usage, bus_errors);
     crate::metrics::render_pipeline(&mut text, &app.pipeline, app.resilient.as_deref());
+    if let Some(bus) = &app.bus {
+        crate::metrics::render_bus(&mut text, bus.subscribed());
+    }
     if let Some(leased) = &app.leased {
         crate::metrics::render_leases(&mut text, leased.stats());
     }

@@ -307,7 +307,6 @@ pub fn render_leases(out: &mut String, stats: &gateway_ratelimit::LeaseStats) {
     }
 }
 
-/// What became of the trace spans handed to the OTLP exporter (only when tracing is on).
 /// Whether the invalidation bus is subscribed (with Redis only).
 pub fn render_bus(out: &mut String, subscribed: bool) {
     let _ = writeln!(
@@ -317,6 +316,7 @@ pub fn render_bus(out: &mut String, subscribed: bool) {
     );
 }
 
+/// What became of the trace spans handed to the OTLP exporter (only when tracing is on).
 pub fn render_traces(out: &mut String, stats: &gateway_otlp::ExportStats) {
     out.push_str("# HELP bluesminds_trace_spans_total Trace spans by outcome: exported, dropped (queue full) or failed (export failed or refused).\n# TYPE bluesminds_trace_spans_total counter\n");
     for (outcome, n) in

@@ -550,14 +550,7 @@ async fn invalidations_reach_every_listener_of_the_deployment() {
     let listener = Bus::new(conn(&url), &prefix);
     let publisher = Bus::new(conn(&url), &prefix);
     let other_deployment = Bus::new(conn(&url), &format!("{prefix}x"));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let listening = tokio::spawn(async move {
-        listener
-            .listen(move |heard| {
-                let _ = tx.send(heard);
-            })
-            .await;
-    });
+    let (listening, mut rx) = listening(listener);
     assert_eq!(rx.recv().await, Some(Heard::Subscribed));
     let key = ApiKeyId::new();
     other_deployment.publish(Invalidation::Servers).await.unwrap();
@@ -565,6 +558,20 @@ async fn invalidations_reach_every_listener_of_the_deployment() {
     assert_eq!(rx.recv().await, Some(Heard::Changed(Invalidation::Key(key))));
     assert_eq!(publisher.errors(), 0);
     listening.abort();
+}
+
+/// Runs `bus`'s listener in a task of its own; what it hears arrives on the receiver.
+fn listening(
+    bus: Bus,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Heard>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        bus.listen(move |heard| {
+            let _ = tx.send(heard);
+        })
+        .await;
+    });
+    (task, rx)
 }
 
 /// A subscription whose connection stops carrying bytes without closing (a half-open
@@ -579,14 +586,7 @@ async fn a_subscription_gone_silent_is_noticed_by_its_heartbeat_and_made_again()
     let listener = Bus::new(conn(&format!("redis://{}", relay.addr)), &prefix)
         .with_heartbeat(Duration::from_millis(200));
     let publisher = Bus::new(conn(&url), &prefix);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let listening = tokio::spawn(async move {
-        listener
-            .listen(move |heard| {
-                let _ = tx.send(heard);
-            })
-            .await;
-    });
+    let (listening, mut rx) = listening(listener);
     let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Heard>| {
         tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("heard nothing")
     };

@@ -164,8 +164,10 @@ impl Bus {
         pubsub.subscribe(&self.channel).await?;
         tracing::debug!(channel = %self.channel, "subscribed to invalidations");
         *subscribed = true;
-        self.subscribed.store(true, Ordering::Relaxed);
         on(Heard::Subscribed);
+        // After the listener has acted on it: whoever reads the gauge sees a subscription
+        // the caches already know of.
+        self.subscribed.store(true, Ordering::Relaxed);
         let (mut sink, mut messages) = pubsub.split();
         let mut beat =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);

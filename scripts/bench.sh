@@ -11,7 +11,8 @@
 # dated section into docs/BENCHMARKS.md above the previous ones.
 #
 # Knobs: BENCH_RUNS (rounds, 3), BENCH_CLOSED_SECONDS (per closed-loop run, 10), BENCH_KEYS
-# (distinct keys of the many-keys rounds, 10000; 0 skips them),
+# (distinct keys of the many-keys rounds, 10000; 0 skips them), BENCH_ROUND_WARM_SECONDS (the
+# same load, not measured, before each many-keys or one-key round, 10),
 # BENCH_RATES ("500 2000 5000"), BENCH_SECONDS (open-loop seconds per rate, 5),
 # BENCH_WRITE (1: update docs/BENCHMARKS.md).
 set -euo pipefail
@@ -21,6 +22,7 @@ OUT=target/bench
 RUNS=${BENCH_RUNS:-3}
 CLOSED_SECONDS=${BENCH_CLOSED_SECONDS:-10}
 KEYS_N=${BENCH_KEYS:-10000}
+ROUND_WARM_SECONDS=${BENCH_ROUND_WARM_SECONDS:-10}
 RATES=${BENCH_RATES:-"500 2000 5000"}
 SECONDS_PER_RATE=${BENCH_SECONDS:-5}
 WRITE=${BENCH_WRITE:-1}
@@ -107,12 +109,18 @@ if [ "$KEYS_N" -gt 0 ]; then
   WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/keys.txt" \
     wrk_load "warmup-keys" "${URL[gateway]}" "" -c32 -d20s
   # The one-key rounds use the same wrk script (a file of one key): the same client cost.
+  # Each measured round follows BENCH_ROUND_WARM_SECONDS of the same load, not measured: the
+  # target is keys in continuous use, and a round begun straight after the other kind would
+  # find every key's lease ended by it (10,000 claims at once), as `just bench-keys-cpu` does.
   echo "$KEY" > "$OUT/one-key.txt"
   for run in $(seq 1 "$RUNS"); do
-    WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/one-key.txt" \
-      wrk_load "keys-one-c32-$run" "${URL[gateway]}" "" -c32 "-d${CLOSED_SECONDS}s"
-    WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/keys.txt" \
-      wrk_load "keys-many-c32-$run" "${URL[gateway]}" "" -c32 "-d${CLOSED_SECONDS}s"
+    for which in one many; do
+      if [ "$which" = one ]; then file="$OUT/one-key.txt"; else file="$OUT/keys.txt"; fi
+      WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$file" \
+        wrk_load "warmup-keys-$which-$run" "${URL[gateway]}" "" -c32 "-d${ROUND_WARM_SECONDS}s"
+      WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$file" \
+        wrk_load "keys-$which-c32-$run" "${URL[gateway]}" "" -c32 "-d${CLOSED_SECONDS}s"
+    done
   done
   record "{\"phase\":\"rss\",\"what\":\"keys\",\"kib\":$(rss_kib "$GW_PID")}"
   rm -f "$OUT/keys.txt" "$OUT/one-key.txt"

@@ -657,7 +657,7 @@ impl KeyVerifier {
     /// again, as past its grace (so a key revoked meanwhile is refused), but runs no bcrypt
     /// unless its hash changed; refusals are forgotten. Dropping the entries instead would
     /// make every key in use cost a bcrypt at once (10,000 keys: minutes of one core).
-    pub fn expire_all(&self) {
+    fn expire_all(&self) {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.evict(&mut cache, |c| matches!(c, Cached::Refused { .. }));
         for entry in cache.values_mut() {

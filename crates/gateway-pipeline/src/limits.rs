@@ -1,5 +1,6 @@
 //! Rate limits and quotas on the request path: a reservation before forwarding, a settlement
-//! after, sent off the response's path in batches.
+//! after (in the key's lease when one holds it, else sent off the response's path in
+//! batches).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -78,9 +79,10 @@ impl Limiting {
         }
     }
 
-    /// Replaces the reservation's estimate with `actual` tokens, in the background.
+    /// Replaces the reservation's estimate with `actual` tokens: at once when the limiter can
+    /// without I/O (a live lease), else in the background.
     pub fn settle(&self, reservation: Reservation, actual: u64) {
-        if reservation.tokens == actual {
+        if reservation.tokens == actual || self.limiter.settle_in_place(&reservation, actual) {
             return;
         }
         self.pending.count.fetch_add(1, Ordering::AcqRel);

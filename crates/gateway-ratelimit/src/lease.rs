@@ -449,6 +449,12 @@ impl RateLimiter for LeasedLimiter {
         Ok(Decision::Allowed { reservation, snapshot })
     }
 
+    /// A request admitted under the key's live lease settles in it: a lock, no I/O.
+    fn settle_in_place(&self, r: &Reservation, actual_tokens: u64) -> bool {
+        r.lease != 0
+            && self.settle_in_lease(r, &Used { requests: r.requests, tokens: actual_tokens })
+    }
+
     /// Settlements of requests whose lease lives stay in the lease; the others go to the
     /// shared limiter (the unused parts of ended leases go with [`LeasedLimiter::expire`]).
     async fn adjust(&self, used: &[(Reservation, Used)]) -> Result<(), LimitError> {
@@ -560,6 +566,26 @@ mod tests {
         };
         l.settle(&r, 1).await.unwrap();
         assert!(shared.calls.lock().unwrap().is_empty(), "settled inside the live lease");
+    }
+
+    #[tokio::test]
+    async fn only_a_live_lease_settles_in_place() {
+        let shared = Arc::new(Flaky::default());
+        let l = LeasedLimiter::new(shared.clone(), LeaseConfig::default());
+        let w = leased(&l).await;
+        let r = match l.reserve(&w, 5, T0).await.unwrap() {
+            Decision::Allowed { reservation, .. } => reservation,
+            other @ Decision::Refused { .. } => panic!("{other:?}"),
+        };
+        assert_ne!(r.lease, 0, "admitted under the lease");
+        let held = l.held(w.key).1;
+        shared.calls.lock().unwrap().clear();
+        assert!(l.settle_in_place(&r, 1), "the live lease takes it");
+        assert_eq!(l.held(w.key).1, held + 4, "the 4 tokens not used are the lease's again");
+        assert!(shared.calls.lock().unwrap().is_empty(), "nothing sent");
+        assert!(!l.settle_in_place(&Reservation { lease: 0, ..r }, 1), "no lease: not here");
+        l.expire(T0 + 60_000).await.unwrap();
+        assert!(!l.settle_in_place(&r, 1), "an ended lease: the shared limiter's");
     }
 
     #[tokio::test]

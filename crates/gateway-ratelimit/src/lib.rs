@@ -278,6 +278,12 @@ pub trait RateLimiter: Send + Sync {
         self.adjust(&[(*reservation, used)]).await
     }
 
+    /// Settles the reservation at once, without I/O, when the limiter holds what it counted
+    /// (a live lease); false when it must go through [`RateLimiter::settle`] instead.
+    fn settle_in_place(&self, _reservation: &Reservation, _actual_tokens: u64) -> bool {
+        false
+    }
+
     /// Settles many reservations at once.
     async fn settle_many(&self, settlements: &[(Reservation, u64)]) -> Result<(), LimitError> {
         let used: Vec<(Reservation, Used)> = settlements

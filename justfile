@@ -63,6 +63,11 @@ bench-keys-cpu:
 bench-counts:
     bash scripts/bench-counts.sh
 
+# User-space instructions per request, the gateway against the bare proxy, counted by callgrind:
+# the before-and-after measure that does not drift with the machine. GW_BIN= counts another build.
+bench-instructions:
+    bash scripts/bench-instructions.sh
+
 # Two settings of one gateway side by side in interleaved rounds, e.g.
 # `AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" just bench-ab`.
 bench-ab:

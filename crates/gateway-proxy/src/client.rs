@@ -16,6 +16,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::MapOk;
 use gateway_core::error_chain;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -203,28 +205,14 @@ where
 {
     type Response = Plain<C::Response>;
     type Error = C::Error;
-    type Future = Connecting<C::Future>;
+    type Future = MapOk<C::Future, fn(C::Response) -> Plain<C::Response>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        Connecting(self.0.call(uri))
-    }
-}
-
-/// [`Unlabelled`]'s connection in progress.
-struct Connecting<F>(F);
-
-impl<F, T, E> std::future::Future for Connecting<F>
-where
-    F: std::future::Future<Output = Result<T, E>> + Unpin,
-{
-    type Output = Result<Plain<T>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map_ok(Plain)
+        self.0.call(uri).map_ok(Plain as fn(_) -> _)
     }
 }
 
@@ -355,32 +343,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// An upstream that answers each request on a connection with `{}` (keep-alive).
+    /// An upstream that serves one connection (keep-alive), answering every request `{}`.
     async fn upstream() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let mut seen = Vec::new();
-            loop {
-                let n = conn.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    return;
-                }
-                seen.extend_from_slice(&buf[..n]);
-                // Each request is a head and a two-byte body.
-                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                    if seen.len() < end + 4 + 2 {
-                        break;
-                    }
-                    seen.drain(..end + 4 + 2);
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-                    conn.write_all(answer).await.unwrap();
-                }
-            }
+            let (conn, _) = listener.accept().await.unwrap();
+            let answer = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"{}",
+                ))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), answer)
+                .await;
         });
         format!("http://{addr}/v1/chat/completions")
     }

@@ -68,6 +68,12 @@ bench-counts:
 bench-instructions:
     bash scripts/bench-instructions.sh
 
+# What a stalled database costs the traffic: c=32 through the gateway while its Postgres
+# backends are stopped for 2 s, requests a second, p99 and records spilled, then usage rows
+# against requests. GW_BIN= measures another build.
+bench-stall:
+    bash scripts/bench-stall.sh
+
 # Two settings of one gateway side by side in interleaved rounds, e.g.
 # `AB_A="BLUESMINDS_USAGE__JOURNAL=true" AB_B="BLUESMINDS_USAGE__JOURNAL=false" just bench-ab`.
 bench-ab:

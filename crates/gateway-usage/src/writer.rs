@@ -189,10 +189,69 @@ struct Queued {
     mark: Mark,
 }
 
+/// What the overflow thread is handed.
+#[derive(Debug)]
+enum Overflowed {
+    /// Boxed: the overflow is the exception, and a flush need not be the size of a record.
+    Record(Box<Queued>),
+    /// Everything handed over before is on disk when this is answered (at shutdown).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Records the writer had no room for, spilled by a thread of their own: the request that
+/// overflowed returns at once, as a queued one does (its journal line holds it meanwhile),
+/// and everything that overflowed while that thread synced goes to disk in its next `write`
+/// and `fdatasync`. Before, each such record was appended and synced on the request's own
+/// worker thread, under the spill file's lock: a database that stalled for a moment (the
+/// queue full) had both workers waiting on the disk one record at a time, which also starved
+/// the writer task that would have drained the queue.
+fn spill_overflow(rx: &std::sync::mpsc::Receiver<Overflowed>, spill: &Spill, stats: &WriterStats) {
+    let mut records = Vec::new();
+    let mut marks: Vec<Mark> = Vec::new();
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Overflowed::Record(q) => {
+                    let Queued { record, mark } = *q;
+                    records.push(record);
+                    hold(&mut marks, mark);
+                }
+                Overflowed::Flush(done) => flushes.push(done),
+            }
+            next = if records.len() < OVERFLOW_BATCH { rx.try_recv().ok() } else { None };
+        }
+        if !records.is_empty() {
+            if spill.append(&records) {
+                stats.spilled.fetch_add(records.len() as u64, Ordering::Relaxed);
+                marks.clear();
+            } else {
+                // Left to the journal for the next start, as the writer task does.
+                stats.dropped.fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    records = records.len(),
+                    "usage records not persisted: the writer is full and the spill file failed; the journal keeps them for the next start"
+                );
+                marks.drain(..).for_each(std::mem::forget);
+            }
+            records.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Most overflowed records spilled in one append.
+const OVERFLOW_BATCH: usize = 10_000;
+
 /// The handle the gateway records through.
 #[derive(Debug)]
 pub struct UsageWriter {
     tx: mpsc::Sender<Queued>,
+    /// To the overflow thread ([`spill_overflow`]), bounded by the queue's capacity.
+    overflow: std::sync::mpsc::SyncSender<Overflowed>,
     journal: Arc<Journal>,
     /// Told when a whole batch has queued (the writer is otherwise woken once per batch, by
     /// its timer, not once per record).
@@ -238,6 +297,13 @@ impl UsageWriter {
         let (stop, stopped) = watch::channel(false);
         let full = Arc::new(tokio::sync::Notify::new());
         let batch_size = config.batch_size.max(1);
+        let (overflow, overflowed) = std::sync::mpsc::sync_channel(config.capacity.max(1));
+        {
+            let (spill, stats) = (spill.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("usage-spill".into())
+                .spawn(move || spill_overflow(&overflowed, &spill, &stats))?;
+        }
         let task = tokio::spawn(run(
             store,
             config,
@@ -247,9 +313,11 @@ impl UsageWriter {
             stopped,
             full.clone(),
             journal.clone(),
+            overflow.clone(),
         ));
         Ok(Self {
             tx,
+            overflow,
             journal,
             full,
             batch_size,
@@ -268,9 +336,9 @@ impl UsageWriter {
     }
 
     /// Hands a record over without waiting: written to the journal (so a killed process
-    /// loses nothing), then queued. If the writer is behind (or stopping), the record goes to
-    /// the spill file instead; only if that fails too is it left to the journal, counted and
-    /// logged.
+    /// loses nothing), then queued. If the writer is behind, the overflow thread spills it
+    /// ([`spill_overflow`]); if that is behind too, or the writer is stopping, it is spilled
+    /// here. Only if the spill file fails too is it left to the journal, counted and logged.
     pub fn record(&self, record: UsageRecord) {
         let mark = self.journal.append(&record);
         let queued = match self.tx.try_send(Queued { record, mark }) {
@@ -280,7 +348,19 @@ impl UsageWriter {
                 }
                 return;
             }
-            Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => q,
+            Err(mpsc::error::TrySendError::Full(q)) => {
+                // The writer is behind: the overflow thread spills it, unless it is behind too.
+                let (std::sync::mpsc::TrySendError::Full(o)
+                | std::sync::mpsc::TrySendError::Disconnected(o)) =
+                    match self.overflow.try_send(Overflowed::Record(Box::new(q))) {
+                        Ok(()) => return,
+                        Err(e) => e,
+                    };
+                let Overflowed::Record(q) = o else { return };
+                *q
+            }
+            // Stopping: spilled here and now.
+            Err(mpsc::error::TrySendError::Closed(q)) => q,
         };
         if self.spill.append(std::slice::from_ref(&queued.record)) {
             self.stats.spilled.fetch_add(1, Ordering::Relaxed);
@@ -352,6 +432,7 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
     full: Arc<tokio::sync::Notify>,
     journal: Arc<Journal>,
+    overflow: std::sync::mpsc::SyncSender<Overflowed>,
 ) {
     let quarantine = Quarantine::new(config.quarantine_path.clone());
     let out = Out {
@@ -425,6 +506,12 @@ async fn run(
         if healthy && store.rollup_due_in() == Some(Duration::ZERO) {
             let _ = store.fold_rollup(false).await;
         }
+    }
+    // What overflowed before the queue closed is in the spill file, and replayed with it.
+    let (done, flushed) = tokio::sync::oneshot::channel();
+    let asked = tokio::task::spawn_blocking(move || overflow.send(Overflowed::Flush(done)).is_ok());
+    if matches!(asked.await, Ok(true)) {
+        let _ = flushed.await;
     }
     journal.close();
     if healthy {
@@ -636,6 +723,12 @@ mod tests {
         assert_eq!(store.len(), 0);
         store.set_failing(false);
         w.record(UsageRecord::example());
+        // The writer tries the store again within a second, finds it back and replays.
+        let started = std::time::Instant::now();
+        while store.len() < 101 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never replayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         w.shutdown().await;
         assert_eq!(store.len(), 101, "nothing was lost");
         assert_eq!(w.stats().dropped.load(Ordering::Relaxed), 0);
@@ -689,6 +782,76 @@ mod tests {
             21,
             "after shutdown, records still go to disk"
         );
+    }
+
+    /// A store whose inserts never finish: a database that stalled.
+    struct Stalled;
+
+    #[async_trait::async_trait]
+    impl UsageStore for Stalled {
+        async fn insert_batch(&self, _: &[UsageRecord]) -> Result<(), UsageError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_the_writer_has_no_room_for_does_not_wait_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WriterConfig::new(dir.path().join("spill.jsonl"));
+        config.capacity = 4;
+        let w = Arc::new(UsageWriter::start(Arc::new(Stalled), config).unwrap());
+        // The writer takes a first batch and waits on the database for ever; the queue fills.
+        w.record(UsageRecord::example());
+        while w.queue_depth() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued: Vec<_> = (0..4).map(|_| UsageRecord::example()).collect();
+        for r in &queued {
+            w.record(r.clone());
+        }
+        assert_eq!(w.queue_depth(), 4);
+        // The next record, with the spill file busy: handed over without waiting for it (it
+        // used to be appended and synced right here, on the request's thread).
+        let overflowed = UsageRecord::example();
+        let busy = w.spill.file.lock().unwrap();
+        let (returned, handed) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let (w, r) = (w.clone(), overflowed.clone());
+            move || {
+                w.record(r);
+                returned.send(()).unwrap();
+            }
+        });
+        assert!(
+            handed.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "record() waited for the spill file"
+        );
+        assert_eq!(w.stats().spilled.load(Ordering::Relaxed), 0, "not on disk yet");
+        drop(busy);
+        // Then it is on disk.
+        let started = std::time::Instant::now();
+        while w.stats().spilled.load(Ordering::Relaxed) < 1 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never spilled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(read_spill(&dir.path().join("spill.jsonl")), vec![overflowed]);
+        assert_eq!(w.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn records_that_overflowed_are_replayed_at_shutdown() {
+        let store = Arc::new(InMemoryUsageStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        store.set_failing(true);
+        let w = writer(&store, &dir, 2);
+        for _ in 0..200 {
+            w.record(UsageRecord::example());
+        }
+        store.set_failing(false);
+        w.shutdown().await;
+        assert_eq!(store.len(), 200, "every record written, overflowed or not");
+        assert!(w.stats().spilled.load(Ordering::Relaxed) > 0);
+        assert_eq!(w.stats().dropped.load(Ordering::Relaxed), 0);
     }
 
     /// The journal segments in `dir`.

@@ -68,6 +68,11 @@ bench-counts:
 bench-instructions:
     bash scripts/bench-instructions.sh
 
+# Where the CPU of a request goes, process by process (gateway, Postgres, Redis, mock, the
+# machine), for the gateway, the gateway with usage off and the bare proxy at c=32.
+bench-cpu:
+    bash scripts/bench-cpu.sh
+
 # What a stalled database costs the traffic: c=32 through the gateway while its Postgres
 # backends are stopped for 2 s, requests a second, p99 and records spilled, then usage rows
 # against requests. GW_BIN= measures another build.

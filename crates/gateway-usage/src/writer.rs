@@ -201,10 +201,9 @@ enum Overflowed {
 /// Records the writer had no room for, spilled by a thread of their own: the request that
 /// overflowed returns at once, as a queued one does (its journal line holds it meanwhile),
 /// and everything that overflowed while that thread synced goes to disk in its next `write`
-/// and `fdatasync`. Before, each such record was appended and synced on the request's own
-/// worker thread, under the spill file's lock: a database that stalled for a moment (the
-/// queue full) had both workers waiting on the disk one record at a time, which also starved
-/// the writer task that would have drained the queue.
+/// and `fdatasync`. So a database that stalls for a moment never has the runtime's workers
+/// waiting on the disk a record at a time (which would also starve the writer task that
+/// drains the queue).
 fn spill_overflow(rx: &std::sync::mpsc::Receiver<Overflowed>, spill: &Spill, stats: &WriterStats) {
     let mut records = Vec::new();
     let mut marks: Vec<Mark> = Vec::new();

@@ -24,14 +24,7 @@ KEY=$(provision_key)
 BIND=$USAGE_OFF_ADDR start_gateway usage-off BLUESMINDS_USAGE__ENABLED=false
 OFF_PID=$GW_PID
 
-# Clock ticks (utime + stime) of the processes given; user ticks of one; the machine's busy ticks.
-ticks() {
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
+# User ticks of one process; the machine's busy ticks (`ticks` is in bench-lib.sh).
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 HZ=$(getconf CLK_TCK)

@@ -31,14 +31,6 @@ echo "$KEY" > "$OUT/one-key.txt"
 log "warming every key (its first use verifies it)"
 WRK_SCRIPT=scripts/wrk-keys.lua WRK_KEYS_FILE="$OUT/keys.txt" wrk_load warmup-keys "$URL" "" -c32 -d20s
 
-# Clock ticks (utime + stime) of the processes given.
-ticks() {
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
 claims() { curl -s "http://$GW_ADDR/metrics" | awk '/^bluesminds_ratelimit_claims_total/ {s += $NF} END {print s + 0}'; }
 HZ=$(getconf CLK_TCK)
 

@@ -67,6 +67,15 @@ pin() {
   for pid in "$@"; do taskset -acp "$cpus" "$pid" >/dev/null 2>&1 || true; done
 }
 
+# Clock ticks (utime + stime) the processes given have spent.
+ticks() {
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
 # Requests a gateway concluded (every status), from its /metrics.
 gateway_requests() {
   curl -s "http://$1/metrics" | awk '/^bluesminds_requests_total\{/ {n += $NF} END {printf "%d", n}'

@@ -5,8 +5,8 @@
 # gateway's database is stopped (SIGSTOP) for BENCH_STALL_SECONDS (2) from the fourth second,
 # so its usage writer falls behind and its queue overflows to the spill file. Prints each
 # round's requests a second, client-side p99 and max, and the records spilled; at the end,
-# usage rows against the requests the gateway concluded (nothing may be lost). GW_BIN measures
-# another build (a before, say). Writes nothing to docs/.
+# usage rows against the requests the gateway concluded (nothing may be lost) and the
+# gateway's peak RSS. GW_BIN measures another build (a before, say). Writes nothing to docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,5 +63,5 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 rows=$(usage_rows)
-echo "usage rows $rows for $concluded requests the gateway concluded"
+echo "usage rows $rows for $concluded requests the gateway concluded; the gateway's peak RSS $(( $(hwm_kib "$GW_PID") / 1024 )) MiB"
 [ "$rows" = "$concluded" ] || die "usage rows and requests differ"

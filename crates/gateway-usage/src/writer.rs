@@ -167,19 +167,23 @@ impl Quarantine {
 }
 
 fn read_spill(path: &Path) -> Vec<UsageRecord> {
-    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let Ok(line) = line else { break };
+    spill_records(path).collect()
+}
+
+/// The records of a spill file (or a journal segment), read a line at a time: a replay holds
+/// one batch in memory, however long the outage that filled the file.
+fn spill_records(path: &Path) -> impl Iterator<Item = UsageRecord> {
+    let lines = std::fs::File::open(path).ok().map(|f| std::io::BufReader::new(f).lines());
+    lines.into_iter().flatten().map_while(Result::ok).enumerate().filter_map(|(i, line)| {
         match serde_json::from_str(&line) {
-            Ok(r) => out.push(r),
+            Ok(r) => Some(r),
             // A torn last line from a crash mid-append: nothing complete is lost.
             Err(e) => {
                 tracing::warn!(error = %e, line = i + 1, "skipping an unreadable line of the usage spill file");
+                None
             }
         }
-    }
-    out
+    })
 }
 
 /// A record waiting for the writer, holding its journal segment.
@@ -243,7 +247,7 @@ fn spill_overflow(rx: &std::sync::mpsc::Receiver<Overflowed>, spill: &Spill, sta
 }
 
 /// Most overflowed records spilled in one append.
-const OVERFLOW_BATCH: usize = 10_000;
+const OVERFLOW_BATCH: usize = 1_000;
 
 /// The handle the gateway records through.
 #[derive(Debug)]
@@ -642,28 +646,36 @@ async fn write_or_spill(out: &Out<'_>, batch: &mut Vec<UsageRecord>, attempts: u
 /// store refuses is quarantined like any other, so replay never stalls on one record.
 async fn replay(out: &Out<'_>) -> bool {
     let Some(path) = out.spill.take() else { return true };
-    let records = read_spill(&path);
-    for chunk in records.chunks(out.config.batch_size.max(1)) {
-        match out.store.insert_batch(chunk).await {
+    // A batch at a time: a failure leaves the file to be replayed again from its start (the
+    // records written already are not counted twice).
+    let mut records = spill_records(&path);
+    let mut replayed = 0u64;
+    loop {
+        let chunk: Vec<UsageRecord> = records.by_ref().take(out.config.batch_size.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        match out.store.insert_batch(&chunk).await {
             Ok(()) => {}
             Err(UsageError::Rejected(e)) => {
                 tracing::warn!(error = %e, records = chunk.len(), "the database refused spilled usage; finding the record at fault");
-                if !isolate(out, chunk).await.is_empty() {
+                if !isolate(out, &chunk).await.is_empty() {
                     return false;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, pending = records.len(), "replaying spilled usage failed; will retry");
+                tracing::warn!(error = %e, replayed, "replaying spilled usage failed; will retry");
                 return false;
             }
         }
+        replayed += chunk.len() as u64;
     }
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(error = %e, "cannot remove the replayed spill file; its records may be replayed again (harmless)");
     }
-    out.stats.replayed.fetch_add(records.len() as u64, Ordering::Relaxed);
-    if !records.is_empty() {
-        tracing::info!(records = records.len(), "spilled usage replayed into the database");
+    out.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
+    if replayed > 0 {
+        tracing::info!(records = replayed, "spilled usage replayed into the database");
     }
     true
 }
@@ -781,6 +793,50 @@ mod tests {
             21,
             "after shutdown, records still go to disk"
         );
+    }
+
+    /// A store that fails its `fail_at`th insert (once) and records the largest batch.
+    #[derive(Default)]
+    struct FailsOnce {
+        inner: InMemoryUsageStore,
+        fail_at: u64,
+        calls: AtomicU64,
+        largest: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl UsageStore for FailsOnce {
+        async fn insert_batch(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+            self.largest.fetch_max(records.len(), Ordering::SeqCst);
+            if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+                return Err(UsageError::Store("the database went away".into()));
+            }
+            self.inner.insert_batch(records).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_spill_is_replayed_a_batch_at_a_time_and_again_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill { path: dir.path().join("spill.jsonl"), file: Mutex::default() };
+        let old: Vec<_> = (0..2_500).map(|_| UsageRecord::example()).collect();
+        assert!(spill.append(&old));
+        let store = Arc::new(FailsOnce { fail_at: 3, ..FailsOnce::default() });
+        let mut config = WriterConfig::new(spill.path.clone());
+        config.batch_size = 500;
+        let w = UsageWriter::start(store.clone(), config).unwrap();
+        // Two batches go in, the third fails; the writer tries again within a second, from
+        // the file's start, and the records written already are not counted twice.
+        let started = std::time::Instant::now();
+        while store.inner.len() < 2_500 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never replayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        w.shutdown().await;
+        assert_eq!(store.inner.len(), 2_500);
+        assert_eq!(store.largest.load(Ordering::SeqCst), 500, "a batch at a time");
+        assert_eq!(w.stats().replayed.load(Ordering::Relaxed), 2_500);
+        assert!(!spill.path.exists() && !spill.replaying_path().exists());
     }
 
     /// A store whose inserts never finish: a database that stalled.
